@@ -1,0 +1,98 @@
+"""Typed view of `params.yaml`, the single source of every tunable (read by the CLI, DVC and Prefect alike).
+
+Every model forbids unknown keys: a misspelled key is an error that names it, suggests the closest valid key
+and lists the valid ones, instead of being silently ignored while the default is used.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """`params.yaml` is missing, unparsable, or breaks the schema below."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DemoParams(Section):
+    size: int = Field(1000, ge=30, description="samples in the synthetic demo dataset")
+    seed: int = Field(0, description="seed of the synthetic demo dataset")
+
+
+class DataParams(Section):
+    raw: Path = Field(Path("data/raw"), description="canonical dataset directory (tracked by data.dvc)")
+    demo: DemoParams = DemoParams()
+
+
+class ValidateParams(Section):
+    text_min_chars: int = Field(1, ge=0, description="shortest allowed text, in characters")
+    text_max_chars: int = Field(2000, ge=1, description="longest allowed text, in characters")
+    leakage_tolerance: float = Field(
+        0.0, ge=0.0, le=1.0, description="fraction of samples whose content may repeat across splits"
+    )
+    examples: int = Field(5, ge=1, description="offending ids shown per failed expectation")
+    report: Path = Path("reports/validation.json")
+    data_docs: Path = Path("reports/data_docs")
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ValidateParams:
+        if self.text_min_chars > self.text_max_chars:
+            raise ValueError("text_min_chars must not exceed text_max_chars")
+        return self
+
+
+class Params(Section):
+    data: DataParams = DataParams()
+    # `validate` would shadow BaseModel.validate, so the attribute is `validation` and the YAML key `validate`.
+    validation: ValidateParams = Field(ValidateParams(), alias="validate")
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (run from the project root or pass --params)") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_explain(path, e)) from None
+
+
+def _explain(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: {error.error_count()} invalid setting(s)"]
+    for err in error.errors():
+        loc = [str(part) for part in err["loc"]]
+        dotted = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            valid = _keys_at(loc[:-1])
+            hint = difflib.get_close_matches(loc[-1], valid, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            lines.append(f"  unknown key '{dotted}'{suggestion}; valid keys here: {', '.join(valid)}")
+        else:
+            lines.append(f"  {dotted or '<top level>'}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _keys_at(loc: list[str]) -> list[str]:
+    """The YAML keys that the model at `loc` (a path of YAML keys from the top) accepts."""
+    model: type[BaseModel] = Params
+    for key in loc:
+        name = next(n for n, f in model.model_fields.items() if (f.alias or n) == key)
+        model = model.model_fields[name].annotation
+    return [f.alias or name for name, f in model.model_fields.items()]

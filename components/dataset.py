@@ -1,0 +1,238 @@
+"""The canonical dataset directory, the data contract every stage reads.
+
+    manifest.yaml      name, version, label kind, modalities and their feature dimensions
+    samples.parquet    id, split, text, label, image, seq_index (one row per sample)
+    images/            PNG/JPEG files, referenced from `image` by a path relative to the dataset root
+    sequences/         <modality>.safetensors with `features` [N, T, D] float32 and `lengths` [N] int64,
+                       row `seq_index` of each belongs to the sample (audio and vision share the index)
+
+No pickle anywhere: parquet, YAML and safetensors cannot execute code when read. `read_dataset` fails only
+when a file cannot be parsed at all; whether the content obeys the contract is `components.validation`'s job.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save
+
+from components.atomic import replace_directory
+from components.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+SEQUENCE_MODALITIES = ("audio", "vision")
+MANIFEST, SAMPLES, IMAGES, SEQUENCES = "manifest.yaml", "samples.parquet", "images", "sequences"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegressionLabel(_Strict):
+    kind: Literal["regression"] = "regression"
+    min: float = -3.0
+    max: float = 3.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RegressionLabel:
+        if not self.min < self.max:
+            raise ValueError(f"label range is empty: min {self.min} >= max {self.max}")
+        return self
+
+
+class ClassificationLabel(_Strict):
+    kind: Literal["classification"] = "classification"
+    classes: list[str] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ClassificationLabel:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes repeat: {self.classes}")
+        return self
+
+
+LabelSpec = Annotated[RegressionLabel | ClassificationLabel, Field(discriminator="kind")]
+
+
+class TextSpec(_Strict):
+    """Text is always required when declared: an empty utterance carries no signal."""
+
+
+class ImageSpec(_Strict):
+    height: int | None = Field(None, ge=1, description="nominal size; featurize resizes every image anyway")
+    width: int | None = Field(None, ge=1)
+    allow_missing: bool = False
+
+
+class SequenceSpec(_Strict):
+    dim: int = Field(ge=1, description="features per time step")
+    max_len: int = Field(ge=1, description="time steps stored per sample (padded)")
+    allow_missing: bool = False
+
+
+class Modalities(_Strict):
+    text: TextSpec | None = None
+    image: ImageSpec | None = None
+    audio: SequenceSpec | None = None
+    vision: SequenceSpec | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Modalities:
+        if not self.present:
+            raise ValueError("declare at least one modality (text, image, audio, vision)")
+        return self
+
+    @property
+    def present(self) -> list[str]:
+        return [name for name in type(self).model_fields if getattr(self, name) is not None]
+
+    @property
+    def sequences(self) -> dict[str, SequenceSpec]:
+        return {m: getattr(self, m) for m in SEQUENCE_MODALITIES if getattr(self, m) is not None}
+
+
+class Manifest(_Strict):
+    name: str = Field(min_length=1)
+    version: str = "1"
+    description: str = ""
+    synthetic: bool = False
+    source: str | None = None
+    label: LabelSpec
+    modalities: Modalities
+
+
+@dataclass(frozen=True)
+class SequenceArray:
+    """Padded feature sequences of one modality and the true length of each."""
+
+    features: np.ndarray  # [N, T, D] float32
+    lengths: np.ndarray  # [N] int64
+
+
+@dataclass
+class Dataset:
+    manifest: Manifest
+    samples: pd.DataFrame
+    sequences: dict[str, SequenceArray] = field(default_factory=dict)
+    root: Path | None = None
+
+    def image_path(self, relative: str) -> Path:
+        if self.root is None:
+            raise ValueError("dataset was not read from disk, so its images have no location")
+        return self.root / relative
+
+
+def samples_schema(label: RegressionLabel | ClassificationLabel) -> pa.Schema:
+    label_type = pa.float64() if label.kind == "regression" else pa.string()
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("text", pa.string()),
+            pa.field("label", label_type),
+            pa.field("image", pa.string()),
+            pa.field("seq_index", pa.int64()),
+        ]
+    )
+
+
+def write_dataset(
+    path: str | Path,
+    manifest: Manifest,
+    samples: pd.DataFrame,
+    sequences: Mapping[str, SequenceArray] | None = None,
+    images: Mapping[str, bytes | Path] | None = None,
+) -> Path:
+    """Write a dataset atomically: it appears complete at `path`, or an existing one stays untouched.
+
+    `images` maps each path used in the `image` column to its bytes or to a file to copy. The output is a
+    pure function of the inputs (no timestamps, no library metadata beyond the file formats'), so the same
+    inputs give byte-identical files and a stable DVC hash.
+    """
+    schema = samples_schema(manifest.label)
+    frame = samples.reindex(columns=schema.names)
+    # No pandas metadata: it records the pandas version, which would change the bytes (and the DVC hash).
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False).replace_schema_metadata(None)
+    manifest_yaml = yaml.safe_dump(manifest.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+    with replace_directory(path) as staging:
+        (staging / MANIFEST).write_text(manifest_yaml, encoding="utf-8")
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        (staging / SAMPLES).write_bytes(buffer.getvalue())
+        for name, content in sorted((images or {}).items()):
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copyfile(content, target)
+            else:
+                target.write_bytes(content)
+        for modality, seq in sorted((sequences or {}).items()):
+            (staging / SEQUENCES).mkdir(exist_ok=True)
+            arrays = {
+                "features": np.ascontiguousarray(seq.features, dtype=np.float32),
+                "lengths": np.ascontiguousarray(seq.lengths, dtype=np.int64),
+            }
+            (staging / SEQUENCES / f"{modality}.safetensors").write_bytes(save(arrays))
+    return Path(path)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    file = Path(path) / MANIFEST
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(file, "missing: every dataset directory needs a manifest.yaml") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise DataError(file, f"not valid YAML: {e}") from None
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'manifest'}: {err['msg']}" for err in e.errors())
+        raise DataError(file, f"manifest does not match the schema: {problems}") from None
+
+
+def read_dataset(path: str | Path) -> Dataset:
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(root, "no dataset directory here (create one with `msa data demo` or `msa data import`)")
+    manifest = read_manifest(root)
+    samples_file = root / SAMPLES
+    try:
+        samples = pd.read_parquet(samples_file)
+    except FileNotFoundError:
+        raise DataError(samples_file, "missing: every dataset directory needs a samples.parquet") from None
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(samples_file, f"not a readable parquet file: {e}") from None
+    if "seq_index" in samples and pd.api.types.is_numeric_dtype(samples["seq_index"]):
+        # Parquet int64 with nulls arrives as float64; the nullable integer keeps the indices exact.
+        samples["seq_index"] = samples["seq_index"].astype("Int64")
+    sequences = {m: read_sequences(root, m) for m in manifest.modalities.sequences}
+    return Dataset(manifest=manifest, samples=samples, sequences=sequences, root=root)
+
+
+def read_sequences(root: Path, modality: str) -> SequenceArray:
+    file = root / SEQUENCES / f"{modality}.safetensors"
+    try:
+        arrays = load_file(file)
+    except FileNotFoundError:
+        raise DataError(file, f"missing: the manifest declares the {modality} modality") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DataError(file, f"not a readable safetensors file: {e}") from None
+    missing = {"features", "lengths"} - arrays.keys()
+    if missing:
+        raise DataError(file, f"missing tensor(s) {sorted(missing)}; expected 'features' [N, T, D] and 'lengths' [N]")
+    return SequenceArray(features=arrays["features"], lengths=arrays["lengths"])
