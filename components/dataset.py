@@ -13,10 +13,10 @@ when a file cannot be parsed at all; whether the content obeys the contract is `
 from __future__ import annotations
 
 import io
-import shutil
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import numpy as np
@@ -168,26 +168,53 @@ def write_dataset(
     table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False).replace_schema_metadata(None)
     manifest_yaml = yaml.safe_dump(manifest.model_dump(mode="json", exclude_none=True), sort_keys=False)
 
+    for name in images or {}:
+        _check_image_key(name)
     with replace_directory(path) as staging:
-        (staging / MANIFEST).write_text(manifest_yaml, encoding="utf-8")
+        _write_synced(staging / MANIFEST, manifest_yaml.encode("utf-8"))
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
-        (staging / SAMPLES).write_bytes(buffer.getvalue())
+        _write_synced(staging / SAMPLES, buffer.getvalue())
         for name, content in sorted((images or {}).items()):
-            target = staging / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, Path):
-                shutil.copyfile(content, target)
-            else:
-                target.write_bytes(content)
+            _write_synced(staging / name, content.read_bytes() if isinstance(content, Path) else content)
         for modality, seq in sorted((sequences or {}).items()):
-            (staging / SEQUENCES).mkdir(exist_ok=True)
             arrays = {
                 "features": np.ascontiguousarray(seq.features, dtype=np.float32),
                 "lengths": np.ascontiguousarray(seq.lengths, dtype=np.int64),
             }
-            (staging / SEQUENCES / f"{modality}.safetensors").write_bytes(save(arrays))
+            _write_synced(staging / SEQUENCES / f"{modality}.safetensors", save(arrays))
     return Path(path)
+
+
+def _check_image_key(name: str) -> None:
+    """Image keys are paths inside `images/`: never absolute, never climbing out of the dataset."""
+    parts = PurePosixPath(name).parts
+    if not name or parts[0] != IMAGES or len(parts) < 2 or ".." in parts or "\\" in name:
+        raise ValueError(f"image path {name!r} must be a relative path inside {IMAGES}/")
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    # fsync each file: the directory rename that publishes the dataset must not outlive its files' contents.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def carve_splits(n: int, *, seed: int, fractions: dict[str, float]) -> list[str]:
+    """Assign each of `n` rows to a split: `round(n * fraction)` rows per split named in `fractions`, the
+    rest to train. The same `seed` gives the same assignment, so a re-import yields the same dataset."""
+    if any(f < 0 for f in fractions.values()) or sum(fractions.values()) >= 1:
+        raise ValueError(f"split fractions must be >= 0 and leave rows for train, got {fractions}")
+    order = np.random.default_rng(seed).permutation(n)
+    splits = np.full(n, "train", dtype=object)
+    start = 0
+    for split, fraction in fractions.items():
+        count = round(n * fraction)
+        splits[order[start : start + count]] = split
+        start += count
+    return splits.tolist()
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -217,9 +244,11 @@ def read_dataset(path: str | Path) -> Dataset:
         raise DataError(samples_file, "missing: every dataset directory needs a samples.parquet") from None
     except (pa.ArrowException, OSError, ValueError) as e:
         raise DataError(samples_file, f"not a readable parquet file: {e}") from None
-    if "seq_index" in samples and pd.api.types.is_numeric_dtype(samples["seq_index"]):
-        # Parquet int64 with nulls arrives as float64; the nullable integer keeps the indices exact.
-        samples["seq_index"] = samples["seq_index"].astype("Int64")
+    index = samples.get("seq_index")
+    if index is not None and pd.api.types.is_float_dtype(index) and (index.dropna() % 1 == 0).all():
+        # Parquet int64 with nulls arrives as float64; the nullable integer keeps the indices exact. Other
+        # floats stay as they are, for validation to report.
+        samples["seq_index"] = index.astype("Int64")
     sequences = {m: read_sequences(root, m) for m in manifest.modalities.sequences}
     return Dataset(manifest=manifest, samples=samples, sequences=sequences, root=root)
 

@@ -1,7 +1,180 @@
-"""The `msa` command line: one subcommand per stage, the same functions DVC stages and Prefect tasks call."""
+"""The `msa` command line: one subcommand per stage, calling the same component functions as the DVC stages
+and the Prefect tasks. Settings come from params.yaml; options override them for one run."""
 
 from __future__ import annotations
 
-import typer
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+import typer
+from rich.console import Console
+
+from components.config import DEFAULT_PARAMS, ConfigError, load_params
+from components.dataset import read_dataset
+from components.demo import generate_demo
+from components.errors import DataError
+from components.importers import import_image_text_csv, import_mmsa, import_text_tsv
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_show_locals=False)
+data_app = typer.Typer(no_args_is_help=True, help="Create or import the canonical dataset.")
+import_app = typer.Typer(no_args_is_help=True, help="Convert an outside format into the canonical dataset.")
+app.add_typer(data_app, name="data")
+data_app.add_typer(import_app, name="import")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read settings from.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Dataset directory to write [default: data.raw in params].")]
+NameOpt = Annotated[str | None, typer.Option(help="Dataset name in the manifest [default: the file's stem].")]
+LabelMin = Annotated[float, typer.Option(help="Lowest valid regression label (MOSI/MOSEI: -3, CH-SIMS: -1).")]
+LabelMax = Annotated[float, typer.Option(help="Highest valid regression label.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the split made when the input has none.")]
+ValidFrac = Annotated[float, typer.Option(help="Share of samples put in valid when the input has no split.")]
+TestFrac = Annotated[float, typer.Option(help="Share of samples put in test when the input has no split.")]
+
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def _user_errors(command: F) -> F:
+    """Bad input and bad settings end with one clear line and exit code 1, not a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (DataError, ConfigError) as e:
+            err.print(f"error: {e}", style="red", markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _describe(path: Path, started: float) -> None:
+    dataset = read_dataset(path)
+    counts = dataset.samples["split"].value_counts()
+    splits = ", ".join(f"{s} {counts.get(s, 0)}" for s in ("train", "valid", "test"))
+    kind = "SYNTHETIC " if dataset.manifest.synthetic else ""
+    out.print(
+        f"Wrote {kind}dataset '{dataset.manifest.name}' v{dataset.manifest.version} to {path}: "
+        f"{len(dataset.samples)} samples ({splits}); modalities: {', '.join(dataset.manifest.modalities.present)} "
+        f"[{time.perf_counter() - started:.1f}s]"
+    )
+
+
+@data_app.command("demo")
+@_user_errors
+def data_demo(
+    size: Annotated[int | None, typer.Option(help="Number of samples [default: data.demo.size].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed [default: data.demo.seed].")] = None,
+    out_dir: OutOpt = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Write the deterministic SYNTHETIC demo dataset (byte-identical for the same size and seed)."""
+    started = time.perf_counter()
+    p = load_params(params)
+    path = out_dir or p.data.raw
+    generate_demo(path, size=size or p.data.demo.size, seed=p.data.demo.seed if seed is None else seed)
+    _describe(path, started)
+
+
+@import_app.command("mmsa")
+@_user_errors
+def import_mmsa_command(
+    file: Annotated[Path, typer.Argument(help="MMSA pickle (CMU-MOSI / MOSEI / CH-SIMS layout).")],
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="Load the pickle. Pickle runs code: only for files you trust.")
+    ] = False,
+    zero_nonfinite: Annotated[
+        bool, typer.Option("--zero-nonfinite", help="Replace NaN/inf features by 0, as MMSA's own loader does.")
+    ] = False,
+    name: NameOpt = None,
+    label_min: LabelMin = -3.0,
+    label_max: LabelMax = 3.0,
+    out_dir: OutOpt = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Import an MMSA pickle: train/valid/test with raw_text, audio, vision, lengths, regression_labels, id."""
+    started = time.perf_counter()
+    path = out_dir or load_params(params).data.raw
+    import_mmsa(
+        file, path, trust_pickle=trust_pickle, name=name, label_min=label_min, label_max=label_max,
+        zero_nonfinite=zero_nonfinite,
+    )  # fmt: skip
+    _describe(path, started)
+
+
+@import_app.command("csv")
+@_user_errors
+def import_csv_command(
+    file: Annotated[Path, typer.Argument(help="CSV with columns id, text, image, label and optional split.")],
+    image_root: Annotated[Path, typer.Option(help="Directory the CSV's image paths are relative to.")],
+    task: Annotated[
+        str, typer.Option(help="auto, regression or classification (auto: classification if a label is not a number).")
+    ] = "auto",
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names [default: the labels seen].")] = None,
+    name: NameOpt = None,
+    label_min: LabelMin = -3.0,
+    label_max: LabelMax = 3.0,
+    seed: SeedOpt = 0,
+    valid_frac: ValidFrac = 0.1,
+    test_frac: TestFrac = 0.1,
+    out_dir: OutOpt = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Import image-text posts (MVSA / Twitter-2015 style)."""
+    if task not in ("auto", "regression", "classification"):
+        raise typer.BadParameter(f"{task!r} is not one of auto, regression, classification", param_hint="--task")
+    started = time.perf_counter()
+    path = out_dir or load_params(params).data.raw
+    import_image_text_csv(
+        file, path, image_root=image_root, name=name, task=task,  # type: ignore[arg-type]
+        classes=[c.strip() for c in classes.split(",")] if classes else None,
+        label_min=label_min, label_max=label_max, seed=seed, valid_frac=valid_frac, test_frac=test_frac,
+    )  # fmt: skip
+    _describe(path, started)
+
+
+@import_app.command("tsv")
+@_user_errors
+def import_tsv_command(
+    train: Annotated[Path, typer.Argument(help="text<TAB>label file with a header line; the train split.")],
+    valid: Annotated[Path | None, typer.Option(help="File for the valid split [default: carved from train].")] = None,
+    test: Annotated[Path | None, typer.Option(help="File for the test split [default: carved from train].")] = None,
+    name: NameOpt = None,
+    label_min: LabelMin = -3.0,
+    label_max: LabelMax = 3.0,
+    seed: SeedOpt = 0,
+    valid_frac: ValidFrac = 0.1,
+    test_frac: TestFrac = 0.1,
+    out_dir: OutOpt = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Import text-only `text<TAB>label` files (e.g. ../shared/datasets/mosi-text)."""
+    started = time.perf_counter()
+    path = out_dir or load_params(params).data.raw
+    import_text_tsv(
+        train, path, valid=valid, test=test, name=name, label_min=label_min, label_max=label_max, seed=seed,
+        valid_frac=valid_frac, test_frac=test_frac,
+    )  # fmt: skip
+    _describe(path, started)
+
+
+@app.command()
+@_user_errors
+def validate(
+    data: Annotated[Path | None, typer.Option(help="Dataset directory [default: data.raw in params].")] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Run the Great Expectations suite; exit 1 with a summary of each failed expectation."""
+    from components.validation import validate_dataset  # imports Great Expectations: slow, so only here
+
+    p = load_params(params)
+    report = validate_dataset(data or p.data.raw, p.validation)
+    (out if report.success else err).print(report.summary(), markup=False, soft_wrap=True)
+    out.print(f"Report: {p.validation.report}; Data Docs: {report.data_docs}", markup=False)
+    if not report.success:
+        raise typer.Exit(1)

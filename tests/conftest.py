@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from components.dataset import (
+    ImageSpec,
     Manifest,
     Modalities,
     RegressionLabel,
-    ImageSpec,
     SequenceArray,
     SequenceSpec,
     TextSpec,

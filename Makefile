@@ -1,0 +1,32 @@
+# Two commands for a newcomer: `make run` (set up, then the pipeline on the demo data) and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+# DVC stages call `msa`, so the virtualenv's tools come first on PATH for every recipe.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install run test lint clean
+
+# torch first and pinned: a bare `torch` requirement would pull several GB of CUDA wheels.
+# constraints.txt pins the versions the demo data's DVC hash was made with (parquet records its writer).
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	msa data demo
+	dvc repro
+
+test: install
+	pytest
+
+lint: install
+	ruff check . && ruff format --check .
+
+clean:
+	rm -rf reports .pytest_cache

@@ -1,0 +1,647 @@
+"""The validate stage: the data contract of `components.dataset` as one Great Expectations suite.
+
+`validate_dataset` reads the canonical dataset, builds one validation frame (the samples plus derived check
+columns computed here by small pure functions: per-id split count, image decode result, sequence check, content
+leakage count), runs ONE GX checkpoint over it, and writes `reports/validation.json` plus the GX Data Docs site.
+Every expectation carries a human rule name (`meta["rule"]`), which the summary and the report use.
+
+Things GX cannot see in a table (image files, sequence arrays, content shared across splits) become derived
+columns whose value is "ok" or the reason, so a failure names the sample id and says what is wrong with it.
+
+GX is imported lazily (it takes seconds), with analytics off (no network) and progress bars off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.atomic import replace_directory, write_json
+from components.config import ValidateParams
+from components.dataset import IMAGES, SPLITS, Manifest, SequenceArray, SequenceSpec, read_dataset
+
+REQUIRED_COLUMNS = ("id", "split", "text", "label", "image", "seq_index")
+OK = "ok"
+# Derived columns; their values are reasons written for people, shown unquoted in the summary.
+ID_SPLITS, IMAGE_CHECK, SEQUENCE_CHECK, LEAKAGE_SPLITS = (
+    "id_split_count",
+    "image_check",
+    "sequence_check",
+    "leakage_split_count",
+)
+REASON_COLUMNS, COUNT_COLUMNS = (IMAGE_CHECK, SEQUENCE_CHECK), (ID_SPLITS, LEAKAGE_SPLITS)
+_SITE = "validation"
+_SHOWN_VALUE_CHARS = 60
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public result types
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation that was evaluated."""
+
+    rule: str
+    expectation: str
+    column: str | None
+    success: bool
+    unexpected_count: int | None = None  # rows that broke it (may be > 0 on success when `mostly` tolerates them)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed expectation with the offending rows (`examples`: each {"id": ..., "value": ...})."""
+
+    rule: str
+    expectation: str
+    column: str | None
+    unexpected_count: int | None
+    examples: list[dict] = field(default_factory=list)
+    message: str = ""  # human detail: what was observed, e.g. "missing column(s): label" or "2 rows, e.g. s01, s01"
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    success: bool
+    dataset: str
+    version: str
+    n_samples: int
+    checks: list[Check]
+    failures: list[Failure]
+    data_docs: Path | None = None  # index.html of the GX Data Docs site
+
+    @property
+    def evaluated(self) -> int:
+        return len(self.checks)
+
+    def summary(self) -> str:
+        head = f"Validation of '{self.dataset}' v{self.version}"
+        if self.success:
+            lines = [f"{head} passed: {self.evaluated} expectations on {self.n_samples} samples"]
+        else:
+            lines = [f"{head} failed: {len(self.failures)} of {self.evaluated} expectations"]
+            lines += [f"  ✗ {f.rule}{f' [{f.column}]' if f.column else ''}: {f.message}" for f in self.failures]
+        for check in self.checks:
+            if check.success and check.unexpected_count:
+                lines.append(f"  ! {check.rule} [{check.column}]: {_rows(check.unexpected_count)} within tolerance")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return _jsonable(
+            {
+                "success": self.success,
+                "dataset": self.dataset,
+                "version": self.version,
+                "n_samples": self.n_samples,
+                "evaluated": self.evaluated,
+                "failed": len(self.failures),
+                "failures": [vars(f) for f in self.failures],
+                "expectations": [vars(c) for c in self.checks],
+                "data_docs": str(self.data_docs) if self.data_docs else None,
+            }
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def validate_dataset(path: Path, params: ValidateParams) -> ValidationReport:
+    """Validate the dataset at `path`; write the JSON report and the Data Docs site; never raise on failure.
+
+    A `DataError` from files that cannot be read at all (manifest, parquet, safetensors) propagates.
+    """
+    dataset = read_dataset(path)
+    root = Path(path)
+    manifest, samples = dataset.manifest, dataset.samples
+    frame = build_frame(root, manifest, samples, dataset.sequences)
+    rules = plan_expectations(manifest, frame, dataset.sequences, params)
+    suite = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{manifest.name}-v{manifest.version}")  # names Data Docs files
+    with replace_directory(params.data_docs) as staging:
+        results = _run_checkpoint(frame, rules, suite, staging, partial_count=max(params.examples, 20))
+    planned = {rule.rule: i for i, rule in enumerate(rules)}  # GX groups results by column; report them as planned
+    results.sort(key=lambda r: planned.get((r.expectation_config.meta or {}).get("rule"), len(planned)))
+    report = _report(manifest, len(samples), results, params.examples, Path(params.data_docs) / "index.html")
+    write_json(params.report, report.to_dict())
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Derived columns (pure functions of the samples, images and sequences)
+
+
+def build_frame(
+    root: Path, manifest: Manifest, samples: pd.DataFrame, sequences: Mapping[str, SequenceArray]
+) -> pd.DataFrame:
+    """The samples plus the derived check columns, in the form GX checks.
+
+    String columns become `object`: GX compares a pandas 3 `str` dtype with no type name it knows, while for
+    object columns it checks each value's Python type, which also names the rows holding a wrong type.
+    """
+    frame = samples.reset_index(drop=True).copy()
+    for column in frame.columns:
+        if isinstance(frame[column].dtype, pd.StringDtype):
+            frame[column] = frame[column].astype(object)
+    n = len(frame)
+    has = frame.columns.__contains__
+    texts = frame["text"] if has("text") else pd.Series([None] * n, dtype=object)
+    image_digests: list[str | None] = [None] * n
+    seq_index = _integer_index(frame["seq_index"]) if has("seq_index") else None
+
+    if has("id") and has("split"):
+        frame[ID_SPLITS] = splits_per_key(frame["id"], frame["split"])
+    if has("image") and manifest.modalities.image is not None:
+        checks, image_digests = image_checks(root, frame["image"])
+        frame[IMAGE_CHECK] = pd.Series(checks, dtype=object)
+    specs = manifest.modalities.sequences
+    if specs and seq_index is not None:
+        frame[SEQUENCE_CHECK] = pd.Series(sequence_checks(seq_index, specs, sequences), dtype=object)
+    if has("split"):
+        keys = content_keys(texts, image_digests, seq_index, specs, sequences)
+        frame[LEAKAGE_SPLITS] = splits_per_key(pd.Series(keys, dtype=object), frame["split"])
+    return frame
+
+
+def splits_per_key(keys: pd.Series, splits: pd.Series) -> pd.Series:
+    """For each row, how many distinct splits hold a row with the same key (null where the key is null)."""
+    counts = pd.DataFrame({"key": keys.to_numpy(), "split": splits.to_numpy()}).groupby("key", dropna=True)["split"]
+    per_row = counts.transform("nunique").astype("Int64").set_axis(keys.index)
+    return per_row.mask(per_row == 0)  # only null splits: "split present" reports those rows
+
+
+def normalise_text(text: str) -> str:
+    """Casefolded, whitespace collapsed: what counts as "the same text" for leakage."""
+    return " ".join(text.casefold().split())
+
+
+def image_checks(root: Path, images: pd.Series) -> tuple[list[str | None], list[str | None]]:
+    """Per row: "ok" or why the image is unusable, and the SHA-256 of its bytes (None where null or unreadable).
+
+    Images are decoded fully (`load()`), not just `verify()`-ed, so truncated files fail here and not in
+    featurize. Paths must stay inside the dataset root (see `escapes_root`).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    cache: dict[str, tuple[str, str | None]] = {}
+
+    def check(value: str) -> tuple[str, str | None]:
+        if escapes_root(value):
+            return f"path escapes the dataset root: {value}", None
+        if PurePosixPath(value).parts[:1] != (IMAGES,):
+            return f"not under {IMAGES}/: {value}", None
+        try:
+            data = (root / value).read_bytes()
+        except FileNotFoundError:
+            return f"missing file {value}", None
+        except OSError as e:
+            return f"cannot read {value}: {e.strerror or e}", None
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                kind = image.format
+        except UnidentifiedImageError:
+            return f"cannot decode {value}: not a recognised image", None
+        except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            return f"cannot decode {value}: {e}", None
+        if kind not in ("PNG", "JPEG"):
+            return f"unsupported format {kind} in {value} (expected PNG or JPEG)", None
+        return OK, hashlib.sha256(data).hexdigest()
+
+    checks: list[str | None] = []
+    digests: list[str | None] = []
+    for value in images:
+        if _is_null(value):
+            checks.append(None)
+            digests.append(None)
+            continue
+        if not isinstance(value, str):
+            checks.append(f"not a path: {value!r}")
+            digests.append(None)
+            continue
+        if value not in cache:
+            cache[value] = check(value)
+        result, digest = cache[value]
+        checks.append(result)
+        digests.append(digest)
+    return checks, digests
+
+
+def escapes_root(relative: str) -> bool:
+    """Whether a path from the `image` column could point outside the dataset (absolute, or with "..").
+
+    Lexical on purpose: symlinks inside the dataset (DVC's symlink cache type) are the dataset's own files.
+    """
+    return any(
+        path.is_absolute() or path.drive or path.root or ".." in path.parts
+        for path in (PurePosixPath(relative), PureWindowsPath(relative))
+    )
+
+
+def sequence_problems(modality: str, spec: SequenceSpec, array: SequenceArray) -> str | None:
+    """Why the arrays of one modality do not fit the manifest as a whole (checked once, not per row)."""
+    features, lengths = array.features, array.lengths
+    if features.ndim != 3 or features.shape[1:] != (spec.max_len, spec.dim):
+        return (
+            f"{modality} features have shape {list(features.shape)}, "
+            f"manifest expects [N, max_len={spec.max_len}, dim={spec.dim}]"
+        )
+    if not np.issubdtype(features.dtype, np.floating):
+        return f"{modality} features are {features.dtype}, expected float"
+    if lengths.shape != (features.shape[0],):
+        return f"{modality} lengths have shape {list(lengths.shape)}, expected [{features.shape[0]}] (one per row)"
+    if not np.issubdtype(lengths.dtype, np.integer):
+        return f"{modality} lengths are {lengths.dtype}, expected integers"
+    return None
+
+
+def sequence_checks(
+    seq_index: tuple[np.ndarray, np.ndarray], specs: Mapping[str, SequenceSpec], sequences: Mapping[str, SequenceArray]
+) -> list[str | None]:
+    """Per row: "ok" or the reasons its sequences are unusable; None where `seq_index` is null.
+
+    `seq_index` is (int64 values, present mask). Shapes are checked once per modality; row range, lengths and
+    finiteness are vectorised over the rows of each array.
+    """
+    index, present = seq_index
+    reasons: list[list[str]] = [[] for _ in range(len(index))]
+
+    def flag(mask: np.ndarray, message: Any) -> None:
+        for i in np.flatnonzero(mask):
+            reasons[i].append(message(i) if callable(message) else message)
+
+    for modality, spec in specs.items():
+        array = sequences[modality]
+        problem = sequence_problems(modality, spec, array)
+        if problem:
+            flag(present, problem)
+            continue
+        rows = array.features.shape[0]
+        out_of_range = present & ((index < 0) | (index >= rows))
+        flag(out_of_range, lambda i, m=modality, r=rows: f"row {index[i]} out of range: {m} has {r} rows")
+        inside = present & ~out_of_range
+        if not inside.any():
+            continue
+        at = np.where(inside, index, 0)
+        lengths = array.lengths[at]
+        bad_length = inside & ((lengths < 0) | (lengths > spec.max_len))
+        flag(bad_length, lambda i, m=modality, s=spec, ln=lengths: f"{m} length {ln[i]} out of [0, {s.max_len}]")
+        flag(inside & np.isnan(array.features).any(axis=(1, 2))[at], f"{modality} features contain NaN")
+        flag(inside & np.isinf(array.features).any(axis=(1, 2))[at], f"{modality} features contain inf")
+    return [("; ".join(r) if r else OK) if present[i] else None for i, r in enumerate(reasons)]
+
+
+def content_keys(
+    texts: pd.Series,
+    image_digests: Sequence[str | None],
+    seq_index: tuple[np.ndarray, np.ndarray] | None,
+    specs: Mapping[str, SequenceSpec],
+    sequences: Mapping[str, SequenceArray],
+) -> list[str | None]:
+    """Per row: a hash of its content (normalised text, image bytes, its sequence rows); None with no content.
+
+    Rows with equal keys hold the same sample, whatever their ids: in different splits, that is leakage.
+    """
+    usable = {m: sequences[m] for m in specs if m in sequences and sequence_problems(m, specs[m], sequences[m]) is None}
+    keys: list[str | None] = []
+    for i, text in enumerate(texts):
+        parts: list[bytes] = []
+        if isinstance(text, str):
+            parts.append(b"text:" + normalise_text(text).encode("utf-8"))
+        if image_digests[i] is not None:
+            parts.append(b"image:" + image_digests[i].encode("ascii"))
+        row = int(seq_index[0][i]) if seq_index is not None and seq_index[1][i] else -1
+        for modality, array in sorted(usable.items()):
+            if 0 <= row < array.features.shape[0]:
+                length = int(array.lengths[row])
+                values = array.features[row, :length] if 0 <= length <= array.features.shape[1] else array.features[row]
+                parts.append(modality.encode("ascii") + b":" + np.ascontiguousarray(values).tobytes())
+        if not parts:
+            keys.append(None)
+            continue
+        digest = hashlib.sha256()
+        for part in parts:  # length-prefixed, so the boundaries between parts cannot shift
+            digest.update(len(part).to_bytes(8, "little") + part)
+        keys.append(digest.hexdigest())
+    return keys
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The suite, as plain data (GX-free, so it can be planned and tested without importing GX)
+
+
+@dataclass(frozen=True)
+class Rule:
+    rule: str
+    expectation: str  # a class name in great_expectations.expectations
+    kwargs: dict
+    problem: str | None = None  # what a failure means, when the rule name alone does not say it
+
+    @property
+    def note(self) -> str:
+        """Shown beside the expectation in Data Docs."""
+        return f"Rule: {self.rule}" + (f" (a failure means: {self.problem})" if self.problem else "")
+
+
+def plan_expectations(
+    manifest: Manifest, frame: pd.DataFrame, sequences: Mapping[str, SequenceArray], params: ValidateParams
+) -> list[Rule]:
+    """The expectations for this manifest, only on columns that exist (a missing one is reported once)."""
+    has = frame.columns.__contains__
+    modalities = manifest.modalities
+    label = manifest.label
+    required = {"column_set": list(REQUIRED_COLUMNS), "exact_match": False}
+    rules = [Rule("required columns present", "ExpectTableColumnsToMatchSet", required)]
+
+    def add(column: str, rule: str, expectation: str, problem: str | None = None, **kwargs: Any) -> None:
+        if has(column):
+            rules.append(Rule(rule, expectation, {"column": column, **kwargs}, problem))
+
+    # Types. Value rules below need the right type to be meaningful, so they run only where it holds.
+    string_types = ["str"]
+    for column in ("id", "split", "text", "image"):
+        add(column, f"{column} is a string", "ExpectColumnValuesToBeInTypeList", type_list=string_types)
+    if label.kind == "regression":
+        add("label", "label is a float (regression)", "ExpectColumnValuesToBeInTypeList", type_list=_FLOATS)
+    else:
+        add("label", "label is a string (classification)", "ExpectColumnValuesToBeInTypeList", type_list=string_types)
+    add("seq_index", "seq_index is an integer", "ExpectColumnValuesToBeInTypeList", type_list=_INTEGERS)
+
+    # Ids and splits.
+    add("id", "ids present", "ExpectColumnValuesToNotBeNull")
+    add("id", "unique ids", "ExpectColumnValuesToBeUnique")
+    add("split", "splits present", "ExpectColumnValuesToNotBeNull")
+    add("split", "split is train, valid or test", "ExpectColumnValuesToBeInSet", value_set=list(SPLITS))
+    add("split", "all splits present", "ExpectColumnDistinctValuesToContainSet", value_set=list(SPLITS))
+    add(ID_SPLITS, "splits disjoint", "ExpectColumnValuesToBeInSet", "id in several splits", value_set=[1])
+
+    # Labels.
+    add("label", "labels present", "ExpectColumnValuesToNotBeNull")
+    if label.kind == "regression":
+        if has("label") and pd.api.types.is_numeric_dtype(frame["label"]):
+            rng = f"[{label.min:g}, {label.max:g}]"
+            add(
+                "label",
+                f"label within {rng}",
+                "ExpectColumnValuesToBeBetween",
+                min_value=label.min,
+                max_value=label.max,
+            )
+    else:
+        add("label", "label is a known class", "ExpectColumnValuesToBeInSet", "unknown class", value_set=label.classes)
+
+    # Text.
+    if modalities.text is not None:
+        add("text", "text present", "ExpectColumnValuesToNotBeNull")
+        if has("text") and _all_strings(frame["text"]):
+            add("text", "text not blank", "ExpectColumnValuesToMatchRegex", "blank text", regex=r"\S")
+            add(
+                "text",
+                f"text length within [{params.text_min_chars}, {params.text_max_chars}] chars",
+                "ExpectColumnValueLengthsToBeBetween",
+                min_value=params.text_min_chars,
+                max_value=params.text_max_chars,
+            )
+
+    # Images.
+    if modalities.image is not None:
+        if not modalities.image.allow_missing:
+            add("image", "image present", "ExpectColumnValuesToNotBeNull")
+        add(IMAGE_CHECK, "images exist and decode", "ExpectColumnValuesToBeInSet", value_set=[OK])
+    else:
+        add("image", "no image without an image modality", "ExpectColumnValuesToBeNull")
+
+    # Sequences (audio and vision share `seq_index`).
+    specs = modalities.sequences
+    if specs:
+        if not all(spec.allow_missing for spec in specs.values()):
+            add("seq_index", "seq_index present", "ExpectColumnValuesToNotBeNull")
+        if has("seq_index") and pd.api.types.is_integer_dtype(frame["seq_index"]):
+            rows = min(sequences[m].features.shape[0] if sequences[m].features.ndim else 0 for m in specs)
+            add(
+                "seq_index",
+                f"seq_index within [0, {rows - 1}] (rows of the sequence arrays)",
+                "ExpectColumnValuesToBeBetween",
+                min_value=0,
+                max_value=rows - 1,
+            )
+            add("seq_index", "seq_index unique", "ExpectColumnValuesToBeUnique", "rows shared by several samples")
+        add(SEQUENCE_CHECK, "sequences fit the manifest and are finite", "ExpectColumnValuesToBeInSet", value_set=[OK])
+    else:
+        add("seq_index", "no seq_index without audio or vision", "ExpectColumnValuesToBeNull")
+
+    # Leakage: the same content in several splits.
+    add(
+        LEAKAGE_SPLITS,
+        "no content shared across splits",
+        "ExpectColumnValuesToBeInSet",
+        "same content in several splits (leakage)",
+        value_set=[1],
+        mostly=1.0 - params.leakage_tolerance,
+    )
+    assert len({rule.rule for rule in rules}) == len(rules), "rule names identify expectations: keep them unique"
+    return rules
+
+
+_FLOATS = ["float64", "float32", "float"]
+_INTEGERS = ["Int64Dtype", "int64", "int"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running GX
+
+
+def _run_checkpoint(frame: pd.DataFrame, rules: list[Rule], suite_name: str, docs: Path, partial_count: int) -> list:
+    os.environ["GX_ANALYTICS_ENABLED"] = "false"  # before the import: no usage statistics, no network
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    context.add_data_docs_site(
+        site_name=_SITE,
+        site_config={
+            "class_name": "SiteBuilder",
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs.resolve())},
+        },
+    )
+    batch = (
+        context.data_sources.add_pandas("dataset")
+        .add_dataframe_asset("samples")
+        .add_batch_definition_whole_dataframe("all samples")
+    )
+    expectations = [
+        getattr(gxe, rule.expectation)(
+            **rule.kwargs, meta={"rule": rule.rule, "problem": rule.problem}, notes=rule.note
+        )
+        for rule in rules
+    ]
+    # Built whole and added once: `suite.add_expectation` re-saves the suite each time (~20 ms per expectation).
+    suite = context.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name="validate", data=batch, suite=suite))
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="validate",
+            validation_definitions=[definition],
+            actions=[UpdateDataDocsAction(name="data_docs", site_names=[_SITE])],
+            result_format={
+                "result_format": "SUMMARY",
+                "partial_unexpected_count": partial_count,
+                "unexpected_index_column_names": ["id"] if "id" in frame.columns else [],
+                "return_unexpected_index_query": False,
+            },
+        )
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    (validation,) = result.run_results.values()
+    return list(validation.results)
+
+
+def _report(manifest: Manifest, n_samples: int, results: list, examples: int, docs: Path) -> ValidationReport:
+    checks: list[Check] = []
+    failures: list[Failure] = []
+    for result in results:
+        config = result.expectation_config
+        meta = config.meta or {}
+        rule = meta.get("rule", config.type)
+        column = config.kwargs.get("column")
+        details = result.result or {}
+        count = details.get("unexpected_count")
+        checks.append(Check(rule, config.type, column, bool(result.success), count))
+        if result.success:
+            continue
+        shown = _examples(details, column, examples)
+        failures.append(
+            Failure(
+                rule=rule,
+                expectation=config.type,
+                column=column,
+                unexpected_count=count,
+                examples=shown,
+                message=_message(result, column, meta.get("problem"), shown),
+            )
+        )
+    return ValidationReport(
+        success=not failures,
+        dataset=manifest.name,
+        version=manifest.version,
+        n_samples=n_samples,
+        checks=checks,
+        failures=failures,
+        data_docs=docs,
+    )
+
+
+def _examples(details: dict, column: str | None, limit: int) -> list[dict]:
+    rows = details.get("partial_unexpected_index_list") or []
+    values = details.get("partial_unexpected_list") or []
+    shown = []
+    for i, row in enumerate(rows[:limit]):
+        if isinstance(row, dict):
+            sample_id = row.get("id")
+            value = row.get(column, values[i] if i < len(values) else None)
+        else:  # no id column: GX gives the row index
+            sample_id, value = None, values[i] if i < len(values) else None
+        shown.append(_jsonable({"id": sample_id, "value": value}))
+    return shown
+
+
+def _message(result: Any, column: str | None, problem: str | None, shown: list[dict]) -> str:
+    details = result.result or {}
+    info = result.exception_info or {}
+    if info.get("raised_exception"):
+        return f"could not be evaluated: {info.get('exception_message')}"
+    kind = result.expectation_config.type
+    kwargs = result.expectation_config.kwargs
+    if kind == "expect_table_columns_to_match_set":
+        missing = (details.get("details") or {}).get("mismatched", {}).get("missing") or []
+        return f"missing column(s): {', '.join(map(str, missing))}"
+    if kind == "expect_column_distinct_values_to_contain_set":
+        missing = details.get("partial_missing_list") or details.get("details", {}).get("missing") or []
+        return f"missing: {', '.join(map(str, missing))}" if missing else f"observed {details.get('observed_value')}"
+    count = details.get("unexpected_count")
+    if count is None:  # an aggregate expectation: say what GX observed
+        expected = kwargs.get("type_list")
+        suffix = f", expected {' or '.join(expected)}" if expected else ""
+        return f"observed {details.get('observed_value')}{suffix}"
+    head = f"{problem}: " if problem else ""
+    return f"{head}{_rows(count)}, e.g. {_examples_text(shown, column)}"
+
+
+def _examples_text(shown: list[dict], column: str | None) -> str:
+    """ "s01, s01" for the id column, else ids grouped by value: "s00, s11: 2; s04: 7.5"."""
+    if column == "id":
+        return ", ".join(_id_text(e["id"]) for e in shown)
+    groups: dict[str, list[str]] = {}
+    for example in shown:
+        groups.setdefault(_value_text(example["value"], column), []).append(_id_text(example["id"]))
+    return "; ".join(f"{', '.join(ids)}: {value}" for value, ids in groups.items())
+
+
+def _id_text(sample_id: Any) -> str:
+    return "(no id)" if sample_id is None else str(sample_id)
+
+
+def _value_text(value: Any, column: str | None) -> str:
+    if column in COUNT_COLUMNS and isinstance(value, int):
+        return f"in {value} splits"
+    if isinstance(value, str) and column in REASON_COLUMNS:
+        return value
+    if isinstance(value, str):
+        return repr(value if len(value) <= _SHOWN_VALUE_CHARS else value[:_SHOWN_VALUE_CHARS] + "…")
+    return str(value)
+
+
+def _rows(count: int) -> str:
+    return f"{count} row{'' if count == 1 else 's'}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _integer_index(column: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """`seq_index` as (int64 values, present mask), or None when it is not an integer column."""
+    if not pd.api.types.is_integer_dtype(column):
+        return None
+    column = column.astype("Int64")
+    return column.fillna(0).to_numpy(dtype=np.int64), column.notna().to_numpy()
+
+
+def _all_strings(column: pd.Series) -> bool:
+    return all(isinstance(v, str) for v in column if not _is_null(v))
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy scalars unwrapped, NaN/inf and pandas NA as None, paths as strings."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)

@@ -1,0 +1,39 @@
+"""Integration fixtures: the real `msa` and `dvc` executables of this environment, run as a user would."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.shell import BIN, run
+
+REPO = Path(__file__).resolve().parents[2]
+# What a fresh clone holds that the pipeline's commands read (the code itself is installed in the venv).
+PROJECT_FILES = ("params.yaml", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", "data/.gitignore", "components")
+
+
+@pytest.fixture
+def msa() -> Callable[..., subprocess.CompletedProcess[str]]:
+    def call(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run([str(BIN / "msa"), *args], cwd=cwd, check=check)
+
+    return call
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A git + DVC checkout of the project's pipeline files, as a fresh clone has them."""
+    root = tmp_path / "project"
+    for name in PROJECT_FILES:
+        source, target = REPO / name, root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    run(["git", "init", "-q"], cwd=root)
+    return root

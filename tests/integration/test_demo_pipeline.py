@@ -1,0 +1,98 @@
+"""The foundation as a new user meets it: `msa data demo`, `msa validate`, `dvc repro` twice, data.dvc stable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.dataset import Dataset, read_dataset
+from tests.integration.shell import BIN, run
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
+    msa("data", "demo", cwd=project)
+    # Byte-identical demo data: the hash recorded in data.dvc still matches a freshly generated dataset.
+    status = run([str(BIN / "dvc"), "status", "data.dvc"], cwd=project)
+    assert "up to date" in status.stdout, status.stdout
+
+    first = run([str(BIN / "dvc"), "repro"], cwd=project)
+    assert "Running stage 'validate'" in first.stdout
+    report = json.loads((project / "reports/validation.json").read_text())
+    assert report["success"] is True and report["n_samples"] == 1000
+    assert (project / "reports/data_docs/index.html").is_file()
+
+    second = run([str(BIN / "dvc"), "repro"], cwd=project)
+    assert "Running stage" not in second.stdout
+    assert "up to date" in second.stdout, second.stdout
+
+
+def test_cli_validate_fails_with_summary_and_nonzero_exit(project, msa):
+    msa("data", "demo", "--size", "60", "--out", "data/small", cwd=project)
+    (project / "data/small/images/demo-00003.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = msa("validate", "--data", "data/small", cwd=project, check=False)
+    assert result.returncode == 1
+    assert "demo-00003" in result.stderr and "decode" in result.stderr
+    report = json.loads((project / "reports/validation.json").read_text())
+    assert report["success"] is False
+
+
+def test_cli_reports_bad_input_in_one_line_without_traceback(project, msa, tmp_path):
+    (tmp_path / "x.pkl").write_bytes(b"\x80\x04junk")
+    result = msa("data", "import", "mmsa", str(tmp_path / "x.pkl"), "--out", "data/mosi", cwd=project, check=False)
+    assert result.returncode == 1
+    assert "--trust-pickle" in result.stderr and "Traceback" not in result.stderr
+    assert not (project / "data/mosi").exists()
+
+    (project / "params.yaml").write_text("data:\n  rwa: data/raw\n")
+    result = msa("data", "demo", cwd=project, check=False)
+    assert result.returncode == 1 and "unknown key 'data.rwa'" in result.stderr
+
+
+def _modality_features(dataset: Dataset) -> dict[str, np.ndarray]:
+    """Simple per-modality summaries: bag of words, mean colour, and mean/slope/max of each sequence."""
+    samples = dataset.samples
+    words = [t.lower().replace(",", " ").replace(".", " ").split() for t in samples["text"]]
+    vocab = {w: i for i, w in enumerate(sorted({w for ws in words for w in ws}))}
+    text = np.zeros((len(samples), len(vocab)))
+    for row, ws in enumerate(words):
+        text[row, [vocab[w] for w in ws]] = 1.0
+    image = np.stack(
+        [np.asarray(Image.open(dataset.image_path(p)), dtype=float).reshape(-1, 3).mean(0) for p in samples["image"]]
+    )
+    features = {"text": text, "image": image}
+    for name, seq in dataset.sequences.items():
+        steps = np.arange(seq.features.shape[1])[None, :, None]
+        mask = steps < seq.lengths[:, None, None]
+        length = seq.lengths[:, None]
+        mean = (seq.features * mask).sum(1) / length
+        slope = (seq.features * mask * (steps - length[:, :, None] / 2)).sum(1) / length**2
+        peak = np.where(mask, seq.features, -np.inf).max(1)
+        features[name] = np.concatenate([mean, slope, peak], 1)
+    return features
+
+
+def _sign_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray) -> float:
+    """Ridge regression on train; Acc-2 (non-zero labels) on the other splits."""
+    z = np.c_[(x - x[train].mean(0)) / (x[train].std(0) + 1e-6), np.ones(len(x))]
+    w = np.linalg.solve(z[train].T @ z[train] + np.eye(z.shape[1]), z[train].T @ y[train])
+    held_out = ~train & (y != 0)
+    return float(((z[held_out] @ w > 0) == (y[held_out] > 0)).mean())
+
+
+def test_demo_label_needs_the_modalities_together(tmp_path):
+    """No single modality reaches what all of them reach together (same linear model for each)."""
+    from components.demo import generate_demo
+
+    dataset = read_dataset(generate_demo(tmp_path / "raw", size=1000, seed=0))
+    y = dataset.samples["label"].to_numpy()
+    train = (dataset.samples["split"] == "train").to_numpy()
+    features = _modality_features(dataset)
+    single = {name: _sign_accuracy(x, y, train) for name, x in features.items()}
+    together = _sign_accuracy(np.concatenate(list(features.values()), axis=1), y, train)
+    assert max(single.values()) < 0.82, single
+    assert together - max(single.values()) > 0.12, (single, together)
