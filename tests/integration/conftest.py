@@ -13,7 +13,7 @@ from tests.integration.shell import BIN, run
 
 REPO = Path(__file__).resolve().parents[2]
 # What a fresh clone holds that the pipeline's commands read (the code itself is installed in the venv).
-PROJECT_FILES = ("params.yaml", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", "data/.gitignore", "components")
+PROJECT_FILES = ("params.yaml", "dvc.yaml", "dvc.lock", "data.dvc", ".dvc/config", ".dvcignore", "data/.gitignore", "components")
 
 
 @pytest.fixture
@@ -30,6 +30,8 @@ def project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
     for name in PROJECT_FILES:
         source, target = REPO / name, root / name
+        if not source.exists():  # dvc.lock appears with the first `dvc repro`
+            continue
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))

@@ -15,16 +15,17 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
+    recorded = (project / "data.dvc").read_text()
     msa("data", "demo", cwd=project)
-    # Byte-identical demo data: the hash recorded in data.dvc still matches a freshly generated dataset.
-    status = run([str(BIN / "dvc"), "status", "data.dvc"], cwd=project)
-    assert "up to date" in status.stdout, status.stdout
 
     first = run([str(BIN / "dvc"), "repro"], cwd=project)
     assert "Running stage 'validate'" in first.stdout
     report = json.loads((project / "reports/validation.json").read_text())
     assert report["success"] is True and report["n_samples"] == 1000
     assert (project / "reports/data_docs/index.html").is_file()
+    # Byte-identical demo data: the hash recorded in data.dvc still describes a freshly generated dataset.
+    assert (project / "data.dvc").read_text() == recorded
+    assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "status"], cwd=project).stdout
 
     second = run([str(BIN / "dvc"), "repro"], cwd=project)
     assert "Running stage" not in second.stdout
