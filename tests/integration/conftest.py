@@ -13,7 +13,9 @@ from tests.integration.shell import BIN, run
 
 REPO = Path(__file__).resolve().parents[2]
 # What a fresh clone holds that the pipeline's commands read (the code itself is installed in the venv).
-PROJECT_FILES = ("params.yaml", "dvc.yaml", "dvc.lock", "data.dvc", ".dvc/config", ".dvcignore", "data/.gitignore", "components")
+PROJECT_FILES = (
+    "params.yaml", "dvc.yaml", "dvc.lock", "data.dvc", ".dvc/config", ".dvcignore", "data/.gitignore", "components",
+)  # fmt: skip
 
 
 @pytest.fixture
