@@ -245,9 +245,10 @@ def read_dataset(path: str | Path) -> Dataset:
     except (pa.ArrowException, OSError, ValueError) as e:
         raise DataError(samples_file, f"not a readable parquet file: {e}") from None
     index = samples.get("seq_index")
-    if index is not None and pd.api.types.is_float_dtype(index) and (index.dropna() % 1 == 0).all():
-        # Parquet int64 with nulls arrives as float64; the nullable integer keeps the indices exact. Other
-        # floats stay as they are, for validation to report.
+    whole = index is not None and pd.api.types.is_numeric_dtype(index) and (index.dropna() % 1 == 0).all()
+    if whole:
+        # One dtype whether or not nulls are present (int64 with nulls arrives as float64). Fractional values stay
+        # as they are, for validation to report.
         samples["seq_index"] = index.astype("Int64")
     sequences = {m: read_sequences(root, m) for m in manifest.modalities.sequences}
     return Dataset(manifest=manifest, samples=samples, sequences=sequences, root=root)
