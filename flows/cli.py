@@ -28,8 +28,8 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read settings from.")]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="Dataset directory to write [default: data.raw in params].")]
-NameOpt = Annotated[str | None, typer.Option(help="Dataset name in the manifest [default: the file's stem].")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Dataset directory to write (default: data.raw in params).")]
+NameOpt = Annotated[str | None, typer.Option(help="Dataset name in the manifest (default: the file's stem).")]
 LabelMin = Annotated[float, typer.Option(help="Lowest valid regression label (MOSI/MOSEI: -3, CH-SIMS: -1).")]
 LabelMax = Annotated[float, typer.Option(help="Highest valid regression label.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the split made when the input has none.")]
@@ -68,8 +68,8 @@ def _describe(path: Path, started: float) -> None:
 @data_app.command("demo")
 @_user_errors
 def data_demo(
-    size: Annotated[int | None, typer.Option(help="Number of samples [default: data.demo.size].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed [default: data.demo.seed].")] = None,
+    size: Annotated[int | None, typer.Option(min=30, help="Number of samples (default: data.demo.size).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: data.demo.seed).")] = None,
     out_dir: OutOpt = None,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
@@ -77,7 +77,9 @@ def data_demo(
     started = time.perf_counter()
     p = load_params(params)
     path = out_dir or p.data.raw
-    generate_demo(path, size=size or p.data.demo.size, seed=p.data.demo.seed if seed is None else seed)
+    generate_demo(
+        path, size=p.data.demo.size if size is None else size, seed=p.data.demo.seed if seed is None else seed
+    )
     _describe(path, started)
 
 
@@ -115,7 +117,7 @@ def import_csv_command(
     task: Annotated[
         str, typer.Option(help="auto, regression or classification (auto: classification if a label is not a number).")
     ] = "auto",
-    classes: Annotated[str | None, typer.Option(help="Comma-separated class names [default: the labels seen].")] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names (default: the labels seen).")] = None,
     name: NameOpt = None,
     label_min: LabelMin = -3.0,
     label_max: LabelMax = 3.0,
@@ -142,8 +144,8 @@ def import_csv_command(
 @_user_errors
 def import_tsv_command(
     train: Annotated[Path, typer.Argument(help="text<TAB>label file with a header line; the train split.")],
-    valid: Annotated[Path | None, typer.Option(help="File for the valid split [default: carved from train].")] = None,
-    test: Annotated[Path | None, typer.Option(help="File for the test split [default: carved from train].")] = None,
+    valid: Annotated[Path | None, typer.Option(help="File for the valid split (default: carved from train).")] = None,
+    test: Annotated[Path | None, typer.Option(help="File for the test split (default: carved from train).")] = None,
     name: NameOpt = None,
     label_min: LabelMin = -3.0,
     label_max: LabelMax = 3.0,
@@ -166,7 +168,7 @@ def import_tsv_command(
 @app.command()
 @_user_errors
 def validate(
-    data: Annotated[Path | None, typer.Option(help="Dataset directory [default: data.raw in params].")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset directory (default: data.raw in params).")] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Run the Great Expectations suite; exit 1 with a summary of each failed expectation."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -30,6 +31,19 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     second = run([str(BIN / "dvc"), "repro"], cwd=project)
     assert "Running stage" not in second.stdout
     assert "up to date" in second.stdout, second.stdout
+
+
+def test_dataset_round_trips_through_the_default_local_remote(project, msa):
+    msa("data", "demo", "--size", "60", cwd=project)
+    run([str(BIN / "dvc"), "add", "data/raw"], cwd=project)
+    run([str(BIN / "dvc"), "push"], cwd=project)
+    assert (project / "dvc-storage").is_dir()  # the remote configured in .dvc/config, beside the code
+    original = {p.relative_to(project): p.read_bytes() for p in (project / "data/raw").rglob("*") if p.is_file()}
+    shutil.rmtree(project / "data/raw")
+    shutil.rmtree(project / ".dvc/cache")
+    run([str(BIN / "dvc"), "pull"], cwd=project)
+    restored = {p.relative_to(project): p.read_bytes() for p in (project / "data/raw").rglob("*") if p.is_file()}
+    assert restored == original
 
 
 def test_cli_validate_fails_with_summary_and_nonzero_exit(project, msa):
