@@ -93,7 +93,7 @@ def main(
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
         table.add_row(
-            r["dataset"], str(r["samples"]), fmt(r["size_mb"], ".1f"), fmt(r["generate_s"], ".2f"),
+            r["dataset"], str(r["samples"]), fmt(r["size_mb"], ".2f"), fmt(r["generate_s"], ".2f"),
             fmt(r["import_s"], ".2f"), fmt(r["validate_s"], ".2f"), fmt(r["derived_checks_s"], ".2f"),
             fmt(r["validate_ms_per_sample"], ".2f"), fmt(r["validate_per_sample_vs_smallest"], ".2f"),
         )  # fmt: skip
