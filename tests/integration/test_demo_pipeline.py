@@ -32,6 +32,11 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     assert "Running stage" not in second.stdout
     assert "up to date" in second.stdout, second.stdout
 
+    # A forced re-run on the same inputs records the same lock: the stage's outputs are deterministic.
+    lock = (project / "dvc.lock").read_text()
+    run([str(BIN / "dvc"), "repro", "--force"], cwd=project)
+    assert (project / "dvc.lock").read_text() == lock
+
 
 def test_dataset_round_trips_through_the_default_local_remote(project, msa):
     msa("data", "demo", "--size", "60", cwd=project)
