@@ -13,10 +13,9 @@ when a file cannot be parsed at all; whether the content obeys the contract is `
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Literal
 
 import numpy as np
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save
 
-from components.atomic import replace_directory
+from components.atomic import replace_directory, write_bytes
 from components.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -169,37 +168,33 @@ def write_dataset(
     manifest_yaml = yaml.safe_dump(manifest.model_dump(mode="json", exclude_none=True), sort_keys=False)
 
     for name in images or {}:
-        _check_image_key(name)
+        if problem := image_path_problem(name):
+            raise ValueError(f"image path {name!r} must be a relative path inside {IMAGES}/ ({problem})")
     with replace_directory(path) as staging:
-        _write_synced(staging / MANIFEST, manifest_yaml.encode("utf-8"))
+        write_bytes(staging / MANIFEST, manifest_yaml.encode("utf-8"))
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
-        _write_synced(staging / SAMPLES, buffer.getvalue())
+        write_bytes(staging / SAMPLES, buffer.getvalue())
         for name, content in sorted((images or {}).items()):
-            _write_synced(staging / name, content.read_bytes() if isinstance(content, Path) else content)
+            write_bytes(staging / name, content.read_bytes() if isinstance(content, Path) else content)
         for modality, seq in sorted((sequences or {}).items()):
             arrays = {
                 "features": np.ascontiguousarray(seq.features, dtype=np.float32),
                 "lengths": np.ascontiguousarray(seq.lengths, dtype=np.int64),
             }
-            _write_synced(staging / SEQUENCES / f"{modality}.safetensors", save(arrays))
+            write_bytes(staging / SEQUENCES / f"{modality}.safetensors", save(arrays))
     return Path(path)
 
 
-def _check_image_key(name: str) -> None:
-    """Image keys are paths inside `images/`: never absolute, never climbing out of the dataset."""
-    parts = PurePosixPath(name).parts
-    if not name or parts[0] != IMAGES or len(parts) < 2 or ".." in parts or "\\" in name:
-        raise ValueError(f"image path {name!r} must be a relative path inside {IMAGES}/")
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    # fsync each file: the directory rename that publishes the dataset must not outlive its files' contents.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+def image_path_problem(relative: str) -> str | None:
+    """Why an `image` value cannot name a file of this dataset, or None: images live inside `images/`, never
+    absolute and never climbing out. Lexical on purpose: DVC's symlink cache links are the dataset's own files."""
+    posix = PurePosixPath(relative)
+    if any(p.is_absolute() or p.drive or p.root or ".." in p.parts for p in (posix, PureWindowsPath(relative))):
+        return f"path escapes the dataset root: {relative}"
+    if posix.parts[:1] != (IMAGES,) or len(posix.parts) < 2:
+        return f"not under {IMAGES}/: {relative}"
+    return None
 
 
 def carve_splits(n: int, *, seed: int, fractions: dict[str, float]) -> list[str]:

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ import pandas as pd
 
 from components.atomic import replace_directory, write_json
 from components.config import ValidateParams
-from components.dataset import IMAGES, SPLITS, Manifest, SequenceArray, SequenceSpec, read_dataset
+from components.dataset import SPLITS, Manifest, SequenceArray, SequenceSpec, image_path_problem, read_dataset
 
 REQUIRED_COLUMNS = ("id", "split", "text", "label", "image", "seq_index")
 OK = "ok"
@@ -188,17 +188,15 @@ def image_checks(root: Path, images: pd.Series) -> tuple[list[str | None], list[
     """Per row: "ok" or why the image is unusable, and the SHA-256 of its bytes (None where null or unreadable).
 
     Images are decoded fully (`load()`), not just `verify()`-ed, so truncated files fail here and not in
-    featurize. Paths must stay inside the dataset root (see `escapes_root`).
+    featurize. Paths must stay inside the dataset root (see `image_path_problem`).
     """
     from PIL import Image, UnidentifiedImageError
 
     cache: dict[str, tuple[str, str | None]] = {}
 
     def check(value: str) -> tuple[str, str | None]:
-        if escapes_root(value):
-            return f"path escapes the dataset root: {value}", None
-        if PurePosixPath(value).parts[:1] != (IMAGES,):
-            return f"not under {IMAGES}/: {value}", None
+        if problem := image_path_problem(value):
+            return problem, None
         try:
             data = (root / value).read_bytes()
         except FileNotFoundError:
@@ -234,17 +232,6 @@ def image_checks(root: Path, images: pd.Series) -> tuple[list[str | None], list[
         checks.append(result)
         digests.append(digest)
     return checks, digests
-
-
-def escapes_root(relative: str) -> bool:
-    """Whether a path from the `image` column could point outside the dataset (absolute, or with "..").
-
-    Lexical on purpose: symlinks inside the dataset (DVC's symlink cache type) are the dataset's own files.
-    """
-    return any(
-        path.is_absolute() or path.drive or path.root or ".." in path.parts
-        for path in (PurePosixPath(relative), PureWindowsPath(relative))
-    )
 
 
 def sequence_problems(modality: str, spec: SequenceSpec, array: SequenceArray) -> str | None:

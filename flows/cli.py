@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -13,10 +14,11 @@ import typer
 from rich.console import Console
 
 from components.config import DEFAULT_PARAMS, ConfigError, load_params
-from components.dataset import read_dataset
+from components.dataset import SPLITS, read_dataset
 from components.demo import generate_demo
 from components.errors import DataError
 from components.importers import import_image_text_csv, import_mmsa, import_text_tsv
+from components.validation import validate_dataset  # Great Expectations itself is imported only when validating
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_show_locals=False)
 data_app = typer.Typer(no_args_is_help=True, help="Create or import the canonical dataset.")
@@ -53,10 +55,15 @@ def _user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _describe(path: Path, started: float) -> None:
+@contextmanager
+def _writing_dataset(out_dir: Path | None, params: Path) -> Iterator[Path]:
+    """Yield where the dataset goes (--out, else data.raw); once written, read it back and summarise it."""
+    started = time.perf_counter()
+    path = out_dir or load_params(params).data.raw
+    yield path
     dataset = read_dataset(path)
     counts = dataset.samples["split"].value_counts()
-    splits = ", ".join(f"{s} {counts.get(s, 0)}" for s in ("train", "valid", "test"))
+    splits = ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS)
     kind = "SYNTHETIC " if dataset.manifest.synthetic else ""
     out.print(
         f"Wrote {kind}dataset '{dataset.manifest.name}' v{dataset.manifest.version} to {path}: "
@@ -74,13 +81,9 @@ def data_demo(
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Write the deterministic SYNTHETIC demo dataset (byte-identical for the same size and seed)."""
-    started = time.perf_counter()
-    p = load_params(params)
-    path = out_dir or p.data.raw
-    generate_demo(
-        path, size=p.data.demo.size if size is None else size, seed=p.data.demo.seed if seed is None else seed
-    )
-    _describe(path, started)
+    demo = load_params(params).data.demo
+    with _writing_dataset(out_dir, params) as path:
+        generate_demo(path, size=demo.size if size is None else size, seed=demo.seed if seed is None else seed)
 
 
 @import_app.command("mmsa")
@@ -100,13 +103,11 @@ def import_mmsa_command(
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Import an MMSA pickle: train/valid/test with raw_text, audio, vision, lengths, regression_labels, id."""
-    started = time.perf_counter()
-    path = out_dir or load_params(params).data.raw
-    import_mmsa(
-        file, path, trust_pickle=trust_pickle, name=name, label_min=label_min, label_max=label_max,
-        zero_nonfinite=zero_nonfinite,
-    )  # fmt: skip
-    _describe(path, started)
+    with _writing_dataset(out_dir, params) as path:
+        import_mmsa(
+            file, path, trust_pickle=trust_pickle, name=name, label_min=label_min, label_max=label_max,
+            zero_nonfinite=zero_nonfinite,
+        )  # fmt: skip
 
 
 @import_app.command("csv")
@@ -130,14 +131,12 @@ def import_csv_command(
     """Import image-text posts (MVSA / Twitter-2015 style)."""
     if task not in ("auto", "regression", "classification"):
         raise typer.BadParameter(f"{task!r} is not one of auto, regression, classification", param_hint="--task")
-    started = time.perf_counter()
-    path = out_dir or load_params(params).data.raw
-    import_image_text_csv(
-        file, path, image_root=image_root, name=name, task=task,  # type: ignore[arg-type]
-        classes=[c.strip() for c in classes.split(",")] if classes else None,
-        label_min=label_min, label_max=label_max, seed=seed, valid_frac=valid_frac, test_frac=test_frac,
-    )  # fmt: skip
-    _describe(path, started)
+    with _writing_dataset(out_dir, params) as path:
+        import_image_text_csv(
+            file, path, image_root=image_root, name=name, task=task,  # type: ignore[arg-type]
+            classes=[c.strip() for c in classes.split(",")] if classes else None,
+            label_min=label_min, label_max=label_max, seed=seed, valid_frac=valid_frac, test_frac=test_frac,
+        )  # fmt: skip
 
 
 @import_app.command("tsv")
@@ -156,13 +155,11 @@ def import_tsv_command(
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Import text-only `text<TAB>label` files (e.g. ../shared/datasets/mosi-text)."""
-    started = time.perf_counter()
-    path = out_dir or load_params(params).data.raw
-    import_text_tsv(
-        train, path, valid=valid, test=test, name=name, label_min=label_min, label_max=label_max, seed=seed,
-        valid_frac=valid_frac, test_frac=test_frac,
-    )  # fmt: skip
-    _describe(path, started)
+    with _writing_dataset(out_dir, params) as path:
+        import_text_tsv(
+            train, path, valid=valid, test=test, name=name, label_min=label_min, label_max=label_max, seed=seed,
+            valid_frac=valid_frac, test_frac=test_frac,
+        )  # fmt: skip
 
 
 @app.command()
@@ -172,8 +169,6 @@ def validate(
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Run the Great Expectations suite; exit 1 with a summary of each failed expectation."""
-    from components.validation import validate_dataset  # imports Great Expectations: slow, so only here
-
     p = load_params(params)
     report = validate_dataset(data or p.data.raw, p.validation)
     (out if report.success else err).print(report.summary(), markup=False, soft_wrap=True)
