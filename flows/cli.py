@@ -17,7 +17,10 @@ from components.config import DEFAULT_PARAMS, ConfigError, load_params
 from components.dataset import SPLITS, read_dataset
 from components.demo import generate_demo
 from components.errors import DataError
+from components.featurize import featurize as featurize_dataset
 from components.importers import import_image_text_csv, import_mmsa, import_text_tsv
+from components.training import TrainingError
+from components.training import train as train_model
 from components.validation import validate_dataset  # Great Expectations itself is imported only when validating
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_show_locals=False)
@@ -48,7 +51,7 @@ def _user_errors(command: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (DataError, ConfigError) as e:
+        except (DataError, ConfigError, TrainingError) as e:
             err.print(f"error: {e}", style="red", markup=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
@@ -175,3 +178,27 @@ def validate(
     out.print(f"Report: {p.validation.report}; Data Docs: {report.data_docs}", markup=False)
     if not report.success:
         raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def featurize(
+    data: Annotated[Path | None, typer.Option(help="Dataset directory (default: data.raw in params).")] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Tokenize text (with frozen token states), resize images, standardize sequences -> featurize.out."""
+    p = load_params(params)
+    result = featurize_dataset(data or p.data.raw, p.featurize)
+    out.print(result.summary(), markup=False)
+
+
+@app.command()
+@_user_errors
+def train(
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from train.out/checkpoints/last.pt.")] = False,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Multi-task training of every head plus the fusion head. Several processes: torchrun --no-python msa train."""
+    p = load_params(params)
+    result = train_model(p.featurize.out, p.model, p.train, resume=resume)
+    out.print(result.summary(), markup=False)

@@ -65,3 +65,47 @@ def make_dataset(tmp_path: Path) -> Callable[..., Path]:
         return out
 
     return build
+
+
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "!", "?", ","] + (
+    [
+        "sample",
+        "number",
+        "was",
+        "good",
+        "bad",
+        "the",
+        "film",
+        "end",
+        "it",
+        "i",
+        "loved",
+        "hated",
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "6",
+        "7",
+        "8",
+        "9",
+        "10",
+        "11",
+    ]
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-layer random BERT with a fast tokenizer, saved as a local model directory (tests never download)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    BertTokenizerFast(vocab={token: i for i, token in enumerate(TINY_VOCAB)}).save_pretrained(out)
+    config = BertConfig(
+        vocab_size=len(TINY_VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    BertModel(config).save_pretrained(out)
+    return out

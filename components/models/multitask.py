@@ -1,0 +1,127 @@
+"""The trained model: the sub-models a spec asks for, an optional fusion, and one prediction layer per head."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from components.models.encoders import ImageCNN, SequenceEncoder
+from components.models.fusion import TEXT_MODELS, HierarchicalFusion
+from components.models.spec import SEQUENCE_HEADS, ModelSpec
+from components.models.text import TokenStates, text_encoder
+
+OTHER_MODALITIES = ("image", *SEQUENCE_HEADS)
+
+
+def check_spec(spec: ModelSpec) -> None:
+    """Reject a spec the model cannot honour, naming the fix, before any weights are built.
+
+    Besides heads without an encoder, an encoder that feeds no head is rejected: its parameters would never get a
+    gradient, which wastes memory and makes DDP fail.
+    """
+    heads, encoders = spec.heads, spec.encoders
+    if not heads:
+        raise ValueError("spec.heads is empty: name at least one head")
+    for name, names in (("spec.heads", heads), ("spec.text.models", spec.text.models if spec.text else ())):
+        if len(set(names)) != len(names):
+            raise ValueError(f"{name} repeats a name: {names}")
+    if spec.text is not None and not spec.text.models:
+        raise ValueError("spec.text is set but spec.text.models is empty: name a text model or drop spec.text")
+    for head in heads:
+        if head != "fusion" and head not in encoders:
+            raise ValueError(f"head {head!r} has no encoder: {_missing(spec, head)}")
+    if "fusion" in heads and not encoders:
+        raise ValueError("head 'fusion' has no encoder to fuse: the spec declares no modality")
+    if "fusion" not in heads and (idle := [e for e in encoders if e not in heads]):
+        raise ValueError(f"encoders {idle} feed no head: add them (or 'fusion') to spec.heads, or drop them")
+    if spec.label.kind == "classification" and len(spec.label.classes) < 2:
+        raise ValueError(f"classification needs at least 2 classes, got {spec.label.classes}")
+
+
+def _missing(spec: ModelSpec, head: str) -> str:
+    if head not in TEXT_MODELS:
+        return f"spec.{head} is not set"
+    if spec.text is None:
+        return "spec.text is not set"
+    return f"{head!r} is not in spec.text.models {spec.text.models}"
+
+
+def prediction_layer(hidden: int, outputs: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, outputs)
+    )
+
+
+class MultiTaskModel(nn.Module):
+    """Builds only what `spec` names; `pretrained=False` skips loading the transformer's weights (a state dict
+    follows). `forward` returns, per head, scores [B] (regression) or logits [B, classes] (classification)."""
+
+    def __init__(self, spec: ModelSpec, pretrained: bool = True) -> None:
+        super().__init__()
+        check_spec(spec)
+        self.spec = spec
+        hidden = spec.params.hidden
+        self.token_states = TokenStates(spec.text, pretrained) if spec.text is not None else None
+        encoders: dict[str, nn.Module] = {}
+        if spec.text is not None:
+            encoders |= {m: text_encoder(m, spec.text.hidden_size, spec.params) for m in spec.text.models}
+        if spec.image is not None:
+            encoders["image"] = ImageCNN(spec.image, hidden)
+        for m in SEQUENCE_HEADS:
+            if (sequence := getattr(spec, m)) is not None:
+                encoders[m] = SequenceEncoder(sequence.dim, hidden)
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = HierarchicalFusion(spec.encoders, hidden) if "fusion" in spec.heads else None
+        outputs, dropout = spec.label.outputs, spec.params.dropout
+        self.heads = nn.ModuleDict({h: prediction_layer(hidden, outputs, dropout) for h in spec.heads})
+
+    def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        representations = self._represent(batch)
+        if self.fusion is not None:
+            representations["fusion"] = self.fusion(representations, self.modality_presence(batch))
+        outputs = {head: layer(representations[head]) for head, layer in self.heads.items()}
+        if self.spec.label.kind == "regression":
+            outputs = {head: out.squeeze(-1) for head, out in outputs.items()}
+        return outputs
+
+    def _represent(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Encoder name -> representation [B, hidden]."""
+        out: dict[str, Tensor] = {}
+        if self.token_states is not None:
+            states, mask = self.token_states(batch), batch["text.attention_mask"]
+            for m in self.spec.text.models:
+                if m == "han":
+                    out[m] = self.encoders[m](states, batch["text.sentence_index"], batch["text.sentence_mask"])
+                else:
+                    out[m] = self.encoders[m](states, mask)
+        if "image" in self.encoders:
+            out["image"] = self.encoders["image"](batch["image.pixels"])
+        for m in SEQUENCE_HEADS:
+            if m in self.encoders:
+                out[m] = self.encoders[m](batch[f"{m}.features"], batch[f"{m}.mask"])
+        return out
+
+    def modality_presence(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Modality -> bool [B]: a text is present when it has a token, other modalities say so themselves."""
+        present = {"text": batch["text.attention_mask"].any(-1)} if self.spec.text is not None else {}
+        present |= {m: batch[f"{m}.present"].bool() for m in OTHER_MODALITIES if getattr(self.spec, m) is not None}
+        return present
+
+    def presence(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Head -> bool [B]: which samples a head can be scored on (fusion: any modality present)."""
+        modalities = self.modality_presence(batch)
+        present = {}
+        for head in self.spec.heads:
+            if head == "fusion":
+                present[head] = torch.stack(list(modalities.values())).any(0)
+            else:
+                present[head] = modalities["text" if head in TEXT_MODELS else head]
+        return present
+
+    def transformer_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the fine-tuned transformer (none when frozen): they train with their own learning rate."""
+        if self.token_states is None or self.token_states.transformer is None:
+            return []
+        return list(self.token_states.transformer.parameters())
