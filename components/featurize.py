@@ -270,9 +270,11 @@ def token_states(
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModel
+    from transformers.utils import logging as transformers_logging
 
     from components.devices import pick_device
 
+    transformers_logging.disable_progress_bar()  # its per-weight loading bar is noise beside ours
     device = pick_device(params.device)
     model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
     lengths = attention.sum(1)

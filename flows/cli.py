@@ -4,6 +4,7 @@ and the Prefect tasks. Settings come from params.yaml; options override them for
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -201,4 +202,5 @@ def train(
     """Multi-task training of every head plus the fusion head. Several processes: torchrun --no-python msa train."""
     p = load_params(params)
     result = train_model(p.featurize.out, p.model, p.train, resume=resume)
-    out.print(result.summary(), markup=False)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary rather than one per process
+        out.print(result.summary(), markup=False)

@@ -7,12 +7,13 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from components.dataset import SEQUENCE_MODALITIES
 from components.models.encoders import ImageCNN, SequenceEncoder
 from components.models.fusion import TEXT_MODELS, HierarchicalFusion
-from components.models.spec import SEQUENCE_HEADS, ModelSpec
+from components.models.spec import ModelSpec
 from components.models.text import TokenStates, text_encoder
 
-OTHER_MODALITIES = ("image", *SEQUENCE_HEADS)
+OTHER_MODALITIES = ("image", *SEQUENCE_MODALITIES)
 
 
 def check_spec(spec: ModelSpec) -> None:
@@ -69,7 +70,7 @@ class MultiTaskModel(nn.Module):
             encoders |= {m: text_encoder(m, spec.text.hidden_size, spec.params) for m in spec.text.models}
         if spec.image is not None:
             encoders["image"] = ImageCNN(spec.image, hidden)
-        for m in SEQUENCE_HEADS:
+        for m in SEQUENCE_MODALITIES:
             if (sequence := getattr(spec, m)) is not None:
                 encoders[m] = SequenceEncoder(sequence.dim, hidden)
         self.encoders = nn.ModuleDict(encoders)
@@ -98,7 +99,7 @@ class MultiTaskModel(nn.Module):
                     out[m] = self.encoders[m](states, mask)
         if "image" in self.encoders:
             out["image"] = self.encoders["image"](batch["image.pixels"])
-        for m in SEQUENCE_HEADS:
+        for m in SEQUENCE_MODALITIES:
             if m in self.encoders:
                 out[m] = self.encoders[m](batch[f"{m}.features"], batch[f"{m}.mask"])
         return out

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from components.config import Head, ModelParams, Section, TextModel
-
-SEQUENCE_HEADS = ("audio", "vision")
+from components.dataset import SEQUENCE_MODALITIES
 
 
 class LabelSpec(Section):
@@ -54,5 +53,5 @@ class ModelSpec(Section):
     def encoders(self) -> tuple[str, ...]:
         """Sub-models that produce a representation, in a fixed order: text models, then image, audio, vision."""
         names: list[str] = list(self.text.models) if self.text else []
-        names += [m for m in ("image", *SEQUENCE_HEADS) if getattr(self, m) is not None]
+        names += [m for m in ("image", *SEQUENCE_MODALITIES) if getattr(self, m) is not None]
         return tuple(names)

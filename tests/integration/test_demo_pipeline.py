@@ -1,4 +1,5 @@
-"""The foundation as a new user meets it: `msa data demo`, `msa validate`, `dvc repro` twice, data.dvc stable."""
+"""The pipeline as a new user meets it: `msa data demo`, `dvc repro` (validate -> featurize -> train) twice,
+data.dvc stable, a forced re-run deterministic."""
 
 from __future__ import annotations
 
@@ -18,9 +19,14 @@ pytestmark = pytest.mark.integration
 def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     recorded = (project / "data.dvc").read_text()
     msa("data", "demo", cwd=project)
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("  epochs: 30", "  epochs: 2"))  # the full run is a benchmark
 
     first = run([str(BIN / "dvc"), "repro"], cwd=project)
-    assert "Running stage 'validate'" in first.stdout
+    for stage in ("validate", "featurize", "train"):
+        assert f"Running stage '{stage}'" in first.stdout
+    assert "train: 2 epochs" in first.stdout
+    assert (project / "models/model.safetensors").is_file()
     report = json.loads((project / "reports/validation.json").read_text())
     assert report["success"] is True and report["n_samples"] == 1000
     assert (project / "reports/data_docs/index.html").is_file()
@@ -32,7 +38,8 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     assert "Running stage" not in second.stdout
     assert "up to date" in second.stdout, second.stdout
 
-    # A forced re-run on the same inputs records the same lock: the stage's outputs are deterministic.
+    # A forced re-run on the same inputs records the same lock: every stage's outputs are deterministic, the
+    # trained weights and checkpoint included.
     lock = (project / "dvc.lock").read_text()
     run([str(BIN / "dvc"), "repro", "--force"], cwd=project)
     assert (project / "dvc.lock").read_text() == lock
