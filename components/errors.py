@@ -19,3 +19,7 @@ class DataError(ValueError):
         if sample_id is not None:
             where += f" (id {sample_id})"
         super().__init__(f"{where}: {rule}")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on: a non-finite loss, or a checkpoint that does not fit this model."""

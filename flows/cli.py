@@ -17,11 +17,9 @@ from rich.console import Console
 from components.config import DEFAULT_PARAMS, ConfigError, load_params
 from components.dataset import SPLITS, read_dataset
 from components.demo import generate_demo
-from components.errors import DataError
+from components.errors import DataError, TrainingError
 from components.featurize import featurize as featurize_dataset
 from components.importers import import_image_text_csv, import_mmsa, import_text_tsv
-from components.training import TrainingError
-from components.training import train as train_model
 from components.validation import validate_dataset  # Great Expectations itself is imported only when validating
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_show_locals=False)
@@ -200,6 +198,8 @@ def train(
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Multi-task training of every head plus the fusion head. Several processes: torchrun --no-python msa train."""
+    from components.training import train as train_model  # torch and sklearn: only the commands that train pay
+
     p = load_params(params)
     result = train_model(p.featurize.out, p.model, p.train, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary rather than one per process

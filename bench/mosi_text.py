@@ -1,0 +1,215 @@
+"""Benchmark text-only quality on real CMU-MOSI transcripts: the pipeline's text heads against two reference models.
+
+Data: ../shared/datasets/mosi-text (train.tsv 1284 rows, dev.tsv 229; labels in [-3, 3]). train.tsv is imported
+with a valid split carved from it (valid_frac 0.1, seed 0: 1156 train, 128 valid) and dev.tsv as the test split,
+so dev is never trained or early-stopped on. Each configuration featurizes with the bundled all-MiniLM-L6-v2,
+trains the multi-task text model (heads lstm, textcnn, han, fusion; best weights by the fusion head's valid MAE),
+reloads the best weights and scores every head on dev with components.metrics.regression_metrics, as MMSA does:
+Acc-2 and weighted F1 on the non-zero labels, MAE, Pearson r. The reference rows (from the dataset's README,
+measured on the same dev split) are TF-IDF + ridge and frozen MiniLM mean-pooled embedding + ridge.
+
+Configurations (`--configs`, default both):
+    frozen     train.text_encoder: frozen, precomputed token states (the pipeline's default mode)
+    finetune   train.text_encoder: finetune, the transformer trained end to end with train.encoder_lr
+Each starts from params.yaml and applies the overrides in CONFIGS below (chosen on the carved valid split only).
+
+    python bench/mosi_text.py [--configs frozen finetune] [--seeds 0] [--threads 1] [--json bench/results/mosi_text.json]
+
+Threads: on a 2-core machine shared with other work, torch's default 2 intra-op threads make LSTM/GRU training
+10-100x slower whenever the other core is busy (every parallel region waits for a descheduled thread); one thread
+is immune, hence `--threads 1` by default (0 keeps torch's default).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+from safetensors.torch import load_file
+
+from components.config import DEFAULT_PARAMS, load_params
+from components.dataset import SPLITS
+from components.featurize import featurize, load_features
+from components.importers import import_text_tsv
+from components.metrics import regression_metrics
+from components.models import MultiTaskModel
+from components.training import MODEL_WEIGHTS, TrainResult, predict, train
+
+RESULTS = Path(__file__).parent / "results" / "mosi_text.json"
+MOSI = Path("../shared/datasets/mosi-text")
+VALID_FRAC, SPLIT_SEED = 0.1, 0
+
+# Reference rows on dev.tsv, from ../shared/datasets/mosi-text/README.md (text only, trained on train.tsv).
+REFERENCES = {
+    "TF-IDF (1-2 grams) + ridge": {"acc2": 0.699, "f1": 0.697, "mae": 1.147, "corr": 0.517},
+    "frozen MiniLM mean-pooled + ridge": {"acc2": 0.838, "f1": 0.838, "mae": 0.884, "corr": 0.741},
+}
+TARGET = {"acc2": 0.85, "mae": 0.80}
+
+# Overrides of params.yaml per configuration: {"featurize": {...}, "model": {...}, "train": {...}}.
+# Selected on the carved valid split only (dev.tsv was not looked at while choosing); see SELECTION below.
+CONFIGS: dict[str, dict[str, dict]] = {
+    "frozen": {
+        "featurize": {},
+        "model": {},
+        "train": {"text_encoder": "frozen"},
+    },
+    "finetune": {
+        "featurize": {},
+        "model": {},
+        "train": {"text_encoder": "finetune"},
+    },
+}
+SELECTION = ""
+
+
+def head_metrics(features: Path, result: TrainResult, split: str) -> dict[str, dict[str, float]]:
+    """Metrics of every head of the best weights in `result.out` on `split`."""
+    arrays, _ = load_features(features)
+    model = MultiTaskModel(result.spec, pretrained=False)
+    model.load_state_dict(load_file(result.out / MODEL_WEIGHTS))
+    frozen = result.spec.text is not None and result.spec.text.mode == "frozen"
+    tensors = {k: torch.from_numpy(v) for k, v in arrays.items() if k != "text.states" or frozen}
+    rows = torch.nonzero(tensors["split"] == SPLITS.index(split)).flatten()
+    label = tensors["label"][rows].numpy()
+    predictions = predict(model, tensors, rows, torch.device("cpu"))
+    return {head: regression_metrics(pred[present], label[present]) for head, (pred, present) in predictions.items()}
+
+
+def main(
+    configs: Annotated[list[str], typer.Option(help=f"Configurations to run: {', '.join(CONFIGS)}.")] = list(  # noqa: B006,B008
+        CONFIGS
+    ),
+    mosi: Annotated[Path, typer.Option(help="mosi-text folder (train.tsv, dev.tsv).")] = MOSI,
+    params: Annotated[Path, typer.Option(help="params.yaml the configurations start from.")] = DEFAULT_PARAMS,
+    seeds: Annotated[list[int], typer.Option(help="train.seed values; the table shows each, the JSON the mean.")] = [  # noqa: B006
+        0
+    ],
+    threads: Annotated[int, typer.Option(help="torch intra-op threads; 0: torch's default.")] = 1,
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = RESULTS,
+) -> None:
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise typer.BadParameter(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
+    if threads:
+        torch.set_num_threads(threads)
+    base = load_params(params)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        raw = import_text_tsv(
+            mosi / "train.tsv", root / "raw", test=mosi / "dev.tsv", name="mosi-text",
+            seed=SPLIT_SEED, valid_frac=VALID_FRAC,
+        )  # fmt: skip
+        for config in configs:
+            overrides = CONFIGS[config]
+            fp = base.featurize.model_copy(update={"out": root / f"features-{config}", **overrides["featurize"]})
+            started = time.perf_counter()
+            features = featurize(raw, fp, progress=False)
+            featurize_s = time.perf_counter() - started
+            model_params = base.model.model_copy(update=overrides["model"])
+            for seed in seeds:
+                tp = base.train.model_copy(
+                    update={"out": root / f"models-{config}-{seed}", "seed": seed, **overrides["train"]}
+                )
+                result = train(features.out, model_params, tp, progress=False)
+                print(f"{config} seed {seed}: {result.summary()}")
+                valid = head_metrics(features.out, result, "valid")
+                test = head_metrics(features.out, result, "test")
+                for head, metrics in test.items():
+                    rows.append(
+                        {
+                            "config": config,
+                            "seed": seed,
+                            "head": head,
+                            "test": metrics,
+                            "valid": valid[head],
+                            "best_epoch": result.best_epoch,
+                            "epochs": result.epochs_run,
+                            "train_s": result.seconds,
+                            "featurize_s": featurize_s,
+                            "settings": {
+                                "featurize": fp.model_dump(mode="json", exclude={"out"}),
+                                "model": model_params.model_dump(mode="json"),
+                                "train": tp.model_dump(mode="json", exclude={"out"}),
+                            },
+                        }
+                    )
+
+    means = summarize(rows)
+    print_table(rows, means, len(seeds) > 1)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "data": {"mosi": str(mosi), "valid_frac": VALID_FRAC, "split_seed": SPLIT_SEED, "test": "dev.tsv"},
+        "references": REFERENCES,
+        "selection": SELECTION,
+        "mean_over_seeds": means,
+        "runs": rows,
+    }
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {json_path}")
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean (and std) over seeds of each configuration's head."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["config"], row["head"]), []).append(row)
+    out = []
+    for (config, head), group in groups.items():
+        entry = {"config": config, "head": head, "seeds": [r["seed"] for r in group]}
+        for split in ("test", "valid"):
+            for key in ("acc2", "f1", "mae", "corr"):
+                values = np.array([r[split][key] for r in group])
+                entry[f"{split}_{key}"] = float(values.mean())
+                entry[f"{split}_{key}_std"] = float(values.std())
+        entry["train_s"] = float(np.mean([r["train_s"] for r in group]))
+        out.append(entry)
+    return out
+
+
+def print_table(rows: list[dict], means: list[dict], with_means: bool) -> None:
+    table = Table(title="MOSI text only: dev split (= test; never trained or early-stopped on)")
+    for column in ("model", "config", "seed", "head", "Acc-2", "F1", "MAE", "Corr", "valid MAE", "epochs", "train s"):
+        table.add_column(column, justify="right")
+    for name, m in REFERENCES.items():
+        table.add_row(name, "reference", "", "", f"{100 * m['acc2']:.1f}", f"{100 * m['f1']:.1f}", f"{m['mae']:.3f}",
+                      f"{m['corr']:.3f}", "", "", "", end_section=name == list(REFERENCES)[-1])  # fmt: skip
+    for i, r in enumerate(rows):
+        t = r["test"]
+        last = i == len(rows) - 1 or (rows[i + 1]["config"], rows[i + 1]["seed"]) != (r["config"], r["seed"])
+        table.add_row(
+            "MiniLM multi-task", r["config"], str(r["seed"]), r["head"], f"{100 * t['acc2']:.1f}", f"{100 * t['f1']:.1f}",
+            f"{t['mae']:.3f}", f"{t['corr']:.3f}", f"{r['valid']['mae']:.3f}", f"{r['best_epoch']}/{r['epochs']}",
+            f"{r['train_s']:.0f}", end_section=last,
+        )  # fmt: skip
+    if with_means:
+        for m in means:
+            table.add_row(
+                "mean over seeds", m["config"], "", m["head"],
+                f"{100 * m['test_acc2']:.1f}±{100 * m['test_acc2_std']:.1f}", f"{100 * m['test_f1']:.1f}",
+                f"{m['test_mae']:.3f}±{m['test_mae_std']:.3f}", f"{m['test_corr']:.3f}", f"{m['valid_mae']:.3f}",
+                "", f"{m['train_s']:.0f}",
+            )  # fmt: skip
+    console = Console(width=160)
+    console.print(table)
+    best = max(rows, key=lambda r: r["test"]["acc2"])
+    ref = REFERENCES["frozen MiniLM mean-pooled + ridge"]
+    console.print(
+        f"best text head by dev Acc-2: {best['config']} seed {best['seed']} {best['head']} "
+        f"{100 * best['test']['acc2']:.1f} / MAE {best['test']['mae']:.3f} "
+        f"(reference {100 * ref['acc2']:.1f} / {ref['mae']:.3f}; target >= {100 * TARGET['acc2']:.0f} / "
+        f"<= {TARGET['mae']:.2f})"
+    )
+
+
+if __name__ == "__main__":
+    typer.run(main)
