@@ -77,7 +77,9 @@ def main(
         started = time.perf_counter()
         features = featurize(raw, p.featurize.model_copy(update={"out": root / "features"}), progress=False)
         featurize_s = time.perf_counter() - started
-        variants = [("multi-task", None)] + ([(f"single-task {h}", h) for h in (*UNIMODAL, "fusion")] if ablations else [])
+        variants = [("multi-task", None)] + (
+            [(f"single-task {h}", h) for h in (*UNIMODAL, "fusion")] if ablations else []
+        )
         for name, single in variants:
             settings = p.train.model_copy(update={"out": root / name.replace(" ", "-"), "single_task": single})
             try:

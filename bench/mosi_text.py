@@ -13,7 +13,7 @@ Configurations (`--configs`, default both):
     finetune   train.text_encoder: finetune, the transformer trained end to end with train.encoder_lr
 Each starts from params.yaml and applies the overrides in CONFIGS below (chosen on the carved valid split only).
 
-    python bench/mosi_text.py [--configs frozen finetune] [--seeds 0] [--threads 1] [--json bench/results/mosi_text.json]
+    python bench/mosi_text.py [--configs frozen finetune] [--seeds 0 1 (default)] [--threads 1] [--json PATH]
 
 Threads: on a 2-core machine shared with other work, torch's default 2 intra-op threads make LSTM/GRU training
 10-100x slower whenever the other core is busy (every parallel region waits for a descheduled thread); one thread
@@ -54,21 +54,47 @@ REFERENCES = {
 }
 TARGET = {"acc2": 0.85, "mae": 0.80}
 
-# Overrides of params.yaml per configuration: {"featurize": {...}, "model": {...}, "train": {...}}.
-# Selected on the carved valid split only (dev.tsv was not looked at while choosing); see SELECTION below.
+# Overrides of params.yaml per configuration: {"featurize": {...}, "model": {...}, "train": {...}}, written out in
+# full even where they equal today's params.yaml, so the bench does not drift when the defaults change.
+#
+# How they were chosen: on the carved valid split only (128 rows; dev.tsv was not looked at while choosing), by the
+# fusion head's valid MAE (the metric training early-stops on), averaged over train seeds 0 and 1 (and 2 for the
+# closest frozen candidates), one torch thread. Seed-to-seed spread of that number is about +-0.015.
+#   frozen (valid MAE / Corr of the fusion head, mean of seeds): params.yaml defaults 0.722 / 0.735 (3 seeds);
+#     dropout 0.4: 0.719 (3 seeds); dropout 0.5: 0.730; loss mse: 0.725; dropout 0.4 + mse: 0.720; lr 3e-4: 0.740;
+#     hidden 128: 0.728; patience 10: 0.721; weight_decay 0.01: 0.729; dropout 0.4 + batch 16: 0.722;
+#     dropout 0.4 + max_tokens 40: 0.713. None beats the defaults by more than the seed spread, so the defaults
+#     stay. (For scale: frozen MiniLM mean-pooled + ridge scores 0.82-0.85 on this valid split.)
+#   finetune: params.yaml defaults (encoder_lr 2e-5, max_tokens 64, dropout 0.2, 30 epochs, patience 5) 0.688 / 0.766
+#     (seed 0; best epoch 7 of 12, 1240 s); encoder_lr 5e-5 + max_tokens 40 + dropout 0.4 + 10 epochs + patience 3:
+#     0.672 / 0.773 (seeds 0, 1: 0.688, 0.655; best epoch 4-5, 470-560 s); same with encoder_lr 1e-4: 0.716 / 0.743
+#     (overfits by epoch 2). Chosen: the second, as good or better at less than half the time. max_tokens 40 cuts
+#     1.6% of the texts (99% are <= 44 tokens) and the transformer's cost by a third, since batches are padded to
+#     the longest text of the whole dataset.
 CONFIGS: dict[str, dict[str, dict]] = {
     "frozen": {
-        "featurize": {},
-        "model": {},
-        "train": {"text_encoder": "frozen"},
+        "featurize": {"max_tokens": 64},
+        "model": {"hidden": 64, "dropout": 0.2},
+        "train": {
+            "text_encoder": "frozen", "loss": "l1", "lr": 1e-3, "batch_size": 32, "epochs": 30, "patience": 5,
+            "weight_decay": 1e-4,
+        },
     },
     "finetune": {
-        "featurize": {},
-        "model": {},
-        "train": {"text_encoder": "finetune"},
+        "featurize": {"max_tokens": 40},
+        "model": {"hidden": 64, "dropout": 0.4},
+        "train": {
+            "text_encoder": "finetune", "loss": "l1", "lr": 1e-3, "encoder_lr": 5e-5, "batch_size": 32,
+            "epochs": 10, "patience": 3, "weight_decay": 1e-4,
+        },
     },
-}
-SELECTION = ""
+}  # fmt: skip
+DEFAULT_CONFIGS = list(CONFIGS)
+DEFAULT_SEEDS = [0, 1]
+SELECTION = (
+    "settings chosen on the carved valid split (train.tsv, valid_frac 0.1, seed 0) by the fusion head's valid MAE "
+    "over train seeds 0 and 1; dev.tsv was only scored after the choice"
+)
 
 
 def head_metrics(features: Path, result: TrainResult, split: str) -> dict[str, dict[str, float]]:
@@ -85,14 +111,12 @@ def head_metrics(features: Path, result: TrainResult, split: str) -> dict[str, d
 
 
 def main(
-    configs: Annotated[list[str], typer.Option(help=f"Configurations to run: {', '.join(CONFIGS)}.")] = list(  # noqa: B006,B008
-        CONFIGS
-    ),
+    configs: Annotated[list[str], typer.Option(help=f"Configurations to run: {', '.join(CONFIGS)}.")] = DEFAULT_CONFIGS,
     mosi: Annotated[Path, typer.Option(help="mosi-text folder (train.tsv, dev.tsv).")] = MOSI,
     params: Annotated[Path, typer.Option(help="params.yaml the configurations start from.")] = DEFAULT_PARAMS,
-    seeds: Annotated[list[int], typer.Option(help="train.seed values; the table shows each, the JSON the mean.")] = [  # noqa: B006
-        0
-    ],
+    seeds: Annotated[list[int], typer.Option(help="train.seed values; the table shows each and their mean.")] = (
+        DEFAULT_SEEDS
+    ),
     threads: Annotated[int, typer.Option(help="torch intra-op threads; 0: torch's default.")] = 1,
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = RESULTS,
 ) -> None:
@@ -176,39 +200,52 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def scores(m: dict[str, float], prefix: str = "") -> list[str]:
+    """Acc-2 and F1 in percent, MAE, Corr of metrics `m` (keys optionally prefixed, e.g. "test_")."""
+    return [
+        f"{100 * m[prefix + 'acc2']:.1f}",
+        f"{100 * m[prefix + 'f1']:.1f}",
+        f"{m[prefix + 'mae']:.3f}",
+        f"{m[prefix + 'corr']:.3f}",
+    ]
+
+
 def print_table(rows: list[dict], means: list[dict], with_means: bool) -> None:
     table = Table(title="MOSI text only: dev split (= test; never trained or early-stopped on)")
     for column in ("model", "config", "seed", "head", "Acc-2", "F1", "MAE", "Corr", "valid MAE", "epochs", "train s"):
         table.add_column(column, justify="right")
     for name, m in REFERENCES.items():
-        table.add_row(name, "reference", "", "", f"{100 * m['acc2']:.1f}", f"{100 * m['f1']:.1f}", f"{m['mae']:.3f}",
-                      f"{m['corr']:.3f}", "", "", "", end_section=name == list(REFERENCES)[-1])  # fmt: skip
+        table.add_row(name, "reference", "", "", *scores(m), "", "", "", end_section=name == list(REFERENCES)[-1])
     for i, r in enumerate(rows):
-        t = r["test"]
         last = i == len(rows) - 1 or (rows[i + 1]["config"], rows[i + 1]["seed"]) != (r["config"], r["seed"])
+        epochs = f"{r['best_epoch']}/{r['epochs']}"
         table.add_row(
-            "MiniLM multi-task", r["config"], str(r["seed"]), r["head"], f"{100 * t['acc2']:.1f}", f"{100 * t['f1']:.1f}",
-            f"{t['mae']:.3f}", f"{t['corr']:.3f}", f"{r['valid']['mae']:.3f}", f"{r['best_epoch']}/{r['epochs']}",
-            f"{r['train_s']:.0f}", end_section=last,
+            "MiniLM multi-task", r["config"], str(r["seed"]), r["head"], *scores(r["test"]),
+            f"{r['valid']['mae']:.3f}", epochs, f"{r['train_s']:.0f}", end_section=last,
         )  # fmt: skip
     if with_means:
         for m in means:
-            table.add_row(
-                "mean over seeds", m["config"], "", m["head"],
-                f"{100 * m['test_acc2']:.1f}±{100 * m['test_acc2_std']:.1f}", f"{100 * m['test_f1']:.1f}",
-                f"{m['test_mae']:.3f}±{m['test_mae_std']:.3f}", f"{m['test_corr']:.3f}", f"{m['valid_mae']:.3f}",
-                "", f"{m['train_s']:.0f}",
-            )  # fmt: skip
+            cells = scores(m, "test_")
+            cells[0] += f" ±{100 * m['test_acc2_std']:.1f}"
+            cells[2] += f" ±{m['test_mae_std']:.3f}"
+            table.add_row("mean over seeds", m["config"], "", m["head"], *cells, f"{m['valid_mae']:.3f}", "",
+                          f"{m['train_s']:.0f}")  # fmt: skip
     console = Console(width=160)
     console.print(table)
-    best = max(rows, key=lambda r: r["test"]["acc2"])
     ref = REFERENCES["frozen MiniLM mean-pooled + ridge"]
     console.print(
-        f"best text head by dev Acc-2: {best['config']} seed {best['seed']} {best['head']} "
-        f"{100 * best['test']['acc2']:.1f} / MAE {best['test']['mae']:.3f} "
-        f"(reference {100 * ref['acc2']:.1f} / {ref['mae']:.3f}; target >= {100 * TARGET['acc2']:.0f} / "
-        f"<= {TARGET['mae']:.2f})"
+        f"reference: frozen MiniLM + ridge {100 * ref['acc2']:.1f} / MAE {ref['mae']:.3f}; "
+        f"target Acc-2 >= {100 * TARGET['acc2']:.0f}, MAE <= {TARGET['mae']:.2f}"
     )
+    for config in dict.fromkeys(r["config"] for r in rows):
+        mine = [r for r in rows if r["config"] == config]
+        picked = min(mine, key=lambda r: r["valid"]["mae"])  # the honest pick: by valid, not dev
+        best = max(mine, key=lambda r: r["test"]["acc2"])
+        for what, r in (("picked by valid MAE", picked), ("best by dev Acc-2", best)):
+            console.print(
+                f"{config}: {what}: seed {r['seed']} {r['head']}: dev Acc-2 {100 * r['test']['acc2']:.1f}, "
+                f"MAE {r['test']['mae']:.3f}, Corr {r['test']['corr']:.3f}"
+            )
 
 
 if __name__ == "__main__":
