@@ -30,32 +30,15 @@ import torch
 import typer
 from rich.console import Console
 from rich.table import Table
-from safetensors.torch import load_file
 
 from components.config import DEFAULT_PARAMS, load_params
-from components.dataset import SPLITS
-from components.featurize import featurize, load_features
-from components.metrics import regression_metrics
-from components.models import MultiTaskModel
-from components.training import MODEL_WEIGHTS, TrainResult, predict, train
+from components.featurize import featurize
+from components.training import evaluate_split, train
 
 RESULTS = Path(__file__).parent / "results" / "demo_heads.json"
 UNIMODAL = ("lstm", "textcnn", "han", "image", "audio", "vision")
 MARGIN_TARGET = 5.0  # Acc-2 points of fusion over the best single-modality head
 TIME_TARGET_S = 180.0  # whole demo training
-
-
-def head_metrics(features: Path, result: TrainResult, split: str = "test") -> dict[str, dict[str, float]]:
-    """Metrics of every head of the best weights in `result.out` on `split`, each over its present samples."""
-    arrays, _ = load_features(features)
-    model = MultiTaskModel(result.spec, pretrained=False)
-    model.load_state_dict(load_file(result.out / MODEL_WEIGHTS))
-    frozen = result.spec.text is not None and result.spec.text.mode == "frozen"
-    tensors = {k: torch.from_numpy(v) for k, v in arrays.items() if k != "text.states" or frozen}
-    rows = torch.nonzero(tensors["split"] == SPLITS.index(split)).flatten()
-    label = tensors["label"][rows].numpy()
-    predictions = predict(model, tensors, rows, torch.device("cpu"))
-    return {head: regression_metrics(pred[present], label[present]) for head, (pred, present) in predictions.items()}
 
 
 def main(
@@ -96,7 +79,7 @@ def main(
                     "best_epoch": result.best_epoch,
                     "stopped_early": result.stopped_early,
                     "samples_per_s": result.train_samples_per_s,
-                    "heads": head_metrics(features.out, result),
+                    "heads": evaluate_split(features.out, result.out, "test"),
                 }
             )
 

@@ -33,15 +33,11 @@ import torch
 import typer
 from rich.console import Console
 from rich.table import Table
-from safetensors.torch import load_file
 
 from components.config import DEFAULT_PARAMS, load_params
-from components.dataset import SPLITS
-from components.featurize import featurize, load_features
+from components.featurize import featurize
 from components.importers import import_text_tsv
-from components.metrics import regression_metrics
-from components.models import MultiTaskModel
-from components.training import MODEL_WEIGHTS, TrainResult, predict, train
+from components.training import evaluate_split, train
 
 RESULTS = Path(__file__).parent / "results" / "mosi_text.json"
 MOSI = Path("../shared/datasets/mosi-text")
@@ -97,19 +93,6 @@ SELECTION = (
 )
 
 
-def head_metrics(features: Path, result: TrainResult, split: str) -> dict[str, dict[str, float]]:
-    """Metrics of every head of the best weights in `result.out` on `split`."""
-    arrays, _ = load_features(features)
-    model = MultiTaskModel(result.spec, pretrained=False)
-    model.load_state_dict(load_file(result.out / MODEL_WEIGHTS))
-    frozen = result.spec.text is not None and result.spec.text.mode == "frozen"
-    tensors = {k: torch.from_numpy(v) for k, v in arrays.items() if k != "text.states" or frozen}
-    rows = torch.nonzero(tensors["split"] == SPLITS.index(split)).flatten()
-    label = tensors["label"][rows].numpy()
-    predictions = predict(model, tensors, rows, torch.device("cpu"))
-    return {head: regression_metrics(pred[present], label[present]) for head, (pred, present) in predictions.items()}
-
-
 def main(
     configs: Annotated[list[str], typer.Option(help=f"Configurations to run: {', '.join(CONFIGS)}.")] = DEFAULT_CONFIGS,
     mosi: Annotated[Path, typer.Option(help="mosi-text folder (train.tsv, dev.tsv).")] = MOSI,
@@ -146,8 +129,8 @@ def main(
                 )
                 result = train(features.out, model_params, tp, progress=False)
                 print(f"{config} seed {seed}: {result.summary()}")
-                valid = head_metrics(features.out, result, "valid")
-                test = head_metrics(features.out, result, "test")
+                valid = evaluate_split(features.out, result.out, "valid")
+                test = evaluate_split(features.out, result.out, "test")
                 for head, metrics in test.items():
                     rows.append(
                         {

@@ -273,6 +273,27 @@ def evaluate(
     return metrics
 
 
+def load_trained(out: str | Path) -> MultiTaskModel:
+    """The best model `train` wrote to `out`, rebuilt from its spec; safetensors weights (no code runs on load)."""
+    from safetensors.torch import load_file
+
+    out = Path(out)
+    spec = ModelSpec.model_validate(json.loads((out / MODEL_CARD).read_text())["spec"])
+    model = MultiTaskModel(spec, pretrained=False)
+    model.load_state_dict(load_file(out / MODEL_WEIGHTS))
+    return model.eval()
+
+
+def evaluate_split(features: str | Path, out: str | Path, split: str) -> dict[str, dict]:
+    """Metrics of every head of the model in `out` on one split of `features`, on the CPU."""
+    model = load_trained(out)
+    arrays, _ = load_features(features)
+    frozen = model.spec.text is not None and model.spec.text.mode == "frozen"
+    tensors = {k: torch.from_numpy(v) for k, v in arrays.items() if k != "text.states" or frozen}
+    rows = torch.nonzero(tensors.pop("split") == SPLITS.index(split)).flatten()
+    return evaluate(model, model.spec, tensors, rows, torch.device("cpu"))
+
+
 def predict(
     model: MultiTaskModel,
     tensors: dict[str, torch.Tensor],

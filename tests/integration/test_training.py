@@ -51,6 +51,9 @@ def test_writes_model_card_history_and_checkpoint(features, tmp_path):
     assert [e["epoch"] for e in history] == [1, 2, 3]
     assert set(history[0]["valid"]) == set(card["spec"]["heads"]) and "acc2" in history[0]["valid"]["fusion"]
     assert (out / CHECKPOINT).is_file() and result.epochs_run == 3 and result.train_samples_per_s > 0
+    # The saved best weights reload from model.json alone and score as they did when they were saved.
+    valid = training.evaluate_split(features, out, "valid")
+    assert valid["fusion"]["mae"] == pytest.approx(card["monitor"]["value"], abs=1e-6)
 
 
 def test_same_seed_same_weights(features, tmp_path):
