@@ -273,14 +273,30 @@ def evaluate(
     return metrics
 
 
-def load_trained(out: str | Path) -> MultiTaskModel:
-    """The best model `train` wrote to `out`, rebuilt from its spec; safetensors weights (no code runs on load)."""
+def load_trained(out: str | Path, *, standalone: bool = False) -> MultiTaskModel:
+    """The best model `train` wrote to `out`, rebuilt from its spec; safetensors weights (no code runs on load).
+
+    `standalone=True`: with the frozen transformer inside (loaded from the spec's encoder directory), so that the
+    model runs on token ids without precomputed states.
+    """
     from safetensors.torch import load_file
 
     out = Path(out)
-    spec = ModelSpec.model_validate(json.loads((out / MODEL_CARD).read_text())["spec"])
-    model = MultiTaskModel(spec, pretrained=False)
-    model.load_state_dict(load_file(out / MODEL_WEIGHTS))
+    try:
+        spec = ModelSpec.model_validate(json.loads((out / MODEL_CARD).read_text())["spec"])
+        weights = load_file(out / MODEL_WEIGHTS)
+    except (OSError, ValueError, KeyError) as e:
+        raise TrainingError(f"{out}: no readable trained model ({type(e).__name__}: {e}); run `msa train`") from None
+    frozen = spec.text is not None and spec.text.mode == "frozen"
+    model = MultiTaskModel(spec, pretrained=standalone and frozen, standalone=standalone)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # Only a carried frozen transformer may be absent from the file: it was never trained, its weights are pretrained.
+    missing = [k for k in missing if not (standalone and frozen and k.startswith("token_states.transformer."))]
+    if missing or unexpected:
+        raise TrainingError(
+            f"{out / MODEL_WEIGHTS}: weights do not match {out / MODEL_CARD} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); retrain with `msa train`"
+        )
     return model.eval()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,26 @@ def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     BertModel(config).save_pretrained(out)
     return out
+
+
+@dataclass(frozen=True)
+class Trained:
+    raw: Path  # the canonical dataset
+    features: Path  # what `featurize` wrote
+    model: Path  # what `train` wrote
+
+
+@pytest.fixture
+def trained(make_dataset, tiny_text_model: Path, tmp_path: Path) -> Trained:
+    """The tiny dataset, featurized with the tiny BERT and trained for 3 epochs into a small multi-task model."""
+    from components.config import FeaturizeParams, ModelParams, TrainParams
+    from components.featurize import featurize
+    from components.training import train
+
+    raw = make_dataset()
+    features = featurize(
+        raw, FeaturizeParams(out=tmp_path / "features", text_model=str(tiny_text_model), image_size=8), progress=False
+    ).out
+    model = ModelParams(hidden=8, dropout=0.0, textcnn={"feature_maps": 4, "dropout": 0.0})
+    settings = TrainParams(out=tmp_path / "models", epochs=3, batch_size=2, patience=10)
+    return Trained(raw, features, train(features, model, settings, progress=False).out)

@@ -37,10 +37,10 @@ def run_packed(rnn: nn.RNNBase, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor
     Outputs are in compacted order (real positions first). Lengths are clamped to 1 because packing rejects empty
     sequences: an empty row yields a finite state that callers mask out. PyTorch wants the lengths on the CPU.
     The recurrence runs in the RNN's own dtype even under autocast: cuDNN takes bf16 RNNs only from version 9.13,
-    and the fallback kernels have no bf16 at all.
+    and the fallback kernels have no bf16 at all. A dynamically quantized RNN has no float weights; it takes float32.
     """
     x, lengths = compact(x, mask)
-    x = x.to(rnn.weight_ih_l0.dtype)
+    x = x.to(getattr(rnn, "weight_ih_l0", torch.empty(0)).dtype)
     packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
     with torch.autocast(x.device.type, enabled=False):
         out, state = rnn(packed)

@@ -57,14 +57,16 @@ def prediction_layer(hidden: int, outputs: int, dropout: float) -> nn.Sequential
 
 class MultiTaskModel(nn.Module):
     """Builds only what `spec` names; `pretrained=False` skips loading the transformer's weights (a state dict
-    follows). `forward` returns, per head, scores [B] (regression) or logits [B, classes] (classification)."""
+    follows). `standalone=True` carries a frozen transformer inside too, so the model needs token ids but no
+    precomputed states: the form that is compressed and served. `forward` returns, per head, scores [B]
+    (regression) or logits [B, classes] (classification)."""
 
-    def __init__(self, spec: ModelSpec, pretrained: bool = True) -> None:
+    def __init__(self, spec: ModelSpec, pretrained: bool = True, standalone: bool = False) -> None:
         super().__init__()
         check_spec(spec)
         self.spec = spec
         hidden = spec.params.hidden
-        self.token_states = TokenStates(spec.text, pretrained) if spec.text is not None else None
+        self.token_states = TokenStates(spec.text, pretrained, standalone) if spec.text is not None else None
         encoders: dict[str, nn.Module] = {}
         if spec.text is not None:
             encoders |= {m: text_encoder(m, spec.text.hidden_size, spec.params) for m in spec.text.models}

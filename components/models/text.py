@@ -40,11 +40,13 @@ def load_transformer(spec: TextSpec, pretrained: bool) -> nn.Module:
 
 
 class TokenStates(nn.Module):
-    """Token states [B, L, E] for every text model: precomputed (frozen mode) or from the fine-tuned transformer."""
+    """Token states [B, L, E] for every text model: precomputed (frozen mode, in training) or from the transformer
+    (fine-tuned; or `standalone`, the frozen transformer carried along so that the model runs on token ids alone)."""
 
-    def __init__(self, spec: TextSpec, pretrained: bool = True) -> None:
+    def __init__(self, spec: TextSpec, pretrained: bool = True, standalone: bool = False) -> None:
         super().__init__()
-        self.transformer = load_transformer(spec, pretrained) if spec.mode == "finetune" else None
+        carry = spec.mode == "finetune" or standalone
+        self.transformer = load_transformer(spec, pretrained) if carry else None
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         if self.transformer is None:
