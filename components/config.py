@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
@@ -115,6 +115,52 @@ class TrainParams(Section):
         return self
 
 
+class EvaluateParams(Section):
+    metrics: Path = Field(Path("reports/metrics.json"), description="DVC metrics: every head on every split")
+    plots: Path = Field(Path("reports/plots"), description="plot data files and PNGs (replaced on every run)")
+    splits: tuple[Literal["valid", "test"], ...] = Field(
+        ("valid", "test"), min_length=1, description="splits to score; plots show test, or valid without test"
+    )
+    device: str = Field("auto", description="auto (cuda, mps, cpu), or a torch device string")
+
+    @field_validator("splits")
+    @classmethod
+    def _splits_unique(cls, splits: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(splits)) != len(splits):
+            raise ValueError("splits must not repeat")
+        return splits
+
+
+CompressVariant = Literal["int8", "prune_unstructured", "prune_structured"]
+
+
+class CompressParams(Section):
+    out: Path = Field(Path("models/compressed"), description="one directory per kept variant")
+    report: Path = Field(Path("reports/compression.json"), description="DVC metrics: every variant against the model")
+    variants: tuple[CompressVariant, ...] = Field(
+        ("int8", "prune_unstructured", "prune_structured"), min_length=1, description="variants to build and measure"
+    )
+    metric: str | None = Field(
+        None, description="test metric of the monitored head the tolerance applies to; null: acc2 or accuracy"
+    )
+    tolerance: float = Field(1.0, ge=0, description="largest metric drop, in percentage points, of a kept variant")
+    sparsity: float = Field(0.5, ge=0, lt=1, description="fraction of the trained weights that pruning zeroes")
+    finetune_epochs: int = Field(2, ge=0, description="epochs of fine-tuning after pruning, masks held; 0: none")
+    latency_runs: int = Field(50, ge=1, description="single-sample forward passes timed per variant")
+    throughput_batch: int = Field(64, ge=1, description="batch size of the throughput measurement")
+    threads: int = Field(1, ge=1, description="torch CPU threads while timing")
+
+
+class RegisterParams(Section):
+    model_name: str | None = Field(None, description="registered model name; null: msa-<dataset name>")
+    experiment: str | None = Field(None, description="MLflow experiment; null: the dataset name")
+    margin: float = Field(
+        0.0, ge=0, description="how much better, in the primary metric, a challenger must score than the champion"
+    )
+    retries: int = Field(3, ge=0, description="retries of each request to a tracking server before giving up")
+    timeout: int = Field(30, ge=1, description="seconds per request to a tracking server")
+
+
 class Params(Section):
     data: DataParams = DataParams()
     # `validate` would shadow BaseModel.validate, so the attribute is `validation` and the YAML key `validate`.
@@ -122,6 +168,9 @@ class Params(Section):
     featurize: FeaturizeParams = FeaturizeParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    compress: CompressParams = CompressParams()
+    registry: RegisterParams = Field(RegisterParams(), alias="register")  # `register` would shadow ABC.register
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:

@@ -23,3 +23,7 @@ class DataError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training cannot go on: a non-finite loss, or a checkpoint that does not fit this model."""
+
+
+class TrackingError(RuntimeError):
+    """MLflow could not log or register: an unreachable server, a conflicting registered model, a failed step."""

@@ -24,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -35,7 +35,7 @@ from components.config import DEFAULT_TEXT_MODEL, FeaturizeParams, Section
 from components.dataset import SPLITS, Dataset, read_dataset, read_manifest
 from components.errors import DataError
 
-FEATURIZER_VERSION = "1"  # bump when the output of this module changes for the same inputs
+FEATURIZER_VERSION = "2"  # bump when the output of this module changes for the same inputs
 FEATURES = "features.safetensors"
 STATE = "featurizer.json"
 # Settings that decide only how fast features are computed, not what they are.
@@ -73,7 +73,7 @@ class FeaturizerState(Section):
     dataset_version: str
     label_kind: Literal["regression", "classification"]
     classes: tuple[str, ...] = ()
-    ids: list[str]
+    ids: list[str] = []  # row order of the features; empty in a serving package
     text: TextState | None = None
     image: ImageState | None = None
     audio: SequenceState | None = None
@@ -133,11 +133,16 @@ def featurize(raw: str | Path, params: FeaturizeParams, *, progress: bool = True
 
 def load_features(out: str | Path) -> tuple[dict[str, np.ndarray], FeaturizerState]:
     """Read what `featurize` wrote (safetensors: no code runs on load)."""
-    out = Path(out)
-    state = _read_state(out)
+    state = read_state(out)
+    return load_file(Path(out) / FEATURES), state
+
+
+def read_state(out: str | Path) -> FeaturizerState:
+    """The featurizer state `featurize` wrote to `out`, without the (large) feature arrays."""
+    state = _read_state(Path(out))
     if state is None:
-        raise DataError(out / STATE, "missing or unreadable: run `msa featurize` first")
-    return load_file(out / FEATURES), state
+        raise DataError(Path(out) / STATE, "missing or unreadable: run `msa featurize` first")
+    return state
 
 
 def resolve_text_model(name: str) -> Path:
@@ -206,21 +211,48 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
 def _text_features(
     dataset: Dataset, params: FeaturizeParams, path: Path, tensors: dict[str, np.ndarray], progress: bool
 ) -> TextState:
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
-    texts = dataset.samples["text"].tolist()
+    state = TextState(
+        model=params.text_model,
+        path=str(path),
+        hidden_size=AutoConfig.from_pretrained(path, local_files_only=True).hidden_size,
+        max_tokens=params.max_tokens,
+        max_sentences=params.max_sentences,
+        max_sentence_tokens=params.max_sentence_tokens,
+        token_states=params.token_states,
+    )
+    encoded = encode_texts(load_tokenizer(path), dataset.samples["text"].tolist(), state)
+    tensors |= encoded
+    if params.token_states:
+        tensors["text.states"] = token_states(
+            path, encoded["text.input_ids"], encoded["text.attention_mask"], params, progress
+        )
+    return state
+
+
+def load_tokenizer(path: str | Path):
+    """The fast tokenizer in `path` (its character offsets place each token in its sentence, for HAN)."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if not tokenizer.is_fast:
         raise DataError(path, "text model: needs a fast tokenizer (tokenizer.json) for sentence offsets")
+    return tokenizer
+
+
+def encode_texts(tokenizer, texts: list[str], state: TextState) -> dict[str, np.ndarray]:
+    """Token ids and masks for every text model: flat [N, L] for LSTM/TextCNN, and for HAN the position of each
+    word token in that flat sequence, per sentence [N, S, W]."""
     encoded = tokenizer(
         texts,
         truncation=True,
-        max_length=params.max_tokens,
+        max_length=state.max_tokens,
         return_offsets_mapping=True,
         return_special_tokens_mask=True,
     )
     width = max(len(ids) for ids in encoded["input_ids"])
-    n, s, w = len(texts), params.max_sentences, params.max_sentence_tokens
+    n, s, w = len(texts), state.max_sentences, state.max_sentence_tokens
     input_ids = np.full((n, width), tokenizer.pad_token_id or 0, np.int64)
     attention = np.zeros((n, width), bool)
     sentence_index = np.zeros((n, s, w), np.int64)
@@ -240,24 +272,12 @@ def _text_features(
                 sentence_index[i, sentence, filled[sentence]] = position
                 sentence_mask[i, sentence, filled[sentence]] = True
                 filled[sentence] += 1
-    tensors |= {
+    return {
         "text.input_ids": input_ids,
         "text.attention_mask": attention,
         "text.sentence_index": sentence_index,
         "text.sentence_mask": sentence_mask,
     }
-    hidden_size = AutoConfig.from_pretrained(path, local_files_only=True).hidden_size
-    if params.token_states:
-        tensors["text.states"] = token_states(path, input_ids, attention, params, progress)
-    return TextState(
-        model=params.text_model,
-        path=str(path),
-        hidden_size=hidden_size,
-        max_tokens=params.max_tokens,
-        max_sentences=s,
-        max_sentence_tokens=w,
-        token_states=params.token_states,
-    )
 
 
 def token_states(
@@ -300,17 +320,22 @@ def _image_features(dataset: Dataset, size: int, train: np.ndarray, tensors: dic
     for i in np.flatnonzero(present):
         file = dataset.image_path(paths.iloc[i])
         try:
-            with Image.open(file) as image:
-                fitted = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
+            pixels[i] = fit_image(file, size)
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(file, f"image does not decode: {e}", sample_id=dataset.samples["id"].iloc[i]) from None
-        pixels[i] = np.asarray(fitted).transpose(2, 0, 1)
     reference = pixels[present & train].astype(np.float64) / 255
     if not len(reference):
         raise DataError(dataset.root, "no train sample has an image: image statistics are undefined")
     tensors |= {"image.pixels": pixels, "image.present": present}
     mean, std = reference.mean((0, 2, 3)), reference.std((0, 2, 3))
     return ImageState(size=size, mean=tuple(mean.round(6)), std=tuple(np.maximum(std, 1e-3).round(6)))
+
+
+def fit_image(source: str | Path | BinaryIO, size: int) -> np.ndarray:
+    """An image file (path or open binary stream) center-cropped and resized to uint8 pixels [3, size, size]."""
+    with Image.open(source) as image:
+        fitted = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
+    return np.asarray(fitted).transpose(2, 0, 1)
 
 
 def _sequence_features(
@@ -331,8 +356,15 @@ def _sequence_features(
         raise DataError(dataset.root / "sequences", f"no train sample has {modality} frames: statistics undefined")
     mean, std = frames.mean(0), frames.std(0)
     std = np.where(std < 1e-6, 1.0, std)  # a constant feature stays constant (zero) instead of exploding
-    features = np.where(mask[..., None], (features - mean) / std, 0).astype(np.float32)
-    tensors |= {f"{modality}.features": features, f"{modality}.mask": mask, f"{modality}.present": present}
-    return SequenceState(
+    state = SequenceState(
         dim=dim, max_len=max_len, mean=mean.astype(np.float32).tolist(), std=std.astype(np.float32).tolist()
     )
+    features = standardize(features, mask, state)
+    tensors |= {f"{modality}.features": features, f"{modality}.mask": mask, f"{modality}.present": present}
+    return state
+
+
+def standardize(features: np.ndarray, mask: np.ndarray, state: SequenceState) -> np.ndarray:
+    """Frames [N, T, D] scaled with the train statistics in `state`; padding (mask False) stays exactly 0."""
+    mean, std = np.asarray(state.mean, np.float32), np.asarray(state.std, np.float32)
+    return np.where(mask[..., None], (features - mean) / std, 0).astype(np.float32)

@@ -14,10 +14,10 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 
-from components.config import DEFAULT_PARAMS, ConfigError, load_params
+from components.config import DEFAULT_PARAMS, ConfigError, RegisterParams, load_params
 from components.dataset import SPLITS, read_dataset
 from components.demo import generate_demo
-from components.errors import DataError, TrainingError
+from components.errors import DataError, TrackingError, TrainingError
 from components.featurize import featurize as featurize_dataset
 from components.importers import import_image_text_csv, import_mmsa, import_text_tsv
 from components.validation import validate_dataset  # Great Expectations itself is imported only when validating
@@ -50,7 +50,7 @@ def _user_errors(command: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (DataError, ConfigError, TrainingError) as e:
+        except (DataError, ConfigError, TrainingError, TrackingError) as e:
             err.print(f"error: {e}", style="red", markup=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
@@ -204,3 +204,60 @@ def train(
     result = train_model(p.featurize.out, p.model, p.train, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary rather than one per process
         out.print(result.summary(), markup=False)
+
+
+@app.command()
+@_user_errors
+def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Metrics of every head on valid and test -> evaluate.metrics; plot data and PNGs -> evaluate.plots."""
+    from components.evaluation import evaluate as evaluate_model  # torch, sklearn and matplotlib: only when used
+
+    p = load_params(params)
+    result = evaluate_model(p.featurize.out, p.train.out, p.evaluate)
+    out.print(result.summary(), markup=False)
+
+
+@app.command()
+@_user_errors
+def compress(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """int8 quantization and magnitude pruning of the trained model, each measured against it -> compress.out."""
+    from components.compression import compress as compress_model  # torch: only the commands that need it pay
+
+    p = load_params(params)
+    result = compress_model(p.featurize.out, p.train.out, p.compress, p.train)
+    out.print(result.summary(), markup=False)
+
+
+@app.command()
+@_user_errors
+def register(
+    rescore: Annotated[
+        bool, typer.Option("--rescore", help="Score the champion on the test split again even if it was already.")
+    ] = False,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Log the pipeline run to MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db) and register the model:
+    alias challenger, and champion only if it beats the current champion by register.margin."""
+    from components.tracking import register as register_model
+
+    out.print(register_model(load_params(params), force_gate_rescore=rescore).summary(), markup=False)
+
+
+@app.command()
+@_user_errors
+def predict(
+    model: Annotated[str, typer.Option(help="MLflow model URI, e.g. models:/msa-demo@champion, or a local model dir.")],
+    input_file: Annotated[
+        Path, typer.Option("--input", exists=True, dir_okay=False, help="JSONL or CSV of raw inputs, one per row.")
+    ],
+    output: Annotated[
+        Path | None, typer.Option(help="Where predictions go: .jsonl or .csv (default: <input>.predictions.jsonl).")
+    ] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Score raw inputs (text, image path, audio/vision frames) with a registered or logged model."""
+    from components.serving import predict_file
+    from components.tracking import connected
+
+    with connected(load_params(params).registry if params.exists() else RegisterParams()):
+        out.print(predict_file(model, input_file, output).summary(), markup=False)

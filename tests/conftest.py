@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,42 +31,45 @@ def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: int = 8) -> byt
     return buffer.getvalue()
 
 
+def tiny_dataset(
+    root: Path, edit: Callable | None = None, name: str = "tiny", manifest: Manifest | None = None
+) -> Path:
+    """A valid 12-sample dataset with every modality at `root/name`; `edit(samples, sequences, images)` breaks it."""
+    n, steps, dim = 12, 4, 3
+    rng = np.random.default_rng(0)
+    samples = pd.DataFrame(
+        {
+            "id": [f"s{i:02d}" for i in range(n)],
+            "split": ["train"] * 6 + ["valid"] * 3 + ["test"] * 3,
+            "text": [f"sample number {i} was {'good' if i % 2 else 'bad'}" for i in range(n)],
+            "label": [(-1.0) ** i * (i % 3) for i in range(n)],
+            "image": [f"images/s{i:02d}.png" for i in range(n)],
+            "seq_index": pd.array(range(n), dtype="Int64"),
+        }
+    )
+    sequences = {
+        m: SequenceArray(rng.normal(size=(n, steps, dim)).astype(np.float32), np.full(n, steps, dtype=np.int64))
+        for m in ("audio", "vision")
+    }
+    images: dict[str, bytes] = {p: png_bytes((10 * i, 100, 50)) for i, p in enumerate(samples["image"])}
+    if edit is not None:
+        edited = edit(samples, sequences, images)  # mutates in place, or returns a new samples frame
+        samples = samples if edited is None else edited
+    spec = SequenceSpec(dim=dim, max_len=steps)
+    manifest = manifest or Manifest(
+        name=name,
+        label=RegressionLabel(min=-3, max=3),
+        modalities=Modalities(text=TextSpec(), image=ImageSpec(height=8, width=8), audio=spec, vision=spec),
+    )
+    out = root / name
+    write_dataset(out, manifest, samples, sequences, images)
+    return out
+
+
 @pytest.fixture
 def make_dataset(tmp_path: Path) -> Callable[..., Path]:
-    """Write a valid 12-sample dataset with every modality; `edit(samples, sequences, images)` breaks it."""
-
-    def build(edit: Callable | None = None, name: str = "tiny", manifest: Manifest | None = None) -> Path:
-        n, steps, dim = 12, 4, 3
-        rng = np.random.default_rng(0)
-        samples = pd.DataFrame(
-            {
-                "id": [f"s{i:02d}" for i in range(n)],
-                "split": ["train"] * 6 + ["valid"] * 3 + ["test"] * 3,
-                "text": [f"sample number {i} was {'good' if i % 2 else 'bad'}" for i in range(n)],
-                "label": [(-1.0) ** i * (i % 3) for i in range(n)],
-                "image": [f"images/s{i:02d}.png" for i in range(n)],
-                "seq_index": pd.array(range(n), dtype="Int64"),
-            }
-        )
-        sequences = {
-            m: SequenceArray(rng.normal(size=(n, steps, dim)).astype(np.float32), np.full(n, steps, dtype=np.int64))
-            for m in ("audio", "vision")
-        }
-        images: dict[str, bytes] = {p: png_bytes((10 * i, 100, 50)) for i, p in enumerate(samples["image"])}
-        if edit is not None:
-            edited = edit(samples, sequences, images)  # mutates in place, or returns a new samples frame
-            samples = samples if edited is None else edited
-        spec = SequenceSpec(dim=dim, max_len=steps)
-        manifest = manifest or Manifest(
-            name=name,
-            label=RegressionLabel(min=-3, max=3),
-            modalities=Modalities(text=TextSpec(), image=ImageSpec(height=8, width=8), audio=spec, vision=spec),
-        )
-        out = tmp_path / name
-        write_dataset(out, manifest, samples, sequences, images)
-        return out
-
-    return build
+    """`tiny_dataset` under this test's tmp_path."""
+    return functools.partial(tiny_dataset, tmp_path)
 
 
 TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "!", "?", ","] + (

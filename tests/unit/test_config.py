@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from components.config import ConfigError, Params, load_params
+from components.config import ConfigError, EvaluateParams, Params, load_params
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,3 +54,20 @@ def test_missing_and_unparsable_files_are_named(tmp_path):
         load_params(write(tmp_path, "data: [unclosed\n"))
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_params(write(tmp_path, "- a\n- b\n"))
+
+
+def test_evaluate_section_defaults_and_splits(tmp_path):
+    assert load_params(REPO / "params.yaml").evaluate == EvaluateParams()
+    assert load_params(write(tmp_path, "evaluate:\n  splits: [test]\n")).evaluate.splits == ("test",)
+    with pytest.raises(ConfigError, match=r"evaluate\.splits: .*must not repeat"):
+        load_params(write(tmp_path, "evaluate:\n  splits: [test, test]\n"))
+    with pytest.raises(ConfigError, match=r"evaluate\.splits\.0: .*'train'"):
+        load_params(write(tmp_path, "evaluate:\n  splits: [train]\n"))
+
+
+def test_compress_section_defaults_and_variant_names(tmp_path):
+    compress = load_params(REPO / "params.yaml").compress
+    assert compress.variants == ("int8", "prune_unstructured", "prune_structured")
+    assert (compress.tolerance, compress.sparsity, compress.metric) == (1.0, 0.5, None)
+    with pytest.raises(ConfigError, match=r"compress\.variants\.0"):
+        load_params(write(tmp_path, "compress:\n  variants: [fp16]\n"))

@@ -1,0 +1,446 @@
+"""Compress stage: int8 quantization and magnitude pruning of the trained model, each measured against it.
+
+What is compressed and measured is the *standalone* model (`load_trained(standalone=True)`: the frozen MiniLM
+carried inside, running on token ids), because that is the model that gets served. Every variant and the
+uncompressed baseline are scored on the same test split and timed in the same loop, taking turns.
+
+Variants
+    int8                dynamic int8 quantization of every nn.Linear (activations quantized per batch, weights per
+                        output channel) and a weight-only 8-bit word-embedding table (per row, float scale/offset).
+                        LSTM/GRU layers stay float: quantized, the demo model's lstm head moved from 0.72 to 1.13.
+    prune_unstructured  global L1 magnitude pruning of the weights this pipeline trained (the sub-models, fusion
+                        and heads; never the pretrained transformer) at `sparsity`.
+    prune_structured    L2 pruning of whole output rows / channels of every trained Linear and Conv layer at
+                        `sparsity`, except the heads' output layers and single-row attention scores (removing those
+                        would remove outputs, not redundancy). RNN gate rows are left alone: zeroing a row of one
+                        gate matrix removes no unit.
+    Pruning is followed by `finetune_epochs` of training on the train split with the masks held (on precomputed
+    token states, as `train` does), then made permanent.
+
+int8 uses `torch.ao.quantization`, which PyTorch marks deprecated in favour of torchao. torchao's int8 kernels need
+torch.compile on x86 CPUs: measured in eager mode on MiniLM at batch 1, its dynamic int8 took 388 ms against 18.6 ms
+in fp32, weight-only int8 25 ms, and its embedding quantization made the model 4x slower, while torch.ao's eager
+kernels take 14 ms. Moving to torchao + torch.compile is the replacement once serving compiles the model.
+
+Files: `<out>/<variant>/` for each kept variant (model.json + weights: int8 as a torch state dict read back with
+`torch.load(weights_only=True)`, pruned models as safetensors), and `report`, laid out as in `_report`. A variant
+whose metric drops by more than `tolerance` points is measured and reported with kept=false, and not written.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+from torch.nn.utils import prune
+from tqdm.auto import tqdm
+
+from components.atomic import replace_directory, write_json
+from components.config import CompressParams, CompressVariant, ConfigError, TrainParams
+from components.dataset import SPLITS
+from components.devices import pick_device
+from components.errors import TrainingError
+from components.featurize import load_features
+from components.models import MultiTaskModel
+from components.models.spec import ModelSpec
+from components.training import MODEL_CARD, evaluate, head_losses, load_trained, monitored_head
+
+CARD = "model.json"
+INT8_WEIGHTS = "model.pt"
+DENSE_WEIGHTS = "model.safetensors"
+WARMUP = 3  # untimed passes per model before timing (allocator, lazy kernel setup)
+BLOCK = 10  # timed passes a model runs back to back before the next model's turn
+LOWER_IS_BETTER = frozenset({"mae"})
+TRANSFORMER = "token_states."  # prefix of the carried (pretrained) transformer's modules
+DEPRECATIONS = (  # torch.ao.quantization's own, its quantized tensors', and torch.load's on reading them back
+    ".*torch.ao.quantization is deprecated",
+    ".*quantized tensor creation functions .* are deprecated",
+    "TypedStorage is deprecated",
+)
+
+
+@dataclass
+class CompressionResult:
+    report: Path
+    head: str
+    metric: str
+    baseline: dict
+    variants: dict[str, dict]
+    seconds: float
+
+    def summary(self) -> str:
+        parts = []
+        for name, v in self.variants.items():
+            size = self.baseline["size_bytes"] / v["size_bytes"]
+            speed = self.baseline["latency_ms_p50"] / v["latency_ms_p50"]
+            parts.append(
+                f"{name} {size:.2f}x smaller, {speed:.2f}x faster, {self.metric} {-v['drop_points']:+.2f} pts "
+                f"({'kept' if v['kept'] else 'dropped'})"
+            )
+        return f"compress: {'; '.join(parts)} -> {self.report} ({self.seconds:.1f} s)"
+
+
+def compress(
+    features: str | Path,
+    model_dir: str | Path,
+    params: CompressParams,
+    train: TrainParams,
+    *,
+    progress: bool = True,
+) -> CompressionResult:
+    """Build, score and time every variant in `params.variants`; write the kept ones and the report."""
+    start = time.perf_counter()
+    model_dir = Path(model_dir)
+    arrays, _ = load_features(features)
+    baseline = load_trained(model_dir, standalone=True)
+    spec = baseline.spec
+    frozen = spec.text is not None and spec.text.mode == "frozen"
+    tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    split = tensors.pop("split")
+    test_rows, train_rows = (torch.nonzero(split == SPLITS.index(s)).flatten() for s in ("test", "train"))
+    if not len(test_rows):
+        raise ConfigError("compress measures on the test split, which has no samples")
+    served = {k: v for k, v in tensors.items() if k != "text.states"}  # what a standalone model gets
+    training = {k: v for k, v in tensors.items() if k != "text.states" or frozen}
+
+    head = monitored_head(spec)
+    metric = params.metric or ("acc2" if spec.label.kind == "regression" else "accuracy")
+    scores = {"baseline": _head_metrics(baseline, served, test_rows, head)}
+    if metric not in scores["baseline"]:  # before any fine-tuning
+        raise ConfigError(f"compress.metric {metric!r} is not one of {sorted(scores['baseline'])}")
+    models: dict[str, nn.Module] = {"baseline": baseline}
+    for name in params.variants:
+        if name == "int8":
+            models[name] = quantize_int8(baseline)
+        else:
+            pruned = load_trained(model_dir)
+            prune_model(pruned, structured=name == "prune_structured", sparsity=params.sparsity)
+            if params.finetune_epochs:
+                _finetune(pruned, training, train_rows, train, params.finetune_epochs, f"fine-tune {name}", progress)
+            _make_permanent(pruned)
+            models[name] = _standalone_copy(baseline, pruned)
+
+    payloads = {name: _serialize(name if name == "int8" else "dense", model) for name, model in models.items()}
+    scores |= {name: _head_metrics(models[name], served, test_rows, head) for name in params.variants}
+    timings = _timings(models, served, test_rows, params)
+
+    measured = {}
+    for name, model in models.items():
+        counts = _counts(model)
+        measured[name] = {
+            "size_bytes": len(payloads[name][1]),
+            "params": counts["params"],
+            "nonzero_params": counts["nonzero"],
+            "task_params": counts["task_params"],
+            "task_nonzero_params": counts["task_nonzero"],
+            **timings[name],
+            "metrics": scores[name],
+        }
+    base = measured.pop("baseline")
+    out = Path(params.out)
+    variants = {}
+    for name, m in measured.items():
+        drop = _drop_points(metric, base["metrics"][metric], m["metrics"][metric])
+        kept = drop <= params.tolerance  # False for a NaN drop
+        pruning = name != "int8"
+        variants[name] = {
+            **m,
+            "delta": {k: v - base["metrics"][k] for k, v in m["metrics"].items()},
+            "drop_points": drop,
+            "kept": kept,
+            "path": str(out / name) if kept else None,
+            "sparsity": _sparsity(models[name], structured=name == "prune_structured") if pruning else 0.0,
+            "finetune_epochs": params.finetune_epochs if pruning else 0,
+        }
+
+    card = json.loads((model_dir / MODEL_CARD).read_text())
+    with replace_directory(out) as staging:  # the directory holds exactly this run's kept variants
+        for name, v in variants.items():
+            if v["kept"]:
+                _write_variant(staging / name, name, spec, card, payloads[name], v)
+    report = {
+        "head": head,
+        "metric": metric,
+        "tolerance": params.tolerance,
+        "split": "test",
+        "baseline": base,
+        "variants": variants,
+    }
+    write_json(params.report, _json_safe(report))
+    return CompressionResult(params.report, head, metric, base, variants, time.perf_counter() - start)
+
+
+def load_compressed(path: str | Path) -> MultiTaskModel:
+    """A variant `compress` wrote, rebuilt from its card; weights load without unpickling arbitrary objects."""
+    path = Path(path)
+    try:
+        card = json.loads((path / CARD).read_text())
+        spec = ModelSpec.model_validate(card["spec"])
+        model = MultiTaskModel(spec, pretrained=False, standalone=True)
+        if card["format"] == "int8":
+            model = quantize_int8(model)
+            with _known_deprecations():
+                state = torch.load(path / INT8_WEIGHTS, map_location="cpu", weights_only=True)
+        else:
+            state = load_safetensors((path / DENSE_WEIGHTS).read_bytes())
+        model.load_state_dict(state)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise TrainingError(
+            f"{path}: no readable compressed model ({type(e).__name__}: {e}); run `msa compress`"
+        ) from None
+    return model.eval()
+
+
+def quantize_int8(model: MultiTaskModel) -> MultiTaskModel:
+    """A copy with int8 dynamic Linear layers and an 8-bit word-embedding table; RNNs, convolutions, norms and the
+    other embeddings stay float."""
+    from torch.ao.quantization import float_qparams_weight_only_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig: dict = {nn.Linear: per_channel_dynamic_qconfig}
+    if model.token_states is not None and model.token_states.transformer is not None:
+        # The word table only (47 of MiniLM's 48 MB of embeddings): the quantized lookup needs contiguous ids, and
+        # BERT's token-type ids are an expanded (strided) buffer.
+        table = model.token_states.transformer.get_input_embeddings()
+        qconfig |= {name: float_qparams_weight_only_qconfig for name, m in model.named_modules() if m is table}
+    with _known_deprecations():
+        return quantize_dynamic(model, qconfig, dtype=torch.qint8).eval()
+
+
+@contextmanager
+def _known_deprecations() -> Iterator[None]:
+    """Silence the deprecation warnings of the quantized-tensor API chosen knowingly (see the module docstring)."""
+    with warnings.catch_warnings():
+        for message in DEPRECATIONS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+def prune_model(model: MultiTaskModel, *, structured: bool, sparsity: float) -> None:
+    """Attach pruning masks (torch.nn.utils.prune) to the trained weights; `_make_permanent` folds them in."""
+    targets = prune_targets(model, structured)
+    if structured:
+        for module, name in targets:
+            prune.ln_structured(module, name, amount=sparsity, n=2, dim=0)
+    else:
+        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=sparsity)
+
+
+def prune_targets(model: MultiTaskModel, structured: bool) -> list[tuple[nn.Module, str]]:
+    """(module, weight name) pairs pruning acts on: trained layers only, see the module docstring."""
+    outputs = {id(layer[-1]) for layer in model.heads.values()}
+    targets = []
+    for name, module in model.named_modules():
+        if name.startswith(TRANSFORMER):
+            continue
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
+            if not structured or (id(module) not in outputs and module.weight.shape[0] > 1):
+                targets.append((module, "weight"))
+        elif isinstance(module, nn.RNNBase) and not structured:
+            targets += [(module, w) for w in module._flat_weights_names if w.startswith("weight")]
+    return targets
+
+
+def _make_permanent(model: nn.Module) -> None:
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+
+
+def _sparsity(model: MultiTaskModel, structured: bool) -> float:
+    weights = [getattr(module, name) for module, name in prune_targets(model, structured)]
+    return 1.0 - sum(int(w.count_nonzero()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def _finetune(
+    model: MultiTaskModel,
+    tensors: dict[str, torch.Tensor],
+    rows: torch.Tensor,
+    train: TrainParams,
+    epochs: int,
+    label: str,
+    progress: bool,
+) -> None:
+    """`epochs` passes over `rows` with train's loss, weights, AdamW settings and clipping; the pruning masks are
+    applied in every forward pass, so pruned weights stay zero. The transformer, if carried, is not trained."""
+    if not len(rows):
+        raise ConfigError("compress.finetune_epochs needs samples in the train split (or set it to 0)")
+    spec = model.spec
+    device = pick_device(train.device)
+    model.to(device).train()
+    trainable = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(TRANSFORMER)]
+    optimizer = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
+    weights = {h: (1.0 if train.single_task else train.loss_weights.get(h, 1.0)) for h in spec.heads}
+    generator = torch.Generator().manual_seed(train.seed)
+    torch.manual_seed(train.seed)  # dropout
+    steps = math.ceil(len(rows) / train.batch_size)
+    with tqdm(total=epochs * steps, desc=label, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        for _ in range(epochs):
+            for part in rows[torch.randperm(len(rows), generator=generator)].split(train.batch_size):
+                batch = {k: v[part].to(device) for k, v in tensors.items()}
+                losses = head_losses(spec, model(batch), model.presence(batch), batch["label"], train.loss)
+                loss = sum(weights[h] * losses[h] for h in spec.heads)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
+                optimizer.step()
+                bar.update()
+    model.cpu().eval()
+
+
+def _standalone_copy(baseline: MultiTaskModel, trained: MultiTaskModel) -> MultiTaskModel:
+    """`baseline` (standalone) with the trained weights of `trained` (same spec, maybe without the transformer)."""
+    model = copy.deepcopy(baseline)
+    missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+    if unexpected or any(not k.startswith(TRANSFORMER) for k in missing):
+        raise TrainingError(f"pruned weights do not fit the standalone model: {unexpected[:3] or missing[:3]}")
+    return model
+
+
+def _serialize(kind: str, model: nn.Module) -> tuple[str, bytes]:
+    """(file name, bytes) of the weights as written to disk: their length is the variant's size."""
+    state = model.state_dict()
+    if kind == "int8":
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return INT8_WEIGHTS, buffer.getvalue()
+    return DENSE_WEIGHTS, save_safetensors({k: v.contiguous() for k, v in state.items()})
+
+
+def _write_variant(
+    directory: Path, name: CompressVariant, spec: ModelSpec, card: dict, payload: tuple[str, bytes], v: dict
+) -> None:
+    directory.mkdir()
+    (directory / payload[0]).write_bytes(payload[1])  # inside the staging directory: atomic as a whole
+    (directory / CARD).write_text(
+        json.dumps(
+            {
+                "variant": name,
+                "format": "int8" if name == "int8" else "dense",
+                "spec": spec.model_dump(mode="json"),
+                "featurizer_key": card.get("featurizer_key"),
+                "dataset": card.get("dataset"),
+                "sparsity": v["sparsity"],
+                "finetune_epochs": v["finetune_epochs"],
+                "metrics": _json_safe(v["metrics"]),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def _head_metrics(model: MultiTaskModel, tensors: dict, rows: torch.Tensor, head: str) -> dict[str, float]:
+    """The scalar metrics of `head` on `rows` (per-class tables and confusion matrices are left to evaluate)."""
+    metrics = evaluate(model, model.spec, tensors, rows, torch.device("cpu"))[head]
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def _drop_points(metric: str, baseline: float, value: float) -> float:
+    """How much worse `value` is, in percentage points (positive = worse)."""
+    worse = value - baseline if metric in LOWER_IS_BETTER else baseline - value
+    return 100.0 * worse
+
+
+def _counts(model: nn.Module) -> dict[str, int]:
+    """Parameters and non-zero parameters, of the whole model and of its task part (all but the transformer)."""
+    counts = dict.fromkeys(("params", "nonzero", "task_params", "task_nonzero"), 0)
+    for name, tensor in _weights(model):
+        n, nonzero = tensor.numel(), int(tensor.count_nonzero())
+        counts["params"] += n
+        counts["nonzero"] += nonzero
+        if not name.startswith(TRANSFORMER):
+            counts["task_params"] += n
+            counts["task_nonzero"] += nonzero
+    return counts
+
+
+def _weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every weight as a float tensor, including the packed ones of quantized modules (dequantized)."""
+    for name, module in model.named_modules():
+        packed = hasattr(module, "_packed_params")  # quantized Linear / Embedding: weight() and bias() are methods
+        if packed:
+            for attr in ("weight", "bias"):
+                if callable(getattr(module, attr, None)) and (w := getattr(module, attr)()) is not None:
+                    yield f"{name}.{attr}", w.dequantize() if w.is_quantized else w
+        for attr, p in module.named_parameters(recurse=False):
+            yield f"{name}.{attr}", p.detach()
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _timings(
+    models: dict[str, nn.Module], tensors: dict[str, torch.Tensor], rows: torch.Tensor, params: CompressParams
+) -> dict[str, dict[str, float]]:
+    """Latency at batch 1 (median, p95 over `latency_runs` test samples) and throughput at `throughput_batch`
+    (median over a tenth as many batches, at least 3), on the CPU at `threads` threads.
+
+    The models take turns (see `_round_robin`), so a busy machine slows them alike and the ratios stay fair.
+    """
+    singles = [{k: v[rows[i % len(rows)]].unsqueeze(0) for k, v in tensors.items()} for i in range(params.latency_runs)]
+    batch_rows = rows[torch.arange(params.throughput_batch) % len(rows)]
+    batch = {k: v[batch_rows] for k, v in tensors.items()}
+    with _threads(params.threads):
+        latency = _round_robin(models, singles)
+        batched = _round_robin(models, [batch] * max(3, params.latency_runs // 10))
+    return {
+        name: {
+            "latency_ms_p50": 1000 * statistics.median(latency[name]),
+            "latency_ms_p95": 1000 * float(np.percentile(latency[name], 95)),
+            "throughput_per_s": params.throughput_batch / statistics.median(batched[name]),
+        }
+        for name in models
+    }
+
+
+def _round_robin(models: dict[str, nn.Module], inputs: list[dict[str, torch.Tensor]]) -> dict[str, list[float]]:
+    """Seconds per forward pass of every model on every input, after `WARMUP` untimed passes each.
+
+    The inputs go in blocks of `BLOCK`, each model running a whole block in turn (order rotated per block): a
+    served model runs back to back with its weights warm in the caches, which alternating every pass would deny
+    it, while the blocks still spread a busy machine's load over all models alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
+    with torch.inference_mode():
+        for model in models.values():
+            for _ in range(WARMUP):
+                model(inputs[0])
+        for i, start in enumerate(range(0, len(inputs), BLOCK)):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                for x in inputs[start : start + BLOCK]:
+                    started = time.perf_counter()
+                    models[name](x)
+                    times[name].append(time.perf_counter() - started)
+    return times
+
+
+def _json_safe(obj: object) -> object:
+    """NaN (e.g. acc2 when every label is 0) becomes null: the report is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

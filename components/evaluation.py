@@ -1,0 +1,310 @@
+"""Evaluate stage: the metrics of every head on valid and test, and the plots that DVC and people read.
+
+Writes
+    evaluate.metrics (reports/metrics.json)  DVC metrics, {split: {head: {metric: value}}}: components.metrics'
+        keys plus `samples` (how many samples had the head's modality); class labels add per_class {class:
+        {precision, recall, f1, support}}. Only numbers: NaN is null, confusion matrices go to the plot data.
+    evaluate.plots (reports/plots/), replaced as a whole so no file of an earlier run survives
+        predictions/<split>_<head>.csv  id, label, prediction (the score; class indices for class labels)
+        confusion/<split>_<head>.json   [{id, actual, predicted}]: class names, or for regression labels the
+                                        Acc-7 classes -3..3 (rounded after clipping to [-3, 3], as acc7 counts)
+        history.csv                     per epoch: train loss and valid primary metric of every head
+        images/scatter_<split>.png      predicted vs true per head (regression labels only)
+        images/confusion_<split>.png    confusion matrix per head
+        images/training_curves.png      train loss and valid primary metric per head, best epoch marked
+The plots show one split: test, or valid when test is not evaluated.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from components.atomic import replace_directory, write_bytes, write_json, write_text
+from components.config import ConfigError, EvaluateParams
+from components.dataset import SPLITS
+from components.devices import pick_device
+from components.errors import DataError, TrainingError
+from components.featurize import FEATURES, load_features
+from components.metrics import classification_metrics, metrics_for, primary_metric
+from components.training import HISTORY, MODEL_CARD, load_trained, predict
+
+
+@dataclass
+class HeadOutput:
+    """One head on the plotted split, restricted to the samples where its modality is present."""
+
+    ids: np.ndarray
+    label: np.ndarray  # scores, or class indices
+    prediction: np.ndarray  # scores, or class indices (argmax of the logits)
+    metrics: dict[str, Any]
+
+
+@dataclass
+class EvaluationResult:
+    metrics_path: Path
+    plots: Path
+    split: str  # the split plotted and summarised
+    metric: str  # the primary metric of the label kind
+    direction: str  # "min" | "max"
+    metrics: dict[str, dict[str, dict[str, Any]]]  # what metrics.json holds
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        better = "lower" if self.direction == "min" else "higher"
+        scores = ", ".join(f"{head} {_fmt(m[self.metric])}" for head, m in self.metrics[self.split].items())
+        text = (
+            f"evaluate: {self.split} {self.metric} ({better} is better): {scores}; metrics -> {self.metrics_path}, "
+            f"plots -> {self.plots} ({self.seconds:.1f} s)"
+        )
+        return text + "".join(f"; {note}" for note in self.notes)
+
+
+def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progress: bool = True) -> EvaluationResult:
+    """Score the model `train` wrote to `model_dir` on `params.splits` of `features`; write metrics and plots.
+
+    Raises DataError for a split without samples, TrainingError for a missing or unreadable model, or one trained
+    on other features, ConfigError for an unavailable device.
+    """
+    start = time.perf_counter()
+    features, model_dir = Path(features), Path(model_dir)
+    model = load_trained(model_dir)
+    card = _read_json(model_dir / MODEL_CARD)
+    history = _read_json(model_dir / HISTORY)
+    arrays, state = load_features(features)
+    if card.get("featurizer_key") != state.key:
+        raise TrainingError(
+            f"{model_dir}: trained on other features than {features} (featurizer key differs); run `msa train`"
+        )
+    try:
+        device = pick_device(params.device)
+    except ValueError as e:
+        raise ConfigError(f"evaluate.device: {e}") from None
+
+    spec = model.spec
+    kind, classes = spec.label.kind, spec.label.classes
+    metric, direction = primary_metric(kind)
+    frozen = spec.text is not None and spec.text.mode == "frozen"
+    tensors = {k: torch.from_numpy(v) for k, v in arrays.items() if k != "text.states" or frozen}
+    split_codes = tensors.pop("split")
+    labels, ids = tensors["label"].numpy(), np.asarray(state.ids)
+    plotted = "test" if "test" in params.splits else "valid"
+    model.to(device)
+
+    metrics: dict[str, dict[str, dict[str, Any]]] = {}
+    outputs: dict[str, HeadOutput] = {}
+    notes: list[str] = []
+    for split in tqdm(params.splits, desc="evaluate", unit="split", disable=not progress):
+        rows = torch.nonzero(split_codes == SPLITS.index(split)).flatten()
+        if not len(rows):
+            raise DataError(features / FEATURES, f"split {split!r} has no samples to evaluate (evaluate.splits)")
+        metrics[split] = {}
+        split_labels, split_ids = labels[rows.numpy()], ids[rows.numpy()]
+        for head, (scores, present) in predict(model, tensors, rows, device).items():
+            if not present.any():
+                notes.append(f"{head} skipped on {split}: no sample has its modality")
+                continue
+            label, scores = split_labels[present], scores[present]
+            head_metrics = metrics_for(kind, scores, label, classes)
+            metrics[split][head] = {**head_metrics, "samples": int(present.sum())}
+            if split == plotted:
+                prediction = scores.reshape(-1) if kind == "regression" else scores.argmax(axis=1)
+                outputs[head] = HeadOutput(split_ids[present], label, prediction, head_metrics)
+
+    with replace_directory(params.plots) as staging:
+        _write_plot_data(staging, plotted, outputs, kind, classes)
+        _write_history(staging, history, spec.heads, card["monitor"], metric)
+        _write_images(staging, plotted, outputs, kind, classes, history, spec.heads, card["monitor"], metric)
+    metrics = _numbers_only(metrics)
+    return EvaluationResult(
+        metrics_path=write_json(params.metrics, metrics),
+        plots=Path(params.plots),
+        split=plotted,
+        metric=metric,
+        direction=direction,
+        metrics=metrics,
+        notes=notes,
+        seconds=time.perf_counter() - start,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# metrics.json
+
+
+def _numbers_only(value: Any) -> Any:
+    """Nested dicts of numbers, as DVC metrics want them: confusion matrices dropped, NaN and inf as None (null)."""
+    if isinstance(value, dict):
+        return {k: _numbers_only(v) for k, v in value.items() if k != "confusion_matrix"}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"{path}: missing or unreadable ({type(e).__name__}); run `msa train`") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# plot data (CSV, for `dvc plots`)
+
+
+def _confusion(out: HeadOutput, kind: str, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, list]:
+    """Actual and predicted class per sample (names, or Acc-7 classes -3..3) and the confusion matrix (rows actual,
+    columns predicted, in `_class_names` order)."""
+    if kind == "classification":
+        names = np.asarray(classes)
+        return names[out.label], names[out.prediction], out.metrics["confusion_matrix"]
+    # The Acc-7 classes: round half to even after clipping, as components.metrics counts acc7 (and MMSA does).
+    actual, predicted = (np.round(np.clip(x, -3, 3)).astype(np.int64) for x in (out.label, out.prediction))
+    matrix = classification_metrics(predicted + 3, actual + 3, _class_names(kind, classes))["confusion_matrix"]
+    return actual, predicted, matrix
+
+
+def _class_names(kind: str, classes: tuple[str, ...]) -> list[str]:
+    return list(classes) if kind == "classification" else [str(c) for c in range(-3, 4)]
+
+
+def _write_plot_data(
+    staging: Path, split: str, outputs: dict[str, HeadOutput], kind: str, classes: tuple[str, ...]
+) -> None:
+    for head, out in outputs.items():
+        frame = pd.DataFrame({"id": out.ids, "label": out.label, "prediction": out.prediction})
+        write_text(staging / "predictions" / f"{split}_{head}.csv", frame.to_csv(index=False))
+        # JSON rather than CSV: DVC reads CSV cells as strings, and its confusion template would sort -1 before -3.
+        actual, predicted, _ = _confusion(out, kind, classes)
+        frame = pd.DataFrame({"id": out.ids, "actual": actual, "predicted": predicted})
+        write_json(staging / "confusion" / f"{split}_{head}.json", frame.to_dict("records"))
+
+
+def _write_history(staging: Path, history: list[dict], heads: tuple[str, ...], monitor: dict, metric: str) -> None:
+    # DVC's linear template draws the last column when no y is set: the monitored head's valid metric goes last.
+    valid_heads = [h for h in heads if h != monitor["head"]] + [monitor["head"]]
+    rows = [
+        {
+            "epoch": entry["epoch"],
+            **{f"train_loss_{h}": entry["train_loss"].get(h) for h in heads},
+            **{f"valid_{metric}_{h}": entry["valid"].get(h, {}).get(metric) for h in valid_heads},
+        }
+        for entry in history
+    ]
+    write_text(staging / "history.csv", pd.DataFrame(rows).to_csv(index=False))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# PNGs (matplotlib's object API: no pyplot state, no GUI backend)
+
+
+def _write_images(
+    staging: Path,
+    split: str,
+    outputs: dict[str, HeadOutput],
+    kind: str,
+    classes: tuple[str, ...],
+    history: list[dict],
+    heads: tuple[str, ...],
+    monitor: dict,
+    metric: str,
+) -> None:
+    images = staging / "images"
+    if kind == "regression":
+        write_bytes(images / f"scatter_{split}.png", _scatter_png(split, outputs))
+    write_bytes(images / f"confusion_{split}.png", _confusion_png(split, outputs, kind, classes))
+    write_bytes(images / "training_curves.png", _curves_png(history, heads, monitor, metric))
+
+
+def _grid(panels: int, width: float = 3.4, height: float = 3.2) -> tuple[Any, list]:
+    from matplotlib.figure import Figure  # matplotlib is imported only when plotting
+
+    cols = min(panels, 4)
+    rows = math.ceil(panels / cols)
+    figure = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False).flatten().tolist()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return figure, axes[:panels]
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def _scatter_png(split: str, outputs: dict[str, HeadOutput]) -> bytes:
+    figure, axes = _grid(len(outputs))
+    for ax, (head, out) in zip(axes, outputs.items(), strict=True):
+        low = float(min(out.label.min(), out.prediction.min()))
+        high = float(max(out.label.max(), out.prediction.max()))
+        ax.plot([low, high], [low, high], color="grey", linewidth=1, linestyle="--")
+        ax.scatter(out.label, out.prediction, s=8, alpha=0.5)
+        ax.set_title(f"{head}: MAE {out.metrics['mae']:.3f}, r {out.metrics['corr']:.3f}", fontsize=10)
+        ax.set_xlabel("label")
+        ax.set_ylabel("prediction")
+    figure.suptitle(f"predicted vs true ({split})")
+    return _png(figure)
+
+
+def _confusion_png(split: str, outputs: dict[str, HeadOutput], kind: str, classes: tuple[str, ...]) -> bytes:
+    names = _class_names(kind, classes)
+    figure, axes = _grid(len(outputs))
+    for ax, (head, out) in zip(axes, outputs.items(), strict=True):
+        matrix = np.asarray(_confusion(out, kind, classes)[2])
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), count in np.ndenumerate(matrix):
+            if count:
+                color = "white" if count > matrix.max() / 2 else "black"
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
+        ticks = range(len(names))
+        ax.set_xticks(ticks, names, fontsize=8)
+        ax.set_yticks(ticks, names, fontsize=8)
+        accuracy = np.trace(matrix) / max(matrix.sum(), 1)
+        ax.set_title(f"{head}: {'accuracy' if kind == 'classification' else 'Acc-7'} {accuracy:.3f}", fontsize=10)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("actual")
+    figure.suptitle(f"confusion matrix ({split})")
+    return _png(figure)
+
+
+def _curves_png(history: list[dict], heads: tuple[str, ...], monitor: dict, metric: str) -> bytes:
+    figure, (loss_ax, valid_ax) = _grid(2, width=5.0, height=3.6)
+    epochs = [entry["epoch"] for entry in history]
+    for head in heads:
+        loss = [entry["train_loss"].get(head, math.nan) for entry in history]
+        valid = [entry["valid"].get(head, {}).get(metric, math.nan) for entry in history]
+        width = 2.2 if head == monitor["head"] else 1.0
+        loss_ax.plot(epochs, loss, label=head, linewidth=width)
+        valid_ax.plot(epochs, valid, label=head, linewidth=width)
+    best = monitor["epoch"]
+    valid_ax.axvline(best, color="grey", linestyle="--", linewidth=1)
+    valid_ax.plot([best], [monitor["value"]], marker="*", markersize=12, color="black", linestyle="none")
+    valid_ax.annotate(
+        f"best: {monitor['head']}, epoch {best}",
+        (best, monitor["value"]),
+        (6, 6),
+        textcoords="offset points",
+        fontsize=8,
+    )
+    for ax, title, ylabel in ((loss_ax, "train loss", "loss"), (valid_ax, f"valid {metric}", metric)):
+        ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    loss_ax.legend(fontsize=8)
+    return _png(figure)

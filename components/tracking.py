@@ -1,0 +1,520 @@
+"""MLflow: one parent run per pipeline run, a child run per head and per compressed variant, and the registered
+model with its `challenger` / `champion` aliases.
+
+Every child run logs the same metric keys (`test_<metric>`, `valid_<metric>`), so MLflow's compare view lines the
+heads and the compressed variants up side by side; per-epoch curves are `epoch_train_loss` and
+`epoch_valid_<metric>`. The tracking URI is MLflow's own setting: `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db`
+with artifacts under `./mlruns`.
+
+Registration never leaves a half-registered version: the gate's inputs are gathered and checked before anything
+is created, and when a step after `create_model_version` fails the version is deleted (or, if the server cannot
+even do that, tagged `msa.status=failed` without an alias). `champion` moves last, and only when the candidate
+beats the champion on the same test split by more than `register.margin`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from components.config import Params, RegisterParams
+from components.dataset import SEQUENCE_MODALITIES, Dataset, read_dataset
+from components.errors import TrackingError
+from components.metrics import is_better, metrics_for, primary_metric
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+CHALLENGER, CHAMPION = "challenger", "champion"
+MODEL_ARTIFACT = "model"
+PIP_REQUIREMENTS = ("torch", "transformers", "safetensors", "numpy", "pandas", "pillow", "pydantic", "pyyaml")
+
+
+@dataclass(frozen=True)
+class Registration:
+    experiment: str
+    run_id: str
+    name: str
+    version: str
+    metric: str  # "<split> <head> <metric>"
+    score: float
+    champion_before: str | None  # the champion's version when the gate ran
+    champion_score: float | None
+    promoted: bool
+    decision: str
+
+    def summary(self) -> str:
+        return (
+            f"register: run {self.run_id} in experiment '{self.experiment}'; {self.name} version {self.version} is "
+            f"{CHALLENGER}{f' and {CHAMPION}' if self.promoted else ''} ({self.decision})"
+        )
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+@contextmanager
+def connected(settings: RegisterParams) -> Iterator[Any]:
+    """An MlflowClient whose HTTP requests give up after `settings.retries` retries, checked to answer.
+
+    The environment wins over params.yaml for the retry settings (MLflow reads them per request).
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.timeout))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - requests, MLflow and SQLAlchemy each raise their own
+        raise TrackingError(
+            f"tracking server {uri} does not answer (gave up after {settings.retries} retries): "
+            f"{type(e).__name__}: {_first_line(e)}. Nothing was logged or registered."
+        ) from None
+    yield client
+
+
+def register(params: Params, *, force_gate_rescore: bool = False) -> Registration:
+    """Log this pipeline run (params, metrics, curves, plots, reports, model card, the pyfunc model) and register it.
+
+    Reads what the stages wrote: featurize.out, train.out, evaluate.metrics/plots, compress.report,
+    validate.report. `force_gate_rescore` re-scores the champion on the test split even when its recorded
+    score was measured on the same split.
+    """
+    from components.featurize import read_state
+    from components.serving import Predictor, package_model, raw_frame
+
+    settings = params.registry
+    state = read_state(params.featurize.out)
+    dataset = read_dataset(params.data.raw)
+    card = _read_json(params.train.out / "model.json", "run `msa train`")
+    metrics = _read_json(params.evaluate.metrics, "run `msa evaluate`")
+    compression = _read_json(params.compress.report, "run `msa compress`") if params.compress.report.exists() else {}
+    history = _read_json(params.train.out / "history.json", "run `msa train`")
+    head, (metric, _) = card["monitor"]["head"], primary_metric(state.label_kind)
+    if "test" not in metrics or head not in metrics["test"]:
+        raise TrackingError(f"{params.evaluate.metrics}: no test metrics for head {head!r}: evaluate the test split")
+    score = float(metrics["test"][head][metric])
+    name = settings.model_name or f"msa-{state.dataset}"
+    experiment = settings.experiment or state.dataset
+    test_split = split_fingerprint(dataset, "test")
+
+    with connected(settings) as client, tempfile.TemporaryDirectory(prefix="msa-package-") as tmp:
+        import mlflow
+
+        package = package_model(params.train.out, params.featurize.out, Path(tmp) / "package")
+        example = raw_frame(dataset, "test", limit=2, inline_images=True).drop(columns=["id", "label"])
+        signature = model_signature(Predictor(package), example)
+        _check_compatible(client, name, signature)  # before anything is written
+        champion = _champion(client, name)
+
+        mlflow.set_experiment(experiment)
+        tags = run_tags(params, state.dataset, state.dataset_version, test_split)
+        with mlflow.start_run(run_name=f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags) as parent:
+            mlflow.log_params(_flatten(params.model_dump(mode="json", by_alias=True)))
+            for h in card["spec"]["heads"]:
+                with mlflow.start_run(run_name=h, nested=True, tags={**tags, "msa.kind": "head", "msa.head": h}):
+                    _log_metrics(client, mlflow.active_run().info.run_id, metrics, h)
+                    _log_history(client, mlflow.active_run().info.run_id, history, h, metric)
+            for variant, figures in compression.get("variants", {}).items():
+                variant_tags = {
+                    **tags,
+                    "msa.kind": "compressed",
+                    "msa.variant": variant,
+                    "msa.kept": str(figures["kept"]),
+                }
+                with mlflow.start_run(run_name=f"compressed {variant}", nested=True, tags=variant_tags):
+                    mlflow.log_metrics(_compression_metrics(figures))
+            _log_metrics(client, parent.info.run_id, metrics, head)
+            if compression:
+                mlflow.log_metrics(_compression_metrics(compression["baseline"]))
+            _log_reports(params, compression)
+            mlflow.log_text(
+                model_card(
+                    state.dataset, state.dataset_version, dataset.manifest.synthetic, card, metrics, compression
+                ),
+                "model_card.md",
+            )
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                loader_module="components.serving",
+                data_path=str(package),
+                code_paths=[str(Path(__file__).parent)],
+                signature=signature,
+                input_example=example,
+                pip_requirements=_pip_requirements(),
+            )
+            champion_score = None
+            if champion is not None:
+                champion_score = _champion_score(champion, name, dataset, test_split, metric, head, force_gate_rescore)
+            promoted, decision = gate(state.label_kind, score, champion, champion_score, settings.margin)
+            gate_tags = {
+                "msa.metric": f"test {head} {metric}",
+                "msa.score": f"{score:.6g}",
+                "msa.champion_before": champion.version if champion else "none",
+                "msa.champion_score": "none" if champion_score is None else f"{champion_score:.6g}",
+                "msa.decision": decision,
+                "msa.test_split": test_split,
+            }
+            version = _create_version(client, name, info, parent.info.run_id, gate_tags, promoted)
+            mlflow.set_tags({**gate_tags, "msa.registered_version": version})
+    return Registration(
+        experiment=experiment,
+        run_id=parent.info.run_id,
+        name=name,
+        version=version,
+        metric=f"test {head} {metric}",
+        score=score,
+        champion_before=champion.version if champion else None,
+        champion_score=champion_score,
+        promoted=promoted,
+        decision=decision,
+    )
+
+
+def gate(kind: str, score: float, champion: Any, champion_score: float | None, margin: float) -> tuple[bool, str]:
+    """(promote?, why): the first model becomes champion; later ones must beat it by more than `margin`."""
+    metric, mode = primary_metric(kind)
+    if champion is None:
+        return True, "first model: promoted to champion"
+    if champion_score is None or not math.isfinite(champion_score):
+        return True, f"champion v{champion.version} has no usable test score: promoted"
+    target = champion_score - margin if mode == "min" else champion_score + margin
+    if is_better(kind, score, target):
+        return (
+            True,
+            f"{metric} {score:.4f} beats champion v{champion.version}'s {champion_score:.4f} by more than {margin}",
+        )
+    return (
+        False,
+        f"{metric} {score:.4f} does not beat champion v{champion.version}'s {champion_score:.4f} by more than {margin}",
+    )
+
+
+def split_fingerprint(dataset: Dataset, split: str) -> str:
+    """A hash of one split's samples (ids, texts, labels, image paths, sequence rows) and the dataset version."""
+    rows = dataset.samples[dataset.samples["split"] == split]
+    digest = hashlib.sha256(f"{dataset.manifest.name}\0{dataset.manifest.version}\0".encode())
+    digest.update(pd.util.hash_pandas_object(rows.astype(str), index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def run_tags(params: Params, dataset: str, version: str, test_split: str) -> dict[str, str]:
+    return {
+        "git_commit": _git_commit(),
+        "data_hash": _data_hash(),
+        "params_hash": hashlib.sha256(params.model_dump_json(by_alias=True).encode()).hexdigest()[:16],
+        "dataset": dataset,
+        "dataset_version": version,
+        "msa.test_split": test_split,
+    }
+
+
+def model_signature(predictor: Any, example: pd.DataFrame) -> Any:
+    """Inputs: the raw columns of the model's modalities (text required); outputs: score and class."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    columns = []
+    if predictor.spec.text is not None:
+        columns.append(ColSpec(DataType.string, "text"))
+    if predictor.spec.image is not None:
+        columns += [
+            ColSpec(DataType.string, "image", required=False),
+            ColSpec(DataType.binary, "image_bytes", required=False),
+        ]
+    for m in SEQUENCE_MODALITIES:
+        if getattr(predictor.spec, m) is not None:
+            columns.append(ColSpec(Array(Array(DataType.double)), m, required=False))
+    outputs = Schema([ColSpec(DataType.double, "score"), ColSpec(DataType.string, "class")])
+    return ModelSignature(inputs=Schema(columns), outputs=outputs)
+
+
+def model_card(dataset: str, version: str, synthetic: bool, card: dict, metrics: dict, compression: dict) -> str:
+    head = card["monitor"]["head"]
+    lines = [
+        f"# Multimodal sentiment model: {dataset} v{version}",
+        "",
+        f"- **Data**: dataset `{dataset}` version `{version}` (data.dvc hash `{_data_hash()}`)"
+        + (" - SYNTHETIC demo data, not real sentiment" if synthetic else ""),
+        f"- **Code**: git `{_git_commit()}`",
+        f"- **Architecture**: heads {', '.join(card['spec']['heads'])}; predictions come from `{head}`",
+        f"- **Selected by**: valid {card['monitor']['metric']} {card['monitor']['value']:.4f} "
+        f"at epoch {card['monitor']['epoch']}",
+        "",
+        "## Metrics (test split)",
+        "",
+    ]
+    keys = [k for k, v in metrics["test"][head].items() if isinstance(v, int | float)]
+    lines += ["| head | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for h, values in metrics["test"].items():
+        lines.append(f"| {h} | " + " | ".join(_fmt(values.get(k)) for k in keys) + " |")
+    if compression:
+        lines += ["", f"## Compression (test split, {compression.get('metric')} of `{head}`)", ""]
+        lines += [
+            "| variant | size MB | non-zero params | p50 ms (batch 1) | per s (batch 64) | drop (points) | kept |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        rows = {"uncompressed": compression["baseline"], **compression.get("variants", {})}
+        for variant, f in rows.items():
+            lines.append(
+                f"| {variant} | {f['size_bytes'] / 1e6:.1f} | {f['nonzero_params']:,} | {f['latency_ms_p50']:.1f} | "
+                f"{f['throughput_per_s']:.0f} | {_fmt(f.get('drop_points', 0.0))} | {f.get('kept', True)} |"
+            )
+    lines += [
+        "",
+        "## Intended use",
+        "",
+        "Scoring the sentiment of short opinion utterances or posts (text, with an image and/or audio/visual "
+        "feature sequences where the training data had them), for research and for comparing models in this "
+        "pipeline. Input: the raw columns in the model's signature; output: `score` and `class`.",
+        "",
+        "## Limits",
+        "",
+        "- Trained on one dataset: scores outside its domain, language and label range are not calibrated.",
+        "- Audio/visual sequences must be extracted exactly as in training (same feature extractor and dimension).",
+        "- The text encoder is frozen or fine-tuned from a general-purpose sentence model; sarcasm and long texts "
+        "(beyond the tokenizer's max_tokens) are truncated or missed.",
+        "- Not for decisions about individuals.",
+    ]
+    if synthetic:
+        lines.append("- This model was trained on SYNTHETIC demo data: its metrics say nothing about real sentiment.")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _champion(client: Any, name: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None  # no such registered model, or no champion yet
+
+
+def _champion_score(
+    champion: Any, name: str, dataset: Dataset, test_split: str, metric: str, head: str, rescore: bool
+) -> float | None:
+    """The champion's primary test metric on this test split: its recorded score when it was measured on the same
+    split, else measured now through its own pyfunc (a different dataset version has a different test split)."""
+    tags = champion.tags or {}
+    if not rescore and tags.get("msa.test_split") == test_split and tags.get("msa.score") not in (None, "none"):
+        return float(tags["msa.score"])
+    import mlflow
+
+    from components.serving import raw_frame
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}")
+    frame = raw_frame(dataset, "test")
+    predicted = model.predict(frame.drop(columns=["id", "label"]))
+    labels = frame["label"].to_numpy()
+    if dataset.manifest.label.kind == "regression":
+        return float(metrics_for("regression", predicted["score"].to_numpy(), labels)[metric])
+    classes = list(dataset.manifest.label.classes)
+    if not set(predicted["class"]) <= set(classes):
+        return None  # the champion predicts other classes: not comparable, the challenger wins
+    indices = [classes.index(c) for c in predicted["class"]]
+    return float(metrics_for("classification", indices, [classes.index(c) for c in labels], classes)[metric])
+
+
+def _check_compatible(client: Any, name: str, signature: Any) -> None:
+    """Refuse to add a version whose inputs differ from the registered model's latest version."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import get_model_info
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
+    except MlflowException:
+        return
+    if not versions:
+        return
+    latest = versions[0]
+    try:
+        theirs = get_model_info(f"models:/{name}/{latest.version}").signature
+    except Exception as e:  # noqa: BLE001 - an unreadable old version: say so rather than guess
+        raise TrackingError(
+            f"registered model '{name}' version {latest.version} cannot be read to compare signatures: {_first_line(e)}"
+        ) from None
+    ours = signature.inputs.to_dict()
+    if theirs is None or theirs.inputs.to_dict() != ours:
+        found = "no signature" if theirs is None else _columns(theirs.inputs.to_dict())
+        raise TrackingError(
+            f"registered model '{name}' takes {found} (version {latest.version}), but this model takes "
+            f"{_columns(ours)}: a different input contract needs its own name (set register.model_name)"
+        )
+
+
+def _create_version(client: Any, name: str, info: Any, run_id: str, tags: dict[str, str], promote: bool) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description="Multimodal sentiment model registered by `msa register`")
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise TrackingError(f"cannot create registered model '{name}': {_first_line(e)}") from None
+    version = client.create_model_version(
+        name, source=info.model_uri, run_id=run_id, model_id=info.model_id, tags={"msa.status": "registering"}
+    ).version
+    try:
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        if promote:
+            client.set_registered_model_alias(name, CHAMPION, version)  # last: nothing can fail after it
+        client.set_model_version_tag(name, version, "msa.status", "registered")
+    except Exception as e:  # noqa: BLE001 - whatever broke, the half-made version must not stay usable
+        raise TrackingError(
+            f"registering '{name}' version {version} failed ({type(e).__name__}: {_first_line(e)}); "
+            f"{_discard(client, name, version)}; the champion is unchanged"
+        ) from None
+    return version
+
+
+def _discard(client: Any, name: str, version: str) -> str:
+    try:
+        client.delete_model_version(name, version)
+        return f"version {version} was deleted"
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        client.set_model_version_tag(name, version, "msa.status", "failed")
+        return f"version {version} could not be deleted and is tagged msa.status=failed"
+    except Exception:  # noqa: BLE001
+        return f"version {version} could not be deleted or tagged: delete it by hand"
+
+
+def _log_metrics(client: Any, run_id: str, metrics: Mapping, head: str) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(f"{split}_{key}", value, now, 0)
+        for split, heads in metrics.items()
+        if head in heads
+        for key, value in _flatten(heads[head]).items()
+        if isinstance(value, int | float) and math.isfinite(value)
+    ]
+    client.log_batch(run_id, metrics=batch)
+
+
+def _log_history(client: Any, run_id: str, history: list[dict], head: str, metric: str) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = []
+    for epoch in history:
+        step = epoch["epoch"]
+        if head in epoch["train_loss"]:
+            batch.append(Metric("epoch_train_loss", epoch["train_loss"][head], now, step))
+        for key, value in epoch["valid"].get(head, {}).items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                batch.append(Metric(f"epoch_valid_{key}", value, now, step))
+    for start in range(0, len(batch), 1000):  # MLflow's limit per batch
+        client.log_batch(run_id, metrics=batch[start : start + 1000])
+
+
+def _compression_metrics(figures: Mapping) -> dict[str, float]:
+    out = {f"test_{k}": v for k, v in figures["metrics"].items() if isinstance(v, int | float) and math.isfinite(v)}
+    out |= {
+        "size_mb": figures["size_bytes"] / 1e6,
+        "nonzero_params": figures["nonzero_params"],
+        "latency_ms_p50": figures["latency_ms_p50"],
+        "latency_ms_p95": figures["latency_ms_p95"],
+        "throughput_per_s": figures["throughput_per_s"],
+    }
+    if "drop_points" in figures:
+        out["drop_points"] = figures["drop_points"]
+    return out
+
+
+def _log_reports(params: Params, compression: dict) -> None:
+    import mlflow
+
+    for path in (
+        params.validation.report,
+        params.evaluate.metrics,
+        params.compress.report,
+        params.train.out / "history.json",
+    ):
+        if Path(path).is_file():
+            mlflow.log_artifact(str(path), "reports")
+    if Path(params.evaluate.plots).is_dir():
+        mlflow.log_artifacts(str(params.evaluate.plots), "plots")
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in PIP_REQUIREMENTS:
+        try:
+            pins.append(f"{package}=={version(package).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def _read_json(path: Path, fix: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise TrackingError(f"{path}: missing or unreadable ({type(e).__name__}); {fix}") from None
+
+
+def _flatten(values: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a_b": 1}; lists are dropped (confusion matrices live in the plots)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= _flatten(value, f"{name}_")
+        elif not isinstance(value, list):
+            flat[name] = value
+    return flat
+
+
+def _git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.strip() + ("-dirty" if dirty.strip() else "")
+
+
+def _data_hash(path: Path = Path("data.dvc")) -> str:
+    try:
+        return str(yaml.safe_load(path.read_text())["outs"][0]["md5"])
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        return "unknown"
+
+
+def _columns(schema: list[dict]) -> str:
+    return "[" + ", ".join(f"{c.get('name')}{'' if c.get('required', True) else '?'}" for c in schema) + "]"
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__

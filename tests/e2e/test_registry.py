@@ -1,0 +1,194 @@
+"""`msa register` and `msa predict` against a real MLflow server on loopback: runs, registry, aliases, faults."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from components.config import load_params
+from components.dataset import read_dataset
+from components.errors import TrackingError
+from components.serving import raw_frame
+from tests.e2e.conftest import working_directory
+from tests.integration.shell import BIN, run
+
+pytestmark = pytest.mark.e2e
+
+
+def params_for(project: Path, name: str, **register: object) -> Path:
+    """A params file in `project` that registers under its own model name (tests share one server)."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["register"] |= {"model_name": name, "experiment": name, **register}
+    path = project / f"params-{name}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def msa(project: Path, server: str, *args: str, check: bool = True):
+    return run([str(BIN / "msa"), *args], cwd=project, check=check, env={"MLFLOW_TRACKING_URI": server})
+
+
+@pytest.fixture
+def client(mlflow_server: str) -> MlflowClient:
+    mlflow.set_tracking_uri(mlflow_server)
+    return MlflowClient(mlflow_server)
+
+
+def test_first_model_is_champion_runs_line_up_and_a_weaker_one_stays_challenger(tiny_project, mlflow_server, client):
+    params = params_for(tiny_project, "gate")
+    first = msa(tiny_project, mlflow_server, "register", "--params", str(params))
+    assert "version 1 is challenger and champion (first model" in first.stdout
+
+    champion = client.get_model_version_by_alias("gate", "champion")
+    assert champion.version == "1" and client.get_model_version_by_alias("gate", "challenger").version == "1"
+    assert champion.tags["msa.decision"].startswith("first model") and champion.tags["msa.status"] == "registered"
+    assert float(champion.tags["msa.score"]) > 0 and champion.tags["msa.champion_score"] == "none"
+
+    # The parent run carries the provenance tags and the artifacts; each head and variant has a child run, with
+    # the same metric keys so that the compare view lines them up.
+    parent = client.get_run(champion.run_id)
+    assert {"git_commit", "data_hash", "params_hash", "dataset", "dataset_version"} <= parent.data.tags.keys()
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"model_card.md", "reports", "plots"} <= artifacts
+    card = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/model_card.md")
+    assert "## Intended use" in card and "## Limits" in card and "## Compression" in card
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=50
+    )
+    names = {r.info.run_name for r in children}
+    assert {"lstm", "textcnn", "han", "image", "audio", "vision", "fusion"} <= names
+    assert {"compressed int8", "compressed prune_unstructured", "compressed prune_structured"} <= names
+    heads = [r for r in children if r.data.tags.get("msa.kind") == "head"]
+    assert all({"test_mae", "test_acc2", "valid_mae", "test_corr"} <= r.data.metrics.keys() for r in heads)
+    assert all("test_mae" in r.data.metrics for r in children)  # variants too
+    fusion = next(r for r in heads if r.info.run_name == "fusion")
+    curve = client.get_metric_history(fusion.info.run_id, "epoch_valid_mae")
+    assert [m.step for m in curve] == [1, 2, 3]
+
+    # The same model again cannot beat the champion by a margin: it becomes challenger, the champion stays.
+    stricter = params_for(tiny_project, "gate", margin=0.5)
+    second = msa(tiny_project, mlflow_server, "register", "--params", str(stricter))
+    assert "version 2 is challenger (" in second.stdout and "does not beat champion v1" in second.stdout
+    assert client.get_model_version_by_alias("gate", "champion").version == "1"
+    assert client.get_model_version_by_alias("gate", "challenger").version == "2"
+    tags = client.get_model_version("gate", "2").tags
+    assert tags["msa.champion_before"] == "1" and tags["msa.champion_score"] == champion.tags["msa.score"]
+
+
+def test_champion_loads_as_pyfunc_and_predicts_raw_rows(tiny_project, mlflow_server, client):
+    params = params_for(tiny_project, "pyfunc")
+    msa(tiny_project, mlflow_server, "register", "--params", str(params))
+    model = mlflow.pyfunc.load_model("models:/pyfunc@champion")
+    frame = raw_frame(read_dataset(tiny_project / "data" / "raw"), "test")
+    predictions = model.predict(frame.drop(columns=["id", "label"]))
+    assert list(predictions.columns) == ["score", "class"] and len(predictions) == len(frame)
+    assert set(predictions["class"]) <= {"positive", "negative"}
+
+    # The same through `msa predict` from a JSONL file with image paths relative to it; ids come through.
+    rows = frame.drop(columns=["label"])
+    images = tiny_project / "inputs" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for path in rows["image"]:
+        shutil.copy(path, images / Path(path).name)
+    rows["image"] = [f"images/{Path(p).name}" for p in rows["image"]]
+    source = tiny_project / "inputs" / "rows.jsonl"
+    rows.to_json(source, orient="records", lines=True)
+    out = tiny_project / "inputs" / "predictions.csv"
+    result = msa(tiny_project, mlflow_server, "predict", "--model", "models:/pyfunc@champion", "--input", str(source),
+                 "--output", str(out))  # fmt: skip
+    assert f"{len(rows)} rows" in result.stdout
+    written = pd.read_csv(out)
+    assert list(written["id"]) == list(frame["id"])
+    assert written["score"].to_numpy() == pytest.approx(predictions["score"].to_numpy(), abs=1e-5)
+
+
+def test_predict_names_the_missing_column_and_the_bad_row(tiny_project, mlflow_server):
+    params = params_for(tiny_project, "inputs")
+    msa(tiny_project, mlflow_server, "register", "--params", str(params))
+    source = tiny_project / "bad.jsonl"
+    source.write_text(json.dumps({"image": None, "audio": [[0.0, 0.1, 0.2]]}) + "\n")
+    result = msa(tiny_project, mlflow_server, "predict", "--model", "models:/inputs@champion", "--input", str(source),
+                 check=False)  # fmt: skip
+    assert result.returncode == 1 and "bad.jsonl: missing required column(s) ['text']" in result.stderr
+    source.write_text(
+        json.dumps({"text": "it was good", "audio": [[0.0, 0.1, 0.2]]})
+        + "\n"
+        + json.dumps({"text": "it was bad", "audio": [[0.0, 0.1]]})
+        + "\n"
+    )
+    result = msa(tiny_project, mlflow_server, "predict", "--model", "models:/inputs@champion", "--input", str(source),
+                 check=False)  # fmt: skip
+    assert result.returncode == 1
+    assert "bad.jsonl, row 2: audio frames have shape [1, 2]; the model expects [frames, 3]" in result.stderr
+    assert not source.with_suffix(".predictions.jsonl").exists()
+
+
+def test_corrupt_model_artifact_is_a_clear_error(tiny_project, mlflow_server, tmp_path):
+    params = params_for(tiny_project, "corrupt")
+    msa(tiny_project, mlflow_server, "register", "--params", str(params))
+    local = Path(mlflow.artifacts.download_artifacts("models:/corrupt@champion", dst_path=str(tmp_path)))
+    weights = next(local.rglob("model.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    source = tmp_path / "rows.jsonl"
+    source.write_text(json.dumps({"text": "it was good"}) + "\n")
+    result = msa(tiny_project, mlflow_server, "predict", "--model", str(local), "--input", str(source), check=False)
+    assert result.returncode == 1 and "not a readable model package" in result.stderr
+
+
+def test_unreachable_server_fails_fast_and_registers_nothing(tiny_project, client):
+    params = params_for(tiny_project, "unreachable")
+    from tests.e2e.servers import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    result = msa(tiny_project, closed, "register", "--params", str(params), check=False)
+    assert result.returncode == 1
+    assert f"tracking server {closed} does not answer (gave up after 0 retries)" in result.stderr
+    assert "Nothing was logged or registered" in result.stderr
+
+
+def test_failure_after_creating_the_version_removes_it_and_keeps_the_champion(
+    tiny_project, mlflow_server, client, monkeypatch
+):
+    from components.tracking import register
+
+    params = params_for(tiny_project, "halfway")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    with working_directory(tiny_project):
+        register(load_params(params))  # version 1: champion
+
+        def broken(self, name, alias, version):
+            raise ConnectionError("registry went away")
+
+        # The aliases are the last step: failing there exercises the clean-up of a version that already exists.
+        monkeypatch.setattr(MlflowClient, "set_registered_model_alias", broken)
+        with pytest.raises(TrackingError, match=r"version 2 failed .*version 2 was deleted; the champion is unchanged"):
+            register(load_params(params))
+    assert [v.version for v in client.search_model_versions("name = 'halfway'")] == ["1"]
+    assert client.get_model_version_by_alias("halfway", "champion").version == "1"
+
+
+def test_a_name_taken_by_a_model_with_other_inputs_is_refused(tiny_project, mlflow_server, client, tmp_path):
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    mlflow.set_experiment("other-contract")
+    package = tmp_path / "package"
+    package.mkdir()
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model", loader_module="components.serving", data_path=str(package),
+            signature=ModelSignature(inputs=Schema([ColSpec("string", "sentence")])), pip_requirements=["numpy"],
+        )  # fmt: skip
+    mlflow.register_model(info.model_uri, "taken")
+    params = params_for(tiny_project, "taken")
+    result = msa(tiny_project, mlflow_server, "register", "--params", str(params), check=False)
+    assert result.returncode == 1
+    assert "registered model 'taken' takes [sentence] (version 1), but this model takes [text, image?" in result.stderr
+    assert len(client.search_model_versions("name = 'taken'")) == 1
