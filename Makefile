@@ -21,6 +21,7 @@ install: $(VENV)/.installed
 run: install
 	msa data demo
 	dvc repro
+	msa register
 
 test: install
 	pytest

@@ -152,7 +152,7 @@ class CompressParams(Section):
 
 
 class RegisterParams(Section):
-    model_name: str | None = Field(None, description="registered model name; null: msa-<dataset name>")
+    model_name: str | None = Field(None, description="registered model name; null: the dataset name")
     experiment: str | None = Field(None, description="MLflow experiment; null: the dataset name")
     margin: float = Field(
         0.0, ge=0, description="how much better, in the primary metric, a challenger must score than the champion"

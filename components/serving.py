@@ -223,9 +223,11 @@ def _is_null(value: Any) -> bool:
 
 
 def _image_source(rows: pd.DataFrame, i: int, base: Path | None) -> Path | io.BytesIO | None:
-    """The image of row `i`: encoded bytes win over a path; None when the row has neither."""
+    """The image of row `i`: encoded bytes win over a path; None when the row has neither. Empty bytes are no
+    image: MLflow's scoring server cannot pass null in a binary column (it base64-decodes every cell), so a JSON
+    request without an image for some of its rows sends "" there."""
     data = rows["image_bytes"].iloc[i] if "image_bytes" in rows.columns else None
-    if not _is_null(data):
+    if not _is_null(data) and len(data):
         return io.BytesIO(bytes(data))
     path = rows["image"].iloc[i] if "image" in rows.columns else None
     if _is_null(path):

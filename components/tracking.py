@@ -111,7 +111,7 @@ def register(params: Params, *, force_gate_rescore: bool = False) -> Registratio
     if "test" not in metrics or head not in metrics["test"]:
         raise TrackingError(f"{params.evaluate.metrics}: no test metrics for head {head!r}: evaluate the test split")
     score = float(metrics["test"][head][metric])
-    name = settings.model_name or f"msa-{state.dataset}"
+    name = settings.model_name or state.dataset
     experiment = settings.experiment or state.dataset
     test_split = split_fingerprint(dataset, "test")
 

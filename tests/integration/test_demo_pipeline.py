@@ -1,5 +1,5 @@
-"""The pipeline as a new user meets it: `msa data demo`, `dvc repro` (validate -> featurize -> train) twice,
-data.dvc stable, a forced re-run deterministic."""
+"""The pipeline as a new user meets it: `msa data demo`, `dvc repro` (validate -> featurize -> train -> evaluate
+-> compress) twice, data.dvc stable, a forced re-run deterministic, then `msa register` into MLflow's default store."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from components.dataset import Dataset, read_dataset
@@ -20,13 +21,26 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     recorded = (project / "data.dvc").read_text()
     msa("data", "demo", cwd=project)
     params = project / "params.yaml"
-    params.write_text(params.read_text().replace("  epochs: 30", "  epochs: 2"))  # the full run is a benchmark
+    shorter = {
+        "  epochs: 30": "  epochs: 2",
+        "  finetune_epochs: 2": "  finetune_epochs: 1",
+        "  latency_runs: 50": "  latency_runs: 5",
+    }
+    text = params.read_text()
+    for full, short in shorter.items():  # the full run is a benchmark
+        assert full in text
+        text = text.replace(full, short)
+    params.write_text(text)
 
     first = run([str(BIN / "dvc"), "repro"], cwd=project)
-    for stage in ("validate", "featurize", "train"):
+    for stage in ("validate", "featurize", "train", "evaluate", "compress"):
         assert f"Running stage '{stage}'" in first.stdout
     assert "train: 2 epochs" in first.stdout
     assert (project / "models/model.safetensors").is_file()
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert set(metrics) == {"valid", "test"} and {"lstm", "image", "fusion"} <= set(metrics["test"])
+    compression = json.loads((project / "reports/compression.json").read_text())
+    assert set(compression["variants"]) == {"int8", "prune_unstructured", "prune_structured"}
     report = json.loads((project / "reports/validation.json").read_text())
     assert report["success"] is True and report["n_samples"] == 1000
     assert (project / "reports/data_docs/index.html").is_file()
@@ -39,10 +53,28 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     assert "up to date" in second.stdout, second.stdout
 
     # A forced re-run on the same inputs records the same lock: every stage's outputs are deterministic, the
-    # trained weights and checkpoint included.
-    lock = (project / "dvc.lock").read_text()
+    # trained weights, checkpoint and compressed models included. Only the compression report differs: it holds
+    # measured latencies.
+    lock = _hashes(project)
     run([str(BIN / "dvc"), "repro", "--force"], cwd=project)
-    assert (project / "dvc.lock").read_text() == lock
+    assert _hashes(project) == lock
+
+    # Registration is a side effect beside the pipeline: MLflow's default store, and DVC's outputs untouched.
+    registered = msa("register", cwd=project)
+    assert "msa-demo version 1 is challenger and champion" in registered.stdout
+    assert (project / "mlflow.db").is_file() and any((project / "mlruns").rglob("MLmodel"))
+    assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "status"], cwd=project).stdout
+
+
+def _hashes(project) -> dict[str, str]:
+    """Every output's hash in dvc.lock, but the compression report's (latencies are measurements)."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return {
+        f"{stage}:{out['path']}": out["md5"]
+        for stage, entry in lock["stages"].items()
+        for out in entry.get("outs", [])
+        if out["path"] != "reports/compression.json"
+    }
 
 
 def test_dataset_round_trips_through_the_default_local_remote(project, msa):
