@@ -9,7 +9,7 @@ safetensors only: no pickle anywhere in the model.
 Input columns (a pandas DataFrame, one row per sample; a column for a modality the model lacks is ignored):
     text         string, required when the model reads text
     image        string, path of a PNG/JPEG file (relative paths against `base`), or null
-    image_bytes  binary, the encoded image file itself (base64 in JSON requests), or null
+    image_base64 string, the image file itself, base64-encoded (wins over `image`), or null
     audio        frames [T][D] of numbers, or null          (likewise vision)
 Output columns: `score` (regression: the fused sentiment score; classification: the predicted class's
 probability) and `class` (regression: positive for score >= 0, else negative, as Acc-2 counts it).
@@ -17,6 +17,7 @@ probability) and `class` (regression: positive for score >= 0, else negative, as
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -147,11 +148,9 @@ class Predictor:
             size = self.state.image.size
             pixels, has = np.zeros((n, 3, size, size), np.uint8), np.zeros(n, bool)
             for i in range(n):
-                image = _image_source(rows, i, base)
-                if image is None:
-                    continue
                 try:
-                    pixels[i], has[i] = fit_image(image, size), True
+                    if (image := _image_source(rows, i, base)) is not None:
+                        pixels[i], has[i] = fit_image(image, size), True
                 except (OSError, ValueError) as e:
                     raise DataError(source, f"image does not decode: {e}", row=first_row + i + 1) from None
             out |= {"image.pixels": pixels, "image.present": has}
@@ -196,8 +195,8 @@ class Predictor:
 def raw_frame(dataset: Dataset, split: str, *, limit: int | None = None, inline_images: bool = False) -> pd.DataFrame:
     """One split of a canonical dataset as the model's raw input rows, with `id` and `label` columns in front.
 
-    Images are absolute paths, or with `inline_images` the file bytes (`image_bytes`), e.g. for an input example
-    that must work where the dataset is not.
+    Images are absolute paths, or with `inline_images` the files themselves (`image_base64`), e.g. for an input
+    example that must work where the dataset is not.
     """
     samples = dataset.samples[dataset.samples["split"] == split].head(limit).reset_index(drop=True)
     frame = pd.DataFrame({"id": samples["id"], "label": samples["label"]})
@@ -207,7 +206,7 @@ def raw_frame(dataset: Dataset, split: str, *, limit: int | None = None, inline_
     if modalities.image is not None:
         paths = [None if _is_null(p) else dataset.image_path(p) for p in samples["image"]]
         if inline_images:
-            frame["image_bytes"] = [None if p is None else p.read_bytes() for p in paths]
+            frame["image_base64"] = [None if p is None else base64.b64encode(p.read_bytes()).decode() for p in paths]
         else:
             frame["image"] = [None if p is None else str(p) for p in paths]
     for modality, arrays in dataset.sequences.items():
@@ -223,12 +222,17 @@ def _is_null(value: Any) -> bool:
 
 
 def _image_source(rows: pd.DataFrame, i: int, base: Path | None) -> Path | io.BytesIO | None:
-    """The image of row `i`: encoded bytes win over a path; None when the row has neither. Empty bytes are no
-    image: MLflow's scoring server cannot pass null in a binary column (it base64-decodes every cell), so a JSON
-    request without an image for some of its rows sends "" there."""
-    data = rows["image_bytes"].iloc[i] if "image_bytes" in rows.columns else None
-    if not _is_null(data) and len(data):
-        return io.BytesIO(bytes(data))
+    """The image of row `i`: inline base64 wins over a path; None when the row has neither.
+
+    Inline images are base64 text rather than an MLflow `binary` column: the scoring server base64-decodes every
+    cell of a binary column and so cannot pass null, and rows without an image are normal.
+    """
+    data = rows["image_base64"].iloc[i] if "image_base64" in rows.columns else None
+    if not _is_null(data):
+        try:
+            return io.BytesIO(base64.b64decode(data, validate=True))
+        except (TypeError, ValueError):
+            raise ValueError("image_base64 is not base64 text") from None
     path = rows["image"].iloc[i] if "image" in rows.columns else None
     if _is_null(path):
         return None

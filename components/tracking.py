@@ -237,7 +237,7 @@ def model_signature(predictor: Any, example: pd.DataFrame) -> Any:
     if predictor.spec.image is not None:
         columns += [
             ColSpec(DataType.string, "image", required=False),
-            ColSpec(DataType.binary, "image_bytes", required=False),
+            ColSpec(DataType.string, "image_base64", required=False),
         ]
     for m in SEQUENCE_MODALITIES:
         if getattr(predictor.spec, m) is not None:

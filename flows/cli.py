@@ -259,5 +259,8 @@ def predict(
     from components.serving import predict_file
     from components.tracking import connected
 
+    if Path(model).is_dir():  # a downloaded or saved model: no tracking server involved
+        out.print(predict_file(model, input_file, output).summary(), markup=False)
+        return
     with connected(load_params(params).registry if params.exists() else RegisterParams()):
         out.print(predict_file(model, input_file, output).summary(), markup=False)

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from components.dataset import (
+    ClassificationLabel,
     ImageSpec,
     Manifest,
     Modalities,
@@ -64,6 +65,18 @@ def tiny_dataset(
     out = root / name
     write_dataset(out, manifest, samples, sequences, images)
     return out
+
+
+def two_classes(samples: pd.DataFrame, sequences: dict, images: dict) -> None:
+    """A `tiny_dataset` edit: class labels neg/pos instead of scores (use with TWO_CLASS_MANIFEST)."""
+    samples["label"] = ["pos" if i % 2 else "neg" for i in range(len(samples))]
+
+
+TWO_CLASS_MANIFEST = Manifest(
+    name="cls",
+    label=ClassificationLabel(classes=["neg", "pos"]),
+    modalities=Modalities(text=TextSpec(), image=ImageSpec()),
+)
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ from safetensors.numpy import load_file
 
 import components.training as training
 from components.config import ConfigError, FeaturizeParams, ModelParams, TrainParams
-from components.dataset import ClassificationLabel, ImageSpec, Manifest, Modalities, TextSpec
 from components.errors import TrainingError
 from components.featurize import featurize
 from components.training import CHECKPOINT, HISTORY, MODEL_CARD, MODEL_WEIGHTS, train
+from tests.conftest import TWO_CLASS_MANIFEST, two_classes
 from tests.integration.shell import BIN, run
 
 QUIET = ModelParams(hidden=8, dropout=0.0, textcnn={"feature_maps": 4, "dropout": 0.0})
@@ -118,15 +118,7 @@ def test_modality_subset_and_a_modality_the_dataset_lacks(features, tmp_path):
 
 
 def test_classification_labels(make_dataset, tiny_text_model, tmp_path):
-    def classes(samples, sequences, images):
-        samples["label"] = ["pos" if i % 2 else "neg" for i in range(len(samples))]
-
-    manifest = Manifest(
-        name="cls",
-        label=ClassificationLabel(classes=["neg", "pos"]),
-        modalities=Modalities(text=TextSpec(), image=ImageSpec()),
-    )
-    data = make_dataset(classes, manifest=manifest)
+    data = make_dataset(two_classes, name="cls", manifest=TWO_CLASS_MANIFEST)
     features = tmp_path / "cls-features"
     featurize(data, FeaturizeParams(out=features, text_model=str(tiny_text_model), image_size=8), progress=False)
     result = train(features, QUIET, settings(tmp_path), progress=False)

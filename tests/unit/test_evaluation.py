@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 from components.config import EvaluateParams, FeaturizeParams, ModelParams, TrainParams
 from components.dataset import (
     SPLITS,
-    ClassificationLabel,
     ImageSpec,
     Manifest,
     Modalities,
@@ -29,6 +28,7 @@ from components.evaluation import evaluate
 from components.featurize import featurize, load_features
 from components.training import HISTORY, MODEL_CARD, load_trained, predict, train
 from flows.cli import app
+from tests.conftest import TWO_CLASS_MANIFEST, two_classes
 
 HEADS = ["lstm", "textcnn", "han", "image", "audio", "vision", "fusion"]
 QUIET = ModelParams(hidden=8, dropout=0.0, textcnn={"feature_maps": 4, "dropout": 0.0})
@@ -141,15 +141,8 @@ def test_undefined_metrics_are_null_and_a_head_without_samples_is_skipped(make_d
 
 
 def test_classification_labels_get_per_class_metrics_and_named_confusion(make_dataset, tiny_text_model, tmp_path):
-    def classes(samples, sequences, images):
-        samples["label"] = ["pos" if i % 2 else "neg" for i in range(len(samples))]
-
-    manifest = Manifest(
-        name="cls",
-        label=ClassificationLabel(classes=["neg", "pos"]),
-        modalities=Modalities(text=TextSpec(), image=ImageSpec()),
-    )
-    features, model = train_on(make_dataset(classes, name="cls", manifest=manifest), tiny_text_model, tmp_path)
+    dataset = make_dataset(two_classes, name="cls", manifest=TWO_CLASS_MANIFEST)
+    features, model = train_on(dataset, tiny_text_model, tmp_path)
     params = settings(tmp_path)
     result = evaluate(features, model, params, progress=False)
 
