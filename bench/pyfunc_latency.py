@@ -40,25 +40,11 @@ from rich.table import Table
 
 import components
 from components.dataset import read_dataset
-from components.errors import DataError
 from components.serving import Predictor, package_model, raw_frame
 from components.tracking import model_signature
 
 RESULTS = Path(__file__).parent / "results" / "pyfunc_latency.json"
 NAMES = ("pyfunc", "predict_frame", "forward")
-
-
-def package(model: Path, features: Path, dest: Path, wait_s: float) -> Path:
-    """`package_model`, retried while the features are newer than the model (e.g. `dvc repro` is mid-way)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return package_model(model, features, dest)
-        except DataError as e:
-            if time.monotonic() > deadline:
-                raise
-            print(f"waiting for a consistent model and features: {e}")
-            time.sleep(30)
 
 
 def timed(call: Callable[[], object]) -> tuple[float, float, object]:
@@ -82,16 +68,15 @@ def main(
     batch: Annotated[int, typer.Option(min=1, help="Batch size of the throughput rows.")] = 64,
     rounds: Annotated[int, typer.Option(min=1, help="Alternated throughput rounds.")] = 5,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed rows per contender first.")] = 5,
-    image_paths: Annotated[bool, typer.Option(help="Images as file paths instead of encoded bytes.")] = False,
+    image_paths: Annotated[bool, typer.Option(help="Images as file paths instead of inline base64.")] = False,
     threads: Annotated[int, typer.Option(min=1, help="torch threads (the machine may be shared).")] = 1,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for model and features to agree.")] = 600,
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = RESULTS,
 ) -> None:
     import mlflow
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="msa-bench-pyfunc-") as tmp:
-        pack = package(model, features, Path(tmp) / "package", wait)
+        pack = package_model(model, features, Path(tmp) / "package")
         predictor = Predictor(pack)
         dataset = read_dataset(raw)
         frame = raw_frame(dataset, "test", inline_images=not image_paths).drop(columns=["id", "label"])
@@ -183,7 +168,7 @@ def main(
     table = Table(
         title=f"Served model ({sum(p.numel() for p in net.parameters()) / 1e6:.1f}M params, {head} head) on "
         f"{n} test rows at batch 1 (blocks of {block}, rotated) and batch {m} x {rounds} rounds; "
-        f"images as {'paths' if image_paths else 'bytes'}; {torch.get_num_threads()} torch thread(s); medians"
+        f"images as {'paths' if image_paths else 'base64'}; {torch.get_num_threads()} torch thread(s); medians"
     )
     columns = ("contender", "p50 ms", "p95 ms", "CPU p50 ms", "x forward b1", "+ms b1", f"samples/s b{m}",
                f"x forward b{m}")  # fmt: skip
@@ -203,7 +188,7 @@ def main(
     json_path.parent.mkdir(parents=True, exist_ok=True)
     settings = {
         "rows": n, "block": block, "batch": m, "rounds": rounds, "warmup": warmup, "threads": torch.get_num_threads(),
-        "images": "paths" if image_paths else "bytes", "mlflow": mlflow.__version__, "torch": torch.__version__,
+        "images": "paths" if image_paths else "base64", "mlflow": mlflow.__version__, "torch": torch.__version__,
     }  # fmt: skip
     json_path.write_text(json.dumps({"settings": settings, "rows": results}, indent=2) + "\n")
     print(f"wrote {json_path}")

@@ -74,3 +74,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ]  # fmt: skip
     with serving(args, f"http://127.0.0.1:{port}/health", root / "server.log", cwd=root):
         yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(autouse=True)
+def _forget_tracking_uri() -> Iterator[None]:
+    """`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI (for subprocesses): undo it after each test, so
+    that no later test's `msa` talks to this module's server."""
+    yield
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
