@@ -130,7 +130,7 @@ def test_predict_names_the_missing_column_and_the_bad_row(tiny_project, mlflow_s
     assert not source.with_suffix(".predictions.jsonl").exists()
 
 
-def test_corrupt_model_artifact_is_a_clear_error(tiny_project, mlflow_server, tmp_path):
+def test_corrupt_model_artifact_is_a_clear_error(tiny_project, mlflow_server, client, tmp_path):
     params = params_for(tiny_project, "corrupt")
     msa(tiny_project, mlflow_server, "register", "--params", str(params))
     local = Path(mlflow.artifacts.download_artifacts("models:/corrupt@champion", dst_path=str(tmp_path)))
