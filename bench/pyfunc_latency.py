@@ -80,7 +80,7 @@ def main(
         predictor = Predictor(pack)
         dataset = read_dataset(raw)
         frame = raw_frame(dataset, "test", inline_images=not image_paths).drop(columns=["id", "label"])
-        signature = model_signature(predictor, frame.head(2))
+        signature = model_signature(predictor.spec)
         mlflow.pyfunc.save_model(
             str(Path(tmp) / "pyfunc"), loader_module="components.serving", data_path=str(pack),
             code_paths=[str(Path(components.__file__).parent)], signature=signature, input_example=frame.head(2),

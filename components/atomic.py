@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -34,8 +35,21 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
+def write_json(path: str | Path, obj: Any, *, nan_as_null: bool = False) -> Path:
+    """Strict JSON (NaN and inf are an error, or with `nan_as_null` written as null, e.g. an undefined metric)."""
+    if nan_as_null:
+        obj = _nan_as_null(obj)
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def _nan_as_null(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _nan_as_null(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_nan_as_null(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 @contextmanager

@@ -180,7 +180,7 @@ def compress(
         "baseline": base,
         "variants": variants,
     }
-    write_json(params.report, _json_safe(report))
+    write_json(params.report, report, nan_as_null=True)
     return CompressionResult(params.report, head, metric, base, variants, time.perf_counter() - start)
 
 
@@ -326,22 +326,17 @@ def _write_variant(
 ) -> None:
     directory.mkdir()
     (directory / payload[0]).write_bytes(payload[1])  # inside the staging directory: atomic as a whole
-    (directory / CARD).write_text(
-        json.dumps(
-            {
-                "variant": name,
-                "format": "int8" if name == "int8" else "dense",
-                "spec": spec.model_dump(mode="json"),
-                "featurizer_key": card.get("featurizer_key"),
-                "dataset": card.get("dataset"),
-                "sparsity": v["sparsity"],
-                "finetune_epochs": v["finetune_epochs"],
-                "metrics": _json_safe(v["metrics"]),
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    variant_card = {
+        "variant": name,
+        "format": "int8" if name == "int8" else "dense",
+        "spec": spec.model_dump(mode="json"),
+        "featurizer_key": card.get("featurizer_key"),
+        "dataset": card.get("dataset"),
+        "sparsity": v["sparsity"],
+        "finetune_epochs": v["finetune_epochs"],
+        "metrics": v["metrics"],
+    }
+    write_json(directory / CARD, variant_card, nan_as_null=True)
 
 
 def _head_metrics(model: MultiTaskModel, tensors: dict, rows: torch.Tensor, head: str) -> dict[str, float]:
@@ -435,12 +430,3 @@ def _round_robin(models: dict[str, nn.Module], inputs: list[dict[str, torch.Tens
                     models[name](x)
                     times[name].append(time.perf_counter() - started)
     return times
-
-
-def _json_safe(obj: object) -> object:
-    """NaN (e.g. acc2 when every label is 0) becomes null: the report is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

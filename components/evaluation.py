@@ -128,7 +128,7 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
         _write_images(staging, plotted, outputs, kind, classes, history, spec.heads, card["monitor"], metric)
     metrics = _numbers_only(metrics)
     return EvaluationResult(
-        metrics_path=write_json(params.metrics, metrics),
+        metrics_path=write_json(params.metrics, metrics, nan_as_null=True),
         plots=Path(params.plots),
         split=plotted,
         metric=metric,
@@ -144,11 +144,9 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
 
 
 def _numbers_only(value: Any) -> Any:
-    """Nested dicts of numbers, as DVC metrics want them: confusion matrices dropped, NaN and inf as None (null)."""
+    """Nested dicts of numbers, as DVC metrics want them: confusion matrices (lists) go to the plot data."""
     if isinstance(value, dict):
         return {k: _numbers_only(v) for k, v in value.items() if k != "confusion_matrix"}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
     return value
 
 

@@ -34,6 +34,7 @@ from components.config import Params, RegisterParams
 from components.dataset import SEQUENCE_MODALITIES, Dataset, read_dataset
 from components.errors import TrackingError
 from components.metrics import is_better, metrics_for, primary_metric
+from components.models.spec import ModelSpec
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -98,7 +99,7 @@ def register(params: Params, *, force_gate_rescore: bool = False) -> Registratio
     score was measured on the same split.
     """
     from components.featurize import read_state
-    from components.serving import Predictor, package_model, raw_frame
+    from components.serving import package_model, raw_frame
 
     settings = params.registry
     state = read_state(params.featurize.out)
@@ -120,14 +121,14 @@ def register(params: Params, *, force_gate_rescore: bool = False) -> Registratio
 
         package = package_model(params.train.out, params.featurize.out, Path(tmp) / "package")
         example = raw_frame(dataset, "test", limit=2, inline_images=True).drop(columns=["id", "label"])
-        signature = model_signature(Predictor(package), example)
+        signature = model_signature(ModelSpec.model_validate(card["spec"]))
         _check_compatible(client, name, signature)  # before anything is written
         champion = _champion(client, name)
 
         mlflow.set_experiment(experiment)
         tags = run_tags(params, state.dataset, state.dataset_version, test_split)
         with mlflow.start_run(run_name=f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags) as parent:
-            mlflow.log_params(_flatten(params.model_dump(mode="json", by_alias=True)))
+            mlflow.log_params(_flatten(params.model_dump(mode="json", by_alias=True), "."))
             for h in card["spec"]["heads"]:
                 with mlflow.start_run(run_name=h, nested=True, tags={**tags, "msa.kind": "head", "msa.head": h}):
                     _log_metrics(client, mlflow.active_run().info.run_id, metrics, h)
@@ -226,21 +227,21 @@ def run_tags(params: Params, dataset: str, version: str, test_split: str) -> dic
     }
 
 
-def model_signature(predictor: Any, example: pd.DataFrame) -> Any:
+def model_signature(spec: ModelSpec) -> Any:
     """Inputs: the raw columns of the model's modalities (text required); outputs: score and class."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
     columns = []
-    if predictor.spec.text is not None:
+    if spec.text is not None:
         columns.append(ColSpec(DataType.string, "text"))
-    if predictor.spec.image is not None:
+    if spec.image is not None:
         columns += [
             ColSpec(DataType.string, "image", required=False),
             ColSpec(DataType.string, "image_base64", required=False),
         ]
     for m in SEQUENCE_MODALITIES:
-        if getattr(predictor.spec, m) is not None:
+        if getattr(spec, m) is not None:
             columns.append(ColSpec(Array(Array(DataType.double)), m, required=False))
     outputs = Schema([ColSpec(DataType.double, "score"), ColSpec(DataType.string, "class")])
     return ModelSignature(inputs=Schema(columns), outputs=outputs)
@@ -409,7 +410,7 @@ def _log_metrics(client: Any, run_id: str, metrics: Mapping, head: str) -> None:
         Metric(f"{split}_{key}", value, now, 0)
         for split, heads in metrics.items()
         if head in heads
-        for key, value in _flatten(heads[head]).items()
+        for key, value in _flatten(heads[head], "_").items()
         if isinstance(value, int | float) and math.isfinite(value)
     ]
     client.log_batch(run_id, metrics=batch)
@@ -479,14 +480,14 @@ def _read_json(path: Path, fix: str) -> Any:
         raise TrackingError(f"{path}: missing or unreadable ({type(e).__name__}); {fix}") from None
 
 
-def _flatten(values: Mapping, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a_b": 1}; lists are dropped (confusion matrices live in the plots)."""
+def _flatten(values: Mapping, separator: str, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a<separator>b": 1}."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat |= _flatten(value, f"{name}_")
-        elif not isinstance(value, list):
+            flat |= _flatten(value, separator, f"{name}{separator}")
+        else:
             flat[name] = value
     return flat
 

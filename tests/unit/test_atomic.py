@@ -41,3 +41,13 @@ def test_replace_directory_failure_keeps_old_and_cleans_staging(tmp_path):
         raise RuntimeError("crash mid-write")
     assert (target / "old.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_write_json_is_strict_unless_undefined_values_may_be_null(tmp_path):
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "m.json", {"acc2": float("nan")})
+    assert not (tmp_path / "m.json").exists()
+    write_json(
+        tmp_path / "m.json", {"test": {"acc2": float("nan"), "mae": 0.5}, "curve": [float("inf")]}, nan_as_null=True
+    )
+    assert json.loads((tmp_path / "m.json").read_text()) == {"test": {"acc2": None, "mae": 0.5}, "curve": [None]}
