@@ -55,7 +55,7 @@ from rich.table import Table
 
 from components.config import DEFAULT_PARAMS, FeaturizeParams, load_params
 from components.dataset import read_dataset
-from components.featurize import featurize, resolve_text_model, token_states
+from components.featurize import TextState, encode_texts, featurize, resolve_text_model, token_states
 from components.importers import import_text_tsv
 
 RESULTS = Path(__file__).parent / "results" / "featurize_throughput.json"
@@ -94,20 +94,14 @@ def read_texts(mosi: Path, raw: Path, tmp: Path) -> tuple[str, list[str], Path]:
 def project_text_path(
     texts: list[str], params: FeaturizeParams, path: Path, tokenizer, model
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenize as featurize does, then `token_states` with the preloaded model: (float16 [N, L, H], mask)."""
-    encoded = tokenizer(
-        texts,
-        truncation=True,
-        max_length=params.max_tokens,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-    )
-    width = max(len(ids) for ids in encoded["input_ids"])
-    input_ids = np.full((len(texts), width), tokenizer.pad_token_id or 0, np.int64)
-    attention = np.zeros((len(texts), width), bool)
-    for i, ids in enumerate(encoded["input_ids"]):
-        input_ids[i, : len(ids)] = ids
-        attention[i, : len(ids)] = True
+    """Tokenize as featurize does (`encode_texts`), then `token_states` with the preloaded model: (float16 [N, L,
+    H], mask)."""
+    state = TextState(
+        model=str(path), path=str(path), hidden_size=model.config.hidden_size, max_tokens=params.max_tokens,
+        max_sentences=params.max_sentences, max_sentence_tokens=params.max_sentence_tokens, token_states=True,
+    )  # fmt: skip
+    encoded = encode_texts(tokenizer, texts, state)
+    input_ids, attention = encoded["text.input_ids"], encoded["text.attention_mask"]
     import transformers
 
     with mock.patch.object(transformers.AutoModel, "from_pretrained", lambda *args, **kwargs: model):
