@@ -57,7 +57,7 @@ from components.errors import TrainingError
 from components.featurize import load_features
 from components.models import MultiTaskModel
 from components.models.spec import ModelSpec
-from components.training import MODEL_CARD, evaluate, head_losses, load_trained, monitored_head
+from components.training import MODEL_CARD, evaluate, head_losses, load_trained, model_inputs, monitored_head
 
 CARD = "model.json"
 INT8_WEIGHTS = "model.pt"
@@ -108,14 +108,13 @@ def compress(
     arrays, _ = load_features(features)
     baseline = load_trained(model_dir, standalone=True)
     spec = baseline.spec
-    frozen = spec.text is not None and spec.text.mode == "frozen"
-    tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    split = tensors.pop("split")
+    served = model_inputs(arrays, spec, standalone=True)  # what the served model gets
+    training = model_inputs(arrays, spec)  # what fine-tuning after pruning trains on, as `train` does
+    split = served.pop("split")
+    training.pop("split")
     test_rows, train_rows = (torch.nonzero(split == SPLITS.index(s)).flatten() for s in ("test", "train"))
     if not len(test_rows):
         raise ConfigError("compress measures on the test split, which has no samples")
-    served = {k: v for k, v in tensors.items() if k != "text.states"}  # what a standalone model gets
-    training = {k: v for k, v in tensors.items() if k != "text.states" or frozen}
 
     head = monitored_head(spec)
     metric = params.metric or ("acc2" if spec.label.kind == "regression" else "accuracy")

@@ -186,6 +186,11 @@ def write_dataset(
     return Path(path)
 
 
+def is_null(value: object) -> bool:
+    """A missing cell as pandas and JSON give it: None, pd.NA or a float NaN."""
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+
+
 def image_path_problem(relative: str) -> str | None:
     """Why an `image` value cannot name a file of this dataset, or None: images live inside `images/`, never
     absolute and never climbing out. Lexical on purpose: DVC's symlink cache links are the dataset's own files."""

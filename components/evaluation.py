@@ -37,7 +37,7 @@ from components.devices import pick_device
 from components.errors import DataError, TrainingError
 from components.featurize import FEATURES, load_features
 from components.metrics import classification_metrics, metrics_for, primary_metric
-from components.training import HISTORY, MODEL_CARD, load_trained, predict
+from components.training import HISTORY, MODEL_CARD, load_trained, model_inputs, predict
 
 
 @dataclass
@@ -95,8 +95,7 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
     spec = model.spec
     kind, classes = spec.label.kind, spec.label.classes
     metric, direction = primary_metric(kind)
-    frozen = spec.text is not None and spec.text.mode == "frozen"
-    tensors = {k: torch.from_numpy(v) for k, v in arrays.items() if k != "text.states" or frozen}
+    tensors = model_inputs(arrays, spec)
     split_codes = tensors.pop("split")
     labels, ids = tensors["label"].numpy(), np.asarray(state.ids)
     plotted = "test" if "test" in params.splits else "valid"

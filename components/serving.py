@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from components.atomic import replace_directory, write_json, write_text
-from components.dataset import SEQUENCE_MODALITIES, Dataset
+from components.dataset import SEQUENCE_MODALITIES, Dataset, is_null
 from components.errors import DataError
 from components.featurize import (
     FeaturizerState,
@@ -85,11 +84,11 @@ def package_model(model_dir: str | Path, features: str | Path, dest: str | Path)
 class Predictor:
     """A packaged model, ready for raw rows; `predict` is what MLflow's pyfunc calls."""
 
-    def __init__(self, root: str | Path, threads: int | None = None) -> None:
-        import torch
+    def __init__(self, root: str | Path) -> None:
         from safetensors.torch import load_file
 
         from components.models import MultiTaskModel
+        from components.training import monitored_head
 
         root = Path(root)
         try:
@@ -103,10 +102,8 @@ class Predictor:
             self.tokenizer = load_tokenizer(root / TEXT) if spec.text is not None else None
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise DataError(root, f"not a readable model package ({type(e).__name__}: {e})") from None
-        if threads:
-            torch.set_num_threads(threads)
         self.spec = spec
-        self.head = "fusion" if "fusion" in spec.heads else spec.heads[0]
+        self.head = monitored_head(spec)
 
     @property
     def modalities(self) -> list[str]:
@@ -204,21 +201,17 @@ def raw_frame(dataset: Dataset, split: str, *, limit: int | None = None, inline_
     if modalities.text is not None:
         frame["text"] = samples["text"]
     if modalities.image is not None:
-        paths = [None if _is_null(p) else dataset.image_path(p) for p in samples["image"]]
+        paths = [None if is_null(p) else dataset.image_path(p) for p in samples["image"]]
         if inline_images:
             frame["image_base64"] = [None if p is None else base64.b64encode(p.read_bytes()).decode() for p in paths]
         else:
             frame["image"] = [None if p is None else str(p) for p in paths]
     for modality, arrays in dataset.sequences.items():
         frame[modality] = [
-            None if _is_null(i) else arrays.features[int(i), : int(arrays.lengths[int(i)])].tolist()
+            None if is_null(i) else arrays.features[int(i), : int(arrays.lengths[int(i)])].tolist()
             for i in samples["seq_index"]
         ]
     return frame
-
-
-def _is_null(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def _image_source(rows: pd.DataFrame, i: int, base: Path | None) -> Path | io.BytesIO | None:
@@ -228,13 +221,13 @@ def _image_source(rows: pd.DataFrame, i: int, base: Path | None) -> Path | io.By
     cell of a binary column and so cannot pass null, and rows without an image are normal.
     """
     data = rows["image_base64"].iloc[i] if "image_base64" in rows.columns else None
-    if not _is_null(data):
+    if not is_null(data):
         try:
             return io.BytesIO(base64.b64decode(data, validate=True))
         except (TypeError, ValueError):
             raise ValueError("image_base64 is not base64 text") from None
     path = rows["image"].iloc[i] if "image" in rows.columns else None
-    if _is_null(path):
+    if is_null(path):
         return None
     path = Path(str(path))
     return path if path.is_absolute() or base is None else base / path
@@ -242,7 +235,7 @@ def _image_source(rows: pd.DataFrame, i: int, base: Path | None) -> Path | io.By
 
 def _frames(value: Any, dim: int, modality: str, source: Path, row: int) -> np.ndarray:
     """Frames [T, dim] of one sample's sequence; an absent sequence is [0, dim]."""
-    if value is None or (not isinstance(value, Sequence | np.ndarray) and _is_null(value)):
+    if value is None or (not isinstance(value, Sequence | np.ndarray) and is_null(value)):
         return np.zeros((0, dim), np.float32)
     try:
         array = np.asarray([np.asarray(frame, np.float32) for frame in value], np.float32)
@@ -291,7 +284,7 @@ def read_inputs(path: str | Path) -> pd.DataFrame:
 
 
 def _json_cell(value: Any, path: Path, row: int, column: str) -> Any:
-    if _is_null(value):
+    if is_null(value):
         return None
     try:
         return json.loads(value)

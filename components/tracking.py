@@ -100,14 +100,15 @@ def register(params: Params, *, force_gate_rescore: bool = False) -> Registratio
     """
     from components.featurize import read_state
     from components.serving import package_model, raw_frame
+    from components.training import HISTORY, MODEL_CARD
 
     settings = params.registry
     state = read_state(params.featurize.out)
     dataset = read_dataset(params.data.raw)
-    card = _read_json(params.train.out / "model.json", "run `msa train`")
+    card = _read_json(params.train.out / MODEL_CARD, "run `msa train`")
     metrics = _read_json(params.evaluate.metrics, "run `msa evaluate`")
     compression = _read_json(params.compress.report, "run `msa compress`") if params.compress.report.exists() else {}
-    history = _read_json(params.train.out / "history.json", "run `msa train`")
+    history = _read_json(params.train.out / HISTORY, "run `msa train`")
     head, (metric, _) = card["monitor"]["head"], primary_metric(state.label_kind)
     if "test" not in metrics or head not in metrics["test"]:
         raise TrackingError(f"{params.evaluate.metrics}: no test metrics for head {head!r}: evaluate the test split")
@@ -132,7 +133,7 @@ def register(params: Params, *, force_gate_rescore: bool = False) -> Registratio
             for h in card["spec"]["heads"]:
                 with mlflow.start_run(run_name=h, nested=True, tags={**tags, "msa.kind": "head", "msa.head": h}):
                     _log_metrics(client, mlflow.active_run().info.run_id, metrics, h)
-                    _log_history(client, mlflow.active_run().info.run_id, history, h, metric)
+                    _log_history(client, mlflow.active_run().info.run_id, history, h)
             for variant, figures in compression.get("variants", {}).items():
                 variant_tags = {
                     **tags,
@@ -145,11 +146,9 @@ def register(params: Params, *, force_gate_rescore: bool = False) -> Registratio
             _log_metrics(client, parent.info.run_id, metrics, head)
             if compression:
                 mlflow.log_metrics(_compression_metrics(compression["baseline"]))
-            _log_reports(params, compression)
+            _log_reports(params)
             mlflow.log_text(
-                model_card(
-                    state.dataset, state.dataset_version, dataset.manifest.synthetic, card, metrics, compression
-                ),
+                model_card(tags, dataset.manifest.synthetic, card, metrics, compression),
                 "model_card.md",
             )
             info = mlflow.pyfunc.log_model(
@@ -163,7 +162,7 @@ def register(params: Params, *, force_gate_rescore: bool = False) -> Registratio
             )
             champion_score = None
             if champion is not None:
-                champion_score = _champion_score(champion, name, dataset, test_split, metric, head, force_gate_rescore)
+                champion_score = _champion_score(champion, name, dataset, test_split, metric, force_gate_rescore)
             promoted, decision = gate(state.label_kind, score, champion, champion_score, settings.margin)
             gate_tags = {
                 "msa.metric": f"test {head} {metric}",
@@ -247,14 +246,15 @@ def model_signature(spec: ModelSpec) -> Any:
     return ModelSignature(inputs=Schema(columns), outputs=outputs)
 
 
-def model_card(dataset: str, version: str, synthetic: bool, card: dict, metrics: dict, compression: dict) -> str:
-    head = card["monitor"]["head"]
+def model_card(tags: Mapping[str, str], synthetic: bool, card: dict, metrics: dict, compression: dict) -> str:
+    """Markdown for the run's `model_card.md`; `tags` are the run's (`run_tags`): dataset, data hash, commit."""
+    head, dataset, version = card["monitor"]["head"], tags["dataset"], tags["dataset_version"]
     lines = [
         f"# Multimodal sentiment model: {dataset} v{version}",
         "",
-        f"- **Data**: dataset `{dataset}` version `{version}` (data.dvc hash `{_data_hash()}`)"
+        f"- **Data**: dataset `{dataset}` version `{version}` (data.dvc hash `{tags['data_hash']}`)"
         + (" - SYNTHETIC demo data, not real sentiment" if synthetic else ""),
-        f"- **Code**: git `{_git_commit()}`",
+        f"- **Code**: git `{tags['git_commit']}`",
         f"- **Architecture**: heads {', '.join(card['spec']['heads'])}; predictions come from `{head}`",
         f"- **Selected by**: valid {card['monitor']['metric']} {card['monitor']['value']:.4f} "
         f"at epoch {card['monitor']['epoch']}",
@@ -312,7 +312,7 @@ def _champion(client: Any, name: str) -> Any | None:
 
 
 def _champion_score(
-    champion: Any, name: str, dataset: Dataset, test_split: str, metric: str, head: str, rescore: bool
+    champion: Any, name: str, dataset: Dataset, test_split: str, metric: str, rescore: bool
 ) -> float | None:
     """The champion's primary test metric on this test split: its recorded score when it was measured on the same
     split, else measured now through its own pyfunc (a different dataset version has a different test split)."""
@@ -416,7 +416,7 @@ def _log_metrics(client: Any, run_id: str, metrics: Mapping, head: str) -> None:
     client.log_batch(run_id, metrics=batch)
 
 
-def _log_history(client: Any, run_id: str, history: list[dict], head: str, metric: str) -> None:
+def _log_history(client: Any, run_id: str, history: list[dict], head: str) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -446,7 +446,7 @@ def _compression_metrics(figures: Mapping) -> dict[str, float]:
     return out
 
 
-def _log_reports(params: Params, compression: dict) -> None:
+def _log_reports(params: Params) -> None:
     import mlflow
 
     for path in (

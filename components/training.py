@@ -147,11 +147,7 @@ def train(
     spec = build_spec(state, model_params, params)
     out = Path(params.out)
     with _distributed(params.device) as (rank, world, device):
-        tensors = {
-            k: torch.from_numpy(v)
-            for k, v in arrays.items()
-            if k != "text.states" or spec.text and spec.text.mode == "frozen"
-        }
+        tensors = model_inputs(arrays, spec)
         split = tensors.pop("split")
         train_rows, valid_rows = (torch.nonzero(split == SPLITS.index(s)).flatten() for s in ("train", "valid"))
         if params.batch_size % world:
@@ -300,12 +296,19 @@ def load_trained(out: str | Path, *, standalone: bool = False) -> MultiTaskModel
     return model.eval()
 
 
+def model_inputs(
+    arrays: dict[str, np.ndarray], spec: ModelSpec, *, standalone: bool = False
+) -> dict[str, torch.Tensor]:
+    """The feature arrays (split codes included) as tensors, with the precomputed token states only where the model
+    reads them: a frozen encoder that is not carried inside (a standalone model computes its own)."""
+    states = spec.text is not None and spec.text.mode == "frozen" and not standalone
+    return {k: torch.from_numpy(v) for k, v in arrays.items() if k != "text.states" or states}
+
+
 def evaluate_split(features: str | Path, out: str | Path, split: str) -> dict[str, dict]:
     """Metrics of every head of the model in `out` on one split of `features`, on the CPU."""
     model = load_trained(out)
-    arrays, _ = load_features(features)
-    frozen = model.spec.text is not None and model.spec.text.mode == "frozen"
-    tensors = {k: torch.from_numpy(v) for k, v in arrays.items() if k != "text.states" or frozen}
+    tensors = model_inputs(load_features(features)[0], model.spec)
     rows = torch.nonzero(tensors.pop("split") == SPLITS.index(split)).flatten()
     return evaluate(model, model.spec, tensors, rows, torch.device("cpu"))
 

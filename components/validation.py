@@ -27,7 +27,15 @@ import pandas as pd
 
 from components.atomic import replace_directory, write_json
 from components.config import ValidateParams
-from components.dataset import SPLITS, Manifest, SequenceArray, SequenceSpec, image_path_problem, read_dataset
+from components.dataset import (
+    SPLITS,
+    Manifest,
+    SequenceArray,
+    SequenceSpec,
+    image_path_problem,
+    is_null,
+    read_dataset,
+)
 
 REQUIRED_COLUMNS = ("id", "split", "text", "label", "image", "seq_index")
 OK = "ok"
@@ -218,7 +226,7 @@ def image_checks(root: Path, images: pd.Series) -> tuple[list[str | None], list[
     checks: list[str | None] = []
     digests: list[str | None] = []
     for value in images:
-        if _is_null(value):
+        if is_null(value):
             checks.append(None)
             digests.append(None)
             continue
@@ -608,11 +616,7 @@ def _integer_index(column: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _all_strings(column: pd.Series) -> bool:
-    return all(isinstance(v, str) for v in column if not _is_null(v))
-
-
-def _is_null(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+    return all(isinstance(v, str) for v in column if not is_null(v))
 
 
 def _jsonable(value: Any) -> Any:

@@ -7,7 +7,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -259,8 +259,7 @@ def predict(
     from components.serving import predict_file
     from components.tracking import connected
 
-    if Path(model).is_dir():  # a downloaded or saved model: no tracking server involved
-        out.print(predict_file(model, input_file, output).summary(), markup=False)
-        return
-    with connected(load_params(params).registry if params.exists() else RegisterParams()):
+    settings = load_params(params).registry if params.exists() else RegisterParams()
+    # A downloaded or saved model directory needs no tracking server; a models:/ or runs:/ URI does.
+    with nullcontext() if Path(model).is_dir() else connected(settings):
         out.print(predict_file(model, input_file, output).summary(), markup=False)
