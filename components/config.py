@@ -161,6 +161,31 @@ class RegisterParams(Section):
     timeout: int = Field(30, ge=1, description="seconds per request to a tracking server")
 
 
+class StageTimeouts(Section):
+    """Seconds a pipeline task may run before Prefect fails it (generous: a timeout is for hung runs)."""
+
+    # `validate` and `register` would shadow BaseModel.validate and ABC.register: trailing underscores, YAML keys kept
+    validate_: int = Field(1800, ge=1, alias="validate")
+    featurize: int = Field(3600, ge=1)
+    train: int = Field(86400, ge=1)
+    evaluate: int = Field(3600, ge=1)
+    compress: int = Field(7200, ge=1)
+    register_: int = Field(1800, ge=1, alias="register", description="includes waiting for the registry lock")
+
+
+class PipelineParams(Section):
+    training: Literal["local", "deployment"] = Field(
+        "local", description="local: in the pipeline's process; deployment: run_deployment(train_deployment), awaited"
+    )
+    train_deployment: str = Field("train/train-gpu", description="<flow>/<deployment> of the training flow")
+    registry_lock: str = Field(
+        "msa-registry", description="Prefect global concurrency limit (one slot) held while checking and registering"
+    )
+    retries: int = Field(3, ge=0, description="retries of the tasks that talk to the tracking server")
+    retry_delay: float = Field(2.0, ge=0, description="seconds before the first retry; doubled after each")
+    timeouts: StageTimeouts = StageTimeouts()
+
+
 class Params(Section):
     data: DataParams = DataParams()
     # `validate` would shadow BaseModel.validate, so the attribute is `validation` and the YAML key `validate`.
@@ -171,6 +196,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     compress: CompressParams = CompressParams()
     registry: RegisterParams = Field(RegisterParams(), alias="register")  # `register` would shadow ABC.register
+    pipeline: PipelineParams = PipelineParams()
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:

@@ -34,6 +34,7 @@ from components.atomic import replace_directory, write_json
 from components.config import DEFAULT_TEXT_MODEL, FeaturizeParams, Section
 from components.dataset import SPLITS, Dataset, read_dataset, read_manifest
 from components.errors import DataError
+from components.lineage import tree_digest
 
 FEATURIZER_VERSION = "2"  # bump when the output of this module changes for the same inputs
 FEATURES = "features.safetensors"
@@ -98,9 +99,8 @@ def featurize(raw: str | Path, params: FeaturizeParams, *, progress: bool = True
     manifest = read_manifest(raw)
     text_path = resolve_text_model(params.text_model) if manifest.modalities.text else None
     key = content_key(raw, params, text_path)
-    existing = _read_state(out)
-    if existing is not None and existing.key == key and (out / FEATURES).is_file():
-        return FeaturizeResult(out, existing, cached=True, seconds=time.perf_counter() - start)
+    if is_current(out, key):
+        return FeaturizeResult(out, read_state(out), cached=True, seconds=time.perf_counter() - start)
 
     dataset = read_dataset(raw)
     train = (dataset.samples["split"] == "train").to_numpy()
@@ -174,18 +174,26 @@ def resolve_text_model(name: str) -> Path:
         ) from None
 
 
+def input_key(raw: str | Path, params: FeaturizeParams) -> str:
+    """The content hash `featurize` keys its output on: dataset files, text model files, settings, code version."""
+    text = read_manifest(raw).modalities.text
+    return content_key(Path(raw), params, resolve_text_model(params.text_model) if text else None)
+
+
+def is_current(out: str | Path, key: str) -> bool:
+    """Whether `out` holds the features of the inputs hashed to `key`."""
+    existing = _read_state(Path(out))
+    return existing is not None and existing.key == key and (Path(out) / FEATURES).is_file()
+
+
 def content_key(raw: Path, params: FeaturizeParams, text_path: Path | None) -> str:
     digest = hashlib.sha256(f"featurizer {FEATURIZER_VERSION}\n".encode())
     settings = params.model_dump(mode="json", exclude=_NOT_IN_KEY)
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for label, root in (("dataset", raw), ("text model", text_path)):
-        if root is None:
-            continue
-        digest.update(f"\n{label}\n".encode())
-        for file in sorted(p for p in root.rglob("*") if p.is_file()):
-            digest.update(f"{file.relative_to(root).as_posix()}\0".encode())
-            with file.open("rb") as f:
-                digest.update(hashlib.file_digest(f, "sha256").digest())
+        if root is not None:
+            digest.update(f"\n{label}\n".encode())
+            tree_digest(root, digest=digest)
     return digest.hexdigest()
 
 

@@ -31,8 +31,9 @@ import pandas as pd
 import yaml
 
 from components.config import Params, RegisterParams
-from components.dataset import SEQUENCE_MODALITIES, Dataset, read_dataset
+from components.dataset import SEQUENCE_MODALITIES, Dataset, read_dataset, read_manifest
 from components.errors import TrackingError
+from components.lineage import lineage
 from components.metrics import is_better, metrics_for, primary_metric
 from components.models.spec import ModelSpec
 
@@ -171,6 +172,7 @@ def register(params: Params, *, force_gate_rescore: bool = False) -> Registratio
                 "msa.champion_score": "none" if champion_score is None else f"{champion_score:.6g}",
                 "msa.decision": decision,
                 "msa.test_split": test_split,
+                **tags,  # the lineage, so a later run can tell it would train the same model
             }
             version = _create_version(client, name, info, parent.info.run_id, gate_tags, promoted)
             mlflow.set_tags({**gate_tags, "msa.registered_version": version})
@@ -217,13 +219,39 @@ def split_fingerprint(dataset: Dataset, split: str) -> str:
 
 def run_tags(params: Params, dataset: str, version: str, test_split: str) -> dict[str, str]:
     return {
+        **lineage(params).tags(),
         "git_commit": _git_commit(),
-        "data_hash": _data_hash(),
-        "params_hash": hashlib.sha256(params.model_dump_json(by_alias=True).encode()).hexdigest()[:16],
+        "data_dvc_md5": _data_dvc_md5(),
         "dataset": dataset,
         "dataset_version": version,
         "msa.test_split": test_split,
     }
+
+
+def registered_with_same_lineage(params: Params) -> str | None:
+    """Which registered version, if any, was trained from the same data, settings and code as `params` describe.
+
+    Looks at the champion and the latest version (one that lost the gate needs no retraining either). None when
+    there is no such version, or no registered model yet.
+    """
+    from mlflow.exceptions import MlflowException
+
+    ours = lineage(params)
+    name = params.registry.model_name or read_manifest(params.data.raw).name
+    with connected(params.registry) as client:
+        candidates = [(CHAMPION, _champion(client, name))]
+        try:
+            latest = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
+        except MlflowException:
+            latest = []
+        candidates += [("latest", v) for v in latest]
+    for role, version in candidates:
+        if version is not None and ours.matches(version.tags or {}):
+            return (
+                f"{name} version {version.version} ({role}) was trained from the same {ours.summary()}: "
+                "nothing to retrain"
+            )
+    return None
 
 
 def model_signature(spec: ModelSpec) -> Any:
@@ -252,9 +280,10 @@ def model_card(tags: Mapping[str, str], synthetic: bool, card: dict, metrics: di
     lines = [
         f"# Multimodal sentiment model: {dataset} v{version}",
         "",
-        f"- **Data**: dataset `{dataset}` version `{version}` (data.dvc hash `{tags['data_hash']}`)"
-        + (" - SYNTHETIC demo data, not real sentiment" if synthetic else ""),
-        f"- **Code**: git `{tags['git_commit']}`",
+        f"- **Data**: dataset `{dataset}` version `{version}` (content hash `{tags['data_hash']}`, "
+        f"data.dvc md5 `{tags['data_dvc_md5']}`)" + (" - SYNTHETIC demo data, not real sentiment" if synthetic else ""),
+        f"- **Code**: git `{tags['git_commit']}`, components hash `{tags['code_hash']}`; "
+        f"params hash `{tags['params_hash']}`",
         f"- **Architecture**: heads {', '.join(card['spec']['heads'])}; predictions come from `{head}`",
         f"- **Selected by**: valid {card['monitor']['metric']} {card['monitor']['value']:.4f} "
         f"at epoch {card['monitor']['epoch']}",
@@ -501,7 +530,7 @@ def _git_commit() -> str:
     return commit.strip() + ("-dirty" if dirty.strip() else "")
 
 
-def _data_hash(path: Path = Path("data.dvc")) -> str:
+def _data_dvc_md5(path: Path = Path("data.dvc")) -> str:
     try:
         return str(yaml.safe_load(path.read_text())["outs"][0]["md5"])
     except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):

@@ -13,6 +13,7 @@ same seeded permutation, so N processes take the same steps as one process up to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from components.config import ConfigError, ModelParams, TrainParams
 from components.dataset import SPLITS
 from components.devices import autocast_dtype, pick_device
 from components.errors import TrainingError
-from components.featurize import FeaturizerState, load_features
+from components.featurize import FeaturizerState, load_features, read_state
 from components.metrics import is_better, metrics_for, primary_metric
 from components.models import MultiTaskModel
 from components.models.spec import ImageSpec, LabelSpec, ModelSpec, SequenceSpec, TextSpec
@@ -60,11 +61,13 @@ class TrainResult:
     seconds: float
     train_samples_per_s: float
     history: list[dict] = field(default_factory=list)
+    resumed_from: int | None = None  # the checkpoint's epoch when training continued one
 
     def summary(self) -> str:
         why = "early stop" if self.stopped_early else "last epoch"
+        resumed = "" if self.resumed_from is None else f", resumed after epoch {self.resumed_from}"
         return (
-            f"train: {self.epochs_run} epochs ({why}) in {self.seconds:.1f} s, {self.train_samples_per_s:.0f} "
+            f"train: {self.epochs_run} epochs ({why}{resumed}) in {self.seconds:.1f} s, {self.train_samples_per_s:.0f} "
             f"samples/s; best valid {self.monitor} {self.best_value:.4f} at epoch {self.best_epoch} -> {self.out}"
         )
 
@@ -161,11 +164,15 @@ def train(
         weights = {h: (1.0 if params.single_task else params.loss_weights.get(h, 1.0)) for h in spec.heads}
         head, (metric, _) = monitored_head(spec), primary_metric(spec.label.kind)
         progress_state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": []}
-        checkpoint = out / CHECKPOINT
+        checkpoint, inputs = out / CHECKPOINT, _inputs_key(state, spec, params)
         if resume:
             progress_state = _restore(checkpoint, spec, model, optimizer)
-        elif rank == 0:
+        resumed_from = progress_state["epoch"] if resume else None
+        if not resume and rank == 0:
             checkpoint.unlink(missing_ok=True)
+        # A run that had already stopped early resumes to "done", not to more epochs.
+        stopped_early = progress_state["bad_epochs"] >= params.patience
+        last_epoch = progress_state["epoch"] if stopped_early else params.epochs
         ddp = DistributedDataParallel(model) if world > 1 else model
         sampler = DistributedSampler(range(len(train_rows)), num_replicas=world, rank=rank, seed=params.seed)
         amp = autocast_dtype(device, params.precision)
@@ -173,15 +180,15 @@ def train(
         local_batch = params.batch_size // world
         steps = math.ceil(len(sampler) / local_batch)
         bar = tqdm(
-            total=(params.epochs - progress_state["epoch"]) * steps,
+            total=(last_epoch - progress_state["epoch"]) * steps,
             desc="train",
             unit="step",
             disable=not progress or rank != 0,
             dynamic_ncols=True,
         )
-        trained_samples, train_seconds, stopped_early = 0, 0.0, False
+        trained_samples, train_seconds = 0, 0.0
         with _deterministic(device):
-            for epoch in range(progress_state["epoch"] + 1, params.epochs + 1):
+            for epoch in range(progress_state["epoch"] + 1, last_epoch + 1):
                 epoch_start = time.perf_counter()
                 sampler.set_epoch(epoch)
                 ddp.train()
@@ -233,7 +240,7 @@ def train(
                     if improved:
                         _save_model(out, model, spec, state, progress_state, head, metric)
                     write_json(out / HISTORY, progress_state["history"])
-                    _save_checkpoint(checkpoint, spec, model, optimizer, progress_state)
+                    _save_checkpoint(checkpoint, spec, model, optimizer, progress_state, inputs)
                 if progress_state["bad_epochs"] >= params.patience:
                     stopped_early = True
                     break
@@ -249,6 +256,7 @@ def train(
         seconds=time.perf_counter() - start,
         train_samples_per_s=trained_samples / max(train_seconds, 1e-9),
         history=progress_state["history"],
+        resumed_from=resumed_from,
     )
 
 
@@ -368,8 +376,31 @@ def _save_model(
     write_json(out / MODEL_CARD, card)
 
 
+def resume_point(features: str | Path, model_params: ModelParams, params: TrainParams) -> int | None:
+    """The last epoch of a checkpoint in `params.out` that training on these features with these settings wrote;
+    None when there is no such checkpoint (none, unreadable, or written for other inputs), so training starts over.
+    """
+    path = Path(params.out) / CHECKPOINT
+    if not path.is_file():
+        return None
+    state = read_state(features)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a corrupt or foreign file is simply not resumable
+        return None
+    if saved.get("inputs") != _inputs_key(state, build_spec(state, model_params, params), params):
+        return None
+    return int(json.loads(saved["progress"])["epoch"])
+
+
+def _inputs_key(state: FeaturizerState, spec: ModelSpec, params: TrainParams) -> str:
+    """What a checkpoint continues: these features, this model and these settings (wherever it runs)."""
+    settings = params.model_dump_json(exclude={"out", "device"})
+    return hashlib.sha256(f"{state.key}\0{spec.model_dump_json()}\0{settings}".encode()).hexdigest()
+
+
 def _save_checkpoint(
-    path: Path, spec: ModelSpec, model: MultiTaskModel, optimizer: torch.optim.Optimizer, progress: dict
+    path: Path, spec: ModelSpec, model: MultiTaskModel, optimizer: torch.optim.Optimizer, progress: dict, inputs: str
 ) -> None:
     import io
 
@@ -381,6 +412,7 @@ def _save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "rng": torch.get_rng_state(),
             "progress": json.dumps(progress),
+            "inputs": inputs,
         },
         buffer,
     )

@@ -166,6 +166,31 @@ def import_tsv_command(
 
 @app.command()
 @_user_errors
+def run(
+    force: Annotated[
+        bool, typer.Option("--force", help="Train even if a registered version has the same data, params and code.")
+    ] = False,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """The whole pipeline as a Prefect flow: validate, featurize, train, evaluate, compress, register.
+
+    Runs on Prefect's ephemeral API (no server needed), or on the server PREFECT_API_URL names, where its runs,
+    logs and artifacts show in the UI. Registers in MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db).
+    """
+    from flows.pipeline import pipeline
+
+    started = time.perf_counter()
+    result = pipeline(params=str(params), force=force)
+    if result["registered"]:
+        what = "champion" if result["promoted"] else "challenger"
+        outcome = f"{result['name']} version {result['version']} is {what} ({result['decision']})"
+    else:
+        outcome = f"nothing registered: {result['reason']} (--force trains anyway)"
+    out.print(f"run: {outcome} [{time.perf_counter() - started:.1f}s]", markup=False)
+
+
+@app.command()
+@_user_errors
 def validate(
     data: Annotated[Path | None, typer.Option(help="Dataset directory (default: data.raw in params).")] = None,
     params: ParamsOpt = DEFAULT_PARAMS,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,3 +153,14 @@ def trained(make_dataset, tiny_text_model: Path, tmp_path: Path) -> Trained:
     model = ModelParams(hidden=8, dropout=0.0, textcnn={"feature_maps": 4, "dropout": 0.0})
     settings = TrainParams(out=tmp_path / "models", epochs=3, batch_size=2, patience=10)
     return Trained(raw, features, train(features, model, settings, progress=False).out)
+
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Prefect's database, results and settings live in a temporary home for the session, never ~/.prefect, and
+    flows run on the ephemeral API. Set before any test module imports prefect; subprocesses inherit it."""
+    home = Path(tempfile.mkdtemp(prefix="msa-prefect-home-"))
+    config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
+    os.environ["PREFECT_HOME"] = str(home)
+    for name in ("PREFECT_API_URL", "PREFECT_PROFILES_PATH", "MLFLOW_TRACKING_URI"):
+        os.environ.pop(name, None)

@@ -54,7 +54,15 @@ def test_first_model_is_champion_runs_line_up_and_a_weaker_one_stays_challenger(
     # The parent run carries the provenance tags and the artifacts; each head and variant has a child run, with
     # the same metric keys so that the compare view lines them up.
     parent = client.get_run(champion.run_id)
-    assert {"git_commit", "data_hash", "params_hash", "dataset", "dataset_version"} <= parent.data.tags.keys()
+    assert {
+        "git_commit",
+        "data_hash",
+        "data_dvc_md5",
+        "params_hash",
+        "code_hash",
+        "dataset",
+        "dataset_version",
+    } <= parent.data.tags.keys()
     assert parent.data.params["train.epochs"] == "3" and "lstm" in parent.data.params["model.text_models"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"model_card.md", "reports", "plots"} <= artifacts
