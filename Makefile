@@ -18,10 +18,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
+# The whole pipeline as one Prefect flow on the ephemeral API (no server); `dvc repro` runs the same stages.
 run: install
 	msa data demo
-	dvc repro
-	msa register
+	msa run
 
 test: install
 	pytest

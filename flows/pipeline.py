@@ -16,33 +16,33 @@ from components.errors import TrainingError
 from flows import tasks
 
 
-@flow(name="train")
+@flow(name="train", persist_result=True, result_serializer="json")
 def training(params: str = "params.yaml") -> dict:
     """Train every head and the fusion head; continues a checkpoint of the same inputs if a run was killed."""
     p = load_params(params)
-    return tasks.configured(tasks.train, p, "train")(p)
+    return tasks.configured(tasks.train, p)(p)
 
 
-@flow(name="pipeline")
+@flow(name="pipeline", persist_result=True, result_serializer="json")
 def pipeline(params: str = "params.yaml", force: bool = False) -> dict:
     """The whole pipeline. When the data, params and code equal a registered version's, it says so and ends
     without training, unless `force`."""
     p = load_params(params)
     if not force:
-        same = tasks.configured(tasks.already_registered, p, "lineage")(p)
+        same = tasks.configured(tasks.already_registered, p)(p)
         if same is not None:
             tasks.report_skip(same)
             return {"registered": False, "reason": same}
-    tasks.configured(tasks.validate, p, "validate")(p)
-    featurize = tasks.configured(tasks.featurize, p, "featurize")
+    tasks.configured(tasks.validate, p)(p)
+    featurize = tasks.configured(tasks.featurize, p)
     featurize.with_options(refresh_cache=not tasks.features_current(p))(p)
     if p.pipeline.training == "deployment":
         _train_on_work_pool(p.pipeline.train_deployment, params)
     else:
         training(params)
-    tasks.configured(tasks.evaluate, p, "evaluate")(p)
-    tasks.configured(tasks.compress, p, "compress")(p)
-    return tasks.configured(tasks.register, p, "register")(p, force)
+    tasks.configured(tasks.evaluate, p)(p)
+    tasks.configured(tasks.compress, p)(p)
+    return tasks.configured(tasks.register, p)(p, force)
 
 
 def _train_on_work_pool(deployment: str, params: str) -> None:

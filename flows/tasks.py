@@ -1,8 +1,8 @@
 """Prefect tasks: each stage's component function plus what orchestration adds: retries with backoff on the tasks
 that talk to the tracking server, timeouts, the featurize cache, artifacts and logs. No ML logic lives here.
 
-Every task takes the loaded `Params`; `configured(task, params, stage)` applies the retry and timeout settings of
-`params.yaml`'s `pipeline` section, so a change there needs no code change.
+Results are persisted as JSON (small summaries, never pickles). Every task takes the loaded `Params`;
+`configured(task, params)` applies the retry and timeout settings of `params.yaml`'s `pipeline` section.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ IO_TASKS = {"lineage", "register"}  # the tasks that talk to the tracking server
 LOCK_LEASE_S = 60  # a run killed while holding the registry lock frees it after this long
 
 
-def configured(stage_task: Task, params: Params, stage: str) -> Task:
+def configured(stage_task: Task, params: Params) -> Task:
     """`stage_task` with the timeout of its stage and, for tracking-server tasks, the retries of params.yaml."""
-    settings = params.pipeline
+    settings, stage = params.pipeline, stage_task.name
     timeout = settings.timeouts.model_dump(by_alias=True)["register" if stage in IO_TASKS else stage]
     if stage not in IO_TASKS:
         return stage_task.with_options(timeout_seconds=timeout)
@@ -114,7 +114,7 @@ def train(params: Params) -> dict:
 
 
 @task(name="evaluate")
-def evaluate(params: Params) -> dict:
+def evaluate(params: Params) -> list[dict]:
     from components.evaluation import evaluate as evaluate_model
 
     result = evaluate_model(params.featurize.out, params.train.out, params.evaluate, progress=SHOW_PROGRESS)
@@ -127,11 +127,11 @@ def evaluate(params: Params) -> dict:
         key="msa-metrics", table=rows, description=f"Every head on every split ({params.evaluate.metrics})"
     )
     get_run_logger().info(result.summary())
-    return result.metrics
+    return rows
 
 
 @task(name="compress")
-def compress(params: Params) -> dict:
+def compress(params: Params) -> list[dict]:
     from components.compression import compress as compress_model
 
     result = compress_model(
@@ -146,7 +146,7 @@ def compress(params: Params) -> dict:
         f"({params.compress.report})",
     )
     get_run_logger().info(result.summary())
-    return {"baseline": base, "variants": result.variants}
+    return rows
 
 
 def _compression_row(name: str, variant: dict, base: dict) -> dict:

@@ -155,12 +155,15 @@ def trained(make_dataset, tiny_text_model: Path, tmp_path: Path) -> Trained:
     return Trained(raw, features, train(features, model, settings, progress=False).out)
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     """Prefect's database, results and settings live in a temporary home for the session, never ~/.prefect, and
     flows run on the ephemeral API. Set before any test module imports prefect; subprocesses inherit it."""
     home = Path(tempfile.mkdtemp(prefix="msa-prefect-home-"))
     config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
     os.environ["PREFECT_HOME"] = str(home)
+    # The ephemeral server migrates a new database on its first start: more than Prefect's default 20 s on a busy
+    # machine (several `msa run` of a test may start one each at the same time).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry heartbeats (offline anyway)
     for name in ("PREFECT_API_URL", "PREFECT_PROFILES_PATH", "MLFLOW_TRACKING_URI"):
         os.environ.pop(name, None)
