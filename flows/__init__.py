@@ -5,3 +5,6 @@ import os
 # Prefect's telemetry writes to the ephemeral server's SQLite database while the first flow run starts, and the
 # two writers then collide ("database is locked" tracebacks). It also needs the internet. Users may turn it on.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The first `msa run` migrates Prefect's new database before its ephemeral server answers: more than Prefect's
+# default 20 s on a small, busy machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")

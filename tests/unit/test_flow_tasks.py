@@ -1,0 +1,175 @@
+"""What the flows add to the stages: retries, backoff and timeouts from params.yaml (`configured`), which failures
+are retried (`_may_pass`), and the train task's automatic resume from a checkpoint of the same inputs only."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from prefect.states import Completed, Failed
+
+from components.config import ConfigError, FeaturizeParams, ModelParams, Params, PipelineParams, TrainParams
+from components.errors import DataError, TrackingError, TrainingError
+from components.training import CHECKPOINT, HISTORY, MODEL_WEIGHTS, resume_point, train
+from flows import tasks
+from tests.conftest import tiny_dataset
+
+PIPELINE = PipelineParams(
+    retries=4,
+    retry_delay=0.5,
+    timeouts={"validate": 11, "featurize": 12, "train": 13, "evaluate": 14, "compress": 15, "register": 16},
+)
+STAGE_TASKS = {"validate": tasks.validate, "featurize": tasks.featurize, "train": tasks.train,
+               "evaluate": tasks.evaluate, "compress": tasks.compress}  # fmt: skip
+IO_TASKS = {"register": tasks.register, "lineage": tasks.already_registered}
+
+
+@pytest.mark.parametrize("name", IO_TASKS)
+def test_tracking_tasks_retry_with_exponential_backoff_within_the_register_timeout(name):
+    configured = tasks.configured(IO_TASKS[name], Params(pipeline=PIPELINE))
+    assert configured.name == name
+    assert configured.retries == 4
+    assert configured.retry_delay_seconds == [0.5, 1.0, 2.0, 4.0]
+    assert configured.retry_condition_fn is tasks._may_pass
+    assert configured.timeout_seconds == 16, "the lineage check talks to the registry as register does"
+
+
+@pytest.mark.parametrize("name", STAGE_TASKS)
+def test_stage_tasks_get_their_timeout_and_no_retries(name):
+    configured = tasks.configured(STAGE_TASKS[name], Params(pipeline=PIPELINE))
+    assert configured.name == name
+    assert configured.timeout_seconds == PIPELINE.timeouts.model_dump(by_alias=True)[name]
+    assert configured.retries == 0 and configured.retry_condition_fn is None, "a stage fails the same way again"
+
+
+def test_configured_copies_and_follows_the_defaults():
+    defaults = Params().pipeline
+    configured = tasks.configured(tasks.register, Params())
+    assert configured.retries == defaults.retries == 3
+    assert configured.retry_delay_seconds == [2.0, 4.0, 8.0]
+    assert configured.timeout_seconds == defaults.timeouts.register_ == 1800
+    assert tasks.register.retries == 0 and tasks.register.timeout_seconds is None, "the task itself is unchanged"
+    none = tasks.configured(tasks.register, Params(pipeline=PipelineParams(retries=0)))
+    assert none.retries == 0 and none.retry_delay_seconds == []
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (DataError("data/raw/manifest.yaml", "bad"), False),
+        (ConfigError("params.yaml: 1 invalid setting(s)"), False),
+        (TrackingError("tracking server does not answer"), True),
+        (ConnectionError("refused"), True),
+        (TimeoutError(), True),
+        (TrainingError("anything else may pass"), True),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else str(v),
+)
+def test_only_failures_that_may_pass_are_retried(error, retried):
+    assert tasks._may_pass(tasks.register, None, Failed(data=error)) is retried
+
+
+def test_a_completed_state_is_not_retried():
+    assert tasks._may_pass(tasks.register, None, Completed(data={"registered": True})) is False
+
+
+# The train task's resume: the tiny dataset and model of the `trained` fixture, trained once per module.
+
+MODEL = ModelParams(hidden=8, dropout=0.0, textcnn={"feature_maps": 4, "dropout": 0.0})
+
+
+def settings(out: Path, **changes) -> TrainParams:
+    return TrainParams(out=out, **({"epochs": 3, "batch_size": 2, "patience": 10} | changes))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_text_model) -> tuple[Path, Path]:
+    """(features, model directory) of a finished 3-epoch training: its checkpoint is at epoch 3."""
+    from components.featurize import featurize
+
+    root = tmp_path_factory.mktemp("resume")
+    params = FeaturizeParams(out=root / "features", text_model=str(tiny_text_model), image_size=8)
+    features = featurize(tiny_dataset(root), params, progress=False).out
+    return features, train(features, MODEL, settings(root / "models"), progress=False).out
+
+
+def test_no_checkpoint_no_resume(run, tmp_path):
+    features, _ = run
+    assert resume_point(features, MODEL, settings(tmp_path / "never-trained")) is None
+
+
+def test_a_checkpoint_of_the_same_inputs_resumes_at_its_epoch(run, tmp_path):
+    features, model = run
+    assert resume_point(features, MODEL, settings(model)) == 3
+    moved = shutil.copytree(model, tmp_path / "moved")
+    assert resume_point(features, MODEL, settings(moved, device="cpu")) == 3, "where it runs is not an input"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"lr": 0.01}, {"epochs": 4}, {"batch_size": 3}, {"seed": 1}, {"patience": 2}, {"loss": "mse"}],
+    ids=lambda c: next(iter(c)),
+)
+def test_a_checkpoint_of_other_settings_is_not_resumed(run, changes):
+    features, model = run
+    assert resume_point(features, MODEL, settings(model, **changes)) is None
+
+
+def test_a_checkpoint_of_another_model_is_not_resumed(run):
+    features, model = run
+    assert resume_point(features, ModelParams(hidden=16, dropout=0.0), settings(model)) is None
+
+
+def test_a_checkpoint_of_other_features_is_not_resumed(run, tmp_path, tiny_text_model):
+    from components.featurize import featurize
+
+    features, model = run
+    other = featurize(
+        tiny_dataset(tmp_path),
+        FeaturizeParams(out=tmp_path / "features", text_model=str(tiny_text_model), image_size=8, max_tokens=16),
+        progress=False,
+    ).out
+    assert resume_point(other, MODEL, settings(model)) is None
+    assert resume_point(features, MODEL, settings(model)) == 3
+
+
+def test_an_unreadable_checkpoint_is_not_resumed(run, tmp_path):
+    features, model = run
+    copy = shutil.copytree(model, tmp_path / "corrupt")
+    (copy / CHECKPOINT).write_bytes(b"not a checkpoint")
+    assert resume_point(features, MODEL, settings(copy)) is None
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_more_epochs(run, tmp_path, monkeypatch):
+    import components.training as training
+
+    features, _ = run
+    params = settings(tmp_path / "early", epochs=10, patience=1)
+    with monkeypatch.context() as patch:  # the first epoch is the best one: epoch 2 stops the run
+        patch.setattr(training, "is_better", lambda kind, new, old: old is None)
+        stopped = train(features, MODEL, params, progress=False)
+    assert stopped.stopped_early and stopped.epochs_run == 2 and stopped.best_epoch == 1
+    written = {name: (params.out / name).read_bytes() for name in (CHECKPOINT, HISTORY, MODEL_WEIGHTS)}
+
+    assert resume_point(features, MODEL, params) == 2
+    resumed = train(features, MODEL, params, resume=True, progress=False)
+    assert resumed.stopped_early and resumed.epochs_run == 2 and resumed.resumed_from == 2
+    assert (resumed.best_epoch, resumed.best_value) == (1, stopped.best_value)
+    assert len(resumed.history) == 2
+    assert {name: (params.out / name).read_bytes() for name in written} == written, "nothing was trained again"
+
+
+def test_the_train_task_resumes_a_finished_checkpoint_without_training(run, tmp_path, monkeypatch):
+    features, model = run
+    out = shutil.copytree(model, tmp_path / "models")
+    checkpoint = (out / CHECKPOINT).read_bytes()
+    monkeypatch.setattr(tasks, "get_run_logger", lambda: logging.getLogger("test"))
+    params = Params(featurize=FeaturizeParams(out=features), model=MODEL, train=settings(out))
+    result = tasks.train.fn(params)
+    assert result["resumed_from"] == 3 and result["epochs_run"] == 3
+    assert (out / CHECKPOINT).read_bytes() == checkpoint
+
+    fresh = Params(featurize=FeaturizeParams(out=features), model=MODEL, train=settings(out, lr=0.01, epochs=1))
+    assert tasks.train.fn(fresh)["resumed_from"] is None, "a checkpoint of other settings starts over"

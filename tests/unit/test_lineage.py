@@ -1,0 +1,130 @@
+"""Lineage hashes: what changes them (data files, settings outside `pipeline`, the components' code) and what does
+not (`pipeline` settings, files other than .py, caches; for the data hash, where the dataset is); `Lineage.matches`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from components import lineage as lineage_module
+from components.config import Params
+from components.lineage import Lineage, lineage, tree_digest
+
+
+def settings(raw: Path, **sections: dict) -> Params:
+    return Params.model_validate({"data": {"raw": str(raw)}} | sections)
+
+
+@pytest.fixture
+def raw(make_dataset) -> Path:
+    return make_dataset()
+
+
+@pytest.fixture
+def code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the components package that `lineage` hashes instead of the real one."""
+    copy = tmp_path / "code" / "components"
+    shutil.copytree(lineage_module.CODE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(lineage_module, "CODE_ROOT", copy)
+    return copy
+
+
+def test_stable_and_the_data_hash_independent_of_where_the_dataset_lies(raw, tmp_path):
+    first = lineage(settings(raw))
+    assert lineage(settings(raw)) == first
+    moved = shutil.copytree(raw, tmp_path / "elsewhere" / "tiny")
+    assert lineage(settings(moved)).data == first.data
+    assert all(len(value) == 16 for value in first.tags().values())
+
+
+@pytest.mark.parametrize("name", ["samples.parquet", "manifest.yaml", "images/s03.png", "sequences"])
+def test_a_changed_data_file_changes_only_the_data_hash(raw, name):
+    before = lineage(settings(raw))
+    target = raw / name
+    if target.is_dir():  # a file nobody reads still is part of the dataset's content
+        target = target / "extra.bin"
+        target.write_bytes(b"\0")
+    else:
+        target.write_bytes(target.read_bytes() + b"\n")
+    after = lineage(settings(raw))
+    assert after.data != before.data
+    assert (after.params, after.code) == (before.params, before.code)
+
+
+def test_a_renamed_data_file_changes_the_data_hash(raw):
+    before = lineage(settings(raw)).data
+    (raw / "images" / "s03.png").rename(raw / "images" / "s03-renamed.png")
+    assert lineage(settings(raw)).data != before
+
+
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"train": {"lr": 0.01}},
+        {"train": {"epochs": 31}},
+        {"model": {"hidden": 32}},
+        {"featurize": {"max_tokens": 32}},
+        {"validate": {"text_max_chars": 1000}},
+        {"evaluate": {"splits": ["test"]}},
+        {"compress": {"sparsity": 0.3}},
+        {"register": {"margin": 0.01}},
+    ],
+    ids=lambda s: ".".join([*s, *next(iter(s.values()))]),
+)
+def test_a_changed_setting_changes_only_the_params_hash(raw, sections):
+    before, after = lineage(settings(raw)), lineage(settings(raw, **sections))
+    assert after.params != before.params
+    assert (after.data, after.code) == (before.data, before.code)
+
+
+@pytest.mark.parametrize(
+    "pipeline",
+    [
+        {"training": "deployment"},
+        {"train_deployment": "train/elsewhere"},
+        {"registry_lock": "another-lock"},
+        {"retries": 0},
+        {"retry_delay": 10},
+        {"timeouts": {"train": 60, "register": 5}},
+    ],
+    ids=lambda s: next(iter(s)),
+)
+def test_pipeline_settings_do_not_change_the_lineage(raw, pipeline):
+    assert lineage(settings(raw, pipeline=pipeline)) == lineage(settings(raw))
+
+
+def test_code_hash_covers_the_components_python_files_only(raw, code):
+    before = lineage(settings(raw))
+    assert before.code == tree_digest(Path(lineage_module.__file__).parent, "*.py").hexdigest()[:16], (
+        "a copy of the package hashes as the package itself"
+    )
+    (code / "notes.txt").write_text("not code")
+    (code / "__pycache__").mkdir()
+    (code / "__pycache__" / "training.cpython-311.pyc").write_bytes(b"compiled")
+    assert lineage(settings(raw)) == before
+
+    training = code / "training.py"
+    training.write_text(training.read_text() + "\n# a comment is an edit too\n")
+    edited = lineage(settings(raw))
+    assert edited.code != before.code
+    assert (edited.data, edited.params) == (before.data, before.params)
+
+
+def test_a_new_module_in_a_subpackage_changes_the_code_hash(raw, code):
+    before = lineage(settings(raw)).code
+    (code / "models" / "new_head.py").write_text("HEAD = 1\n")
+    assert lineage(settings(raw)).code != before
+
+
+def test_matches_needs_every_hash_equal():
+    ours = Lineage(data="d" * 16, params="p" * 16, code="c" * 16)
+    tags = ours.tags()
+    assert tags == {"data_hash": "d" * 16, "params_hash": "p" * 16, "code_hash": "c" * 16}
+    assert ours.matches(tags)
+    assert ours.matches(tags | {"git_commit": "abc", "dataset": "tiny"}), "other tags do not matter"
+    for key in tags:
+        assert not ours.matches(tags | {key: "0" * 16}), f"a different {key}"
+        assert not ours.matches({k: v for k, v in tags.items() if k != key}), f"no {key}: a version from before"
+    assert not ours.matches({})
