@@ -6,7 +6,6 @@ retrain of the same commit finds that version and ends without training."""
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,7 +18,7 @@ from mlflow import MlflowClient
 from tests.conftest import tiny_dataset
 from tests.e2e.conftest import write_params
 from tests.e2e.servers import free_port, serving
-from tests.integration.conftest import PROJECT_FILES, REPO
+from tests.integration.conftest import PROJECT_FILES, REPO, copy_project
 from tests.integration.shell import BIN, run
 
 pytestmark = pytest.mark.e2e
@@ -37,15 +36,7 @@ DVC_YAML_PARAMS = (("validate", "report"), ("featurize", "out"), ("train", "out"
 def make_repository(root: Path, text_model: Path, remote: Path) -> str:
     """A git repository of the project whose data/raw is tracked by data.dvc and pushed to the DVC remote `remote`;
     returns its commit."""
-    for name in CLONE_FILES:
-        source, target = REPO / name, root / name
-        if not source.exists():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
+    copy_project(root, CLONE_FILES)
     defaults, paths = yaml.safe_load((REPO / "params.yaml").read_text()), {}
     for section, key in DVC_YAML_PARAMS:
         paths.setdefault(section, {})[key] = defaults[section][key]

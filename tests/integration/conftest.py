@@ -29,15 +29,21 @@ def msa() -> Callable[..., subprocess.CompletedProcess[str]]:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A git + DVC checkout of the project's pipeline files, as a fresh clone has them."""
-    root = tmp_path / "project"
-    for name in PROJECT_FILES:
+    root = copy_project(tmp_path / "project", PROJECT_FILES)
+    run(["git", "init", "-q"], cwd=root)
+    return root
+
+
+def copy_project(root: Path, names: tuple[str, ...]) -> Path:
+    """Copy these files and directories of the repository to `root` (those it has: dvc.lock appears with the
+    first `dvc repro`)."""
+    for name in names:
         source, target = REPO / name, root / name
-        if not source.exists():  # dvc.lock appears with the first `dvc repro`
+        if not source.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
-    run(["git", "init", "-q"], cwd=root)
     return root
