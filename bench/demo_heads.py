@@ -33,7 +33,8 @@ from rich.table import Table
 
 from components.config import DEFAULT_PARAMS, load_params
 from components.featurize import featurize
-from components.training import evaluate_split, train
+from components.model_store import evaluate_split
+from components.training import train
 
 RESULTS = Path(__file__).parent / "results" / "demo_heads.json"
 UNIMODAL = ("lstm", "textcnn", "han", "image", "audio", "vision")

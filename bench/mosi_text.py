@@ -37,7 +37,8 @@ from rich.table import Table
 from components.config import DEFAULT_PARAMS, load_params
 from components.featurize import featurize
 from components.importers import import_text_tsv
-from components.training import evaluate_split, train
+from components.model_store import evaluate_split
+from components.training import train
 
 RESULTS = Path(__file__).parent / "results" / "mosi_text.json"
 MOSI = Path("../shared/datasets/mosi-text")

@@ -51,17 +51,25 @@ from tqdm.auto import tqdm
 
 from components.atomic import replace_directory, write_json
 from components.config import CompressParams, CompressVariant, ConfigError, TrainParams
-from components.dataset import SPLITS
 from components.devices import pick_device
 from components.errors import TrainingError
 from components.featurize import load_features
+from components.model_store import (
+    CARD,
+    INT8_WEIGHTS,
+    WEIGHTS,
+    ModelCard,
+    evaluate_heads,
+    load_trained,
+    model_inputs,
+    monitored_head,
+    read_card,
+    split_rows,
+)
 from components.models import MultiTaskModel
 from components.models.spec import ModelSpec
-from components.training import MODEL_CARD, evaluate, head_losses, load_trained, model_inputs, monitored_head
+from components.training import Stepper, loss_weights
 
-CARD = "model.json"
-INT8_WEIGHTS = "model.pt"
-DENSE_WEIGHTS = "model.safetensors"
 WARMUP = 3  # untimed passes per model before timing (allocator, lazy kernel setup)
 BLOCK = 10  # timed passes a model runs back to back before the next model's turn
 LOWER_IS_BETTER = frozenset({"mae"})
@@ -112,7 +120,7 @@ def compress(
     training = model_inputs(arrays, spec)  # what fine-tuning after pruning trains on, as `train` does
     split = served.pop("split")
     training.pop("split")
-    test_rows, train_rows = (torch.nonzero(split == SPLITS.index(s)).flatten() for s in ("test", "train"))
+    test_rows, train_rows = split_rows(split, "test"), split_rows(split, "train")
     if not len(test_rows):
         raise ConfigError("compress measures on the test split, which has no samples")
 
@@ -166,7 +174,7 @@ def compress(
             "finetune_epochs": params.finetune_epochs if pruning else 0,
         }
 
-    card = json.loads((model_dir / MODEL_CARD).read_text())
+    card = read_card(model_dir)
     with replace_directory(out) as staging:  # the directory holds exactly this run's kept variants
         for name, v in variants.items():
             if v["kept"]:
@@ -195,7 +203,7 @@ def load_compressed(path: str | Path) -> MultiTaskModel:
             with _known_deprecations():
                 state = torch.load(path / INT8_WEIGHTS, map_location="cpu", weights_only=True)
         else:
-            state = load_safetensors((path / DENSE_WEIGHTS).read_bytes())
+            state = load_safetensors((path / WEIGHTS).read_bytes())
         model.load_state_dict(state)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise TrainingError(
@@ -283,20 +291,14 @@ def _finetune(
     model.to(device).train()
     trainable = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(TRANSFORMER)]
     optimizer = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
-    weights = {h: (1.0 if train.single_task else train.loss_weights.get(h, 1.0)) for h in spec.heads}
+    stepper = Stepper(model, model, optimizer, loss_weights(spec, train), train.loss, train.grad_clip)
     generator = torch.Generator().manual_seed(train.seed)
     torch.manual_seed(train.seed)  # dropout
     steps = math.ceil(len(rows) / train.batch_size)
     with tqdm(total=epochs * steps, desc=label, unit="step", disable=not progress, dynamic_ncols=True) as bar:
         for _ in range(epochs):
             for part in rows[torch.randperm(len(rows), generator=generator)].split(train.batch_size):
-                batch = {k: v[part].to(device) for k, v in tensors.items()}
-                losses = head_losses(spec, model(batch), model.presence(batch), batch["label"], train.loss)
-                loss = sum(weights[h] * losses[h] for h in spec.heads)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
-                optimizer.step()
+                stepper.step({k: v[part].to(device) for k, v in tensors.items()})
                 bar.update()
     model.cpu().eval()
 
@@ -317,11 +319,11 @@ def _serialize(kind: str, model: nn.Module) -> tuple[str, bytes]:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         return INT8_WEIGHTS, buffer.getvalue()
-    return DENSE_WEIGHTS, save_safetensors({k: v.contiguous() for k, v in state.items()})
+    return WEIGHTS, save_safetensors({k: v.contiguous() for k, v in state.items()})
 
 
 def _write_variant(
-    directory: Path, name: CompressVariant, spec: ModelSpec, card: dict, payload: tuple[str, bytes], v: dict
+    directory: Path, name: CompressVariant, spec: ModelSpec, card: ModelCard, payload: tuple[str, bytes], v: dict
 ) -> None:
     directory.mkdir()
     (directory / payload[0]).write_bytes(payload[1])  # inside the staging directory: atomic as a whole
@@ -329,8 +331,8 @@ def _write_variant(
         "variant": name,
         "format": "int8" if name == "int8" else "dense",
         "spec": spec.model_dump(mode="json"),
-        "featurizer_key": card.get("featurizer_key"),
-        "dataset": card.get("dataset"),
+        "featurizer_key": card.featurizer_key,
+        "dataset": card.dataset.model_dump(),
         "sparsity": v["sparsity"],
         "finetune_epochs": v["finetune_epochs"],
         "metrics": v["metrics"],
@@ -340,7 +342,7 @@ def _write_variant(
 
 def _head_metrics(model: MultiTaskModel, tensors: dict, rows: torch.Tensor, head: str) -> dict[str, float]:
     """The scalar metrics of `head` on `rows` (per-class tables and confusion matrices are left to evaluate)."""
-    metrics = evaluate(model, model.spec, tensors, rows, torch.device("cpu"))[head]
+    metrics = evaluate_heads(model, tensors, rows, torch.device("cpu"))[head]
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
 
 

@@ -18,7 +18,6 @@ The plots show one split: test, or valid when test is not evaluated.
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,17 +26,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from components.atomic import replace_directory, write_bytes, write_json, write_text
 from components.config import ConfigError, EvaluateParams
-from components.dataset import SPLITS
 from components.devices import pick_device
 from components.errors import DataError, TrainingError
 from components.featurize import FEATURES, load_features
 from components.metrics import classification_metrics, metrics_for, primary_metric
-from components.training import HISTORY, MODEL_CARD, load_trained, model_inputs, predict
+from components.model_store import Monitor, load_trained, model_inputs, predict, read_card, read_history, split_rows
 
 
 @dataclass
@@ -80,10 +77,9 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
     start = time.perf_counter()
     features, model_dir = Path(features), Path(model_dir)
     model = load_trained(model_dir)
-    card = _read_json(model_dir / MODEL_CARD)
-    history = _read_json(model_dir / HISTORY)
+    card, history = read_card(model_dir), read_history(model_dir)
     arrays, state = load_features(features)
-    if card.get("featurizer_key") != state.key:
+    if card.featurizer_key != state.key:
         raise TrainingError(
             f"{model_dir}: trained on other features than {features} (featurizer key differs); run `msa train`"
         )
@@ -105,7 +101,7 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
     outputs: dict[str, HeadOutput] = {}
     notes: list[str] = []
     for split in tqdm(params.splits, desc="evaluate", unit="split", disable=not progress):
-        rows = torch.nonzero(split_codes == SPLITS.index(split)).flatten()
+        rows = split_rows(split_codes, split)
         if not len(rows):
             raise DataError(features / FEATURES, f"split {split!r} has no samples to evaluate (evaluate.splits)")
         metrics[split] = {}
@@ -123,8 +119,8 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
 
     with replace_directory(params.plots) as staging:
         _write_plot_data(staging, plotted, outputs, kind, classes)
-        _write_history(staging, history, spec.heads, card["monitor"], metric)
-        _write_images(staging, plotted, outputs, kind, classes, history, spec.heads, card["monitor"], metric)
+        _write_history(staging, history, spec.heads, card.monitor, metric)
+        _write_images(staging, plotted, outputs, kind, classes, history, spec.heads, card.monitor, metric)
     metrics = _numbers_only(metrics)
     return EvaluationResult(
         metrics_path=write_json(params.metrics, metrics, nan_as_null=True),
@@ -151,13 +147,6 @@ def _numbers_only(value: Any) -> Any:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise TrainingError(f"{path}: missing or unreadable ({type(e).__name__}); run `msa train`") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -192,9 +181,9 @@ def _write_plot_data(
         write_json(staging / "confusion" / f"{split}_{head}.json", frame.to_dict("records"))
 
 
-def _write_history(staging: Path, history: list[dict], heads: tuple[str, ...], monitor: dict, metric: str) -> None:
+def _write_history(staging: Path, history: list[dict], heads: tuple[str, ...], monitor: Monitor, metric: str) -> None:
     # DVC's linear template draws the last column when no y is set: the monitored head's valid metric goes last.
-    valid_heads = [h for h in heads if h != monitor["head"]] + [monitor["head"]]
+    valid_heads = [h for h in heads if h != monitor.head] + [monitor.head]
     rows = [
         {
             "epoch": entry["epoch"],
@@ -218,7 +207,7 @@ def _write_images(
     classes: tuple[str, ...],
     history: list[dict],
     heads: tuple[str, ...],
-    monitor: dict,
+    monitor: Monitor,
     metric: str,
 ) -> None:
     images = staging / "images"
@@ -281,21 +270,21 @@ def _confusion_png(split: str, outputs: dict[str, HeadOutput], kind: str, classe
     return _png(figure)
 
 
-def _curves_png(history: list[dict], heads: tuple[str, ...], monitor: dict, metric: str) -> bytes:
+def _curves_png(history: list[dict], heads: tuple[str, ...], monitor: Monitor, metric: str) -> bytes:
     figure, (loss_ax, valid_ax) = _grid(2, width=5.0, height=3.6)
     epochs = [entry["epoch"] for entry in history]
     for head in heads:
         loss = [entry["train_loss"].get(head, math.nan) for entry in history]
         valid = [entry["valid"].get(head, {}).get(metric, math.nan) for entry in history]
-        width = 2.2 if head == monitor["head"] else 1.0
+        width = 2.2 if head == monitor.head else 1.0
         loss_ax.plot(epochs, loss, label=head, linewidth=width)
         valid_ax.plot(epochs, valid, label=head, linewidth=width)
-    best = monitor["epoch"]
+    best = monitor.epoch
     valid_ax.axvline(best, color="grey", linestyle="--", linewidth=1)
-    valid_ax.plot([best], [monitor["value"]], marker="*", markersize=12, color="black", linestyle="none")
+    valid_ax.plot([best], [monitor.value], marker="*", markersize=12, color="black", linestyle="none")
     valid_ax.annotate(
-        f"best: {monitor['head']}, epoch {best}",
-        (best, monitor["value"]),
+        f"best: {monitor.head}, epoch {best}",
+        (best, monitor.value),
         (6, 6),
         textcoords="offset points",
         fontsize=8,

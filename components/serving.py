@@ -34,6 +34,7 @@ from components.atomic import replace_directory, write_json, write_text
 from components.dataset import SEQUENCE_MODALITIES, Dataset, is_null
 from components.errors import DataError
 from components.featurize import (
+    STATE,
     FeaturizerState,
     encode_texts,
     fit_image,
@@ -41,11 +42,9 @@ from components.featurize import (
     read_state,
     standardize,
 )
-from components.models.spec import ModelSpec
+from components.model_store import CARD, WEIGHTS, ModelCard
+from components.text_model import resolve_text_model
 
-MODEL_CARD = "model.json"
-WEIGHTS = "model.safetensors"
-STATE = "featurizer.json"
 TEXT = "text"  # tokenizer and transformer config, inside the package
 INPUT = Path("<model input>")  # what errors name when the rows did not come from a file
 BATCH = 64
@@ -55,13 +54,12 @@ def package_model(model_dir: str | Path, features: str | Path, dest: str | Path)
     """Write the self-contained serving package for the model in `model_dir`, trained on `features`."""
     from safetensors.torch import save_file
 
-    from components.training import MODEL_CARD as TRAINED_CARD
-    from components.training import load_trained
+    from components.model_store import load_trained, read_card
 
     model_dir, dest = Path(model_dir), Path(dest)
     state = read_state(features)
-    card = json.loads((model_dir / TRAINED_CARD).read_text())
-    if card["featurizer_key"] != state.key:
+    card = read_card(model_dir)
+    if card.featurizer_key != state.key:
         raise DataError(
             Path(features),
             f"features changed since the model in {model_dir} was trained on them: run `msa train` (or `dvc repro`)",
@@ -72,11 +70,12 @@ def package_model(model_dir: str | Path, features: str | Path, dest: str | Path)
         if spec.text is not None:
             from transformers import AutoConfig
 
-            load_tokenizer(spec.text.encoder).save_pretrained(staging / TEXT)
-            AutoConfig.from_pretrained(spec.text.encoder, local_files_only=True).save_pretrained(staging / TEXT)
+            source = resolve_text_model(spec.text.encoder)
+            load_tokenizer(source).save_pretrained(staging / TEXT)
+            AutoConfig.from_pretrained(source, local_files_only=True).save_pretrained(staging / TEXT)
             spec = spec.model_copy(update={"text": spec.text.model_copy(update={"encoder": TEXT})})
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staging / WEIGHTS)
-        write_json(staging / MODEL_CARD, {**card, "spec": spec.model_dump(mode="json")})
+        write_json(staging / CARD, card.model_copy(update={"spec": spec}).model_dump(mode="json"))
         write_json(staging / STATE, state.model_dump(mode="json", exclude={"ids"}))
     return dest
 
@@ -87,13 +86,12 @@ class Predictor:
     def __init__(self, root: str | Path) -> None:
         from safetensors.torch import load_file
 
+        from components.model_store import monitored_head
         from components.models import MultiTaskModel
-        from components.training import monitored_head
 
         root = Path(root)
         try:
-            card = json.loads((root / MODEL_CARD).read_text())
-            spec = ModelSpec.model_validate(card["spec"])
+            spec = ModelCard.model_validate_json((root / CARD).read_bytes()).spec
             self.state = FeaturizerState.model_validate_json((root / STATE).read_text())
             if spec.text is not None:  # the package's own tokenizer and transformer config, wherever it was moved
                 spec = spec.model_copy(update={"text": spec.text.model_copy(update={"encoder": str(root / TEXT)})})

@@ -1,14 +1,17 @@
 """Train stage: one multi-task model, a loss per head, early stopping on the valid split.
 
-Writes into `train.out` (default `models/`):
-    model.safetensors     best weights (by the monitored head's valid metric)
-    model.json            ModelSpec, monitored metric, best epoch, featurizer key: enough to rebuild the model
-    history.json          per epoch: train loss per head, valid metrics per head
-    checkpoints/last.pt   model, optimizer and RNG state after the last finished epoch (`--resume` reads it)
+Writes into `train.out` through components.model_store (weights, model card, history, checkpoints). A run whose
+inputs (features, model, settings) equal a checkpoint's continues it (`resume=None`, what `msa train`, `dvc repro`
+and the flows do); `resume=True` insists on one, `resume=False` starts over.
 
 Several processes: launch with `torchrun --nproc_per_node N --no-python msa train`. torch DDP averages gradients;
 `train.batch_size` stays the global batch (each rank takes batch_size / N), and ranks draw disjoint slices of the
-same seeded permutation, so N processes take the same steps as one process up to float rounding.
+same seeded permutation. Each rank draws its own random stream (dropout), derived from (seed, epoch, rank), so:
+- without randomness in the model (dropout 0) N processes take the same steps as one, up to float rounding of the
+  gradient all-reduce;
+- with it, N processes are a different draw of the same distribution of results as one: rank 0's stream is the
+  single process's, the other ranks' are independent of it. The streams restart from (seed, epoch, rank) every
+  epoch, so a resumed run continues exactly as the uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,26 +30,33 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from components.atomic import write_bytes, write_json
+from components.atomic import write_bytes
 from components.config import ConfigError, ModelParams, TrainParams
-from components.dataset import SPLITS
 from components.devices import autocast_dtype, pick_device
 from components.errors import TrainingError
 from components.featurize import FeaturizerState, load_features, read_state
-from components.metrics import is_better, metrics_for, primary_metric
+from components.metrics import is_better, primary_metric
+from components.model_store import (
+    CHECKPOINT,
+    DatasetRef,
+    ModelCard,
+    Monitor,
+    evaluate_heads,
+    model_inputs,
+    monitored_head,
+    read_card,
+    split_rows,
+    write_history,
+    write_model,
+)
 from components.models import MultiTaskModel
 from components.models.spec import ImageSpec, LabelSpec, ModelSpec, SequenceSpec, TextSpec
 
-MODEL_WEIGHTS = "model.safetensors"
-MODEL_CARD = "model.json"
-HISTORY = "history.json"
-CHECKPOINT = Path("checkpoints") / "last.pt"
-EVAL_BATCH = 256
+EpochCallback = Callable[[dict, bool], None]  # (the epoch's history record, whether the best model improved)
 
 
 @dataclass
@@ -102,7 +112,7 @@ def build_spec(state: FeaturizerState, model: ModelParams, train: TrainParams) -
         if train.text_encoder == "frozen" and not state.text.token_states:
             raise ConfigError("train.text_encoder 'frozen' needs precomputed states: set featurize.token_states: true")
         text = TextSpec(
-            mode=train.text_encoder, encoder=state.text.path, hidden_size=state.text.hidden_size, models=text_models
+            mode=train.text_encoder, encoder=state.text.model, hidden_size=state.text.hidden_size, models=text_models
         )
     image = state.image if "image" in encoders else None
     sequences = {m: getattr(state, m) for m in ("audio", "vision") if m in encoders}
@@ -114,10 +124,6 @@ def build_spec(state: FeaturizerState, model: ModelParams, train: TrainParams) -
         heads=tuple(heads),
         params=model,
     )
-
-
-def monitored_head(spec: ModelSpec) -> str:
-    return "fusion" if "fusion" in spec.heads else spec.heads[0]
 
 
 def head_losses(
@@ -137,31 +143,84 @@ def head_losses(
     return losses
 
 
+def loss_weights(spec: ModelSpec, params: TrainParams) -> dict[str, float]:
+    return {h: (1.0 if params.single_task else params.loss_weights.get(h, 1.0)) for h in spec.heads}
+
+
+@dataclass
+class Stepper:
+    """One optimization step of the multi-task loss: what training and the fine-tune after pruning share.
+
+    `forward` is the module called (the DDP wrapper when distributed); `model` is the model it wraps.
+    """
+
+    model: MultiTaskModel
+    forward: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    weights: dict[str, float]
+    loss: str
+    grad_clip: float
+    amp: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None  # loss scaling for fp16 autocast; None: none
+
+    def __post_init__(self) -> None:
+        if self.scaler is None:
+            self.scaler = torch.amp.GradScaler(enabled=False)
+
+    def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """(total loss, per-head losses, gradient norm before clipping); the optimizer step is skipped when the
+        norm is not finite (fp16 loss scaling then lowers its scale)."""
+        spec, device = self.model.spec, batch["label"].device
+        with torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None):
+            outputs = self.forward(batch)
+        losses = head_losses(spec, outputs, self.model.presence(batch), batch["label"], self.loss)
+        total = sum(self.weights[h] * losses[h] for h in spec.heads)
+        scaler = self.scaler
+        self.optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.unscale_(self.optimizer)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if torch.isfinite(norm) or scaler.is_enabled():
+            scaler.step(self.optimizer)
+            scaler.update()
+        return total, losses, norm
+
+
+def stream_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one rank's random stream (dropout) in one epoch; rank 0's differs from no other process's."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
 def train(
     features: str | Path,
     model_params: ModelParams,
     params: TrainParams,
     *,
-    resume: bool = False,
+    resume: bool | None = None,
     progress: bool = True,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
+    """Train on `features`; `resume` None continues a checkpoint of the same inputs if there is one (see
+    `resume_point`), True insists on one, False starts over. `on_epoch` runs on rank 0 after each epoch is saved."""
     start = time.perf_counter()
     arrays, state = load_features(features)
     spec = build_spec(state, model_params, params)
     out = Path(params.out)
+    if resume is None:
+        resume = resume_point(features, model_params, params) is not None
     with _distributed(params.device) as (rank, world, device):
         tensors = model_inputs(arrays, spec)
         split = tensors.pop("split")
-        train_rows, valid_rows = (torch.nonzero(split == SPLITS.index(s)).flatten() for s in ("train", "valid"))
+        train_rows, valid_rows = split_rows(split, "train"), split_rows(split, "valid")
         if params.batch_size % world:
             raise ConfigError(f"train.batch_size {params.batch_size} must divide evenly over {world} processes")
         if not len(train_rows) or not len(valid_rows):
             raise ConfigError("training needs samples in both the train and the valid split")
 
-        torch.manual_seed(params.seed)
+        torch.manual_seed(params.seed)  # the same initial weights on every rank
         model = MultiTaskModel(spec).to(device)
         optimizer = _optimizer(model, params)
-        weights = {h: (1.0 if params.single_task else params.loss_weights.get(h, 1.0)) for h in spec.heads}
         head, (metric, _) = monitored_head(spec), primary_metric(spec.label.kind)
         progress_state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": []}
         checkpoint, inputs = out / CHECKPOINT, _inputs_key(state, spec, params)
@@ -173,78 +232,75 @@ def train(
         # A run that had already stopped early resumes to "done", not to more epochs.
         stopped_early = progress_state["bad_epochs"] >= params.patience
         last_epoch = progress_state["epoch"] if stopped_early else params.epochs
-        ddp = DistributedDataParallel(model) if world > 1 else model
-        sampler = DistributedSampler(range(len(train_rows)), num_replicas=world, rank=rank, seed=params.seed)
         amp = autocast_dtype(device, params.precision)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+        stepper = Stepper(
+            model=model,
+            forward=DistributedDataParallel(model) if world > 1 else model,
+            optimizer=optimizer,
+            weights=loss_weights(spec, params),
+            loss=params.loss,
+            grad_clip=params.grad_clip,
+            amp=amp,
+            scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
+        )
+        sampler = DistributedSampler(range(len(train_rows)), num_replicas=world, rank=rank, seed=params.seed)
         local_batch = params.batch_size // world
-        steps = math.ceil(len(sampler) / local_batch)
         bar = tqdm(
-            total=(last_epoch - progress_state["epoch"]) * steps,
+            total=(last_epoch - progress_state["epoch"]) * math.ceil(len(sampler) / local_batch),
             desc="train",
             unit="step",
             disable=not progress or rank != 0,
             dynamic_ncols=True,
         )
         trained_samples, train_seconds = 0, 0.0
-        with _deterministic(device):
+        with _deterministic(device), bar:
             for epoch in range(progress_state["epoch"] + 1, last_epoch + 1):
                 epoch_start = time.perf_counter()
                 sampler.set_epoch(epoch)
-                ddp.train()
+                torch.manual_seed(stream_seed(params.seed, epoch, rank))
+                stepper.forward.train()
                 totals: dict[str, float] = dict.fromkeys(spec.heads, 0.0)
-                order = train_rows[torch.tensor(list(sampler))]
-                for step, rows in enumerate(order.split(local_batch), start=1):
+                for step, rows in enumerate(train_rows[torch.tensor(list(sampler))].split(local_batch), start=1):
                     batch = {k: v[rows].to(device, non_blocking=True) for k, v in tensors.items()}
-                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                        outputs = ddp(batch)
-                    losses = head_losses(spec, outputs, model.presence(batch), batch["label"], params.loss)
-                    loss = sum(weights[h] * losses[h] for h in spec.heads)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+                    loss, losses, norm = stepper.step(batch)
                     # The clipped norm is already reduced across ranks, so every rank stops at the same step.
                     if not torch.isfinite(norm) and amp != torch.float16:
-                        bar.close()
                         kept = f"the last good checkpoint ({checkpoint}, epoch {progress_state['epoch']}) is kept"
                         raise TrainingError(
                             f"loss is not finite ({loss.item():.4g}) at epoch {epoch}, step {step}; {kept}. "
                             "Lower train.lr or check the features for extreme values."
                         )
-                    scaler.step(optimizer)
-                    scaler.update()
                     for h in spec.heads:
                         totals[h] += losses[h].item() * len(rows)
                     trained_samples += len(rows) * world
                     bar.update()
                     bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", **_postfix(progress_state, head, metric))
                 train_seconds += time.perf_counter() - epoch_start
-                valid = evaluate(model, spec, tensors, valid_rows, device, amp)
-                value = valid[head][metric]
-                improved = is_better(spec.label.kind, value, progress_state["best"])
-                progress_state["history"].append(
-                    {
-                        "epoch": epoch,
-                        "train_loss": {h: t / len(sampler) for h, t in totals.items()},
-                        "valid": valid,
-                    }
-                )
+                valid = evaluate_heads(model, tensors, valid_rows, device, amp)
+                improved = is_better(spec.label.kind, valid[head][metric], progress_state["best"])
+                record = {
+                    "epoch": epoch,
+                    "train_loss": {h: t / len(sampler) for h, t in totals.items()},
+                    "valid": valid,
+                }
+                progress_state["history"].append(record)
                 progress_state |= {
                     "epoch": epoch,
                     "bad_epochs": 0 if improved else progress_state["bad_epochs"] + 1,
-                    **({"best": value, "best_epoch": epoch} if improved else {}),
+                    **({"best": valid[head][metric], "best_epoch": epoch} if improved else {}),
                 }
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", **_postfix(progress_state, head, metric))
                 if rank == 0:
                     if improved:
-                        _save_model(out, model, spec, state, progress_state, head, metric)
-                    write_json(out / HISTORY, progress_state["history"])
+                        monitor = Monitor(head=head, metric=metric, value=valid[head][metric], epoch=epoch)
+                        write_model(out, model.state_dict(), _card(spec, state, monitor))
+                    write_history(out, progress_state["history"])
                     _save_checkpoint(checkpoint, spec, model, optimizer, progress_state, inputs)
+                    if on_epoch is not None:
+                        on_epoch(record, improved)
                 if progress_state["bad_epochs"] >= params.patience:
                     stopped_early = True
                     break
-        bar.close()
     return TrainResult(
         out=out,
         spec=spec,
@@ -260,86 +316,39 @@ def train(
     )
 
 
-def evaluate(
-    model: MultiTaskModel,
-    spec: ModelSpec,
-    tensors: dict[str, torch.Tensor],
-    rows: torch.Tensor,
-    device: torch.device,
-    amp: torch.dtype | None = None,
-) -> dict[str, dict]:
-    """Metrics of every head on `rows`, each over the samples where its modality is present."""
-    predictions = predict(model, tensors, rows, device, amp)
-    label = tensors["label"][rows].numpy()
-    metrics = {}
-    for head, (prediction, present) in predictions.items():
-        metrics[head] = metrics_for(spec.label.kind, prediction[present], label[present], spec.label.classes)
-    return metrics
-
-
-def load_trained(out: str | Path, *, standalone: bool = False) -> MultiTaskModel:
-    """The best model `train` wrote to `out`, rebuilt from its spec; safetensors weights (no code runs on load).
-
-    `standalone=True`: with the frozen transformer inside (loaded from the spec's encoder directory), so that the
-    model runs on token ids without precomputed states.
+def resume_point(features: str | Path, model_params: ModelParams, params: TrainParams) -> int | None:
+    """The last epoch of a checkpoint in `params.out` that training on these features with these settings wrote,
+    beside the best model it had reached; None when there is no such pair (none, unreadable, written for other
+    inputs, or its best model missing, as after `dvc repro` cleared the stage's outputs), so training starts over.
     """
-    from safetensors.torch import load_file
-
-    out = Path(out)
+    path = Path(params.out) / CHECKPOINT
+    if not path.is_file():
+        return None
+    state = read_state(features)
     try:
-        spec = ModelSpec.model_validate(json.loads((out / MODEL_CARD).read_text())["spec"])
-        weights = load_file(out / MODEL_WEIGHTS)
-    except (OSError, ValueError, KeyError) as e:
-        raise TrainingError(f"{out}: no readable trained model ({type(e).__name__}: {e}); run `msa train`") from None
-    frozen = spec.text is not None and spec.text.mode == "frozen"
-    model = MultiTaskModel(spec, pretrained=standalone and frozen, standalone=standalone)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    # Only a carried frozen transformer may be absent from the file: it was never trained, its weights are pretrained.
-    missing = [k for k in missing if not (standalone and frozen and k.startswith("token_states.transformer."))]
-    if missing or unexpected:
-        raise TrainingError(
-            f"{out / MODEL_WEIGHTS}: weights do not match {out / MODEL_CARD} "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); retrain with `msa train`"
-        )
-    return model.eval()
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        progress = json.loads(saved["progress"])
+    except Exception:  # noqa: BLE001 - a corrupt or foreign file is simply not resumable
+        return None
+    if saved.get("inputs") != _inputs_key(state, build_spec(state, model_params, params), params):
+        return None
+    if progress["best_epoch"]:
+        try:
+            card = read_card(params.out)
+        except TrainingError:
+            return None
+        if card.monitor.epoch != progress["best_epoch"] or card.featurizer_key != state.key:
+            return None
+    return int(progress["epoch"])
 
 
-def model_inputs(
-    arrays: dict[str, np.ndarray], spec: ModelSpec, *, standalone: bool = False
-) -> dict[str, torch.Tensor]:
-    """The feature arrays (split codes included) as tensors, with the precomputed token states only where the model
-    reads them: a frozen encoder that is not carried inside (a standalone model computes its own)."""
-    states = spec.text is not None and spec.text.mode == "frozen" and not standalone
-    return {k: torch.from_numpy(v) for k, v in arrays.items() if k != "text.states" or states}
-
-
-def evaluate_split(features: str | Path, out: str | Path, split: str) -> dict[str, dict]:
-    """Metrics of every head of the model in `out` on one split of `features`, on the CPU."""
-    model = load_trained(out)
-    tensors = model_inputs(load_features(features)[0], model.spec)
-    rows = torch.nonzero(tensors.pop("split") == SPLITS.index(split)).flatten()
-    return evaluate(model, model.spec, tensors, rows, torch.device("cpu"))
-
-
-def predict(
-    model: MultiTaskModel,
-    tensors: dict[str, torch.Tensor],
-    rows: torch.Tensor,
-    device: torch.device,
-    amp: torch.dtype | None = None,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per head: predictions (scores, or logits) and the presence mask, as float32 numpy arrays, for `rows`."""
-    was_training = model.training
-    model.eval()
-    chunks: dict[str, list] = {}
-    with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        for part in rows.split(EVAL_BATCH):
-            batch = {k: v[part].to(device) for k, v in tensors.items()}
-            presence = model.presence(batch)
-            for head, prediction in model(batch).items():
-                chunks.setdefault(head, []).append((prediction.float().cpu(), presence[head].cpu()))
-    model.train(was_training)
-    return {h: (torch.cat([p for p, _ in c]).numpy(), torch.cat([m for _, m in c]).numpy()) for h, c in chunks.items()}
+def _card(spec: ModelSpec, state: FeaturizerState, monitor: Monitor) -> ModelCard:
+    return ModelCard(
+        spec=spec,
+        monitor=monitor,
+        featurizer_key=state.key,
+        dataset=DatasetRef(name=state.dataset, version=state.dataset_version),
+    )
 
 
 def _postfix(progress_state: dict, head: str, metric: str) -> dict[str, str]:
@@ -359,40 +368,6 @@ def _optimizer(model: MultiTaskModel, params: TrainParams) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, weight_decay=params.weight_decay)
 
 
-def _save_model(
-    out: Path, model: MultiTaskModel, spec: ModelSpec, state: FeaturizerState, progress: dict, head: str, metric: str
-) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = out / f".{MODEL_WEIGHTS}.tmp"
-    save_file(weights, tmp)
-    os.replace(tmp, out / MODEL_WEIGHTS)
-    card = {
-        "spec": spec.model_dump(mode="json"),
-        "monitor": {"head": head, "metric": metric, "value": progress["best"], "epoch": progress["best_epoch"]},
-        "featurizer_key": state.key,
-        "dataset": {"name": state.dataset, "version": state.dataset_version},
-    }
-    write_json(out / MODEL_CARD, card)
-
-
-def resume_point(features: str | Path, model_params: ModelParams, params: TrainParams) -> int | None:
-    """The last epoch of a checkpoint in `params.out` that training on these features with these settings wrote;
-    None when there is no such checkpoint (none, unreadable, or written for other inputs), so training starts over.
-    """
-    path = Path(params.out) / CHECKPOINT
-    if not path.is_file():
-        return None
-    state = read_state(features)
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - a corrupt or foreign file is simply not resumable
-        return None
-    if saved.get("inputs") != _inputs_key(state, build_spec(state, model_params, params), params):
-        return None
-    return int(json.loads(saved["progress"])["epoch"])
-
-
 def _inputs_key(state: FeaturizerState, spec: ModelSpec, params: TrainParams) -> str:
     """What a checkpoint continues: these features, this model and these settings (wherever it runs)."""
     settings = params.model_dump_json(exclude={"out", "device"})
@@ -410,7 +385,6 @@ def _save_checkpoint(
             "spec": spec.model_dump_json(),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
             "progress": json.dumps(progress),
             "inputs": inputs,
         },
@@ -436,7 +410,6 @@ def _restore(path: Path, spec: ModelSpec, model: MultiTaskModel, optimizer: torc
         )
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
-    torch.set_rng_state(saved["rng"])
     return json.loads(saved["progress"])
 
 
@@ -460,11 +433,14 @@ def _deterministic(device: torch.device) -> Iterator[None]:
 @contextmanager
 def _distributed(device_name: str) -> Iterator[tuple[int, int, torch.device]]:
     """(rank, world size, device): one process by default, torch DDP when launched by torchrun."""
+    try:
+        device = pick_device(device_name)
+    except ValueError as e:
+        raise ConfigError(f"train.device: {e}") from None
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        yield 0, 1, pick_device(device_name)
+        yield 0, 1, device
         return
-    device = pick_device(device_name)
     if device.type == "cuda":
         local_rank = int(os.environ["LOCAL_RANK"])
         torch.cuda.set_device(local_rank)

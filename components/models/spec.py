@@ -24,7 +24,7 @@ class LabelSpec(Section):
 
 class TextSpec(Section):
     mode: Literal["frozen", "finetune"]
-    encoder: str  # local directory of the Hugging Face model (loaded when fine-tuned, recorded when frozen)
+    encoder: str  # the text model's name as configured (components.text_model resolves it where it loads)
     hidden_size: int  # width of the token states
     models: tuple[TextModel, ...]
 

@@ -15,19 +15,21 @@ from torch import Tensor, nn
 from components.config import ModelParams, TextCNNParams, TextModel
 from components.models.encoders import SequenceEncoder, compact, prefix_mask, run_packed
 from components.models.spec import TextSpec
+from components.text_model import resolve_text_model
 
 
 def load_transformer(spec: TextSpec, pretrained: bool) -> nn.Module:
-    """The transformer in `spec.encoder` (a local directory, never downloaded), in float32 for training.
+    """The transformer `spec.encoder` names (resolved to a local directory here, never downloaded), in float32.
 
     `pretrained=False` builds the same architecture with random weights, for when a state dict is loaded next.
     """
     from transformers import AutoConfig, AutoModel  # heavy, and only fine-tuning needs it
 
+    path = resolve_text_model(spec.encoder)
     if pretrained:
-        model = AutoModel.from_pretrained(spec.encoder, local_files_only=True, dtype=torch.float32)
+        model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     else:
-        config = AutoConfig.from_pretrained(spec.encoder, local_files_only=True)
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_config(config, dtype=torch.float32)
     if model.config.hidden_size != spec.hidden_size:
         raise ValueError(

@@ -13,7 +13,8 @@ import components.training as training
 from components.config import ConfigError, FeaturizeParams, ModelParams, TrainParams
 from components.errors import TrainingError
 from components.featurize import featurize
-from components.training import CHECKPOINT, HISTORY, MODEL_CARD, MODEL_WEIGHTS, train
+from components.model_store import CARD, CHECKPOINT, HISTORY, WEIGHTS, evaluate_split
+from components.training import train
 from tests.conftest import TWO_CLASS_MANIFEST, two_classes
 from tests.integration.shell import BIN, run
 
@@ -32,7 +33,7 @@ def settings(tmp_path, name="models", **changes) -> TrainParams:
 
 
 def weights(out) -> dict[str, np.ndarray]:
-    return load_file(out / MODEL_WEIGHTS)
+    return load_file(out / WEIGHTS)
 
 
 def assert_same_weights(a, b, atol=0.0):
@@ -44,7 +45,7 @@ def assert_same_weights(a, b, atol=0.0):
 def test_writes_model_card_history_and_checkpoint(features, tmp_path):
     result = train(features, QUIET, settings(tmp_path), progress=False)
     out = result.out
-    card = json.loads((out / MODEL_CARD).read_text())
+    card = json.loads((out / CARD).read_text())
     assert card["spec"]["heads"] == ["lstm", "textcnn", "han", "image", "audio", "vision", "fusion"]
     assert card["monitor"]["head"] == "fusion" and card["monitor"]["metric"] == "mae"
     history = json.loads((out / HISTORY).read_text())
@@ -52,7 +53,7 @@ def test_writes_model_card_history_and_checkpoint(features, tmp_path):
     assert set(history[0]["valid"]) == set(card["spec"]["heads"]) and "acc2" in history[0]["valid"]["fusion"]
     assert (out / CHECKPOINT).is_file() and result.epochs_run == 3 and result.train_samples_per_s > 0
     # The saved best weights reload from model.json alone and score as they did when they were saved.
-    valid = training.evaluate_split(features, out, "valid")
+    valid = evaluate_split(features, out, "valid")
     assert valid["fusion"]["mae"] == pytest.approx(card["monitor"]["value"], abs=1e-6)
 
 

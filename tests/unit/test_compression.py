@@ -12,7 +12,8 @@ from components.compression import compress, load_compressed, prune_model, prune
 from components.config import CompressParams, ModelParams, TrainParams
 from components.dataset import SPLITS
 from components.featurize import load_features
-from components.training import evaluate, load_trained, train
+from components.model_store import evaluate_heads, load_trained
+from components.training import train
 from tests.conftest import Trained
 
 MEASURED = {"size_bytes", "params", "nonzero_params", "task_params", "task_nonzero_params", "latency_ms_p50",
@@ -69,7 +70,7 @@ def test_int8_round_trips_through_a_weights_only_file(trained, tmp_path):
     arrays, _ = load_features(trained.features)
     tensors = {k: torch.from_numpy(v) for k, v in arrays.items() if k != "text.states"}
     rows = torch.nonzero(tensors.pop("split") == SPLITS.index("test")).flatten()
-    metrics = evaluate(loaded, loaded.spec, tensors, rows, torch.device("cpu"))["fusion"]
+    metrics = evaluate_heads(loaded, tensors, rows, torch.device("cpu"))["fusion"]
     assert metrics["mae"] == report["variants"]["int8"]["metrics"]["mae"]
 
 

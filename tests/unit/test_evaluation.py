@@ -26,7 +26,8 @@ from components.dataset import (
 from components.errors import DataError, TrainingError
 from components.evaluation import evaluate
 from components.featurize import featurize, load_features
-from components.training import HISTORY, MODEL_CARD, load_trained, predict, train
+from components.model_store import CARD, HISTORY, load_trained, predict
+from components.training import train
 from flows.cli import app
 from tests.conftest import TWO_CLASS_MANIFEST, two_classes
 
@@ -179,17 +180,17 @@ def test_a_split_without_samples_is_an_error_naming_features_and_split(make_data
 
 
 def test_missing_or_mismatched_model_is_a_clear_error(trained, tmp_path):
-    with pytest.raises(TrainingError, match="no readable trained model"):
+    with pytest.raises(TrainingError, match=r"nothing/model\.json: no readable model card"):
         evaluate(trained.features, tmp_path / "nothing", settings(tmp_path), progress=False)
 
     broken = shutil.copytree(trained.model, tmp_path / "broken")
     (broken / HISTORY).write_text("{not json")
-    with pytest.raises(TrainingError, match=r"broken/history\.json: missing or unreadable"):
+    with pytest.raises(TrainingError, match=r"broken/history\.json: no readable training history"):
         evaluate(trained.features, broken, settings(tmp_path), progress=False)
 
     other = shutil.copytree(trained.model, tmp_path / "other")
-    card = json.loads((other / MODEL_CARD).read_text())
-    (other / MODEL_CARD).write_text(json.dumps({**card, "featurizer_key": "0" * 64}))
+    card = json.loads((other / CARD).read_text())
+    (other / CARD).write_text(json.dumps({**card, "featurizer_key": "0" * 64}))
     with pytest.raises(TrainingError, match="trained on other features"):
         evaluate(trained.features, other, settings(tmp_path), progress=False)
     assert not (tmp_path / "reports").exists()  # nothing written on failure
@@ -210,4 +211,4 @@ def test_cli_prints_the_summary_and_reports_errors_in_one_line(trained, tmp_path
     params["train"]["out"] = str(tmp_path / "nothing")
     path.write_text(yaml.safe_dump(params))
     result = CliRunner().invoke(app, ["evaluate", "--params", str(path)])
-    assert result.exit_code == 1 and "error:" in result.output and "no readable trained model" in result.output
+    assert result.exit_code == 1 and "error:" in result.output and "no readable model card" in result.output

@@ -12,7 +12,8 @@ from prefect.states import Completed, Failed
 
 from components.config import ConfigError, FeaturizeParams, ModelParams, Params, PipelineParams, TrainParams
 from components.errors import DataError, TrackingError, TrainingError
-from components.training import CHECKPOINT, HISTORY, MODEL_WEIGHTS, resume_point, train
+from components.model_store import CHECKPOINT, HISTORY, WEIGHTS
+from components.training import resume_point, train
 from flows import tasks
 from tests.conftest import tiny_dataset
 
@@ -151,7 +152,7 @@ def test_resuming_a_run_that_stopped_early_trains_no_more_epochs(run, tmp_path, 
         patch.setattr(training, "is_better", lambda kind, new, old: old is None)
         stopped = train(features, MODEL, params, progress=False)
     assert stopped.stopped_early and stopped.epochs_run == 2 and stopped.best_epoch == 1
-    written = {name: (params.out / name).read_bytes() for name in (CHECKPOINT, HISTORY, MODEL_WEIGHTS)}
+    written = {name: (params.out / name).read_bytes() for name in (CHECKPOINT, HISTORY, WEIGHTS)}
 
     assert resume_point(features, MODEL, params) == 2
     resumed = train(features, MODEL, params, resume=True, progress=False)

@@ -1,8 +1,10 @@
-"""Lineage hashes: what changes them (data files, settings outside `pipeline`, the components' code) and what does
-not (`pipeline` settings, files other than .py, caches; for the data hash, where the dataset is); `Lineage.matches`."""
+"""Lineage hashes: what changes them (data files, settings outside `pipeline`, the code featurize and train run) and
+what does not (`pipeline` settings, docstrings, comments, other modules, files other than .py, caches; for the data
+hash, where the dataset is); `module_closure`; `Lineage.matches`."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 from pathlib import Path
 
@@ -10,7 +12,9 @@ import pytest
 
 from components import lineage as lineage_module
 from components.config import Params
-from components.lineage import Lineage, lineage, tree_digest
+from components.lineage import TRAINED_BY, Lineage, lineage, module_closure
+
+PACKAGE = lineage_module.CODE_ROOT
 
 
 def settings(raw: Path, **sections: dict) -> Params:
@@ -29,6 +33,16 @@ def code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(lineage_module.CODE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(lineage_module, "CODE_ROOT", copy)
     return copy
+
+
+def edit(file: Path, old: str, new: str) -> None:
+    text = file.read_text()
+    assert old in text, f"{file.name} no longer has {old!r}: pick another place to edit"
+    file.write_text(text.replace(old, new, 1))
+
+
+def append_code(file: Path) -> None:
+    file.write_text(file.read_text() + "\nEDITED = 1\n")
 
 
 def test_stable_and_the_data_hash_independent_of_where_the_dataset_lies(raw, tmp_path):
@@ -95,27 +109,73 @@ def test_pipeline_settings_do_not_change_the_lineage(raw, pipeline):
     assert lineage(settings(raw, pipeline=pipeline)) == lineage(settings(raw))
 
 
-def test_code_hash_covers_the_components_python_files_only(raw, code):
+def test_a_copy_of_the_package_hashes_as_the_package_itself(raw, code, monkeypatch):
+    copied = lineage(settings(raw)).code
+    monkeypatch.setattr(lineage_module, "CODE_ROOT", PACKAGE)
+    assert lineage(settings(raw)).code == copied
+
+
+def test_code_hash_ignores_docstrings_comments_and_files_other_than_python(raw, code):
     before = lineage(settings(raw))
-    assert before.code == tree_digest(Path(lineage_module.__file__).parent, "*.py").hexdigest()[:16], (
-        "a copy of the package hashes as the package itself"
-    )
     (code / "notes.txt").write_text("not code")
     (code / "__pycache__").mkdir()
     (code / "__pycache__" / "training.cpython-311.pyc").write_bytes(b"compiled")
+    training = code / "training.py"
+    edit(training, ast.get_docstring(ast.parse(training.read_text()), clean=False), "Reworded.\n# a comment")
+    edit(code / "models" / "spec.py", "class ModelSpec(Section):\n", 'class ModelSpec(Section):\n    """New."""\n')
     assert lineage(settings(raw)) == before
 
-    training = code / "training.py"
-    training.write_text(training.read_text() + "\n# a comment is an edit too\n")
+    append_code(training)
     edited = lineage(settings(raw))
     assert edited.code != before.code
     assert (edited.data, edited.params) == (before.data, before.params)
 
 
+@pytest.mark.parametrize("module", ["tracking.py", "demo.py", "serving.py"])
+def test_code_hash_ignores_code_that_training_does_not_run(raw, code, module):
+    before = lineage(settings(raw)).code
+    append_code(code / module)
+    assert lineage(settings(raw)).code == before
+
+
+@pytest.mark.parametrize("module", ["models/spec.py", "featurize.py", "config.py"])
+def test_code_hash_covers_what_training_imports(raw, code, module):
+    before = lineage(settings(raw)).code
+    append_code(code / module)
+    assert lineage(settings(raw)).code != before
+
+
 def test_a_new_module_in_a_subpackage_changes_the_code_hash(raw, code):
+    """components.models loads its modules by name on first use: a new one may be among them."""
     before = lineage(settings(raw)).code
     (code / "models" / "new_head.py").write_text("HEAD = 1\n")
     assert lineage(settings(raw)).code != before
+
+
+def test_the_trained_closure_has_the_models_and_not_the_tracking():
+    closure = module_closure(*TRAINED_BY)
+    assert {"components/training.py", "components/featurize.py", "components/models/multitask.py"} <= set(closure)
+    assert closure == sorted(closure)
+    for other in ["tracking", "demo", "serving", "evaluation", "compression"]:
+        assert f"components/{other}.py" not in closure
+
+
+def test_module_closure_follows_every_kind_of_import(tmp_path):
+    files = {
+        "__init__.py": "",
+        "main.py": "import os\nfrom pkg import plain\n\ndef later():\n    from pkg.sub import deep\n",
+        "plain.py": "from .relative import x\n",
+        "relative.py": "x = 1\n",
+        "sub/__init__.py": "from importlib import import_module\nload = lambda n: import_module(f'pkg.sub.{n}')\n",
+        "sub/deep.py": "",
+        "sub/lazy.py": "",
+        "unused.py": "import pkg.main\n",
+    }
+    for name, text in files.items():
+        (tmp_path / "pkg" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pkg" / name).write_text(text)
+    expected = ["__init__.py", "main.py", "plain.py", "relative.py", "sub/__init__.py", "sub/deep.py", "sub/lazy.py"]
+    assert module_closure("pkg.main", root=tmp_path / "pkg") == [f"pkg/{name}" for name in expected]
 
 
 def test_matches_needs_every_hash_equal():

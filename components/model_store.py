@@ -1,0 +1,265 @@
+"""The trained model's files: their names and layout, loading a model, feeding it and reading its predictions, and
+moving it between machines through the tracking server.
+
+`train.out` (default `models/`):
+    model.safetensors     best weights (by the monitored head's valid metric)
+    model.json            the ModelCard: spec, monitored metric and best epoch, featurizer key, dataset
+    history.json          per epoch: train loss per head, valid metrics per head
+    checkpoints/last.pt   model, optimizer and progress after the last finished epoch (what a resumed run continues)
+`compress.out` (default `models/compressed/`) holds one directory per kept variant, with its own `model.json` and
+`model.safetensors` (pruned) or `model.pt` (int8, a weights-only torch file).
+
+Across machines the model travels as artifacts of the training run (`model/` and `checkpoints/`), addressed by
+run id; `digest` is a content hash recorded at upload and checked after download, so a damaged or substituted copy
+is refused instead of evaluated and registered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from components.atomic import write_json
+from components.config import Section
+from components.dataset import SPLITS
+from components.errors import TrainingError
+from components.metrics import metrics_for
+from components.models import MultiTaskModel
+from components.models.spec import ModelSpec
+
+WEIGHTS = "model.safetensors"
+CARD = "model.json"
+HISTORY = "history.json"
+CHECKPOINT = Path("checkpoints") / "last.pt"
+INT8_WEIGHTS = "model.pt"
+MODEL_FILES = (WEIGHTS, CARD, HISTORY)  # what evaluation, compression and registration read: the digest's scope
+MODEL_ARTIFACTS = "model"  # artifact paths on the training run
+CHECKPOINT_ARTIFACTS = "checkpoints"
+EVAL_BATCH = 256
+
+
+class Monitor(Section):
+    head: str
+    metric: str
+    value: float
+    epoch: int
+
+
+class DatasetRef(Section):
+    name: str
+    version: str
+
+
+class ModelCard(Section):
+    """What `model.json` holds: enough to rebuild the model and to tell which features it was trained on."""
+
+    spec: ModelSpec
+    monitor: Monitor
+    featurizer_key: str
+    dataset: DatasetRef
+
+
+def monitored_head(spec: ModelSpec) -> str:
+    """The head whose valid metric selects the best epoch and whose predictions are served."""
+    return "fusion" if "fusion" in spec.heads else spec.heads[0]
+
+
+def read_card(out: str | Path) -> ModelCard:
+    path = Path(out) / CARD
+    try:
+        return ModelCard.model_validate_json(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"{path}: no readable model card ({type(e).__name__}); run `msa train`") from None
+
+
+def read_history(out: str | Path) -> list[dict]:
+    path = Path(out) / HISTORY
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"{path}: no readable training history ({type(e).__name__}); run `msa train`") from None
+
+
+def write_model(out: str | Path, weights: dict[str, torch.Tensor], card: ModelCard) -> None:
+    """The best weights and their card, each replaced atomically (weights first: a card never names missing ones)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{WEIGHTS}.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, tmp)
+    os.replace(tmp, out / WEIGHTS)
+    write_json(out / CARD, card.model_dump(mode="json"))
+
+
+def write_history(out: str | Path, history: list[dict]) -> None:
+    write_json(Path(out) / HISTORY, history)
+
+
+def digest(out: str | Path) -> str:
+    """Content hash of the model's files (weights, card, history), independent of where they lie."""
+    total = hashlib.sha256()
+    for name in MODEL_FILES:
+        path = Path(out) / name
+        if not path.is_file():
+            raise TrainingError(f"{path}: missing; run `msa train`")
+        with path.open("rb") as f:
+            total.update(f"{name}\0".encode() + hashlib.file_digest(f, "sha256").digest())
+    return total.hexdigest()
+
+
+def load_trained(out: str | Path, *, standalone: bool = False) -> MultiTaskModel:
+    """The best model `train` wrote to `out`, rebuilt from its card; safetensors weights (no code runs on load).
+
+    `standalone=True`: with the frozen transformer inside (loaded from the text model the spec names), so that the
+    model runs on token ids without precomputed states.
+    """
+    from safetensors.torch import load_file
+
+    out = Path(out)
+    spec = read_card(out).spec
+    try:
+        weights = load_file(out / WEIGHTS)
+    except (OSError, ValueError) as e:
+        raise TrainingError(
+            f"{out / WEIGHTS}: no readable weights ({type(e).__name__}: {e}); run `msa train`"
+        ) from None
+    frozen = spec.text is not None and spec.text.mode == "frozen"
+    model = MultiTaskModel(spec, pretrained=standalone and frozen, standalone=standalone)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # Only a carried frozen transformer may be absent from the file: it was never trained, its weights are pretrained.
+    missing = [k for k in missing if not (standalone and frozen and k.startswith("token_states.transformer."))]
+    if missing or unexpected:
+        raise TrainingError(
+            f"{out / WEIGHTS}: weights do not match {out / CARD} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); retrain with `msa train`"
+        )
+    return model.eval()
+
+
+def model_inputs(
+    arrays: dict[str, np.ndarray], spec: ModelSpec, *, standalone: bool = False
+) -> dict[str, torch.Tensor]:
+    """The feature arrays (split codes included) as tensors, with the precomputed token states only where the model
+    reads them: a frozen encoder that is not carried inside (a standalone model computes its own)."""
+    states = spec.text is not None and spec.text.mode == "frozen" and not standalone
+    return {k: torch.from_numpy(v) for k, v in arrays.items() if k != "text.states" or states}
+
+
+def split_rows(split_codes: torch.Tensor, split: str) -> torch.Tensor:
+    """Row indices of one split."""
+    return torch.nonzero(split_codes == SPLITS.index(split)).flatten()
+
+
+def predict(
+    model: MultiTaskModel,
+    tensors: dict[str, torch.Tensor],
+    rows: torch.Tensor,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per head: predictions (scores, or logits) and the presence mask, as float32 numpy arrays, for `rows`."""
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list] = {}
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        for part in rows.split(EVAL_BATCH):
+            batch = {k: v[part].to(device) for k, v in tensors.items()}
+            presence = model.presence(batch)
+            for head, prediction in model(batch).items():
+                chunks.setdefault(head, []).append((prediction.float().cpu(), presence[head].cpu()))
+    model.train(was_training)
+    return {h: (torch.cat([p for p, _ in c]).numpy(), torch.cat([m for _, m in c]).numpy()) for h, c in chunks.items()}
+
+
+def evaluate_heads(
+    model: MultiTaskModel,
+    tensors: dict[str, torch.Tensor],
+    rows: torch.Tensor,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+) -> dict[str, dict]:
+    """Metrics of every head on `rows`, each over the samples where its modality is present."""
+    spec = model.spec
+    label = tensors["label"][rows].numpy()
+    return {
+        head: metrics_for(spec.label.kind, prediction[present], label[present], spec.label.classes)
+        for head, (prediction, present) in predict(model, tensors, rows, device, amp).items()
+    }
+
+
+def evaluate_split(features: str | Path, out: str | Path, split: str) -> dict[str, dict]:
+    """Metrics of every head of the model in `out` on one split of `features`, on the CPU."""
+    from components.featurize import load_features
+
+    model = load_trained(out)
+    tensors = model_inputs(load_features(features)[0], model.spec)
+    rows = split_rows(tensors.pop("split"), split)
+    return evaluate_heads(model, tensors, rows, torch.device("cpu"))
+
+
+# --- between machines: the tracking server's artifact store -----------------------------------------------------------
+
+
+def publish(out: str | Path, client: Any, run_id: str) -> str:
+    """Upload the trained model's files as artifacts `model/` of run `run_id`; returns their digest."""
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="msa-publish-") as tmp:
+        staged = Path(tmp) / MODEL_ARTIFACTS
+        staged.mkdir()
+        for name in MODEL_FILES:
+            shutil.copy2(out / name, staged / name)  # a snapshot: training may write the next epoch meanwhile
+        value = digest(staged)
+        client.log_artifacts(run_id, str(staged), MODEL_ARTIFACTS)
+    return value
+
+
+def publish_checkpoint(out: str | Path, client: Any, run_id: str) -> None:
+    """Upload the last checkpoint (and the history it continues), so a replacement worker resumes from it."""
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="msa-checkpoint-") as tmp:
+        staged = Path(tmp)
+        shutil.copy2(out / CHECKPOINT, staged / CHECKPOINT.name)
+        client.log_artifacts(run_id, str(staged), CHECKPOINT_ARTIFACTS)
+
+
+def fetch(client: Any, run_id: str, out: str | Path, expected: str) -> Path:
+    """Download run `run_id`'s `model/` into `out`, after checking its digest against `expected`.
+
+    A mismatch (a damaged upload, a file replaced in the store) raises TrainingError and leaves `out` as it was.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".msa-fetch-", dir=out) as tmp:
+        local = Path(client.download_artifacts(run_id, MODEL_ARTIFACTS, tmp))
+        got = digest(local)
+        if got != expected:
+            raise TrainingError(
+                f"the model downloaded from training run {run_id} has digest {got[:16]}..., but {expected[:16]}... "
+                "was recorded when it was uploaded: the artifact store holds other bytes. Nothing was evaluated or "
+                "registered; run the pipeline again to retrain"
+            )
+        for name in MODEL_FILES:
+            os.replace(local / name, out / name)
+    return out
+
+
+def fetch_checkpoint(client: Any, run_id: str, out: str | Path) -> bool:
+    """Download run `run_id`'s last checkpoint into `out/checkpoints/`; False when it stored none."""
+    out = Path(out)
+    names = [Path(a.path).name for a in client.list_artifacts(run_id, CHECKPOINT_ARTIFACTS)]
+    if CHECKPOINT.name not in names:
+        return False
+    (out / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".msa-fetch-", dir=out / CHECKPOINT.parent) as tmp:
+        local = Path(client.download_artifacts(run_id, f"{CHECKPOINT_ARTIFACTS}/{CHECKPOINT.name}", tmp))
+        os.replace(local, out / CHECKPOINT)
+    return True
