@@ -1,66 +1,51 @@
-"""MLflow: one parent run per pipeline run, a child run per head and per compressed variant, and the registered
-model with its `challenger` / `champion` aliases.
+"""MLflow, live: one parent run per pipeline run, opened when validation starts and logged stage by stage.
 
-Every child run logs the same metric keys (`test_<metric>`, `valid_<metric>`), so MLflow's compare view lines the
-heads and the compressed variants up side by side; per-epoch curves are `epoch_train_loss` and
-`epoch_valid_<metric>`. The tracking URI is MLflow's own setting: `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db`
-with artifacts under `./mlruns`.
+A user watching the MLflow UI sees, while the pipeline runs:
+    validate   the dataset as the run's input (name, DVC md5 as digest, version) and the validation report
+    train      a `train` child run with system metrics (CPU, memory; GPU when present) and the checkpoints, and a
+               child run per head whose curves (`epoch_train_loss`, `epoch_valid_<metric>`) grow epoch by epoch;
+               the parent carries the monitored head's curves
+    evaluate   `valid_<metric>` / `test_<metric>` on every head's run (the same keys, so the compare view lines
+               them up) and the plots on the parent
+    compress   a child run per variant, with the settings that tell it apart and its measurements
+    register   the pyfunc model, the model card and the gate's decision (components.registry)
+Every child run carries the params that tell it apart (a head's sub-model settings, a variant's settings).
 
-Registration never leaves a half-registered version: the gate's inputs are gathered and checked before anything
-is created, and when a step after `create_model_version` fails the version is deleted (or, if the server cannot
-even do that, tagged `msa.status=failed` without an alias). `champion` moves last, and only when the candidate
-beats the champion on the same test split by more than `register.margin`.
+The parent run is FINISHED when the pipeline ends, FAILED when a stage fails, KILLED when interrupted. A process
+that dies without saying so stops refreshing the run's heartbeat tag; the next pipeline run of the experiment
+closes such a run as KILLED. Work on another machine (training on a GPU pool) addresses the run by id through the
+tracking server only: no stage assumes a disk shared with another.
+
+The tracking URI is MLflow's own setting: `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` with artifacts under
+`./mlruns`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import math
 import os
-import subprocess
-import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import yaml
-
 from components.config import Params, RegisterParams
-from components.dataset import SEQUENCE_MODALITIES, Dataset, read_dataset, read_manifest
 from components.errors import TrackingError
-from components.lineage import lineage
-from components.metrics import is_better, metrics_for, primary_metric
-from components.models.spec import ModelSpec
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-CHALLENGER, CHAMPION = "challenger", "champion"
-MODEL_ARTIFACT = "model"
-PIP_REQUIREMENTS = ("torch", "transformers", "safetensors", "numpy", "pandas", "pillow", "pydantic", "pyyaml")
-
-
-@dataclass(frozen=True)
-class Registration:
-    experiment: str
-    run_id: str
-    name: str
-    version: str
-    metric: str  # "<split> <head> <metric>"
-    score: float
-    champion_before: str | None  # the champion's version when the gate ran
-    champion_score: float | None
-    promoted: bool
-    decision: str
-
-    def summary(self) -> str:
-        return (
-            f"register: run {self.run_id} in experiment '{self.experiment}'; {self.name} version {self.version} is "
-            f"{CHALLENGER}{f' and {CHAMPION}' if self.promoted else ''} ({self.decision})"
-        )
+KIND, HEAD, VARIANT = "msa.kind", "msa.head", "msa.variant"  # tags that tell the runs of a pipeline run apart
+HEARTBEAT = "msa.heartbeat"  # unix seconds, refreshed while the run's process lives
+MODEL_DIGEST = "msa.model_digest"  # on the train run: the content hash of its uploaded model/
+PARENT = "mlflow.parentRunId"
+# The MLflow 3 UI opens experiments of this kind in its model-training view rather than the GenAI one.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+HEARTBEAT_EVERY_S = 30
+STALE_AFTER_S = 300  # a RUNNING pipeline run whose heartbeat is this old has lost its process
+VARIANT_RUN_NAMES = {"int8": "int8", "prune_unstructured": "unstructured prune", "prune_structured": "structured prune"}
 
 
 def tracking_uri() -> str:
@@ -87,382 +72,287 @@ def connected(settings: RegisterParams) -> Iterator[Any]:
     except Exception as e:  # noqa: BLE001 - requests, MLflow and SQLAlchemy each raise their own
         raise TrackingError(
             f"tracking server {uri} does not answer (gave up after {settings.retries} retries): "
-            f"{type(e).__name__}: {_first_line(e)}. Nothing was logged or registered."
+            f"{type(e).__name__}: {first_line(e)}. Nothing was logged or registered."
         ) from None
     yield client
 
 
-def register(params: Params, *, force_gate_rescore: bool = False) -> Registration:
-    """Log this pipeline run (params, metrics, curves, plots, reports, model card, the pyfunc model) and register it.
+def experiment_id(client: Any, name: str) -> str:
+    """The experiment `name`, created in the model-training view if it does not exist yet."""
+    from mlflow.exceptions import MlflowException
 
-    Reads what the stages wrote: featurize.out, train.out, evaluate.metrics/plots, compress.report,
-    validate.report. `force_gate_rescore` re-scores the champion on the test split even when its recorded
-    score was measured on the same split.
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
+        except MlflowException:  # created meanwhile by a concurrent run
+            experiment = client.get_experiment_by_name(name)
+    if experiment.tags.get(EXPERIMENT_KIND[0]) is None:
+        client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+@contextmanager
+def pipeline_run(client: Any, experiment: str, run_name: str, tags: Mapping[str, str], params: Params) -> Iterator[str]:
+    """Open the parent run of one pipeline run and yield its id; close it FINISHED, FAILED or KILLED.
+
+    Opening it first closes runs of the experiment whose process died (a stale heartbeat).
     """
-    from components.featurize import read_state
-    from components.serving import package_model, raw_frame
-    from components.training import HISTORY, MODEL_CARD
+    exp = experiment_id(client, experiment)
+    close_stale_runs(client, exp)
+    run = client.create_run(exp, run_name=run_name, tags={**tags, KIND: "pipeline", HEARTBEAT: str(int(time.time()))})
+    run_id = run.info.run_id
+    log_params(client, run_id, flatten(params.model_dump(mode="json", by_alias=True), "."))
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(client, run_id, stop), daemon=True, name="msa-heartbeat")
+    beat.start()
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        stop.set()
+        beat.join(timeout=5)
+        _terminate_family(client, run_id, status)
 
-    settings = params.registry
-    state = read_state(params.featurize.out)
-    dataset = read_dataset(params.data.raw)
-    card = _read_json(params.train.out / MODEL_CARD, "run `msa train`")
-    metrics = _read_json(params.evaluate.metrics, "run `msa evaluate`")
-    compression = _read_json(params.compress.report, "run `msa compress`") if params.compress.report.exists() else {}
-    history = _read_json(params.train.out / HISTORY, "run `msa train`")
-    head, (metric, _) = card["monitor"]["head"], primary_metric(state.label_kind)
-    if "test" not in metrics or head not in metrics["test"]:
-        raise TrackingError(f"{params.evaluate.metrics}: no test metrics for head {head!r}: evaluate the test split")
-    score = float(metrics["test"][head][metric])
-    name = settings.model_name or state.dataset
-    experiment = settings.experiment or state.dataset
-    test_split = split_fingerprint(dataset, "test")
 
-    with connected(settings) as client, tempfile.TemporaryDirectory(prefix="msa-package-") as tmp:
-        import mlflow
+def close_stale_runs(client: Any, experiment: str, *, now: float | None = None) -> list[str]:
+    """Mark KILLED the RUNNING pipeline runs (and their RUNNING children) whose heartbeat stopped; their ids."""
+    now = time.time() if now is None else now
+    runs = client.search_runs(
+        [experiment], filter_string=f"attributes.status = 'RUNNING' and tags.`{KIND}` = 'pipeline'", max_results=100
+    )
+    closed = []
+    for run in runs:
+        beat = float(run.data.tags.get(HEARTBEAT, run.info.start_time / 1000))
+        if now - beat > STALE_AFTER_S:
+            client.set_tag(run.info.run_id, "msa.closed_by", "a later pipeline run: its process stopped answering")
+            _terminate_family(client, run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    return closed
 
-        package = package_model(params.train.out, params.featurize.out, Path(tmp) / "package")
-        example = raw_frame(dataset, "test", limit=2, inline_images=True).drop(columns=["id", "label"])
-        signature = model_signature(ModelSpec.model_validate(card["spec"]))
-        _check_compatible(client, name, signature)  # before anything is written
-        champion = _champion(client, name)
 
-        mlflow.set_experiment(experiment)
-        tags = run_tags(params, state.dataset, state.dataset_version, test_split)
-        with mlflow.start_run(run_name=f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags) as parent:
-            mlflow.log_params(_flatten(params.model_dump(mode="json", by_alias=True), "."))
-            for h in card["spec"]["heads"]:
-                with mlflow.start_run(run_name=h, nested=True, tags={**tags, "msa.kind": "head", "msa.head": h}):
-                    _log_metrics(client, mlflow.active_run().info.run_id, metrics, h)
-                    _log_history(client, mlflow.active_run().info.run_id, history, h)
-            for variant, figures in compression.get("variants", {}).items():
-                variant_tags = {
-                    **tags,
-                    "msa.kind": "compressed",
-                    "msa.variant": variant,
-                    "msa.kept": str(figures["kept"]),
-                }
-                with mlflow.start_run(run_name=f"compressed {variant}", nested=True, tags=variant_tags):
-                    mlflow.log_metrics(_compression_metrics(figures))
-            _log_metrics(client, parent.info.run_id, metrics, head)
-            if compression:
-                mlflow.log_metrics(_compression_metrics(compression["baseline"]))
-            _log_reports(params)
-            mlflow.log_text(
-                model_card(tags, dataset.manifest.synthetic, card, metrics, compression),
-                "model_card.md",
-            )
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                loader_module="components.serving",
-                data_path=str(package),
-                code_paths=[str(Path(__file__).parent)],
-                signature=signature,
-                input_example=example,
-                pip_requirements=_pip_requirements(),
-            )
-            champion_score = None
-            if champion is not None:
-                champion_score = _champion_score(champion, name, dataset, test_split, metric, force_gate_rescore)
-            promoted, decision = gate(state.label_kind, score, champion, champion_score, settings.margin)
-            gate_tags = {
-                "msa.metric": f"test {head} {metric}",
-                "msa.score": f"{score:.6g}",
-                "msa.champion_before": champion.version if champion else "none",
-                "msa.champion_score": "none" if champion_score is None else f"{champion_score:.6g}",
-                "msa.decision": decision,
-                "msa.test_split": test_split,
-                **tags,  # the lineage, so a later run can tell it would train the same model
+def child_runs(client: Any, parent: str, kind: str) -> list[Any]:
+    """The child runs of `parent` of one kind (`train`, `head`, `variant`), oldest first."""
+    run = client.get_run(parent)
+    return client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.`{PARENT}` = '{parent}' and tags.`{KIND}` = '{kind}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1000,
+    )
+
+
+def child_run(client: Any, parent: str, kind: str, name: str, tags: Mapping[str, str] | None = None) -> str:
+    """The id of `parent`'s child run of `kind` named `name`: the existing one (reopened if a killed worker left
+    it ended), else a new one. Its tags are the parent's lineage tags plus `tags`."""
+    for run in child_runs(client, parent, kind):
+        if run.info.run_name == name:
+            if run.info.status != "RUNNING":
+                client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
+    parent_run = client.get_run(parent)
+    inherited = {k: v for k, v in parent_run.data.tags.items() if not k.startswith("mlflow.") and k != HEARTBEAT}
+    inherited.pop(KIND, None)
+    run = client.create_run(
+        parent_run.info.experiment_id, run_name=name, tags={**inherited, **(tags or {}), PARENT: parent, KIND: kind}
+    )
+    return run.info.run_id
+
+
+# --- stages -----------------------------------------------------------------------------------------------------------
+
+
+def log_dataset(client: Any, run_id: str, dataset: Any, digest: str, source: Mapping[str, str]) -> None:
+    """The dataset as the run's input: its name, `digest` (DVC's md5 of data/raw) and where to get it."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    samples = dataset.samples
+    entity = Dataset(
+        name=dataset.manifest.name,
+        digest=digest[:12],  # what the runs table's Dataset column has room for; `source` holds all of it
+        source_type="dvc",
+        source=json.dumps(dict(source)),
+        schema=json.dumps({"columns": list(samples.columns)}),
+        profile=json.dumps(
+            {
+                "version": dataset.manifest.version,
+                "samples": len(samples),
+                "splits": {str(k): int(v) for k, v in samples["split"].value_counts().items()},
+                "modalities": list(dataset.manifest.modalities.present),
             }
-            version = _create_version(client, name, info, parent.info.run_id, gate_tags, promoted)
-            mlflow.set_tags({**gate_tags, "msa.registered_version": version})
-    return Registration(
-        experiment=experiment,
-        run_id=parent.info.run_id,
-        name=name,
-        version=version,
-        metric=f"test {head} {metric}",
-        score=score,
-        champion_before=champion.version if champion else None,
-        champion_score=champion_score,
-        promoted=promoted,
-        decision=decision,
+        ),
     )
+    context = InputTag(key="mlflow.data.context", value="training")
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=[context])])
 
 
-def gate(kind: str, score: float, champion: Any, champion_score: float | None, margin: float) -> tuple[bool, str]:
-    """(promote?, why): the first model becomes champion; later ones must beat it by more than `margin`."""
-    metric, mode = primary_metric(kind)
-    if champion is None:
-        return True, "first model: promoted to champion"
-    if champion_score is None or not math.isfinite(champion_score):
-        return True, f"champion v{champion.version} has no usable test score: promoted"
-    target = champion_score - margin if mode == "min" else champion_score + margin
-    if is_better(kind, score, target):
-        return (
-            True,
-            f"{metric} {score:.4f} beats champion v{champion.version}'s {champion_score:.4f} by more than {margin}",
-        )
-    return (
-        False,
-        f"{metric} {score:.4f} does not beat champion v{champion.version}'s {champion_score:.4f} by more than {margin}",
-    )
+def log_validation(client: Any, run_id: str, report: Mapping[str, Any], report_path: Path) -> None:
+    log_numbers(client, run_id, {"validation_expectations": report["evaluated"], "validation_failed": report["failed"]})
+    client.log_artifact(run_id, str(report_path), "reports")
 
 
-def split_fingerprint(dataset: Dataset, split: str) -> str:
-    """A hash of one split's samples (ids, texts, labels, image paths, sequence rows) and the dataset version."""
-    rows = dataset.samples[dataset.samples["split"] == split]
-    digest = hashlib.sha256(f"{dataset.manifest.name}\0{dataset.manifest.version}\0".encode())
-    digest.update(pd.util.hash_pandas_object(rows.astype(str), index=False).to_numpy().tobytes())
-    return digest.hexdigest()[:16]
+class TrainingLog:
+    """The `train` child run and the head runs of one pipeline run, fed by training's epoch callback.
+
+    Works from any machine that reaches the tracking server: it creates (or, for a retried flow run on a fresh
+    worker, finds) the runs under `parent`, uploads the checkpoint after every epoch and the model when it improves.
+    """
+
+    def __init__(self, client: Any, parent: str, spec: Any, out: Path) -> None:
+        from components.model_store import monitored_head
+
+        self.client, self.parent, self.spec, self.out = client, parent, spec, Path(out)
+        self.run_id = child_run(client, parent, "train", "train")
+        self.heads = {h: child_run(client, parent, "head", h, {HEAD: h}) for h in spec.heads}
+        self.monitored = monitored_head(spec)
+        for head, run_id in self.heads.items():
+            log_params(client, run_id, head_params(spec, head))
+        self.monitor = None
+
+    def watch_system(self) -> None:
+        """Sample CPU, memory, disk, network (and GPU, with nvidia-ml-py) into the train run until `close`."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self.monitor = SystemMetricsMonitor(self.run_id, sampling_interval=5, resume_logging=True)
+        self.monitor.start()
+
+    def restore(self) -> bool:
+        """Download the stored checkpoint and the model it pairs with into `out`, for a worker with an empty disk;
+        False when the store holds none (training starts over)."""
+        from components import model_store
+
+        tags = self.client.get_run(self.run_id).data.tags
+        if MODEL_DIGEST not in tags or not model_store.fetch_checkpoint(self.client, self.run_id, self.out):
+            return False
+        model_store.fetch(self.client, self.run_id, self.out, tags[MODEL_DIGEST])
+        return True
+
+    def log_epoch(self, record: dict) -> None:
+        """One epoch's curves: every head's on its run, the monitored head's on the parent too."""
+        epoch, when = record["epoch"], int(time.time() * 1000)
+        for head, run_id in self.heads.items():
+            log_numbers(self.client, run_id, epoch_metrics(record, head), step=epoch, when=when)
+        log_numbers(self.client, self.parent, epoch_metrics(record, self.monitored), step=epoch, when=when)
+
+    def on_epoch(self, record: dict, improved: bool) -> None:
+        """Training's epoch callback: the curves, the checkpoint, and the model when it improved."""
+        from components import model_store
+
+        self.log_epoch(record)
+        if improved:
+            self.client.set_tag(self.run_id, MODEL_DIGEST, model_store.publish(self.out, self.client, self.run_id))
+        model_store.publish_checkpoint(self.out, self.client, self.run_id)
+
+    def finish(self, summary: Mapping[str, float] | None = None) -> str:
+        """Upload the final model (with the whole history) and return its digest, the pipeline's to check."""
+        from components import model_store
+
+        value = model_store.publish(self.out, self.client, self.run_id)
+        self.client.set_tag(self.run_id, MODEL_DIGEST, value)
+        log_numbers(self.client, self.run_id, summary or {})
+        return value
+
+    def close(self, status: str) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+        for run_id in self.heads.values():
+            if status != "FINISHED":  # the heads stay open for evaluate's metrics when training succeeded
+                self.client.set_terminated(run_id, status)
+        self.client.set_terminated(self.run_id, status)
 
 
-def run_tags(params: Params, dataset: str, version: str, test_split: str) -> dict[str, str]:
+def trained_model_digest(client: Any, parent: str) -> tuple[str, str]:
+    """(train run id, recorded model digest) of the pipeline run `parent`."""
+    runs = [r for r in child_runs(client, parent, "train") if MODEL_DIGEST in r.data.tags]
+    if not runs:
+        raise TrackingError(f"pipeline run {parent} has no train run with an uploaded model: training did not finish")
+    return runs[-1].info.run_id, runs[-1].data.tags[MODEL_DIGEST]
+
+
+def log_evaluation(client: Any, parent: str, spec: Any, metrics: Mapping, plots: Path, metrics_path: Path) -> None:
+    """Every head's valid and test metrics on its run (ending it), the monitored head's on the parent, the plots."""
+    from components.model_store import monitored_head
+
+    for head in spec.heads:
+        run_id = child_run(client, parent, "head", head, {HEAD: head})
+        log_params(client, run_id, head_params(spec, head))
+        log_numbers(client, run_id, split_metrics(metrics, head))
+        client.set_terminated(run_id, "FINISHED")
+    log_numbers(client, parent, split_metrics(metrics, monitored_head(spec)))
+    client.log_artifact(parent, str(metrics_path), "reports")
+    if Path(plots).is_dir():
+        client.log_artifacts(parent, str(plots), "plots")
+
+
+def log_compression(client: Any, parent: str, report: Mapping, report_path: Path, tolerance: float) -> None:
+    """A run per variant with its settings and measurements; the uncompressed model's measurements on the parent."""
+    for variant, figures in report.get("variants", {}).items():
+        name = VARIANT_RUN_NAMES.get(variant, variant)
+        run_id = child_run(client, parent, "variant", name, {VARIANT: variant, "msa.kept": str(figures["kept"])})
+        settings = {
+            "variant": variant,
+            "sparsity": round(figures.get("sparsity", 0.0), 4),
+            "finetune_epochs": figures.get("finetune_epochs", 0),
+            "tolerance_points": tolerance,
+            "metric": report.get("metric"),
+            "kept": figures["kept"],
+        }
+        log_params(client, run_id, settings)
+        log_numbers(client, run_id, compression_metrics(figures))
+        client.set_terminated(run_id, "FINISHED")
+    if "baseline" in report:
+        log_numbers(client, parent, compression_metrics(report["baseline"]))
+    client.log_artifact(parent, str(report_path), "reports")
+
+
+# --- what is logged ---------------------------------------------------------------------------------------------------
+
+
+def head_params(spec: Any, head: str) -> dict[str, Any]:
+    """The settings that tell one head's sub-model apart from the others'."""
+    p = spec.params
+    values: dict[str, Any] = {"head": head, "hidden": p.hidden}
+    if head in ("lstm", "textcnn", "han"):
+        values |= {"input": "text", "text_encoder": spec.text.encoder, "text_encoder_mode": spec.text.mode}
+        values |= {"dropout": p.dropout}
+        if head == "textcnn":
+            values |= {
+                "filter_sizes": ",".join(map(str, p.textcnn.filter_sizes)),
+                "feature_maps": p.textcnn.feature_maps,
+                "dropout": p.textcnn.dropout,
+            }
+    elif head == "fusion":
+        values |= {"input": ",".join(spec.encoders), "fusion": "hierarchical attention", "dropout": p.dropout}
+    else:
+        values |= {"input": head, "dropout": p.dropout}
+        sequence = getattr(spec, head, None)
+        if head in ("audio", "vision") and sequence is not None:
+            values |= {"feature_dim": sequence.dim, "max_frames": sequence.max_len}
+    return values
+
+
+def epoch_metrics(record: Mapping, head: str) -> dict[str, float]:
+    values = {"epoch_train_loss": record["train_loss"][head]} if head in record["train_loss"] else {}
+    values |= {f"epoch_valid_{k}": v for k, v in record["valid"].get(head, {}).items()}
+    return values
+
+
+def split_metrics(metrics: Mapping, head: str) -> dict[str, float]:
+    """`{split}_{metric}` of one head (per-class tables flattened: `test_per_class_<class>_f1`)."""
     return {
-        **lineage(params).tags(),
-        "git_commit": _git_commit(),
-        "data_dvc_md5": _data_dvc_md5(),
-        "dataset": dataset,
-        "dataset_version": version,
-        "msa.test_split": test_split,
+        f"{split}_{key}": value
+        for split, heads in metrics.items()
+        if head in heads
+        for key, value in flatten(heads[head], "_").items()
     }
 
 
-def registered_with_same_lineage(params: Params) -> str | None:
-    """Which registered version, if any, was trained from the same data, settings and code as `params` describe.
-
-    Looks at the champion and the latest version (one that lost the gate needs no retraining either). None when
-    there is no such version, or no registered model yet.
-    """
-    from mlflow.exceptions import MlflowException
-
-    ours = lineage(params)
-    name = params.registry.model_name or read_manifest(params.data.raw).name
-    with connected(params.registry) as client:
-        candidates = [(CHAMPION, _champion(client, name))]
-        try:
-            latest = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
-        except MlflowException:
-            latest = []
-        candidates += [("latest", v) for v in latest]
-    for role, version in candidates:
-        if version is not None and ours.matches(version.tags or {}):
-            return (
-                f"{name} version {version.version} ({role}) was trained from the same {ours.summary()}: "
-                "nothing to retrain"
-            )
-    return None
-
-
-def model_signature(spec: ModelSpec) -> Any:
-    """Inputs: the raw columns of the model's modalities (text required); outputs: score and class."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, DataType, Schema
-
-    columns = []
-    if spec.text is not None:
-        columns.append(ColSpec(DataType.string, "text"))
-    if spec.image is not None:
-        columns += [
-            ColSpec(DataType.string, "image", required=False),
-            ColSpec(DataType.string, "image_base64", required=False),
-        ]
-    for m in SEQUENCE_MODALITIES:
-        if getattr(spec, m) is not None:
-            columns.append(ColSpec(Array(Array(DataType.double)), m, required=False))
-    outputs = Schema([ColSpec(DataType.double, "score"), ColSpec(DataType.string, "class")])
-    return ModelSignature(inputs=Schema(columns), outputs=outputs)
-
-
-def model_card(tags: Mapping[str, str], synthetic: bool, card: dict, metrics: dict, compression: dict) -> str:
-    """Markdown for the run's `model_card.md`; `tags` are the run's (`run_tags`): dataset, data hash, commit."""
-    head, dataset, version = card["monitor"]["head"], tags["dataset"], tags["dataset_version"]
-    lines = [
-        f"# Multimodal sentiment model: {dataset} v{version}",
-        "",
-        f"- **Data**: dataset `{dataset}` version `{version}` (content hash `{tags['data_hash']}`, "
-        f"data.dvc md5 `{tags['data_dvc_md5']}`)" + (" - SYNTHETIC demo data, not real sentiment" if synthetic else ""),
-        f"- **Code**: git `{tags['git_commit']}`, components hash `{tags['code_hash']}`; "
-        f"params hash `{tags['params_hash']}`",
-        f"- **Architecture**: heads {', '.join(card['spec']['heads'])}; predictions come from `{head}`",
-        f"- **Selected by**: valid {card['monitor']['metric']} {card['monitor']['value']:.4f} "
-        f"at epoch {card['monitor']['epoch']}",
-        "",
-        "## Metrics (test split)",
-        "",
-    ]
-    keys = [k for k, v in metrics["test"][head].items() if isinstance(v, int | float)]
-    lines += ["| head | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for h, values in metrics["test"].items():
-        lines.append(f"| {h} | " + " | ".join(_fmt(values.get(k)) for k in keys) + " |")
-    if compression:
-        lines += ["", f"## Compression (test split, {compression.get('metric')} of `{head}`)", ""]
-        lines += [
-            "| variant | size MB | non-zero params | p50 ms (batch 1) | per s (batch 64) | drop (points) | kept |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        rows = {"uncompressed": compression["baseline"], **compression.get("variants", {})}
-        for variant, f in rows.items():
-            lines.append(
-                f"| {variant} | {f['size_bytes'] / 1e6:.1f} | {f['nonzero_params']:,} | {f['latency_ms_p50']:.1f} | "
-                f"{f['throughput_per_s']:.0f} | {_fmt(f.get('drop_points', 0.0))} | {f.get('kept', True)} |"
-            )
-    lines += [
-        "",
-        "## Intended use",
-        "",
-        "Scoring the sentiment of short opinion utterances or posts (text, with an image and/or audio/visual "
-        "feature sequences where the training data had them), for research and for comparing models in this "
-        "pipeline. Input: the raw columns in the model's signature; output: `score` and `class`.",
-        "",
-        "## Limits",
-        "",
-        "- Trained on one dataset: scores outside its domain, language and label range are not calibrated.",
-        "- Audio/visual sequences must be extracted exactly as in training (same feature extractor and dimension).",
-        "- The text encoder is frozen or fine-tuned from a general-purpose sentence model; sarcasm and long texts "
-        "(beyond the tokenizer's max_tokens) are truncated or missed.",
-        "- Not for decisions about individuals.",
-    ]
-    if synthetic:
-        lines.append("- This model was trained on SYNTHETIC demo data: its metrics say nothing about real sentiment.")
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _champion(client: Any, name: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None  # no such registered model, or no champion yet
-
-
-def _champion_score(
-    champion: Any, name: str, dataset: Dataset, test_split: str, metric: str, rescore: bool
-) -> float | None:
-    """The champion's primary test metric on this test split: its recorded score when it was measured on the same
-    split, else measured now through its own pyfunc (a different dataset version has a different test split)."""
-    tags = champion.tags or {}
-    if not rescore and tags.get("msa.test_split") == test_split and tags.get("msa.score") not in (None, "none"):
-        return float(tags["msa.score"])
-    import mlflow
-
-    from components.serving import raw_frame
-
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}")
-    frame = raw_frame(dataset, "test")
-    predicted = model.predict(frame.drop(columns=["id", "label"]))
-    labels = frame["label"].to_numpy()
-    if dataset.manifest.label.kind == "regression":
-        return float(metrics_for("regression", predicted["score"].to_numpy(), labels)[metric])
-    classes = list(dataset.manifest.label.classes)
-    if not set(predicted["class"]) <= set(classes):
-        return None  # the champion predicts other classes: not comparable, the challenger wins
-    indices = [classes.index(c) for c in predicted["class"]]
-    return float(metrics_for("classification", indices, [classes.index(c) for c in labels], classes)[metric])
-
-
-def _check_compatible(client: Any, name: str, signature: Any) -> None:
-    """Refuse to add a version whose inputs differ from the registered model's latest version."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import get_model_info
-
-    try:
-        versions = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
-    except MlflowException:
-        return
-    if not versions:
-        return
-    latest = versions[0]
-    try:
-        theirs = get_model_info(f"models:/{name}/{latest.version}").signature
-    except Exception as e:  # noqa: BLE001 - an unreadable old version: say so rather than guess
-        raise TrackingError(
-            f"registered model '{name}' version {latest.version} cannot be read to compare signatures: {_first_line(e)}"
-        ) from None
-    ours = signature.inputs.to_dict()
-    if theirs is None or theirs.inputs.to_dict() != ours:
-        found = "no signature" if theirs is None else _columns(theirs.inputs.to_dict())
-        raise TrackingError(
-            f"registered model '{name}' takes {found} (version {latest.version}), but this model takes "
-            f"{_columns(ours)}: a different input contract needs its own name (set register.model_name)"
-        )
-
-
-def _create_version(client: Any, name: str, info: Any, run_id: str, tags: dict[str, str], promote: bool) -> str:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.create_registered_model(name, description="Multimodal sentiment model registered by `msa register`")
-    except MlflowException as e:
-        if e.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise TrackingError(f"cannot create registered model '{name}': {_first_line(e)}") from None
-    version = client.create_model_version(
-        name, source=info.model_uri, run_id=run_id, model_id=info.model_id, tags={"msa.status": "registering"}
-    ).version
-    try:
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, value)
-        client.set_registered_model_alias(name, CHALLENGER, version)
-        if promote:
-            client.set_registered_model_alias(name, CHAMPION, version)  # last: nothing can fail after it
-        client.set_model_version_tag(name, version, "msa.status", "registered")
-    except Exception as e:  # noqa: BLE001 - whatever broke, the half-made version must not stay usable
-        raise TrackingError(
-            f"registering '{name}' version {version} failed ({type(e).__name__}: {_first_line(e)}); "
-            f"{_discard(client, name, version)}; the champion is unchanged"
-        ) from None
-    return version
-
-
-def _discard(client: Any, name: str, version: str) -> str:
-    try:
-        client.delete_model_version(name, version)
-        return f"version {version} was deleted"
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        client.set_model_version_tag(name, version, "msa.status", "failed")
-        return f"version {version} could not be deleted and is tagged msa.status=failed"
-    except Exception:  # noqa: BLE001
-        return f"version {version} could not be deleted or tagged: delete it by hand"
-
-
-def _log_metrics(client: Any, run_id: str, metrics: Mapping, head: str) -> None:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    batch = [
-        Metric(f"{split}_{key}", value, now, 0)
-        for split, heads in metrics.items()
-        if head in heads
-        for key, value in _flatten(heads[head], "_").items()
-        if isinstance(value, int | float) and math.isfinite(value)
-    ]
-    client.log_batch(run_id, metrics=batch)
-
-
-def _log_history(client: Any, run_id: str, history: list[dict], head: str) -> None:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    batch = []
-    for epoch in history:
-        step = epoch["epoch"]
-        if head in epoch["train_loss"]:
-            batch.append(Metric("epoch_train_loss", epoch["train_loss"][head], now, step))
-        for key, value in epoch["valid"].get(head, {}).items():
-            if isinstance(value, int | float) and math.isfinite(value):
-                batch.append(Metric(f"epoch_valid_{key}", value, now, step))
-    for start in range(0, len(batch), 1000):  # MLflow's limit per batch
-        client.log_batch(run_id, metrics=batch[start : start + 1000])
-
-
-def _compression_metrics(figures: Mapping) -> dict[str, float]:
-    out = {f"test_{k}": v for k, v in figures["metrics"].items() if isinstance(v, int | float) and math.isfinite(v)}
+def compression_metrics(figures: Mapping) -> dict[str, float]:
+    out = {f"test_{k}": v for k, v in figures["metrics"].items()}
     out |= {
         "size_mb": figures["size_bytes"] / 1e6,
         "nonzero_params": figures["nonzero_params"],
@@ -475,76 +365,71 @@ def _compression_metrics(figures: Mapping) -> dict[str, float]:
     return out
 
 
-def _log_reports(params: Params) -> None:
-    import mlflow
+def log_numbers(client: Any, run_id: str, values: Mapping[str, Any], *, step: int = 0, when: int | None = None) -> None:
+    """The finite numbers of `values` as metrics, in batches of MLflow's limit."""
+    from mlflow.entities import Metric
 
-    for path in (
-        params.validation.report,
-        params.evaluate.metrics,
-        params.compress.report,
-        params.train.out / "history.json",
-    ):
-        if Path(path).is_file():
-            mlflow.log_artifact(str(path), "reports")
-    if Path(params.evaluate.plots).is_dir():
-        mlflow.log_artifacts(str(params.evaluate.plots), "plots")
-
-
-def _pip_requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for package in PIP_REQUIREMENTS:
-        try:
-            pins.append(f"{package}=={version(package).split('+')[0]}")
-        except PackageNotFoundError:
-            pins.append(package)
-    return pins
+    when = int(time.time() * 1000) if when is None else when
+    batch = [
+        Metric(k, float(v), when, step)
+        for k, v in values.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    ]
+    for start in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[start : start + 1000])
 
 
-def _read_json(path: Path, fix: str) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise TrackingError(f"{path}: missing or unreadable ({type(e).__name__}); {fix}") from None
+def log_params(client: Any, run_id: str, values: Mapping[str, Any]) -> None:
+    """`values` as params, in batches of MLflow's limit; a param already logged with the same value is skipped."""
+    from mlflow.entities import Param
+
+    logged = client.get_run(run_id).data.params
+    fresh = [Param(k, _param_value(v)) for k, v in values.items() if logged.get(k) != _param_value(v)]
+    for start in range(0, len(fresh), 100):
+        client.log_batch(run_id, params=fresh[start : start + 100])
 
 
-def _flatten(values: Mapping, separator: str, prefix: str = "") -> dict[str, Any]:
+def log_tags(client: Any, run_id: str, tags: Mapping[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def flatten(values: Mapping, separator: str, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a<separator>b": 1}."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat |= _flatten(value, separator, f"{name}{separator}")
+            flat |= flatten(value, separator, f"{name}{separator}")
         else:
             flat[name] = value
     return flat
 
 
-def _git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit.strip() + ("-dirty" if dirty.strip() else "")
-
-
-def _data_dvc_md5(path: Path = Path("data.dvc")) -> str:
-    try:
-        return str(yaml.safe_load(path.read_text())["outs"][0]["md5"])
-    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
-        return "unknown"
-
-
-def _columns(schema: list[dict]) -> str:
-    return "[" + ", ".join(f"{c.get('name')}{'' if c.get('required', True) else '?'}" for c in schema) + "]"
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
-
-
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return json.dumps(list(value))
+    return str(value)[:6000]
+
+
+def _heartbeat(client: Any, run_id: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_EVERY_S):
+        with contextlib.suppress(Exception):  # a missed beat only risks an early close by a later run
+            client.set_tag(run_id, HEARTBEAT, str(int(time.time())))
+
+
+def _terminate_family(client: Any, run_id: str, status: str) -> None:
+    """End `run_id` and those of its children still RUNNING (a failed stage leaves no child open)."""
+    experiment = client.get_run(run_id).info.experiment_id
+    children = client.search_runs(
+        [experiment], filter_string=f"tags.`{PARENT}` = '{run_id}' and attributes.status = 'RUNNING'", max_results=1000
+    )
+    for child in children:
+        client.set_terminated(child.info.run_id, status if status != "FINISHED" else "FINISHED")
+    client.set_terminated(run_id, status)

@@ -181,11 +181,11 @@ def run(
 
     started = time.perf_counter()
     result = pipeline(params=str(params), force=force)
-    if result["registered"]:
-        what = "champion" if result["promoted"] else "challenger"
-        outcome = f"{result['name']} version {result['version']} is {what} ({result['decision']})"
+    if result.registered:
+        what = "champion" if result.promoted else "challenger"
+        outcome = f"{result.name} version {result.version} is {what} ({result.decision})"
     else:
-        outcome = f"nothing registered: {result['reason']} (--force trains anyway)"
+        outcome = f"{result.summary()} (--force trains anyway)"
     out.print(f"run: {outcome} [{time.perf_counter() - started:.1f}s]", markup=False)
 
 
@@ -219,14 +219,17 @@ def featurize(
 @app.command()
 @_user_errors
 def train(
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from train.out/checkpoints/last.pt.")] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Start over even if a checkpoint of the same inputs could continue.")
+    ] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """Multi-task training of every head plus the fusion head. Several processes: torchrun --no-python msa train."""
+    """Multi-task training of every head plus the fusion head; continues a checkpoint of the same features and
+    settings (a run that was killed) unless --restart. Several processes: torchrun --no-python msa train."""
     from components.training import train as train_model  # torch and sklearn: only the commands that train pay
 
     p = load_params(params)
-    result = train_model(p.featurize.out, p.model, p.train, resume=resume)
+    result = train_model(p.featurize.out, p.model, p.train, resume=False if restart else None)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary rather than one per process
         out.print(result.summary(), markup=False)
 
@@ -261,11 +264,11 @@ def register(
     ] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """Log the pipeline run to MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db) and register the model:
-    alias challenger, and champion only if it beats the current champion by register.margin."""
-    from components.tracking import register as register_model
+    """Record the stages' outputs as one MLflow run (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db) and register
+    the model: alias challenger, and champion only if it beats the current champion by register.margin."""
+    from components.registry import record_and_register
 
-    out.print(register_model(load_params(params), force_gate_rescore=rescore).summary(), markup=False)
+    out.print(record_and_register(load_params(params), force_gate_rescore=rescore).summary(), markup=False)
 
 
 @app.command()

@@ -1,16 +1,17 @@
 """Prefect tasks: each stage's component function plus what orchestration adds: retries with backoff on the tasks
 that talk to the tracking server, timeouts, the featurize cache, artifacts and logs. No ML logic lives here.
 
-Results are persisted as JSON (small summaries, never pickles). Every task takes the loaded `Params`;
-`configured(task, params)` applies the retry and timeout settings of `params.yaml`'s `pipeline` section.
+Every stage task takes the loaded `Params` and the pipeline's MLflow run id, and logs its stage into that run as it
+ends (components.tracking), so a user watches the run in MLflow while it goes. Results are the components' own
+dataclasses, persisted as JSON (never pickles).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -21,23 +22,29 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
+from components import tracking
 from components.config import ConfigError, Params
 from components.errors import DataError
+from components.featurize import FeaturizeResult
 from components.featurize import featurize as featurize_dataset
-from components.featurize import input_key, is_current
+from components.lineage import Lineage
+from components.registry import Registration, RunContext, Skipped
 from components.validation import validate_dataset
 
+if TYPE_CHECKING:  # torch is imported only by the tasks that need it
+    from components.training import TrainResult
+
 SHOW_PROGRESS = sys.stderr.isatty()  # progress bars for a person at a terminal, not in a worker's log
-IO_TASKS = {"lineage", "register"}  # the tasks that talk to the tracking server: their failures may pass
 LOCK_LEASE_S = 60  # a run killed while holding the registry lock frees it after this long
 
 
-def configured(stage_task: Task, params: Params) -> Task:
-    """`stage_task` with the timeout of its stage and, for tracking-server tasks, the retries of params.yaml."""
-    settings, stage = params.pipeline, stage_task.name
-    timeout = settings.timeouts.model_dump(by_alias=True)["register" if stage in IO_TASKS else stage]
-    if stage not in IO_TASKS:
-        return stage_task.with_options(timeout_seconds=timeout)
+def with_timeout(stage_task: Task, timeout: float) -> Task:
+    return stage_task.with_options(timeout_seconds=timeout)
+
+
+def with_retries(stage_task: Task, params: Params, timeout: float) -> Task:
+    """`stage_task` retried with backoff on failures that may pass (a tracking server that does not answer yet)."""
+    settings = params.pipeline
     return stage_task.with_options(
         timeout_seconds=timeout,
         retries=settings.retries,
@@ -58,13 +65,17 @@ def _may_pass(task: Task, task_run: Any, state: Any) -> bool:
 
 
 @task(name="validate")
-def validate(params: Params) -> dict:
+def validate(params: Params, run_id: str, context: RunContext) -> dict:
+    from components.registry import record_validation
+
     report = validate_dataset(params.data.raw, params.validation)
     create_markdown_artifact(
         key="msa-validation",
         markdown=f"# Data validation: {'passed' if report.success else 'FAILED'}\n\n```\n{report.summary()}\n```\n",
         description=f"Great Expectations suite on {params.data.raw}",
     )
+    with tracking.connected(params.registry) as client:
+        record_validation(client, params, run_id, context)
     if not report.success:
         raise DataError(params.validation.report, f"{report.summary()}\nNothing was trained or registered.")
     get_run_logger().info(report.summary())
@@ -72,52 +83,82 @@ def validate(params: Params) -> dict:
 
 
 def _features_key(context: Any, arguments: dict[str, Any]) -> str:
-    params: Params = arguments["params"]
-    return f"featurize-{input_key(params.data.raw, params.featurize)}"
-
-
-def features_current(params: Params) -> bool:
-    """Whether featurize.out holds the features of the current inputs: when not, a cached result is stale."""
-    return is_current(params.featurize.out, input_key(params.data.raw, params.featurize))
+    return f"featurize-{arguments['key']}"
 
 
 @task(name="featurize", cache_key_fn=_features_key, persist_result=True, result_serializer="json")
-def featurize(params: Params) -> dict:
-    """Cached on the content hash of the dataset, the text model and the settings: unchanged inputs skip it."""
+def featurize(params: Params, key: str) -> FeaturizeResult:
+    """Cached on `key`, the content hash of the dataset, the text model and the settings (featurize.input_key):
+    unchanged inputs skip it."""
     result = featurize_dataset(params.data.raw, params.featurize, progress=SHOW_PROGRESS)
     get_run_logger().info(result.summary())
-    return {"out": str(result.out), "key": result.state.key, "samples": len(result.state.ids)}
+    return result
 
 
 @task(name="train")
-def train(params: Params) -> dict:
-    """Multi-task training; continues a checkpoint of the same inputs (a run killed mid-training) if there is one."""
-    from components.training import resume_point
+def train(params: Params, run_id: str) -> TrainResult:
+    """Multi-task training logged live into the pipeline run `run_id`, from whichever machine runs it.
+
+    On a worker with an empty disk (a replacement for one killed mid-run) it first restores the checkpoint the
+    tracking server holds, so training continues where it stopped.
+    """
+    from components.featurize import read_state
+    from components.training import build_spec, resume_point
     from components.training import train as train_model
 
     logger = get_run_logger()
-    epoch = resume_point(params.featurize.out, params.model, params.train)
-    if epoch is not None:
-        logger.info(f"resuming from {params.train.out / 'checkpoints'} after epoch {epoch}")
-    result = train_model(
-        params.featurize.out, params.model, params.train, resume=epoch is not None, progress=SHOW_PROGRESS
-    )
+    spec = build_spec(read_state(params.featurize.out), params.model, params.train)
+    with tracking.connected(params.registry) as client:
+        log = tracking.TrainingLog(client, run_id, spec, params.train.out)
+        if resume_point(params.featurize.out, params.model, params.train) is None and log.restore():
+            logger.info(f"restored the checkpoint of training run {log.run_id} from the tracking server")
+        log.watch_system()
+        status = "FAILED"
+        try:
+            result = train_model(
+                params.featurize.out, params.model, params.train, progress=SHOW_PROGRESS, on_epoch=log.on_epoch
+            )
+            log.finish(
+                {
+                    "epochs_run": result.epochs_run,
+                    "best_epoch": result.best_epoch,
+                    "train_samples_per_s": result.train_samples_per_s,
+                }
+            )
+            status = "FINISHED"
+        finally:
+            log.close(status)
     logger.info(result.summary())
-    return {
-        "monitor": result.monitor,
-        "best_epoch": result.best_epoch,
-        "best_value": result.best_value,
-        "epochs_run": result.epochs_run,
-        "resumed_from": result.resumed_from,
-        "seconds": result.seconds,
-    }
+    return result
+
+
+@task(name="fetch model")
+def fetch_model(params: Params, run_id: str) -> str:
+    """The trained model of pipeline run `run_id` in train.out, checked against the digest recorded at upload:
+    downloaded from the tracking server unless the files here already have that digest (training ran here)."""
+    from components import model_store
+
+    with tracking.connected(params.registry) as client:
+        train_run, expected = tracking.trained_model_digest(client, run_id)
+        try:
+            here = model_store.digest(params.train.out)
+        except Exception:  # noqa: BLE001 - no model here: download it
+            here = None
+        if here != expected:
+            model_store.fetch(client, train_run, params.train.out, expected)
+            get_run_logger().info(f"downloaded the model of training run {train_run} ({expected[:12]})")
+    return expected
 
 
 @task(name="evaluate")
-def evaluate(params: Params) -> list[dict]:
+def evaluate(params: Params, run_id: str) -> list[dict]:
     from components.evaluation import evaluate as evaluate_model
+    from components.model_store import read_card
 
     result = evaluate_model(params.featurize.out, params.train.out, params.evaluate, progress=SHOW_PROGRESS)
+    with tracking.connected(params.registry) as client:
+        spec = read_card(params.train.out).spec
+        tracking.log_evaluation(client, run_id, spec, result.metrics, params.evaluate.plots, result.metrics_path)
     rows = [
         {"split": split, "head": head} | {k: round(v, 4) for k, v in values.items() if isinstance(v, int | float)}
         for split, heads in result.metrics.items()
@@ -131,12 +172,15 @@ def evaluate(params: Params) -> list[dict]:
 
 
 @task(name="compress")
-def compress(params: Params) -> list[dict]:
+def compress(params: Params, run_id: str) -> list[dict]:
     from components.compression import compress as compress_model
 
     result = compress_model(
         params.featurize.out, params.train.out, params.compress, params.train, progress=SHOW_PROGRESS
     )
+    with tracking.connected(params.registry) as client:
+        report = json.loads(result.report.read_text())
+        tracking.log_compression(client, run_id, report, result.report, params.compress.tolerance)
     base = result.baseline
     rows = [_compression_row("fp32", base, base)] + [_compression_row(n, v, base) for n, v in result.variants.items()]
     create_table_artifact(
@@ -163,36 +207,38 @@ def _compression_row(name: str, variant: dict, base: dict) -> dict:
 
 
 @task(name="lineage")
-def already_registered(params: Params) -> str | None:
+def already_registered(params: Params, lineage: Lineage) -> Skipped | None:
     """Which registered version was trained from the same data, settings and code, if any."""
-    from components.tracking import registered_with_same_lineage
+    from components.registry import registered_with_same_lineage
 
-    return registered_with_same_lineage(params)
+    return registered_with_same_lineage(params, lineage)
 
 
-def report_skip(reason: str) -> None:
-    get_run_logger().info(f"skipped: {reason}")
+def report_skip(skipped: Skipped) -> None:
+    get_run_logger().info(f"skipped: {skipped.reason}")
     create_markdown_artifact(
         key="msa-registration",
-        markdown=f"# Nothing to retrain\n\n{reason}.\n\nRun with `force=True` (`msa run --force`) to train anyway.\n",
+        markdown=f"# Nothing to retrain\n\n{skipped.reason}.\n\nRun with `force=True` (`msa run --force`) to train "
+        "anyway.\n",
         description="Data, params and code are unchanged since that version was trained",
     )
 
 
 @task(name="register")
-def register(params: Params, force: bool = False) -> dict:
+def register(params: Params, run_id: str, context: RunContext, force: bool = False) -> Registration | Skipped:
     """Log and register under the registry lock. The lineage is checked again while holding it: of two runs of the
     same inputs started together, the second finds the first's version and skips instead of registering twice."""
-    from components.tracking import register as register_model
-    from components.tracking import registered_with_same_lineage
+    from components.registry import register as register_model
+    from components.registry import registered_with_same_lineage
 
     ensure_registry_lock(params.pipeline.registry_lock)
     with concurrency(params.pipeline.registry_lock, occupy=1, strict=True, lease_duration=LOCK_LEASE_S):
-        same = None if force else registered_with_same_lineage(params)
+        same = None if force else registered_with_same_lineage(params, context.lineage)
         if same is not None:
             report_skip(same)
-            return {"registered": False, "reason": same}
-        registration = register_model(params)
+            return same
+        with tracking.connected(params.registry) as client:
+            registration = register_model(client, params, run_id, context)
     get_run_logger().info(registration.summary())
     champion = (
         "none" if registration.champion_before is None
@@ -210,7 +256,7 @@ def register(params: Params, force: bool = False) -> dict:
         ),
         description="The champion/challenger gate's decision",
     )
-    return {"registered": True} | dataclasses.asdict(registration)
+    return registration
 
 
 def ensure_registry_lock(name: str) -> None:

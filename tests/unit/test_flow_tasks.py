@@ -1,9 +1,8 @@
-"""What the flows add to the stages: retries, backoff and timeouts from params.yaml (`configured`), which failures
-are retried (`_may_pass`), and the train task's automatic resume from a checkpoint of the same inputs only."""
+"""What the flows add to the stages: retries, backoff and timeouts (`with_retries`, `with_timeout`), which failures
+are retried (`_may_pass`); and training's resume policy: a checkpoint of the same inputs only."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -28,31 +27,29 @@ IO_TASKS = {"register": tasks.register, "lineage": tasks.already_registered}
 
 
 @pytest.mark.parametrize("name", IO_TASKS)
-def test_tracking_tasks_retry_with_exponential_backoff_within_the_register_timeout(name):
-    configured = tasks.configured(IO_TASKS[name], Params(pipeline=PIPELINE))
-    assert configured.name == name
-    assert configured.retries == 4
-    assert configured.retry_delay_seconds == [0.5, 1.0, 2.0, 4.0]
-    assert configured.retry_condition_fn is tasks._may_pass
-    assert configured.timeout_seconds == 16, "the lineage check talks to the registry as register does"
+def test_tracking_tasks_retry_with_exponential_backoff(name):
+    retried = tasks.with_retries(IO_TASKS[name], Params(pipeline=PIPELINE), PIPELINE.timeouts.register_)
+    assert retried.name == name
+    assert retried.retries == 4
+    assert retried.retry_delay_seconds == [0.5, 1.0, 2.0, 4.0]
+    assert retried.retry_condition_fn is tasks._may_pass
+    assert retried.timeout_seconds == 16
 
 
 @pytest.mark.parametrize("name", STAGE_TASKS)
-def test_stage_tasks_get_their_timeout_and_no_retries(name):
-    configured = tasks.configured(STAGE_TASKS[name], Params(pipeline=PIPELINE))
-    assert configured.name == name
-    assert configured.timeout_seconds == PIPELINE.timeouts.model_dump(by_alias=True)[name]
-    assert configured.retries == 0 and configured.retry_condition_fn is None, "a stage fails the same way again"
+def test_stage_tasks_get_a_timeout_and_no_retries(name):
+    timed = tasks.with_timeout(STAGE_TASKS[name], 42)
+    assert timed.name == name and timed.timeout_seconds == 42
+    assert timed.retries == 0 and timed.retry_condition_fn is None, "a stage fails the same way again"
 
 
-def test_configured_copies_and_follows_the_defaults():
+def test_with_retries_copies_and_follows_the_defaults():
     defaults = Params().pipeline
-    configured = tasks.configured(tasks.register, Params())
-    assert configured.retries == defaults.retries == 3
-    assert configured.retry_delay_seconds == [2.0, 4.0, 8.0]
-    assert configured.timeout_seconds == defaults.timeouts.register_ == 1800
+    retried = tasks.with_retries(tasks.register, Params(), defaults.timeouts.register_)
+    assert retried.retries == defaults.retries == 3
+    assert retried.retry_delay_seconds == [2.0, 4.0, 8.0]
     assert tasks.register.retries == 0 and tasks.register.timeout_seconds is None, "the task itself is unchanged"
-    none = tasks.configured(tasks.register, Params(pipeline=PipelineParams(retries=0)))
+    none = tasks.with_retries(tasks.register, Params(pipeline=PipelineParams(retries=0)), 1)
     assert none.retries == 0 and none.retry_delay_seconds == []
 
 
@@ -162,15 +159,28 @@ def test_resuming_a_run_that_stopped_early_trains_no_more_epochs(run, tmp_path, 
     assert {name: (params.out / name).read_bytes() for name in written} == written, "nothing was trained again"
 
 
-def test_the_train_task_resumes_a_finished_checkpoint_without_training(run, tmp_path, monkeypatch):
+def test_training_resumes_a_finished_checkpoint_of_the_same_inputs_without_training(run, tmp_path):
+    """The policy `msa train`, `dvc repro` and the flows share: resume=None continues a checkpoint of the same
+    inputs."""
     features, model = run
     out = shutil.copytree(model, tmp_path / "models")
     checkpoint = (out / CHECKPOINT).read_bytes()
-    monkeypatch.setattr(tasks, "get_run_logger", lambda: logging.getLogger("test"))
-    params = Params(featurize=FeaturizeParams(out=features), model=MODEL, train=settings(out))
-    result = tasks.train.fn(params)
-    assert result["resumed_from"] == 3 and result["epochs_run"] == 3
+    result = train(features, MODEL, settings(out), progress=False)
+    assert result.resumed_from == 3 and result.epochs_run == 3
     assert (out / CHECKPOINT).read_bytes() == checkpoint
 
-    fresh = Params(featurize=FeaturizeParams(out=features), model=MODEL, train=settings(out, lr=0.01, epochs=1))
-    assert tasks.train.fn(fresh)["resumed_from"] is None, "a checkpoint of other settings starts over"
+    assert train(features, MODEL, settings(out, lr=0.01, epochs=1), progress=False).resumed_from is None, (
+        "a checkpoint of other settings starts over"
+    )
+    restarted = train(features, MODEL, settings(out, lr=0.01, epochs=1), resume=False, progress=False)
+    assert restarted.resumed_from is None
+
+
+def test_a_checkpoint_without_its_best_model_is_not_resumed(run, tmp_path):
+    """As after `dvc repro` removed the stage's outputs but kept the persisted checkpoint: starting over is the only
+    way to have a best model again."""
+    features, model = run
+    out = shutil.copytree(model, tmp_path / "models")
+    (out / WEIGHTS).unlink()
+    (out / "model.json").unlink()
+    assert resume_point(features, MODEL, settings(out)) is None

@@ -1,0 +1,499 @@
+"""The registry: one registered model name, each new version `challenger`, `champion` moved only by the gate.
+
+`register` runs last in a pipeline run (components.tracking opened it): it logs the pyfunc model (named like the
+registered model) and the model card into the run, creates the version linked to that logged model, and moves the
+aliases. It never leaves a half-registered version: the gate's inputs are gathered and checked before anything is
+created, and when a step after `create_model_version` fails the version is deleted (or, if the server cannot even
+do that, tagged `msa.status=failed` without an alias). `champion` moves last, and only when the candidate beats
+the champion on the same test split by more than `register.margin`.
+
+`registered_with_same_lineage` is the policy that skips a retrain: when a registered version was trained from the
+same data, settings and code, there is nothing new to learn. `msa register`, the pipeline flow and its register
+task all ask it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+import yaml
+
+from components import tracking
+from components.config import Params
+from components.dataset import SEQUENCE_MODALITIES, Dataset, read_dataset, read_manifest
+from components.errors import TrackingError
+from components.lineage import Lineage, lineage
+from components.metrics import is_better, metrics_for, primary_metric
+from components.models.spec import ModelSpec
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+MODEL_ARTIFACT = "model"
+PIP_REQUIREMENTS = ("torch", "transformers", "safetensors", "numpy", "pandas", "pillow", "pydantic", "pyyaml")
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a logged model: the versions made from it (what the UI reads)
+
+
+@dataclass(frozen=True)
+class Registration:
+    experiment: str
+    run_id: str
+    name: str
+    version: str
+    metric: str  # "<split> <head> <metric>"
+    score: float
+    champion_before: str | None  # the champion's version when the gate ran
+    champion_score: float | None
+    promoted: bool
+    decision: str
+
+    registered: ClassVar[bool] = True
+
+    def summary(self) -> str:
+        return (
+            f"register: run {self.run_id} in experiment '{self.experiment}'; {self.name} version {self.version} is "
+            f"{CHALLENGER}{f' and {CHAMPION}' if self.promoted else ''} ({self.decision})"
+        )
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A run that had nothing new to train: a registered version has its data, settings and code."""
+
+    reason: str
+    registered: ClassVar[bool] = False
+
+    def summary(self) -> str:
+        return f"nothing registered: {self.reason}"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every record of one pipeline run shares, computed once per run: hashes are not cheap."""
+
+    lineage: Lineage
+    experiment: str
+    model_name: str
+    tags: dict[str, str]  # lineage, git commit, data.dvc md5, dataset name and version, test split fingerprint
+    dataset_digest: str  # data.dvc's md5 when it describes data/raw, else the content hash
+
+
+def run_context(params: Params, lineage_: Lineage | None = None) -> RunContext:
+    dataset = read_dataset(params.data.raw)
+    manifest = dataset.manifest
+    lineage_ = lineage_ or lineage(params)
+    dvc_md5 = _data_dvc_md5()
+    tags = {
+        **lineage_.tags(),
+        "git_commit": _git_commit(),
+        "data_dvc_md5": dvc_md5,
+        "dataset": manifest.name,
+        "dataset_version": manifest.version,
+        "msa.test_split": split_fingerprint(dataset, "test"),
+    }
+    return RunContext(
+        lineage=lineage_,
+        experiment=params.registry.experiment or manifest.name,
+        model_name=params.registry.model_name or manifest.name,
+        tags=tags,
+        dataset_digest=dvc_md5 if dvc_md5 != "unknown" else lineage_.data,
+    )
+
+
+def run_name() -> str:
+    return f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+
+def register(
+    client: Any, params: Params, run_id: str, context: RunContext, *, force_gate_rescore: bool = False
+) -> Registration:
+    """Log the model and its card into the pipeline run `run_id`, register a version and apply the gate.
+
+    Reads what the stages wrote: featurize.out, train.out, evaluate.metrics, compress.report. `force_gate_rescore`
+    re-scores the champion on the test split even when its recorded score was measured on the same split.
+    """
+    import mlflow
+
+    from components.featurize import read_state
+    from components.model_store import read_card
+    from components.serving import package_model, raw_frame
+
+    state = read_state(params.featurize.out)
+    dataset = read_dataset(params.data.raw)
+    card = read_card(params.train.out)
+    metrics = _read_json(params.evaluate.metrics, "run `msa evaluate`")
+    compression = _read_json(params.compress.report, "run `msa compress`") if params.compress.report.exists() else {}
+    head, (metric, _) = card.monitor.head, primary_metric(state.label_kind)
+    if "test" not in metrics or head not in metrics["test"]:
+        raise TrackingError(f"{params.evaluate.metrics}: no test metrics for head {head!r}: evaluate the test split")
+    score = float(metrics["test"][head][metric])
+    name, test_split = context.model_name, context.tags["msa.test_split"]
+
+    with tempfile.TemporaryDirectory(prefix="msa-package-") as tmp:
+        package = package_model(params.train.out, params.featurize.out, Path(tmp) / "package")
+        example = raw_frame(dataset, "test", limit=2, inline_images=True).drop(columns=["id", "label"])
+        signature = model_signature(card.spec)
+        _check_compatible(client, name, signature)  # before anything is written
+        champion = _champion(client, name)
+        client.log_text(run_id, model_card(context.tags, dataset.manifest.synthetic, card, metrics, compression),
+                        "model_card.md")  # fmt: skip
+        with mlflow.start_run(run_id=run_id):  # log_model logs into the active run; registration ends the run
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                loader_module="components.serving",
+                data_path=str(package),
+                code_paths=[str(Path(__file__).parent)],
+                signature=signature,
+                input_example=example,
+                pip_requirements=_pip_requirements(),
+            )
+            champion_score = None
+            if champion is not None:
+                champion_score = _champion_score(champion, name, dataset, test_split, metric, force_gate_rescore)
+            promoted, decision = gate(state.label_kind, score, champion, champion_score, params.registry.margin)
+            gate_tags = {
+                "msa.metric": f"test {head} {metric}",
+                "msa.score": f"{score:.6g}",
+                "msa.champion_before": champion.version if champion else "none",
+                "msa.champion_score": "none" if champion_score is None else f"{champion_score:.6g}",
+                "msa.decision": decision,
+                **context.tags,  # the lineage, so a later run can tell it would train the same model
+            }
+            version = _create_version(client, name, info, run_id, gate_tags, promoted)
+            tracking.log_tags(client, run_id, {**gate_tags, "msa.registered_version": version})
+    return Registration(
+        experiment=context.experiment,
+        run_id=run_id,
+        name=name,
+        version=version,
+        metric=f"test {head} {metric}",
+        score=score,
+        champion_before=champion.version if champion else None,
+        champion_score=champion_score,
+        promoted=promoted,
+        decision=decision,
+    )
+
+
+def record_and_register(params: Params, *, force_gate_rescore: bool = False) -> Registration:
+    """`msa register` after `dvc repro`: one pipeline run recorded from the files the stages wrote, then registered.
+
+    The same records as a live `msa run` (dataset, validation, per-head curves and metrics, variants), logged at
+    once: DVC ran the stages without MLflow.
+    """
+    from components.model_store import read_card, read_history
+
+    context = run_context(params)
+    card, history = read_card(params.train.out), read_history(params.train.out)
+    metrics = _read_json(params.evaluate.metrics, "run `msa evaluate`")
+    with (
+        tracking.connected(params.registry) as client,
+        tracking.pipeline_run(client, context.experiment, run_name(), context.tags, params) as run_id,
+    ):
+        record_validation(client, params, run_id, context)
+        log = tracking.TrainingLog(client, run_id, card.spec, params.train.out)
+        for record in history:
+            log.log_epoch(record)
+        log.finish()
+        log.close("FINISHED")
+        tracking.log_evaluation(client, run_id, card.spec, metrics, params.evaluate.plots, params.evaluate.metrics)
+        if params.compress.report.exists():
+            report = _read_json(params.compress.report, "run `msa compress`")
+            tracking.log_compression(client, run_id, report, params.compress.report, params.compress.tolerance)
+        return register(client, params, run_id, context, force_gate_rescore=force_gate_rescore)
+
+
+def record_validation(client: Any, params: Params, run_id: str, context: RunContext) -> None:
+    """The dataset as the run's input and the validation report the validate stage wrote."""
+    report = _read_json(params.validation.report, "run `msa validate`")
+    source = {"path": str(params.data.raw), "dvc_md5": context.tags["data_dvc_md5"], "git": context.tags["git_commit"]}
+    tracking.log_dataset(client, run_id, read_dataset(params.data.raw), context.dataset_digest, source)
+    tracking.log_validation(client, run_id, report, params.validation.report)
+
+
+def gate(kind: str, score: float, champion: Any, champion_score: float | None, margin: float) -> tuple[bool, str]:
+    """(promote?, why): the first model becomes champion; later ones must beat it by more than `margin`."""
+    metric, mode = primary_metric(kind)
+    if champion is None:
+        return True, "first model: promoted to champion"
+    if champion_score is None or not math.isfinite(champion_score):
+        return True, f"champion v{champion.version} has no usable test score: promoted"
+    target = champion_score - margin if mode == "min" else champion_score + margin
+    if is_better(kind, score, target):
+        return (
+            True,
+            f"{metric} {score:.4f} beats champion v{champion.version}'s {champion_score:.4f} by more than {margin}",
+        )
+    return (
+        False,
+        f"{metric} {score:.4f} does not beat champion v{champion.version}'s {champion_score:.4f} by more than {margin}",
+    )
+
+
+def split_fingerprint(dataset: Dataset, split: str) -> str:
+    """A hash of one split's samples (ids, texts, labels, image paths, sequence rows) and the dataset version."""
+    rows = dataset.samples[dataset.samples["split"] == split]
+    digest = hashlib.sha256(f"{dataset.manifest.name}\0{dataset.manifest.version}\0".encode())
+    digest.update(pd.util.hash_pandas_object(rows.astype(str), index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def registered_with_same_lineage(params: Params, ours: Lineage | None = None) -> Skipped | None:
+    """Which registered version, if any, was trained from the same data, settings and code as `params` describe.
+
+    Looks at the champion and the latest version (one that lost the gate needs no retraining either). None when
+    there is no such version, or no registered model yet.
+    """
+    from mlflow.exceptions import MlflowException
+
+    ours = ours or lineage(params)
+    name = params.registry.model_name or read_manifest(params.data.raw).name
+    with tracking.connected(params.registry) as client:
+        candidates = [(CHAMPION, _champion(client, name))]
+        try:
+            latest = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
+        except MlflowException:
+            latest = []
+        candidates += [("latest", v) for v in latest]
+    for role, version in candidates:
+        if version is not None and ours.matches(version.tags or {}):
+            return Skipped(
+                f"{name} version {version.version} ({role}) was trained from the same {ours.summary()}: "
+                "nothing to retrain"
+            )
+    return None
+
+
+def model_signature(spec: ModelSpec) -> Any:
+    """Inputs: the raw columns of the model's modalities (text required); outputs: score and class."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    columns = []
+    if spec.text is not None:
+        columns.append(ColSpec(DataType.string, "text"))
+    if spec.image is not None:
+        columns += [
+            ColSpec(DataType.string, "image", required=False),
+            ColSpec(DataType.string, "image_base64", required=False),
+        ]
+    for m in SEQUENCE_MODALITIES:
+        if getattr(spec, m) is not None:
+            columns.append(ColSpec(Array(Array(DataType.double)), m, required=False))
+    outputs = Schema([ColSpec(DataType.double, "score"), ColSpec(DataType.string, "class")])
+    return ModelSignature(inputs=Schema(columns), outputs=outputs)
+
+
+def model_card(tags: Mapping[str, str], synthetic: bool, card: Any, metrics: dict, compression: dict) -> str:
+    """Markdown for the run's `model_card.md`; `tags` are the run's (`run_tags`): dataset, data hash, commit."""
+    head, dataset, version = card.monitor.head, tags["dataset"], tags["dataset_version"]
+    lines = [
+        f"# Multimodal sentiment model: {dataset} v{version}",
+        "",
+        f"- **Data**: dataset `{dataset}` version `{version}` (content hash `{tags['data_hash']}`, "
+        f"data.dvc md5 `{tags['data_dvc_md5']}`)" + (" - SYNTHETIC demo data, not real sentiment" if synthetic else ""),
+        f"- **Code**: git `{tags['git_commit']}`, components hash `{tags['code_hash']}`; "
+        f"params hash `{tags['params_hash']}`",
+        f"- **Architecture**: heads {', '.join(card.spec.heads)}; predictions come from `{head}`",
+        f"- **Selected by**: valid {card.monitor.metric} {card.monitor.value:.4f} at epoch {card.monitor.epoch}",
+        "",
+        "## Metrics (test split)",
+        "",
+    ]
+    keys = [k for k, v in metrics["test"][head].items() if isinstance(v, int | float)]
+    lines += ["| head | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for h, values in metrics["test"].items():
+        lines.append(f"| {h} | " + " | ".join(_fmt(values.get(k)) for k in keys) + " |")
+    if compression:
+        lines += ["", f"## Compression (test split, {compression.get('metric')} of `{head}`)", ""]
+        lines += [
+            "| variant | size MB | non-zero params | p50 ms (batch 1) | per s (batch 64) | drop (points) | kept |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        rows = {"uncompressed": compression["baseline"], **compression.get("variants", {})}
+        for variant, f in rows.items():
+            lines.append(
+                f"| {variant} | {f['size_bytes'] / 1e6:.1f} | {f['nonzero_params']:,} | {f['latency_ms_p50']:.1f} | "
+                f"{f['throughput_per_s']:.0f} | {_fmt(f.get('drop_points', 0.0))} | {f.get('kept', True)} |"
+            )
+    lines += [
+        "",
+        "## Intended use",
+        "",
+        "Scoring the sentiment of short opinion utterances or posts (text, with an image and/or audio/visual "
+        "feature sequences where the training data had them), for research and for comparing models in this "
+        "pipeline. Input: the raw columns in the model's signature; output: `score` and `class`.",
+        "",
+        "## Limits",
+        "",
+        "- Trained on one dataset: scores outside its domain, language and label range are not calibrated.",
+        "- Audio/visual sequences must be extracted exactly as in training (same feature extractor and dimension).",
+        "- The text encoder is frozen or fine-tuned from a general-purpose sentence model; sarcasm and long texts "
+        "(beyond the tokenizer's max_tokens) are truncated or missed.",
+        "- Not for decisions about individuals.",
+    ]
+    if synthetic:
+        lines.append("- This model was trained on SYNTHETIC demo data: its metrics say nothing about real sentiment.")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _champion(client: Any, name: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None  # no such registered model, or no champion yet
+
+
+def _champion_score(
+    champion: Any, name: str, dataset: Dataset, test_split: str, metric: str, rescore: bool
+) -> float | None:
+    """The champion's primary test metric on this test split: its recorded score when it was measured on the same
+    split, else measured now through its own pyfunc (a different dataset version has a different test split)."""
+    tags = champion.tags or {}
+    if not rescore and tags.get("msa.test_split") == test_split and tags.get("msa.score") not in (None, "none"):
+        return float(tags["msa.score"])
+    import mlflow
+
+    from components.serving import raw_frame
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}")
+    frame = raw_frame(dataset, "test")
+    predicted = model.predict(frame.drop(columns=["id", "label"]))
+    labels = frame["label"].to_numpy()
+    if dataset.manifest.label.kind == "regression":
+        return float(metrics_for("regression", predicted["score"].to_numpy(), labels)[metric])
+    classes = list(dataset.manifest.label.classes)
+    if not set(predicted["class"]) <= set(classes):
+        return None  # the champion predicts other classes: not comparable, the challenger wins
+    indices = [classes.index(c) for c in predicted["class"]]
+    return float(metrics_for("classification", indices, [classes.index(c) for c in labels], classes)[metric])
+
+
+def _check_compatible(client: Any, name: str, signature: Any) -> None:
+    """Refuse to add a version whose inputs differ from the registered model's latest version."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import get_model_info
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
+    except MlflowException:
+        return
+    if not versions:
+        return
+    latest = versions[0]
+    try:
+        theirs = get_model_info(f"models:/{name}/{latest.version}").signature
+    except Exception as e:  # noqa: BLE001 - an unreadable old version: say so rather than guess
+        raise TrackingError(
+            f"registered model '{name}' version {latest.version} cannot be read to compare signatures: "
+            f"{tracking.first_line(e)}"
+        ) from None
+    ours = signature.inputs.to_dict()
+    if theirs is None or theirs.inputs.to_dict() != ours:
+        found = "no signature" if theirs is None else _columns(theirs.inputs.to_dict())
+        raise TrackingError(
+            f"registered model '{name}' takes {found} (version {latest.version}), but this model takes "
+            f"{_columns(ours)}: a different input contract needs its own name (set register.model_name)"
+        )
+
+
+def _create_version(client: Any, name: str, info: Any, run_id: str, tags: dict[str, str], promote: bool) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description="Multimodal sentiment model registered by `msa register`")
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise TrackingError(f"cannot create registered model '{name}': {tracking.first_line(e)}") from None
+    version = client.create_model_version(
+        name, source=info.model_uri, run_id=run_id, model_id=info.model_id, tags={"msa.status": "registering"}
+    ).version
+    try:
+        # What mlflow.register_model adds: the logged model names its versions, so the UI shows it registered.
+        client.set_logged_model_tags(
+            info.model_id, {MODEL_VERSIONS_TAG: json.dumps([{"name": name, "version": version}])}
+        )
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        if promote:
+            client.set_registered_model_alias(name, CHAMPION, version)  # last: nothing can fail after it
+        client.set_model_version_tag(name, version, "msa.status", "registered")
+    except Exception as e:  # noqa: BLE001 - whatever broke, the half-made version must not stay usable
+        raise TrackingError(
+            f"registering '{name}' version {version} failed ({type(e).__name__}: {tracking.first_line(e)}); "
+            f"{_discard(client, name, version, info.model_id)}; the champion is unchanged"
+        ) from None
+    return version
+
+
+def _discard(client: Any, name: str, version: str, model_id: str) -> str:
+    with contextlib.suppress(Exception):  # a stale link only mislabels the Logged Models page
+        client.delete_logged_model_tag(model_id, MODEL_VERSIONS_TAG)
+    try:
+        client.delete_model_version(name, version)
+        return f"version {version} was deleted"
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        client.set_model_version_tag(name, version, "msa.status", "failed")
+        return f"version {version} could not be deleted and is tagged msa.status=failed"
+    except Exception:  # noqa: BLE001
+        return f"version {version} could not be deleted or tagged: delete it by hand"
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in PIP_REQUIREMENTS:
+        try:
+            pins.append(f"{package}=={version(package).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def _read_json(path: Path, fix: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise TrackingError(f"{path}: missing or unreadable ({type(e).__name__}); {fix}") from None
+
+
+def _git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.strip() + ("-dirty" if dirty.strip() else "")
+
+
+def _data_dvc_md5(path: Path = Path("data.dvc")) -> str:
+    try:
+        return str(yaml.safe_load(path.read_text())["outs"][0]["md5"])
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        return "unknown"
+
+
+def _columns(schema: list[dict]) -> str:
+    return "[" + ", ".join(f"{c.get('name')}{'' if c.get('required', True) else '?'}" for c in schema) + "]"
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
