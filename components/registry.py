@@ -213,11 +213,12 @@ def record_and_register(params: Params, *, force_gate_rescore: bool = False) -> 
 
 
 def record_validation(client: Any, params: Params, run_id: str, context: RunContext) -> None:
-    """The dataset as the run's input and the validation report the validate stage wrote."""
-    report = _read_json(params.validation.report, "run `msa validate`")
+    """The dataset as the run's input, and the validation report when the validate stage wrote one."""
     source = {"path": str(params.data.raw), "dvc_md5": context.tags["data_dvc_md5"], "git": context.tags["git_commit"]}
     tracking.log_dataset(client, run_id, read_dataset(params.data.raw), context.dataset_digest, source)
-    tracking.log_validation(client, run_id, report, params.validation.report)
+    if params.validation.report.is_file():
+        report = _read_json(params.validation.report, "run `msa validate`")
+        tracking.log_validation(client, run_id, report, params.validation.report)
 
 
 def gate(kind: str, score: float, champion: Any, champion_score: float | None, margin: float) -> tuple[bool, str]:
@@ -423,10 +424,7 @@ def _create_version(client: Any, name: str, info: Any, run_id: str, tags: dict[s
         name, source=info.model_uri, run_id=run_id, model_id=info.model_id, tags={"msa.status": "registering"}
     ).version
     try:
-        # What mlflow.register_model adds: the logged model names its versions, so the UI shows it registered.
-        client.set_logged_model_tags(
-            info.model_id, {MODEL_VERSIONS_TAG: json.dumps([{"name": name, "version": version}])}
-        )
+        _link(client, info.model_id, name, version)
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         client.set_registered_model_alias(name, CHALLENGER, version)
@@ -439,6 +437,15 @@ def _create_version(client: Any, name: str, info: Any, run_id: str, tags: dict[s
             f"{_discard(client, name, version, info.model_id)}; the champion is unchanged"
         ) from None
     return version
+
+
+def _link(client: Any, model_id: str, name: str, version: str) -> None:
+    """What mlflow.register_model adds to a version: the logged model lists it, so the UI shows it registered. A
+    tracking server records it itself when the version names the model id; a database store does not."""
+    links = json.loads(client.get_logged_model(model_id).tags.get(MODEL_VERSIONS_TAG, "[]"))
+    if not any(link.get("name") == name and str(link.get("version")) == str(version) for link in links):
+        links.append({"name": name, "version": version})
+        client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps(links)})
 
 
 def _discard(client: Any, name: str, version: str, model_id: str) -> str:

@@ -73,13 +73,29 @@ def test_first_model_is_champion_runs_line_up_and_a_weaker_one_stays_challenger(
     )
     names = {r.info.run_name for r in children}
     assert {"lstm", "textcnn", "han", "image", "audio", "vision", "fusion"} <= names
-    assert {"compressed int8", "compressed prune_unstructured", "compressed prune_structured"} <= names
+    assert {"int8", "unstructured prune", "structured prune", "train"} <= names
     heads = [r for r in children if r.data.tags.get("msa.kind") == "head"]
     assert all({"test_mae", "test_acc2", "valid_mae", "test_corr"} <= r.data.metrics.keys() for r in heads)
-    assert all("test_mae" in r.data.metrics for r in children)  # variants too
+    variants = [r for r in children if r.data.tags.get("msa.kind") == "variant"]
+    assert len(variants) == 3 and all("test_mae" in r.data.metrics for r in variants)
+    # The params that tell them apart, for the compare view.
+    assert all(r.data.params["head"] == r.info.run_name for r in heads)
+    textcnn = next(r for r in heads if r.info.run_name == "textcnn")
+    assert textcnn.data.params["filter_sizes"] and "tiny-bert" in textcnn.data.params["text_encoder"]
+    assert {r.data.params["variant"] for r in variants} == {"int8", "prune_unstructured", "prune_structured"}
     fusion = next(r for r in heads if r.info.run_name == "fusion")
     curve = client.get_metric_history(fusion.info.run_id, "epoch_valid_mae")
     assert [m.step for m in curve] == [1, 2, 3]
+    assert all(r.info.status == "FINISHED" for r in [parent, *children])
+
+    # The dataset is the run's input; the experiment opens in the model-training view; the logged model carries
+    # the registered name and the link to its version.
+    (dataset,) = parent.inputs.dataset_inputs
+    assert dataset.dataset.name == parent.data.tags["dataset"] and dataset.dataset.source_type == "dvc"
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    (logged,) = client.search_logged_models([parent.info.experiment_id])
+    links = [(link["name"], str(link["version"])) for link in json.loads(logged.tags["mlflow.modelVersions"])]
+    assert logged.name == "gate" and links == [("gate", "1")]
 
     # The same model again cannot beat the champion by a margin: it becomes challenger, the champion stays.
     stricter = params_for(tiny_project, "gate", margin=0.5)
@@ -165,7 +181,7 @@ def test_unreachable_server_fails_fast_and_registers_nothing(tiny_project, clien
 def test_failure_after_creating_the_version_removes_it_and_keeps_the_champion(
     tiny_project, mlflow_server, client, monkeypatch
 ):
-    from components.tracking import register
+    from components.registry import record_and_register as register
 
     params = params_for(tiny_project, "halfway")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
