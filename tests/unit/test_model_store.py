@@ -1,0 +1,90 @@
+"""The model store: its layout round-trips, its digest sees every byte, and a model moved through a tracking store
+(a real MLflow store on SQLite, as a tracking server's proxied artifacts would be) arrives checked or not at all."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from components import model_store
+from components.errors import TrainingError
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> MlflowClient:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_experiment("store", artifact_location=(tmp_path / "artifacts").as_uri())
+    return client
+
+
+def run_id(client: MlflowClient) -> str:
+    return client.create_run(client.get_experiment_by_name("store").experiment_id).info.run_id
+
+
+def test_layout_round_trips_through_load_trained(trained):
+    card = model_store.read_card(trained.model)
+    model = model_store.load_trained(trained.model)
+    assert model.spec == card.spec and card.monitor.head == model_store.monitored_head(card.spec) == "fusion"
+    history = model_store.read_history(trained.model)
+    assert [e["epoch"] for e in history] and card.monitor.epoch in [e["epoch"] for e in history]
+
+    copy = Path(shutil.copytree(trained.model, trained.model.parent / "copy"))
+    model_store.write_model(copy, model.state_dict(), card)
+    model_store.write_history(copy, history)
+    assert model_store.read_card(copy) == card
+    reloaded = model_store.load_trained(copy)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
+
+
+def test_the_text_model_is_recorded_by_name_not_by_where_it_lies(trained):
+    card = (trained.model / model_store.CARD).read_text()
+    encoder = model_store.read_card(trained.model).spec.text.encoder
+    assert "site-packages" not in card and ".venv" not in card
+    assert Path(encoder).name.startswith("tiny-bert"), "the name as configured (here a path the test chose)"
+
+
+def test_digest_is_independent_of_location_and_sees_every_file(trained, tmp_path):
+    copy = shutil.copytree(trained.model, tmp_path / "elsewhere")
+    assert model_store.digest(copy) == model_store.digest(trained.model)
+    history = copy / model_store.HISTORY
+    history.write_text(history.read_text() + " ")
+    assert model_store.digest(copy) != model_store.digest(trained.model)
+    (copy / model_store.WEIGHTS).unlink()
+    with pytest.raises(TrainingError, match=r"model\.safetensors: missing"):
+        model_store.digest(copy)
+
+
+def test_a_model_published_to_a_run_is_fetched_and_checked(trained, client, tmp_path):
+    run = run_id(client)
+    recorded = model_store.publish(trained.model, client, run)
+    assert recorded == model_store.digest(trained.model)
+    fetched = model_store.fetch(client, run, tmp_path / "worker" / "models", recorded)
+    assert model_store.digest(fetched) == recorded
+    assert sorted(p.name for p in fetched.iterdir()) == sorted(model_store.MODEL_FILES), "no staging left behind"
+
+
+def test_a_corrupted_download_is_refused_and_nothing_is_replaced(trained, client, tmp_path):
+    run = run_id(client)
+    recorded = model_store.publish(trained.model, client, run)
+    stored = Path(client.get_run(run).info.artifact_uri.removeprefix("file://")) / "model" / model_store.WEIGHTS
+    stored.write_bytes(stored.read_bytes()[:-10] + b"0123456789")  # the artifact store holds other bytes now
+
+    out = shutil.copytree(trained.model, tmp_path / "pipeline-models")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(TrainingError, match=r"digest .* was recorded when it was uploaded.*Nothing was evaluated"):
+        model_store.fetch(client, run, out, recorded)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".msa-fetch")]
+
+
+def test_a_checkpoint_is_stored_and_restored_on_an_empty_disk(trained, client, tmp_path):
+    run = run_id(client)
+    assert not model_store.fetch_checkpoint(client, run, tmp_path / "empty"), "none stored yet"
+    model_store.publish_checkpoint(trained.model, client, run)
+    empty = tmp_path / "replacement" / "models"
+    assert model_store.fetch_checkpoint(client, run, empty)
+    assert (empty / model_store.CHECKPOINT).read_bytes() == (trained.model / model_store.CHECKPOINT).read_bytes()
