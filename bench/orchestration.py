@@ -5,7 +5,7 @@ store there, so the checkout's models, reports and mlflow.db are never touched),
 for every contender:
 
 1. direct: the stage component functions called in-process, as the tasks call them (validate_dataset, featurize,
-   resume_point + train, evaluate, compress, tracking.register), each timed; module imports count (they are lazy,
+   train, evaluate, compress, registry.record_and_register), each timed; module imports count (they are lazy,
    as in `msa run`); the MLflow store's schema is created beforehand, so neither contender pays its migration;
 2. `msa run --force` as a subprocess after the outputs (data/features, models, reports) are removed, so it does the
    same work, featurize included: wall time, Python start and imports and the ephemeral Prefect API included;
@@ -73,18 +73,14 @@ def direct(params_path: Path) -> dict[str, dict]:
         report = m.validate_dataset(p.data.raw, p.validation)
         assert report.success, report.summary()
 
-    def train(m) -> None:
-        epoch = m.resume_point(p.featurize.out, p.model, p.train)
-        m.train(p.featurize.out, p.model, p.train, resume=epoch is not None, progress=False)
-
     stage("validate", "components.validation", validate)
     stage("featurize", "components.featurize", lambda m: m.featurize(p.data.raw, p.featurize, progress=False))
-    stage("train", "components.training", train)
+    stage("train", "components.training", lambda m: m.train(p.featurize.out, p.model, p.train, progress=False))
     stage("evaluate", "components.evaluation",
           lambda m: m.evaluate(p.featurize.out, p.train.out, p.evaluate, progress=False))  # fmt: skip
     stage("compress", "components.compression",
           lambda m: m.compress(p.featurize.out, p.train.out, p.compress, p.train, progress=False))  # fmt: skip
-    stage("register", "components.tracking", lambda m: m.register(p))
+    stage("register", "components.registry", lambda m: m.record_and_register(p))
     return seconds
 
 

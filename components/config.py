@@ -181,6 +181,12 @@ class PipelineParams(Section):
     registry_lock: str = Field(
         "msa-registry", description="Prefect global concurrency limit (one slot) held while checking and registering"
     )
+    train_attempts: int = Field(
+        3, ge=1, description="dispatches of the training deployment before giving up on workers that were lost"
+    )
+    train_silence: float = Field(
+        300, gt=0, description="seconds without a heartbeat from dispatched training before its worker counts as lost"
+    )
     retries: int = Field(3, ge=0, description="retries of the tasks that talk to the tracking server")
     retry_delay: float = Field(2.0, ge=0, description="seconds before the first retry; doubled after each")
     timeouts: StageTimeouts = StageTimeouts()

@@ -47,8 +47,13 @@ def lineage(params: Params) -> Lineage:
     return Lineage(
         data=tree_digest(params.data.raw).hexdigest()[:16],
         params=hashlib.sha256(settings.encode()).hexdigest()[:16],
-        code=code_digest(module_closure(*TRAINED_BY, root=CODE_ROOT), CODE_ROOT.parent).hexdigest()[:16],
+        code=trained_code_hash(),
     )
+
+
+def trained_code_hash() -> str:
+    """The hash of the code a trained model depends on: what featurize and train import, docstrings aside."""
+    return code_digest(module_closure(*TRAINED_BY, root=CODE_ROOT), CODE_ROOT.parent).hexdigest()[:16]
 
 
 def tree_digest(root: str | Path, pattern: str = "*", digest: hashlib._Hash | None = None) -> hashlib._Hash:

@@ -222,13 +222,19 @@ def publish(out: str | Path, client: Any, run_id: str) -> str:
     return value
 
 
-def publish_checkpoint(out: str | Path, client: Any, run_id: str) -> None:
-    """Upload the last checkpoint (and the history it continues), so a replacement worker resumes from it."""
+def publish_checkpoint(out: str | Path, client: Any, run_id: str) -> int:
+    """Upload the last checkpoint, so a replacement worker resumes from it; returns the bytes uploaded."""
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="msa-checkpoint-") as tmp:
-        staged = Path(tmp)
-        shutil.copy2(out / CHECKPOINT, staged / CHECKPOINT.name)
-        client.log_artifacts(run_id, str(staged), CHECKPOINT_ARTIFACTS)
+        staged = Path(tmp) / CHECKPOINT.name
+        shutil.copy2(out / CHECKPOINT, staged)  # a snapshot: the next epoch may replace the file meanwhile
+        client.log_artifact(run_id, str(staged), CHECKPOINT_ARTIFACTS)
+        return staged.stat().st_size
+
+
+def model_bytes(out: str | Path) -> int:
+    """The size of the model's files: what `publish` uploads and `fetch` downloads."""
+    return sum((Path(out) / name).stat().st_size for name in MODEL_FILES)
 
 
 def fetch(client: Any, run_id: str, out: str | Path, expected: str) -> Path:

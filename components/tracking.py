@@ -100,23 +100,47 @@ def pipeline_run(client: Any, experiment: str, run_name: str, tags: Mapping[str,
     """
     exp = experiment_id(client, experiment)
     close_stale_runs(client, exp)
-    run = client.create_run(exp, run_name=run_name, tags={**tags, KIND: "pipeline", HEARTBEAT: str(int(time.time()))})
+    run = client.create_run(exp, run_name=run_name, tags={**tags, KIND: "pipeline", HEARTBEAT: str(time.time())})
     run_id = run.info.run_id
     log_params(client, run_id, flatten(params.model_dump(mode="json", by_alias=True), "."))
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(client, run_id, stop), daemon=True, name="msa-heartbeat")
-    beat.start()
     status = "FAILED"
     try:
-        yield run_id
+        with heartbeat(client, run_id):
+            yield run_id
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
     finally:
-        stop.set()
-        beat.join(timeout=5)
         _terminate_family(client, run_id, status)
+
+
+@contextmanager
+def heartbeat(client: Any, run_id: str, every: float = HEARTBEAT_EVERY_S) -> Iterator[None]:
+    """Refresh run `run_id`'s heartbeat tag every `every` seconds while the block runs, from a daemon thread."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a missed beat only risks an early close by a later run
+                client.set_tag(run_id, HEARTBEAT, str(time.time()))
+            if stop.wait(every):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True, name="msa-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def training_silence(client: Any, parent: str, since: float) -> float:
+    """Seconds since training for pipeline run `parent` last gave a sign of life (its train run's heartbeat), or
+    since `since` (when its current attempt started) if that is later."""
+    beats = [float(r.data.tags[HEARTBEAT]) for r in child_runs(client, parent, "train") if HEARTBEAT in r.data.tags]
+    return time.time() - max([since, *beats])
 
 
 def close_stale_runs(client: Any, experiment: str, *, now: float | None = None) -> list[str]:
@@ -211,12 +235,15 @@ class TrainingLog:
         self.monitored = monitored_head(spec)
         for head, run_id in self.heads.items():
             log_params(client, run_id, head_params(spec, head))
-        self.monitor = None
+        self.monitor, self.beating = None, contextlib.ExitStack()
+        self.uploaded, self.upload_seconds = 0, 0.0  # sent to the artifact store by this process, and the time it took
 
-    def watch_system(self) -> None:
-        """Sample CPU, memory, disk, network (and GPU, with nvidia-ml-py) into the train run until `close`."""
+    def watch(self, heartbeat_every: float = HEARTBEAT_EVERY_S) -> None:
+        """Until `close`: a heartbeat on the train run (how the pipeline tells a lost worker from a slow one), and
+        CPU, memory, disk, network (and GPU, with nvidia-ml-py) sampled into it as system metrics."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+        self.beating.enter_context(heartbeat(self.client, self.run_id, heartbeat_every))
         self.monitor = SystemMetricsMonitor(self.run_id, sampling_interval=5, resume_logging=True)
         self.monitor.start()
 
@@ -243,20 +270,28 @@ class TrainingLog:
         from components import model_store
 
         self.log_epoch(record)
+        started = time.perf_counter()
         if improved:
             self.client.set_tag(self.run_id, MODEL_DIGEST, model_store.publish(self.out, self.client, self.run_id))
-        model_store.publish_checkpoint(self.out, self.client, self.run_id)
+            self.uploaded += model_store.model_bytes(self.out)
+        self.uploaded += model_store.publish_checkpoint(self.out, self.client, self.run_id)
+        self.upload_seconds += time.perf_counter() - started
 
     def finish(self, summary: Mapping[str, float] | None = None) -> str:
         """Upload the final model (with the whole history) and return its digest, the pipeline's to check."""
         from components import model_store
 
+        started = time.perf_counter()
         value = model_store.publish(self.out, self.client, self.run_id)
         self.client.set_tag(self.run_id, MODEL_DIGEST, value)
-        log_numbers(self.client, self.run_id, summary or {})
+        self.uploaded += model_store.model_bytes(self.out)
+        self.upload_seconds += time.perf_counter() - started
+        exchange = {"uploaded_mb": self.uploaded / 1e6, "upload_seconds": self.upload_seconds}
+        log_numbers(self.client, self.run_id, {**(summary or {}), **exchange})
         return value
 
     def close(self, status: str) -> None:
+        self.beating.close()
         if self.monitor is not None:
             self.monitor.finish()
         for run_id in self.heads.values():
@@ -416,12 +451,6 @@ def _param_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return json.dumps(list(value))
     return str(value)[:6000]
-
-
-def _heartbeat(client: Any, run_id: str, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_EVERY_S):
-        with contextlib.suppress(Exception):  # a missed beat only risks an early close by a later run
-            client.set_tag(run_id, HEARTBEAT, str(int(time.time())))
 
 
 def _terminate_family(client: Any, run_id: str, status: str) -> None:

@@ -39,6 +39,7 @@ from components.config import ConfigError, ModelParams, TrainParams
 from components.devices import autocast_dtype, pick_device
 from components.errors import TrainingError
 from components.featurize import FeaturizerState, load_features, read_state
+from components.lineage import trained_code_hash
 from components.metrics import is_better, primary_metric
 from components.model_store import (
     CHECKPOINT,
@@ -369,9 +370,11 @@ def _optimizer(model: MultiTaskModel, params: TrainParams) -> torch.optim.Optimi
 
 
 def _inputs_key(state: FeaturizerState, spec: ModelSpec, params: TrainParams) -> str:
-    """What a checkpoint continues: these features, this model and these settings (wherever it runs)."""
+    """What a checkpoint continues: these features, this model, these settings and this training code (wherever it
+    runs): a checkpoint of edited training code is not continued, the edit may change what it learns."""
     settings = params.model_dump_json(exclude={"out", "device"})
-    return hashlib.sha256(f"{state.key}\0{spec.model_dump_json()}\0{settings}".encode()).hexdigest()
+    key = f"{state.key}\0{spec.model_dump_json()}\0{settings}\0{trained_code_hash()}"
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _save_checkpoint(

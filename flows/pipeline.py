@@ -12,11 +12,16 @@ workers. Both read params.yaml and write the same files as the DVC stages.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State
 from prefect.deployments import run_deployment
 from prefect.logging import get_run_logger
+from prefect.states import Crashed
 
 from components import tracking
 from components.config import Params, load_params
@@ -56,10 +61,9 @@ def pipeline(params: str = "params.yaml", force: bool = False) -> Registration |
         tracking.pipeline_run(client, context.experiment, run_name(), context.tags, p) as run_id,
     ):
         get_run_logger().info(f"MLflow run {run_id} in experiment '{context.experiment}' ({tracking.tracking_uri()})")
-        tasks.with_timeout(tasks.validate, timeouts.validate)(p, run_id, context)
+        tasks.with_timeout(tasks.validate, timeouts.validate_)(p, run_id, context)
         if p.pipeline.training == "deployment":
-            _train_on_work_pool(p.pipeline.train_deployment, params, run_id)
-            _featurize(p)  # evaluate reads features here too (the worker featurized on its own disk)
+            _train_on_work_pool(p, params, run_id)
         else:
             training(run_id, params)
         tasks.with_retries(tasks.fetch_model, p, timeouts.register_)(p, run_id)
@@ -75,12 +79,48 @@ def _featurize(p: Params) -> None:
     featurize.with_options(refresh_cache=not is_current(p.featurize.out, key))(p, key)
 
 
-def _train_on_work_pool(deployment: str, params: str, run_id: str) -> None:
-    """Run the training deployment (a worker of its pool picks it up) and wait for it to end."""
-    logger = get_run_logger()
-    logger.info(f"training dispatched to deployment {deployment}; waiting for a worker of its pool")
-    run = run_deployment(deployment, parameters={"params": params, "run_id": run_id}, timeout=None)
-    if not run.state or not run.state.is_completed():
-        state = run.state.name if run.state else "unknown"
-        raise TrainingError(f"training flow run {run.name} of {deployment} ended {state}: see its logs in Prefect")
-    logger.info(f"training flow run {run.name} completed")
+def _train_on_work_pool(p: Params, params: str, run_id: str) -> None:
+    """Run the training deployment (a worker of its pool picks it up) and wait for it to end.
+
+    A worker that dies mid-run cannot say so: its flow run stays Running. The pipeline tells a lost worker from a
+    slow one by training's heartbeat in MLflow; after `pipeline.train_silence` seconds without one it marks the flow
+    run Crashed and dispatches again, up to `pipeline.train_attempts` times. The next worker, on an empty disk,
+    continues from the checkpoint stored on the tracking server.
+    """
+    settings, logger = p.pipeline, get_run_logger()
+    for attempt in range(1, settings.train_attempts + 1):
+        flow_run = run_deployment(settings.train_deployment, parameters={"params": params, "run_id": run_id}, timeout=0)
+        logger.info(
+            f"training dispatched to deployment {settings.train_deployment} as flow run {flow_run.name} "
+            f"(attempt {attempt} of {settings.train_attempts}); waiting for a worker of its pool"
+        )
+        if attempt == 1:
+            _featurize(p)  # evaluate needs the features here too: made while the worker trains on its own disk
+        state = _await_training(flow_run.id, p, run_id)
+        if state.is_completed():
+            logger.info(f"training flow run {flow_run.name} completed")
+            return
+        if not state.is_crashed():
+            raise TrainingError(
+                f"training flow run {flow_run.name} of {settings.train_deployment} ended {state.name}: see its logs "
+                "in Prefect"
+            )
+        logger.warning(f"training flow run {flow_run.name} crashed ({state.message}); dispatching it again")
+    raise TrainingError(f"training was lost {settings.train_attempts} times (pipeline.train_attempts): nothing trained")
+
+
+def _await_training(flow_run_id: UUID, p: Params, run_id: str) -> State:
+    """The final state of the training flow run, or Crashed once its heartbeat has been silent too long."""
+    silence, poll = p.pipeline.train_silence, min(10.0, p.pipeline.train_silence / 4)
+    with get_client(sync_client=True) as prefect, tracking.connected(p.registry) as client:
+        while True:
+            flow_run = prefect.read_flow_run(flow_run_id)
+            if flow_run.state.is_final():
+                return flow_run.state
+            if flow_run.state.is_running():
+                quiet = tracking.training_silence(client, run_id, since=flow_run.start_time.timestamp())
+                if quiet > silence:
+                    lost = Crashed(message=f"no heartbeat from training for {quiet:.0f} s: its worker was lost")
+                    prefect.set_flow_run_state(flow_run_id, lost, force=True)
+                    return lost
+            time.sleep(poll)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from prefect import Task, task
@@ -112,7 +113,7 @@ def train(params: Params, run_id: str) -> TrainResult:
         log = tracking.TrainingLog(client, run_id, spec, params.train.out)
         if resume_point(params.featurize.out, params.model, params.train) is None and log.restore():
             logger.info(f"restored the checkpoint of training run {log.run_id} from the tracking server")
-        log.watch_system()
+        log.watch(heartbeat_every=min(tracking.HEARTBEAT_EVERY_S, params.pipeline.train_silence / 4))
         status = "FAILED"
         try:
             result = train_model(
@@ -144,9 +145,15 @@ def fetch_model(params: Params, run_id: str) -> str:
             here = model_store.digest(params.train.out)
         except Exception:  # noqa: BLE001 - no model here: download it
             here = None
+        downloaded, started = 0, time.perf_counter()
         if here != expected:
             model_store.fetch(client, train_run, params.train.out, expected)
-            get_run_logger().info(f"downloaded the model of training run {train_run} ({expected[:12]})")
+            downloaded = model_store.model_bytes(params.train.out)
+            get_run_logger().info(
+                f"downloaded the model of training run {train_run} ({downloaded / 1e6:.1f} MB, digest {expected[:12]})"
+            )
+        seconds = time.perf_counter() - started if downloaded else 0.0
+        tracking.log_numbers(client, run_id, {"model_download_mb": downloaded / 1e6, "model_download_seconds": seconds})
     return expected
 
 
