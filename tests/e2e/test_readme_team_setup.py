@@ -67,13 +67,10 @@ def test_the_readme_team_setup_block_runs_as_written(tmp_path: Path, tiny_text_m
     home.mkdir()
     copy_project(clone, CLONE_FILES)
     defaults = yaml.safe_load((REPO / "params.yaml").read_text())
-    write_params(
-        clone, tiny_text_model,
-        data={"raw": "data/raw", "demo": {"size": 60, "seed": 0}},
-        train={"epochs": 3, "batch_size": 8, "patience": 10},
-        pipeline={"training": "local", "retries": 1, "retry_delay": 1},
-        **{s: {k: defaults[s][k]} for s, k in (("validate", "report"), ("featurize", "out"), ("train", "out"))},
-    )  # fmt: skip
+    paths = {s: {k: defaults[s][k]} for s, k in (("validate", "report"), ("featurize", "out"), ("train", "out"))}
+    paths["train"] |= {"epochs": 3, "batch_size": 8, "patience": 10}
+    data = {"raw": "data/raw", "demo": {"size": 60, "seed": 0}}
+    write_params(clone, tiny_text_model, data=data, pipeline={"training": "local", "retries": 1}, **paths)
     git = {"GIT_AUTHOR_NAME": "msa", "GIT_AUTHOR_EMAIL": "msa@example.invalid"}
     git |= {"GIT_COMMITTER_NAME": "msa", "GIT_COMMITTER_EMAIL": "msa@example.invalid"}
     run(["git", "init", "-q", "-b", "main"], cwd=clone)

@@ -55,9 +55,9 @@ def make_repository(root: Path, text_model: Path, remote: Path) -> str:
     defaults, paths = yaml.safe_load((REPO / "params.yaml").read_text()), {}
     for section, key in DVC_YAML_PARAMS:
         paths.setdefault(section, {})[key] = defaults[section][key]
+    paths["train"] |= {"epochs": EPOCHS, "batch_size": 2, "patience": EPOCHS}
     pipeline = {"training": "deployment", "retries": 1, "retry_delay": 1, "train_silence": SILENCE_S}
-    write_params(root, text_model, pipeline=pipeline, train={"epochs": EPOCHS, "batch_size": 2, "patience": EPOCHS},
-                 **paths)  # fmt: skip
+    write_params(root, text_model, pipeline=pipeline, **paths)
     tiny_dataset(root / "data", name="raw")
     git = ["git", "-c", "user.name=msa-test", "-c", "user.email=msa-test@example.invalid"]
     run(["git", "init", "-q", "-b", "main"], cwd=root)
