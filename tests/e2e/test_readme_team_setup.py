@@ -22,7 +22,6 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.e2e.conftest import write_params
 from tests.integration.conftest import PROJECT_FILES, REPO, copy_project
 from tests.integration.shell import environment, run
 
@@ -66,11 +65,18 @@ def test_the_readme_team_setup_block_runs_as_written(tmp_path: Path, tiny_text_m
     clone, home = tmp_path / "msa", tmp_path / "home"
     home.mkdir()
     copy_project(clone, CLONE_FILES)
-    defaults = yaml.safe_load((REPO / "params.yaml").read_text())
-    paths = {s: {k: defaults[s][k]} for s, k in (("validate", "report"), ("featurize", "out"), ("train", "out"))}
-    paths["train"] |= {"epochs": 3, "batch_size": 8, "patience": 10}
-    data = {"raw": "data/raw", "demo": {"size": 60, "seed": 0}}
-    write_params(clone, tiny_text_model, data=data, pipeline={"training": "local", "retries": 1}, **paths)
+    small = {  # the repository's params.yaml, with a small demo and tiny models
+        "data": {"demo": {"size": 60}},
+        "featurize": {"text_model": str(tiny_text_model), "image_size": 8},
+        "model": {"hidden": 8, "textcnn": {"feature_maps": 4}},
+        "train": {"epochs": 3, "batch_size": 8},
+        "compress": {"latency_runs": 3, "throughput_batch": 4, "finetune_epochs": 1},
+    }
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in small.items():
+        for key, value in values.items():
+            params[section][key] = params[section][key] | value if isinstance(value, dict) else value
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = {"GIT_AUTHOR_NAME": "msa", "GIT_AUTHOR_EMAIL": "msa@example.invalid"}
     git |= {"GIT_COMMITTER_NAME": "msa", "GIT_COMMITTER_EMAIL": "msa@example.invalid"}
     run(["git", "init", "-q", "-b", "main"], cwd=clone)
