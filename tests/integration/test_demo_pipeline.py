@@ -54,9 +54,11 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
 
     # A forced re-run on the same inputs records the same lock: every stage's outputs are deterministic, the
     # trained weights, checkpoint and compressed models included. Only the compression report differs: it holds
-    # measured latencies.
+    # measured latencies. Without its checkpoint, train trains again rather than continuing the finished run.
     lock = _hashes(project)
-    run([str(BIN / "dvc"), "repro", "--force"], cwd=project)
+    shutil.rmtree(project / "models/checkpoints")
+    forced = run([str(BIN / "dvc"), "repro", "--force"], cwd=project)
+    assert "train: 2 epochs (last epoch) in" in forced.stdout and "resumed" not in forced.stdout, forced.stdout
     assert _hashes(project) == lock
 
     # `msa run` after `dvc repro` on unchanged inputs: the Prefect flow reads the same params and calls the same
@@ -66,7 +68,7 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     flow = msa("run", cwd=project)
     logs = flow.stdout + flow.stderr
     assert "msa-demo version 1 is champion" in flow.stdout, logs
-    assert "featurize: unchanged inputs" in logs and "resuming from" in logs and "0 epochs" not in logs
+    assert "featurize: unchanged inputs" in logs and "resumed after epoch 2" in logs and "0 epochs" not in logs
     assert (project / "mlflow.db").is_file() and any((project / "mlruns").rglob("MLmodel"))
     after = run([str(BIN / "dvc"), "repro"], cwd=project)
     for stage in ("validate", "featurize", "train"):
