@@ -106,7 +106,10 @@ def _train_on_work_pool(p: Params, params: str, run_id: str) -> None:
                 "in Prefect"
             )
         logger.warning(f"training flow run {flow_run.name} crashed ({state.message}); dispatching it again")
-    raise TrainingError(f"training was lost {settings.train_attempts} times (pipeline.train_attempts): nothing trained")
+    raise TrainingError(
+        f"training was lost {settings.train_attempts} times (pipeline.train_attempts), the last time: {state.message}. "
+        "See the gpu pool's worker logs"
+    )
 
 
 def _await_training(flow_run_id: UUID, p: Params, run_id: str) -> State:
