@@ -102,7 +102,7 @@ class TrainParams(Section):
     weight_decay: float = Field(1e-4, ge=0)
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
     patience: int = Field(5, ge=1, description="epochs without valid improvement before stopping")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seeds the weights, the batch order and every rank's random stream")
     device: str = Field("auto", description="auto (cuda, mps, cpu), or a torch device string")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 (or fp16) autocast on CUDA, fp32 elsewhere"

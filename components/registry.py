@@ -84,16 +84,16 @@ class RunContext:
     experiment: str
     model_name: str
     tags: dict[str, str]  # lineage, git commit, data.dvc md5, dataset name and version, test split fingerprint
-    dataset_digest: str  # data.dvc's md5 when it describes data/raw, else the content hash
+    dataset_digest: str  # data.dvc's md5 (what `dvc pull` fetches for this commit), else the content hash
 
 
-def run_context(params: Params, lineage_: Lineage | None = None) -> RunContext:
+def run_context(params: Params, ours: Lineage | None = None) -> RunContext:
     dataset = read_dataset(params.data.raw)
     manifest = dataset.manifest
-    lineage_ = lineage_ or lineage(params)
+    ours = ours or lineage(params)
     dvc_md5 = _data_dvc_md5()
     tags = {
-        **lineage_.tags(),
+        **ours.tags(),
         "git_commit": _git_commit(),
         "data_dvc_md5": dvc_md5,
         "dataset": manifest.name,
@@ -101,11 +101,11 @@ def run_context(params: Params, lineage_: Lineage | None = None) -> RunContext:
         "msa.test_split": split_fingerprint(dataset, "test"),
     }
     return RunContext(
-        lineage=lineage_,
+        lineage=ours,
         experiment=params.registry.experiment or manifest.name,
         model_name=params.registry.model_name or manifest.name,
         tags=tags,
-        dataset_digest=dvc_md5 if dvc_md5 != "unknown" else lineage_.data,
+        dataset_digest=dvc_md5 if dvc_md5 != "unknown" else ours.data,
     )
 
 

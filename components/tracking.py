@@ -28,7 +28,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -323,11 +323,17 @@ def log_evaluation(client: Any, parent: str, spec: Any, metrics: Mapping, plots:
         client.log_artifacts(parent, str(plots), "plots")
 
 
+def start_variant_runs(client: Any, parent: str, variants: Iterable[str]) -> None:
+    """Open a run per compression variant when compression starts, so that its duration is the stage's."""
+    for variant in variants:
+        child_run(client, parent, "variant", VARIANT_RUN_NAMES.get(variant, variant), {VARIANT: variant})
+
+
 def log_compression(client: Any, parent: str, report: Mapping, report_path: Path, tolerance: float) -> None:
     """A run per variant with its settings and measurements; the uncompressed model's measurements on the parent."""
     for variant, figures in report.get("variants", {}).items():
-        name = VARIANT_RUN_NAMES.get(variant, variant)
-        run_id = child_run(client, parent, "variant", name, {VARIANT: variant, "msa.kept": str(figures["kept"])})
+        run_id = child_run(client, parent, "variant", VARIANT_RUN_NAMES.get(variant, variant), {VARIANT: variant})
+        client.set_tag(run_id, "msa.kept", str(figures["kept"]))
         settings = {
             "variant": variant,
             "sparsity": round(figures.get("sparsity", 0.0), 4),

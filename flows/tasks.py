@@ -182,6 +182,8 @@ def evaluate(params: Params, run_id: str) -> list[dict]:
 def compress(params: Params, run_id: str) -> list[dict]:
     from components.compression import compress as compress_model
 
+    with tracking.connected(params.registry) as client:
+        tracking.start_variant_runs(client, run_id, params.compress.variants)
     result = compress_model(
         params.featurize.out, params.train.out, params.compress, params.train, progress=SHOW_PROGRESS
     )
