@@ -153,7 +153,7 @@ def main(
                                 ("compress", "latency_runs", latency_runs)):  # fmt: skip
         if value is not None:
             settings[section][key] = value
-    console = Console()
+    console = Console(width=120)
     with tempfile.TemporaryDirectory(prefix="msa-bench-pool-") as tmp, ExitStack() as stack:
         root = Path(tmp)
         base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}

@@ -184,15 +184,20 @@ def register(
     )
 
 
-def record_and_register(params: Params, *, force_gate_rescore: bool = False) -> Registration:
+def record_and_register(
+    params: Params, *, force: bool = False, force_gate_rescore: bool = False
+) -> Registration | Skipped:
     """`msa register` after `dvc repro`: one pipeline run recorded from the files the stages wrote, then registered.
 
     The same records as a live `msa run` (dataset, validation, per-head curves and metrics, variants), logged at
-    once: DVC ran the stages without MLflow.
+    once: DVC ran the stages without MLflow. Like `msa run`, it records and registers nothing when a registered
+    version has the same lineage, unless `force`.
     """
     from components.model_store import read_card, read_history
 
     context = run_context(params)
+    if not force and (same := registered_with_same_lineage(params, context.lineage)) is not None:
+        return same
     card, history = read_card(params.train.out), read_history(params.train.out)
     metrics = _read_json(params.evaluate.metrics, "run `msa evaluate`")
     with (

@@ -103,13 +103,13 @@ def pipeline_run(client: Any, experiment: str, run_name: str, tags: Mapping[str,
     run = client.create_run(exp, run_name=run_name, tags={**tags, KIND: "pipeline", HEARTBEAT: str(time.time())})
     run_id = run.info.run_id
     log_params(client, run_id, flatten(params.model_dump(mode="json", by_alias=True), "."))
-    status = "FAILED"
+    status = "KILLED"  # unless it ends or fails: Ctrl-C, SIGTERM (Prefect's TerminationSignal), SystemExit
     try:
         with heartbeat(client, run_id):
             yield run_id
         status = "FINISHED"
-    except (KeyboardInterrupt, SystemExit):
-        status = "KILLED"
+    except Exception:
+        status = "FAILED"
         raise
     finally:
         _terminate_family(client, run_id, status)

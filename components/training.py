@@ -207,9 +207,9 @@ def train(
     start = time.perf_counter()
     arrays, state = load_features(features)
     spec = build_spec(state, model_params, params)
-    out = Path(params.out)
+    out, inputs = Path(params.out), _inputs_key(state, spec, params)
     if resume is None:
-        resume = resume_point(features, model_params, params) is not None
+        resume = _resumable(out, inputs, state) is not None
     with _distributed(params.device) as (rank, world, device):
         tensors = model_inputs(arrays, spec)
         split = tensors.pop("split")
@@ -224,7 +224,7 @@ def train(
         optimizer = _optimizer(model, params)
         head, (metric, _) = monitored_head(spec), primary_metric(spec.label.kind)
         progress_state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": []}
-        checkpoint, inputs = out / CHECKPOINT, _inputs_key(state, spec, params)
+        checkpoint = out / CHECKPOINT
         if resume:
             progress_state = _restore(checkpoint, spec, model, optimizer)
         resumed_from = progress_state["epoch"] if resume else None
@@ -322,20 +322,24 @@ def resume_point(features: str | Path, model_params: ModelParams, params: TrainP
     beside the best model it had reached; None when there is no such pair (none, unreadable, written for other
     inputs, or its best model missing, as after `dvc repro` cleared the stage's outputs), so training starts over.
     """
-    path = Path(params.out) / CHECKPOINT
-    if not path.is_file():
+    if not (Path(params.out) / CHECKPOINT).is_file():
         return None
     state = read_state(features)
+    return _resumable(Path(params.out), _inputs_key(state, build_spec(state, model_params, params), params), state)
+
+
+def _resumable(out: Path, inputs: str, state: FeaturizerState) -> int | None:
+    """`resume_point` for inputs already hashed to `inputs`."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
         progress = json.loads(saved["progress"])
-    except Exception:  # noqa: BLE001 - a corrupt or foreign file is simply not resumable
+    except Exception:  # noqa: BLE001 - a missing, corrupt or foreign file is simply not resumable
         return None
-    if saved.get("inputs") != _inputs_key(state, build_spec(state, model_params, params), params):
+    if saved.get("inputs") != inputs:
         return None
     if progress["best_epoch"]:
         try:
-            card = read_card(params.out)
+            card = read_card(out)
         except TrainingError:
             return None
         if card.monitor.epoch != progress["best_epoch"] or card.featurizer_key != state.key:

@@ -94,7 +94,11 @@ def main(
             for process in (pipeline, server):
                 if process is not None and process.poll() is None:
                     os.killpg(process.pid, signal.SIGTERM)
-                    process.wait(timeout=30)
+                    try:
+                        process.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(process.pid, signal.SIGKILL)
+                        process.wait()
 
 
 if __name__ == "__main__":

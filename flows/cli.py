@@ -262,13 +262,17 @@ def register(
     rescore: Annotated[
         bool, typer.Option("--rescore", help="Score the champion on the test split again even if it was already.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Register even if a registered version has the same data, params and code.")
+    ] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Record the stages' outputs as one MLflow run (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db) and register
     the model: alias challenger, and champion only if it beats the current champion by register.margin."""
     from components.registry import record_and_register
 
-    out.print(record_and_register(load_params(params), force_gate_rescore=rescore).summary(), markup=False)
+    result = record_and_register(load_params(params), force=force, force_gate_rescore=rescore)
+    out.print(result.summary() + ("" if result.registered else " (--force registers anyway)"), markup=False)
 
 
 @app.command()

@@ -104,14 +104,16 @@ def train(params: Params, run_id: str) -> TrainResult:
     tracking server holds, so training continues where it stopped.
     """
     from components.featurize import read_state
-    from components.training import build_spec, resume_point
+    from components.model_store import CHECKPOINT
+    from components.training import build_spec
     from components.training import train as train_model
 
     logger = get_run_logger()
     spec = build_spec(read_state(params.featurize.out), params.model, params.train)
     with tracking.connected(params.registry) as client:
         log = tracking.TrainingLog(client, run_id, spec, params.train.out)
-        if resume_point(params.featurize.out, params.model, params.train) is None and log.restore():
+        # Training decides whether a checkpoint continues (same inputs); this only brings the stored one here.
+        if not (params.train.out / CHECKPOINT).is_file() and log.restore():
             logger.info(f"restored the checkpoint of training run {log.run_id} from the tracking server")
         log.watch(heartbeat_every=min(tracking.HEARTBEAT_EVERY_S, params.pipeline.train_silence / 4))
         status = "FAILED"

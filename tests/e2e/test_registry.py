@@ -45,6 +45,9 @@ def test_first_model_is_champion_runs_line_up_and_a_weaker_one_stays_challenger(
     params = params_for(tiny_project, "gate")
     first = msa(tiny_project, mlflow_server, "register", "--params", str(params))
     assert "version 1 is challenger and champion (first model" in first.stdout
+    again = msa(tiny_project, mlflow_server, "register", "--params", str(params))
+    assert "nothing registered: gate version 1 (champion) was trained from the same data" in again.stdout
+    assert "(--force registers anyway)" in again.stdout and len(client.search_model_versions("name = 'gate'")) == 1
 
     champion = client.get_model_version_by_alias("gate", "champion")
     assert champion.version == "1" and client.get_model_version_by_alias("gate", "challenger").version == "1"
@@ -194,7 +197,7 @@ def test_failure_after_creating_the_version_removes_it_and_keeps_the_champion(
         # The aliases are the last step: failing there exercises the clean-up of a version that already exists.
         monkeypatch.setattr(MlflowClient, "set_registered_model_alias", broken)
         with pytest.raises(TrackingError, match=r"version 2 failed .*version 2 was deleted; the champion is unchanged"):
-            register(load_params(params))
+            register(load_params(params), force=True)  # the same lineage: only a forced registration tries
     assert [v.version for v in client.search_model_versions("name = 'halfway'")] == ["1"]
     assert client.get_model_version_by_alias("halfway", "champion").version == "1"
 
