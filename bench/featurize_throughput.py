@@ -55,8 +55,9 @@ from rich.table import Table
 
 from components.config import DEFAULT_PARAMS, FeaturizeParams, load_params
 from components.dataset import read_dataset
-from components.featurize import TextState, encode_texts, featurize, resolve_text_model, token_states
+from components.featurize import STATE, TextState, encode_texts, featurize, token_states
 from components.importers import import_text_tsv
+from components.text_model import resolve_text_model
 
 RESULTS = Path(__file__).parent / "results" / "featurize_throughput.json"
 MOSI = Path("../shared/datasets/mosi-text")
@@ -97,7 +98,7 @@ def project_text_path(
     """Tokenize as featurize does (`encode_texts`), then `token_states` with the preloaded model: (float16 [N, L,
     H], mask)."""
     state = TextState(
-        model=str(path), path=str(path), hidden_size=model.config.hidden_size, max_tokens=params.max_tokens,
+        model=str(path), hidden_size=model.config.hidden_size, max_tokens=params.max_tokens,
         max_sentences=params.max_sentences, max_sentence_tokens=params.max_sentence_tokens, token_states=True,
     )  # fmt: skip
     encoded = encode_texts(tokenizer, texts, state)
@@ -189,7 +190,7 @@ def main(
 
         # Cache hit on the pipeline's own dataset and settings (params.yaml), in process and through the CLI.
         demo_out = tmp / "demo-features"
-        if (features / "featurizer.json").is_file():
+        if (features / STATE).is_file():
             shutil.copytree(features, demo_out)
         demo_params = project_params.model_copy(update={"out": demo_out})
         first_wall, _, first = timed(featurize, raw, demo_params, progress=False)

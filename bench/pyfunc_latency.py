@@ -5,7 +5,7 @@ frozen transformer runs inside it). Three contenders score the same rows of the 
 
     pyfunc         `mlflow.pyfunc.load_model(dir).predict(rows)` on a model saved with `mlflow.pyfunc.save_model`
                    exactly as `msa register` logs it (loader_module components.serving, the package as data, the
-                   components as code, the signature of `components.tracking.model_signature`): schema
+                   components as code, the signature of `components.registry.model_signature`): schema
                    enforcement + preprocessing + forward, what a user who loads the registered model gets
     predict_frame  `Predictor.predict_frame(rows)`: preprocessing (tokenize, decode and resize the image,
                    standardize the sequences) + forward, no MLflow
@@ -40,8 +40,8 @@ from rich.table import Table
 
 import components
 from components.dataset import read_dataset
+from components.registry import model_signature
 from components.serving import Predictor, package_model, raw_frame
-from components.tracking import model_signature
 
 RESULTS = Path(__file__).parent / "results" / "pyfunc_latency.json"
 NAMES = ("pyfunc", "predict_frame", "forward")
