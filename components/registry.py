@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import subprocess
 import tempfile
@@ -38,7 +39,6 @@ from components.metrics import is_better, metrics_for, primary_metric
 from components.models.spec import ModelSpec
 
 CHALLENGER, CHAMPION = "challenger", "champion"
-MODEL_ARTIFACT = "model"
 PIP_REQUIREMENTS = ("torch", "transformers", "safetensors", "numpy", "pandas", "pillow", "pydantic", "pyyaml")
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a logged model: the versions made from it (what the UI reads)
 
@@ -114,22 +114,35 @@ def run_name() -> str:
 
 
 def register(
-    client: Any, params: Params, run_id: str, context: RunContext, *, force_gate_rescore: bool = False
+    client: Any,
+    params: Params,
+    run_id: str,
+    context: RunContext,
+    *,
+    model_digest: str | None = None,
+    force_gate_rescore: bool = False,
 ) -> Registration:
     """Log the model and its card into the pipeline run `run_id`, register a version and apply the gate.
 
-    Reads what the stages wrote: featurize.out, train.out, evaluate.metrics, compress.report. `force_gate_rescore`
-    re-scores the champion on the test split even when its recorded score was measured on the same split.
+    Reads what the stages wrote: featurize.out, train.out, evaluate.metrics, compress.report. `model_digest`, when
+    given, is what train.out must still hold (the model training uploaded and the pipeline checked): anything that
+    rewrote it since is refused. `force_gate_rescore` re-scores the champion on the test split even when its
+    recorded score was measured on the same split.
     """
     import mlflow
 
+    from components import model_store
     from components.featurize import read_state
-    from components.model_store import read_card
     from components.serving import package_model, raw_frame
 
+    if model_digest is not None and model_store.digest(params.train.out) != model_digest:
+        raise TrackingError(
+            f"{params.train.out} no longer holds the model this run trained and evaluated (digest "
+            f"{model_digest[:12]}...): something rewrote it meanwhile. Nothing was registered"
+        )
     state = read_state(params.featurize.out)
     dataset = read_dataset(params.data.raw)
-    card = read_card(params.train.out)
+    card = model_store.read_card(params.train.out)
     metrics = _read_json(params.evaluate.metrics, "run `msa evaluate`")
     compression = _read_json(params.compress.report, "run `msa compress`") if params.compress.report.exists() else {}
     head, (metric, _) = card.monitor.head, primary_metric(state.label_kind)
@@ -142,8 +155,12 @@ def register(
         package = package_model(params.train.out, params.featurize.out, Path(tmp) / "package")
         example = raw_frame(dataset, "test", limit=2, inline_images=True).drop(columns=["id", "label"])
         signature = model_signature(card.spec)
-        _check_compatible(client, name, signature)  # before anything is written
+        _check_compatible(client, name, signature)  # the gate's inputs before anything is written
         champion = _champion(client, name)
+        champion_score = None
+        if champion is not None:
+            champion_score = _champion_score(champion, name, dataset, test_split, metric, force_gate_rescore)
+        promoted, decision = gate(state.label_kind, score, champion, champion_score, params.registry.margin)
         client.log_text(run_id, model_card(context.tags, dataset.manifest.synthetic, card, metrics, compression),
                         "model_card.md")  # fmt: skip
         with mlflow.start_run(run_id=run_id):  # log_model logs into the active run; registration ends the run
@@ -156,10 +173,6 @@ def register(
                 input_example=example,
                 pip_requirements=_pip_requirements(),
             )
-            champion_score = None
-            if champion is not None:
-                champion_score = _champion_score(champion, name, dataset, test_split, metric, force_gate_rescore)
-            promoted, decision = gate(state.label_kind, score, champion, champion_score, params.registry.margin)
             gate_tags = {
                 "msa.metric": f"test {head} {metric}",
                 "msa.score": f"{score:.6g}",
@@ -167,9 +180,15 @@ def register(
                 "msa.champion_score": "none" if champion_score is None else f"{champion_score:.6g}",
                 "msa.decision": decision,
                 **context.tags,  # the lineage, so a later run can tell it would train the same model
+                **({"msa.model_digest": model_digest} if model_digest else {}),
             }
             version = _create_version(client, name, info, run_id, gate_tags, promoted)
-            tracking.log_tags(client, run_id, {**gate_tags, "msa.registered_version": version})
+            # The version is complete and carries these tags itself: the run's copy is a convenience, and a failure
+            # here must not make a retry register the same model twice.
+            try:
+                tracking.log_tags(client, run_id, {**gate_tags, "msa.registered_version": version})
+            except Exception as e:  # noqa: BLE001
+                logging.getLogger(__name__).warning(f"run {run_id}: gate tags not copied ({tracking.first_line(e)})")
     return Registration(
         experiment=context.experiment,
         run_id=run_id,
@@ -256,20 +275,14 @@ def split_fingerprint(dataset: Dataset, split: str) -> str:
 def registered_with_same_lineage(params: Params, ours: Lineage | None = None) -> Skipped | None:
     """Which registered version, if any, was trained from the same data, settings and code as `params` describe.
 
-    Looks at the champion and the latest version (one that lost the gate needs no retraining either). None when
-    there is no such version, or no registered model yet.
+    Looks at the champion and the latest version that registration completed (one that lost the gate needs no
+    retraining either; one a failed or killed registration left behind does not count). None when there is no such
+    version, or no registered model yet.
     """
-    from mlflow.exceptions import MlflowException
-
     ours = ours or lineage(params)
     name = params.registry.model_name or read_manifest(params.data.raw).name
     with tracking.connected(params.registry) as client:
-        candidates = [(CHAMPION, _champion(client, name))]
-        try:
-            latest = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
-        except MlflowException:
-            latest = []
-        candidates += [("latest", v) for v in latest]
+        candidates = [(CHAMPION, _champion(client, name)), ("latest", _latest_registered(client, name))]
     for role, version in candidates:
         if version is not None and ours.matches(version.tags or {}):
             return Skipped(
@@ -394,7 +407,7 @@ def _check_compatible(client: Any, name: str, signature: Any) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.models import get_model_info
 
-    try:
+    try:  # any version, ours or not: a foreign one with other inputs is just as incompatible
         versions = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
     except MlflowException:
         return
@@ -430,18 +443,28 @@ def _create_version(client: Any, name: str, info: Any, run_id: str, tags: dict[s
     ).version
     try:
         _link(client, info.model_id, name, version)
-        for key, value in tags.items():
+        for key, value in {**tags, "msa.status": "registered"}.items():
             client.set_model_version_tag(name, version, key, value)
         client.set_registered_model_alias(name, CHALLENGER, version)
         if promote:
             client.set_registered_model_alias(name, CHAMPION, version)  # last: nothing can fail after it
-        client.set_model_version_tag(name, version, "msa.status", "registered")
     except Exception as e:  # noqa: BLE001 - whatever broke, the half-made version must not stay usable
         raise TrackingError(
             f"registering '{name}' version {version} failed ({type(e).__name__}: {tracking.first_line(e)}); "
             f"{_discard(client, name, version, info.model_id)}; the champion is unchanged"
         ) from None
     return version
+
+
+def _latest_registered(client: Any, name: str) -> Any | None:
+    """The newest version of `name` whose registration completed (`msa.status=registered`), if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=20)
+    except MlflowException:
+        return None  # no such registered model
+    return next((v for v in versions if (v.tags or {}).get("msa.status") == "registered"), None)
 
 
 def _link(client: Any, model_id: str, name: str, version: str) -> None:

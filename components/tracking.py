@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import threading
@@ -102,9 +103,9 @@ def pipeline_run(client: Any, experiment: str, run_name: str, tags: Mapping[str,
     close_stale_runs(client, exp)
     run = client.create_run(exp, run_name=run_name, tags={**tags, KIND: "pipeline", HEARTBEAT: str(time.time())})
     run_id = run.info.run_id
-    log_params(client, run_id, flatten(params.model_dump(mode="json", by_alias=True), "."))
     status = "KILLED"  # unless it ends or fails: Ctrl-C, SIGTERM (Prefect's TerminationSignal), SystemExit
     try:
+        log_params(client, run_id, flatten(params.model_dump(mode="json", by_alias=True), "."))
         with heartbeat(client, run_id):
             yield run_id
         status = "FINISHED"
@@ -112,7 +113,10 @@ def pipeline_run(client: Any, experiment: str, run_name: str, tags: Mapping[str,
         status = "FAILED"
         raise
     finally:
-        _terminate_family(client, run_id, status)
+        try:
+            _terminate_family(client, run_id, status)
+        except Exception as e:  # noqa: BLE001 - the stage's own error matters more; a later run closes this one
+            logging.getLogger(__name__).warning(f"MLflow run {run_id} could not be ended {status}: {first_line(e)}")
 
 
 @contextmanager
@@ -136,10 +140,14 @@ def heartbeat(client: Any, run_id: str, every: float = HEARTBEAT_EVERY_S) -> Ite
         thread.join(timeout=5)
 
 
-def training_silence(client: Any, parent: str, since: float) -> float:
-    """Seconds since training for pipeline run `parent` last gave a sign of life (its train run's heartbeat), or
-    since `since` (when its current attempt started) if that is later."""
-    beats = [float(r.data.tags[HEARTBEAT]) for r in child_runs(client, parent, "train") if HEARTBEAT in r.data.tags]
+def training_silence(client: Any, parent: str, attempt: int, since: float) -> float:
+    """Seconds since attempt `attempt` of training for pipeline run `parent` last gave a sign of life (its train
+    run's heartbeat), or since `since` (when that attempt started) if that is later."""
+    beats = [
+        float(r.data.tags[HEARTBEAT])
+        for r in child_runs(client, parent, "train")
+        if r.info.run_name == train_run_name(attempt) and HEARTBEAT in r.data.tags
+    ]
     return time.time() - max([since, *beats])
 
 
@@ -157,6 +165,19 @@ def close_stale_runs(client: Any, experiment: str, *, now: float | None = None) 
             _terminate_family(client, run.info.run_id, "KILLED")
             closed.append(run.info.run_id)
     return closed
+
+
+def train_run_name(attempt: int) -> str:
+    """Each dispatch of training logs into a train run of its own: a lost worker that is still alive writes only
+    into its attempt's run, never into its replacement's."""
+    return "train" if attempt == 1 else f"train (attempt {attempt})"
+
+
+def end_train_attempt(client: Any, parent: str, attempt: int, status: str) -> None:
+    """End the train run of one attempt (a lost worker cannot end it itself)."""
+    for run in child_runs(client, parent, "train"):
+        if run.info.run_name == train_run_name(attempt) and run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status)
 
 
 def child_runs(client: Any, parent: str, kind: str) -> list[Any]:
@@ -226,37 +247,42 @@ class TrainingLog:
     worker, finds) the runs under `parent`, uploads the checkpoint after every epoch and the model when it improves.
     """
 
-    def __init__(self, client: Any, parent: str, spec: Any, out: Path) -> None:
+    def __init__(self, client: Any, parent: str, spec: Any, out: Path, attempt: int = 1) -> None:
         from components.model_store import monitored_head
 
         self.client, self.parent, self.spec, self.out = client, parent, spec, Path(out)
-        self.run_id = child_run(client, parent, "train", "train")
+        self.run_id = child_run(client, parent, "train", train_run_name(attempt))
         self.heads = {h: child_run(client, parent, "head", h, {HEAD: h}) for h in spec.heads}
         self.monitored = monitored_head(spec)
         for head, run_id in self.heads.items():
             log_params(client, run_id, head_params(spec, head))
-        self.monitor, self.beating = None, contextlib.ExitStack()
+        self.monitor = None
         self.uploaded, self.upload_seconds = 0, 0.0  # sent to the artifact store by this process, and the time it took
 
-    def watch(self, heartbeat_every: float = HEARTBEAT_EVERY_S) -> None:
-        """Until `close`: a heartbeat on the train run (how the pipeline tells a lost worker from a slow one), and
-        CPU, memory, disk, network (and GPU, with nvidia-ml-py) sampled into it as system metrics."""
+    def watch(self) -> None:
+        """Sample CPU, memory, disk, network (and GPU, with nvidia-ml-py) into the train run until `close`."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        self.beating.enter_context(heartbeat(self.client, self.run_id, heartbeat_every))
         self.monitor = SystemMetricsMonitor(self.run_id, sampling_interval=5, resume_logging=True)
         self.monitor.start()
 
-    def restore(self) -> bool:
-        """Download the stored checkpoint and the model it pairs with into `out`, for a worker with an empty disk;
-        False when the store holds none (training starts over)."""
+    def restore(self) -> str | None:
+        """Download the newest stored checkpoint of this pipeline run's training, and the model it pairs with,
+        into `out` (for a worker with an empty disk); the train run it came from, or None when there is none usable
+        (none stored, or a damaged upload of a worker killed mid-upload): training then starts over."""
         from components import model_store
+        from components.errors import TrainingError
 
-        tags = self.client.get_run(self.run_id).data.tags
-        if MODEL_DIGEST not in tags or not model_store.fetch_checkpoint(self.client, self.run_id, self.out):
-            return False
-        model_store.fetch(self.client, self.run_id, self.out, tags[MODEL_DIGEST])
-        return True
+        for run in reversed(child_runs(self.client, self.parent, "train")):
+            digest = run.data.tags.get(MODEL_DIGEST)
+            try:
+                if digest and model_store.fetch_checkpoint(self.client, run.info.run_id, self.out):
+                    model_store.fetch(self.client, run.info.run_id, self.out, digest)
+                    return run.info.run_id
+            except TrainingError as e:
+                logging.getLogger(__name__).warning(f"not resuming from train run {run.info.run_id}: {e}")
+                (self.out / model_store.CHECKPOINT).unlink(missing_ok=True)
+        return None
 
     def log_epoch(self, record: dict) -> None:
         """One epoch's curves: every head's on its run, the monitored head's on the parent too."""
@@ -291,7 +317,6 @@ class TrainingLog:
         return value
 
     def close(self, status: str) -> None:
-        self.beating.close()
         if self.monitor is not None:
             self.monitor.finish()
         for run_id in self.heads.values():
@@ -313,8 +338,7 @@ def log_evaluation(client: Any, parent: str, spec: Any, metrics: Mapping, plots:
     from components.model_store import monitored_head
 
     for head in spec.heads:
-        run_id = child_run(client, parent, "head", head, {HEAD: head})
-        log_params(client, run_id, head_params(spec, head))
+        run_id = child_run(client, parent, "head", head, {HEAD: head})  # opened, with its params, by training
         log_numbers(client, run_id, split_metrics(metrics, head))
         client.set_terminated(run_id, "FINISHED")
     log_numbers(client, parent, split_metrics(metrics, monitored_head(spec)))
@@ -466,5 +490,5 @@ def _terminate_family(client: Any, run_id: str, status: str) -> None:
         [experiment], filter_string=f"tags.`{PARENT}` = '{run_id}' and attributes.status = 'RUNNING'", max_results=1000
     )
     for child in children:
-        client.set_terminated(child.info.run_id, status if status != "FINISHED" else "FINISHED")
+        client.set_terminated(child.info.run_id, status)
     client.set_terminated(run_id, status)

@@ -43,6 +43,7 @@ from components.lineage import trained_code_hash
 from components.metrics import is_better, primary_metric
 from components.model_store import (
     CHECKPOINT,
+    WEIGHTS,
     DatasetRef,
     ModelCard,
     Monitor,
@@ -203,7 +204,9 @@ def train(
     on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
     """Train on `features`; `resume` None continues a checkpoint of the same inputs if there is one (see
-    `resume_point`), True insists on one, False starts over. `on_epoch` runs on rank 0 after each epoch is saved."""
+    `resume_point`), False starts over, True continues the checkpoint whatever its other settings, as long as it was
+    written for this architecture (to train it for more epochs, say). `on_epoch` runs on rank 0 after each epoch
+    is saved."""
     start = time.perf_counter()
     arrays, state = load_features(features)
     spec = build_spec(state, model_params, params)
@@ -342,7 +345,11 @@ def _resumable(out: Path, inputs: str, state: FeaturizerState) -> int | None:
             card = read_card(out)
         except TrainingError:
             return None
-        if card.monitor.epoch != progress["best_epoch"] or card.featurizer_key != state.key:
+        if (
+            not (out / WEIGHTS).is_file()
+            or card.monitor.epoch != progress["best_epoch"]
+            or card.featurizer_key != state.key
+        ):
             return None
     return int(progress["epoch"])
 
@@ -402,7 +409,7 @@ def _save_checkpoint(
 
 def _restore(path: Path, spec: ModelSpec, model: MultiTaskModel, optimizer: torch.optim.Optimizer) -> dict:
     if not path.is_file():
-        raise TrainingError(f"{path}: no checkpoint to resume from (train once without --resume)")
+        raise TrainingError(f"{path}: no checkpoint to resume from (train once first)")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles arbitrary objects
     except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt or foreign file
@@ -413,7 +420,7 @@ def _restore(path: Path, spec: ModelSpec, model: MultiTaskModel, optimizer: torc
         differs = sorted(k for k in ours.keys() | old.keys() if ours.get(k) != old.get(k))
         raise TrainingError(
             f"{path}: checkpoint was written for a different model (differs in: {', '.join(differs)}); "
-            "train without --resume, or restore the settings it was trained with"
+            "start over (`msa train --restart`), or restore the settings it was trained with"
         )
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])

@@ -21,7 +21,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
 from prefect.deployments import run_deployment
 from prefect.logging import get_run_logger
-from prefect.states import Crashed
+from prefect.states import Cancelling, Crashed
 
 from components import tracking
 from components.config import Params, load_params
@@ -36,12 +36,20 @@ if TYPE_CHECKING:  # torch is imported by the tasks that train, not by `msa run`
 
 
 @flow(name="train", persist_result=True, result_serializer="json")
-def training(run_id: str, params: str = "params.yaml") -> TrainResult:
+def training(run_id: str, params: str = "params.yaml", attempt: int = 1, restart: bool = False) -> TrainResult:
     """Featurize (cached on content) and train, logging into pipeline run `run_id`; continues the stored
-    checkpoint when a worker was killed mid-run."""
+    checkpoint when a worker was killed mid-run, unless `restart`. `attempt` counts the pipeline's dispatches.
+
+    Its train run's heartbeat beats from the start (featurizing on a fresh worker takes a while), so the pipeline
+    can tell this flow run from a lost one.
+    """
     p = load_params(params)
-    _featurize(p)
-    return tasks.with_timeout(tasks.train, p.pipeline.timeouts.train)(p, run_id)
+    every = min(tracking.HEARTBEAT_EVERY_S, p.pipeline.train_silence / 4)
+    with tracking.connected(p.registry) as client:
+        train_run = tracking.child_run(client, run_id, "train", tracking.train_run_name(attempt))
+        with tracking.heartbeat(client, train_run, every):
+            _featurize(p)
+            return tasks.with_timeout(tasks.train, p.pipeline.timeouts.train)(p, run_id, attempt, restart)
 
 
 @flow(name="pipeline", persist_result=True, result_serializer="json")
@@ -63,13 +71,13 @@ def pipeline(params: str = "params.yaml", force: bool = False) -> Registration |
         get_run_logger().info(f"MLflow run {run_id} in experiment '{context.experiment}' ({tracking.tracking_uri()})")
         tasks.with_timeout(tasks.validate, timeouts.validate_)(p, run_id, context)
         if p.pipeline.training == "deployment":
-            _train_on_work_pool(p, params, run_id)
+            _train_on_work_pool(p, params, run_id, restart=force)
         else:
-            training(run_id, params)
-        tasks.with_retries(tasks.fetch_model, p, timeouts.register_)(p, run_id)
+            training(run_id, params, restart=force)
+        digest = tasks.with_retries(tasks.fetch_model, p, timeouts.register_)(p, run_id)
         tasks.with_timeout(tasks.evaluate, timeouts.evaluate)(p, run_id)
         tasks.with_timeout(tasks.compress, timeouts.compress)(p, run_id)
-        return tasks.with_retries(tasks.register, p, timeouts.register_)(p, run_id, context, force)
+        return tasks.with_retries(tasks.register, p, timeouts.register_)(p, run_id, context, digest, force)
 
 
 def _featurize(p: Params) -> None:
@@ -79,7 +87,7 @@ def _featurize(p: Params) -> None:
     featurize.with_options(refresh_cache=not is_current(p.featurize.out, key))(p, key)
 
 
-def _train_on_work_pool(p: Params, params: str, run_id: str) -> None:
+def _train_on_work_pool(p: Params, params: str, run_id: str, *, restart: bool) -> None:
     """Run the training deployment (a worker of its pool picks it up) and wait for it to end.
 
     A worker that dies mid-run cannot say so: its flow run stays Running. The pipeline tells a lost worker from a
@@ -89,14 +97,15 @@ def _train_on_work_pool(p: Params, params: str, run_id: str) -> None:
     """
     settings, logger = p.pipeline, get_run_logger()
     for attempt in range(1, settings.train_attempts + 1):
-        flow_run = run_deployment(settings.train_deployment, parameters={"params": params, "run_id": run_id}, timeout=0)
+        parameters = {"params": params, "run_id": run_id, "attempt": attempt, "restart": restart and attempt == 1}
+        flow_run = run_deployment(settings.train_deployment, parameters=parameters, timeout=0)
         logger.info(
             f"training dispatched to deployment {settings.train_deployment} as flow run {flow_run.name} "
             f"(attempt {attempt} of {settings.train_attempts}); waiting for a worker of its pool"
         )
         if attempt == 1:
             _featurize(p)  # evaluate needs the features here too: made while the worker trains on its own disk
-        state = _await_training(flow_run.id, p, run_id)
+        state = _await_training(flow_run.id, p, run_id, attempt)
         if state.is_completed():
             logger.info(f"training flow run {flow_run.name} completed")
             return
@@ -112,18 +121,29 @@ def _train_on_work_pool(p: Params, params: str, run_id: str) -> None:
     )
 
 
-def _await_training(flow_run_id: UUID, p: Params, run_id: str) -> State:
-    """The final state of the training flow run, or Crashed once its heartbeat has been silent too long."""
+def _await_training(flow_run_id: UUID, p: Params, run_id: str, attempt: int) -> State:
+    """The final state of the training flow run, or Crashed once its heartbeat has been silent too long.
+
+    Waiting is bounded by `pipeline.timeouts.train`, picking up by a worker included (a pool without workers).
+    """
     silence, poll = p.pipeline.train_silence, min(10.0, p.pipeline.train_silence / 4)
+    deadline = time.monotonic() + p.pipeline.timeouts.train
     with get_client(sync_client=True) as prefect, tracking.connected(p.registry) as client:
         while True:
             flow_run = prefect.read_flow_run(flow_run_id)
             if flow_run.state.is_final():
                 return flow_run.state
+            if time.monotonic() > deadline:
+                prefect.set_flow_run_state(flow_run_id, Cancelling(message="pipeline.timeouts.train ran out"))
+                raise TrainingError(
+                    f"training flow run {flow_run.name} did not end within pipeline.timeouts.train "
+                    f"({p.pipeline.timeouts.train} s; it was {flow_run.state_name}): nothing trained"
+                )
             if flow_run.state.is_running():
-                quiet = tracking.training_silence(client, run_id, since=flow_run.start_time.timestamp())
+                quiet = tracking.training_silence(client, run_id, attempt, since=flow_run.start_time.timestamp())
                 if quiet > silence:
                     lost = Crashed(message=f"no heartbeat from training for {quiet:.0f} s: its worker was lost")
                     prefect.set_flow_run_state(flow_run_id, lost, force=True)
+                    tracking.end_train_attempt(client, run_id, attempt, "KILLED")
                     return lost
             time.sleep(poll)

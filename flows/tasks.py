@@ -1,5 +1,6 @@
 """Prefect tasks: each stage's component function plus what orchestration adds: retries with backoff on the tasks
-that talk to the tracking server, timeouts, the featurize cache, artifacts and logs. No ML logic lives here.
+whose work is a tracking request (lineage, fetch model, register), timeouts, the featurize cache, artifacts and logs.
+The other stages log through MLflow's own bounded HTTP retries (register.retries). No ML logic lives here.
 
 Every stage task takes the loaded `Params` and the pipeline's MLflow run id, and logs its stage into that run as it
 ends (components.tracking), so a user watches the run in MLflow while it goes. Results are the components' own
@@ -97,30 +98,31 @@ def featurize(params: Params, key: str) -> FeaturizeResult:
 
 
 @task(name="train")
-def train(params: Params, run_id: str) -> TrainResult:
+def train(params: Params, run_id: str, attempt: int = 1, restart: bool = False) -> TrainResult:
     """Multi-task training logged live into the pipeline run `run_id`, from whichever machine runs it.
 
-    On a worker with an empty disk (a replacement for one killed mid-run) it first restores the checkpoint the
-    tracking server holds, so training continues where it stopped.
+    Continues a checkpoint of the same inputs (a killed run), unless `restart`. On a worker whose disk holds none
+    that continues (a replacement for one killed mid-run has an empty disk), it first restores the newest checkpoint
+    the tracking server holds for this pipeline run.
     """
     from components.featurize import read_state
-    from components.model_store import CHECKPOINT
-    from components.training import build_spec
+    from components.training import build_spec, resume_point
     from components.training import train as train_model
 
     logger = get_run_logger()
     spec = build_spec(read_state(params.featurize.out), params.model, params.train)
     with tracking.connected(params.registry) as client:
-        log = tracking.TrainingLog(client, run_id, spec, params.train.out)
-        # Training decides whether a checkpoint continues (same inputs); this only brings the stored one here.
-        if not (params.train.out / CHECKPOINT).is_file() and log.restore():
-            logger.info(f"restored the checkpoint of training run {log.run_id} from the tracking server")
-        log.watch(heartbeat_every=min(tracking.HEARTBEAT_EVERY_S, params.pipeline.train_silence / 4))
+        log = tracking.TrainingLog(client, run_id, spec, params.train.out, attempt)
         status = "FAILED"
         try:
+            continues = restart or resume_point(params.featurize.out, params.model, params.train) is not None
+            if not continues and (source := log.restore()) is not None:
+                logger.info(f"restored the checkpoint of training run {source} from the tracking server")
+            log.watch()
             result = train_model(
-                params.featurize.out, params.model, params.train, progress=SHOW_PROGRESS, on_epoch=log.on_epoch
-            )
+                params.featurize.out, params.model, params.train, resume=False if restart else None,
+                progress=SHOW_PROGRESS, on_epoch=log.on_epoch,
+            )  # fmt: skip
             log.finish(
                 {
                     "epochs_run": result.epochs_run,
@@ -130,7 +132,10 @@ def train(params: Params, run_id: str) -> TrainResult:
             )
             status = "FINISHED"
         finally:
-            log.close(status)
+            try:
+                log.close(status)
+            except Exception as e:  # noqa: BLE001 - training's own error matters more
+                logger.warning(f"train run {log.run_id} could not be ended {status}: {tracking.first_line(e)}")
     logger.info(result.summary())
     return result
 
@@ -236,7 +241,9 @@ def report_skip(skipped: Skipped) -> None:
 
 
 @task(name="register")
-def register(params: Params, run_id: str, context: RunContext, force: bool = False) -> Registration | Skipped:
+def register(
+    params: Params, run_id: str, context: RunContext, model_digest: str, force: bool = False
+) -> Registration | Skipped:
     """Log and register under the registry lock. The lineage is checked again while holding it: of two runs of the
     same inputs started together, the second finds the first's version and skips instead of registering twice."""
     from components.registry import register as register_model
@@ -249,7 +256,7 @@ def register(params: Params, run_id: str, context: RunContext, force: bool = Fal
             report_skip(same)
             return same
         with tracking.connected(params.registry) as client:
-            registration = register_model(client, params, run_id, context)
+            registration = register_model(client, params, run_id, context, model_digest=model_digest)
     get_run_logger().info(registration.summary())
     champion = (
         "none" if registration.champion_before is None

@@ -19,7 +19,7 @@ from components.text_model import resolve_text_model
 
 
 def load_transformer(spec: TextSpec, pretrained: bool) -> nn.Module:
-    """The transformer `spec.encoder` names (resolved to a local directory here, never downloaded), in float32.
+    """The transformer `spec.encoder` names (resolved on this machine by components.text_model), in float32.
 
     `pretrained=False` builds the same architecture with random weights, for when a state dict is loaded next.
     """

@@ -211,8 +211,18 @@ def test_training_on_a_pool_without_a_shared_disk_resumes_on_a_new_worker_and_re
         assert not (cpu_clone / "models" / "checkpoints").exists(), "the cpu worker never trained"
         history = json.loads((cpu_clone / "models" / "history.json").read_text())
         assert [e["epoch"] for e in history] == list(range(1, EPOCHS + 1))
-        train_run = mlflow.get_run(trains[0].info.run_id)
-        assert train_run.info.status == "FINISHED" and "system/cpu_utilization_percentage" in train_run.data.metrics
+        # Each attempt logged into a train run of its own: the lost one KILLED, its replacement FINISHED.
+        attempts = {
+            r.info.run_name: r
+            for r in mlflow.search_runs(
+                [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and "
+                "tags.`msa.kind` = 'train'"
+            )
+        }  # fmt: skip
+        assert attempts["train"].info.status == "KILLED", {n: r.info.status for n, r in attempts.items()}
+        replacement = attempts["train (attempt 2)"]
+        assert replacement.info.status == "FINISHED" and "system/cpu_utilization_percentage" in replacement.data.metrics
+        assert replacement.data.tags["msa.model_digest"] == champion.tags["msa.model_digest"]
 
         # Same commit, same data and params: the second retrain ends early, without training or registering.
         assert wait(start_retrain()).state.is_completed(), diagnostics()

@@ -84,3 +84,21 @@ def test_training_shows_every_head_s_curve_while_it_runs_and_stores_what_resumes
         again = tracking.TrainingLog(client, parent, spec, trained.model.parent / "empty")
         assert (again.run_id, again.heads) == (log.run_id, log.heads)
         assert again.restore() and model_store.digest(again.out) == digest
+
+
+def test_a_damaged_upload_is_not_resumed_and_a_lost_attempt_writes_only_into_its_own_run(client, trained):
+    spec = model_store.read_card(trained.model).spec
+    with open_run(client) as parent:
+        first = tracking.TrainingLog(client, parent, spec, trained.model)
+        first.on_epoch(model_store.read_history(trained.model)[0], improved=True)
+        stored = Path(client.get_run(first.run_id).info.artifact_uri.removeprefix("file://")) / "model"
+        (stored / model_store.WEIGHTS).write_bytes(b"killed mid-upload")
+
+        second = tracking.TrainingLog(client, parent, spec, trained.model.parent / "empty", attempt=2)
+        assert second.run_id != first.run_id
+        assert client.get_run(second.run_id).info.run_name == "train (attempt 2)"
+        assert second.restore() is None, "a model that does not match its digest is not resumed: start over"
+        assert not (second.out / model_store.CHECKPOINT).exists()
+        tracking.end_train_attempt(client, parent, 1, "KILLED")
+        assert status(client, first.run_id) == "KILLED" and status(client, second.run_id) == "RUNNING"
+        assert tracking.training_silence(client, parent, 2, since=time.time() - 5) >= 5
