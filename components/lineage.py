@@ -12,6 +12,7 @@ docstrings: editing the tracking code, a docstring or a comment does not ask for
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ def code_digest(files: list[str], repo: Path) -> hashlib._Hash:
     """A sha256 of each file's path and syntax tree without docstrings: comments and docstrings do not count."""
     digest = hashlib.sha256()
     for file in sorted(files):
-        tree = _without_docstrings(ast.parse((repo / file).read_text(encoding="utf-8")))
+        tree = _without_docstrings(_parse(repo / file))
         digest.update(f"{file}\0{ast.dump(tree)}\0".encode())
     return digest
 
@@ -129,7 +130,7 @@ def _imports(module: str, file: Path) -> list[str]:
     """The dotted names `file` imports, statically or by importlib.import_module; most are outside the package."""
     package = module if file.name == "__init__.py" else module.rpartition(".")[0]
     names = []
-    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+    for node in ast.walk(_parse(file)):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -162,3 +163,14 @@ def _name_pattern(arg: ast.expr) -> list[str]:
     if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
         return [f"{arg.values[0].value}*"]
     return []
+
+
+def _parse(file: Path, attempts: int = 5) -> ast.Module:
+    """`ast.parse` of a source file. On CPython 3.11 the AST constructor keeps its recursion depth in state shared by
+    threads, so a parse while another thread parses (a Prefect flow run has several threads) can raise "SystemError:
+    AST constructor recursion depth mismatch" (cpython gh-106905): the same source parses on a later try."""
+    source = file.read_text(encoding="utf-8")
+    for _ in range(attempts - 1):
+        with contextlib.suppress(SystemError):
+            return ast.parse(source, filename=str(file))
+    return ast.parse(source, filename=str(file))
