@@ -53,24 +53,49 @@ def _nan_as_null(obj: Any) -> Any:
 
 
 @contextmanager
-def replace_directory(path: str | Path) -> Iterator[Path]:
+def replace_directory(path: str | Path, *, marker: str) -> Iterator[Path]:
     """Yield an empty staging directory; on success it replaces `path`, on error it is removed.
+
+    `path` is replaced only when it is missing, empty, or holds `marker` (a glob, e.g. the manifest.yaml every
+    dataset has): a directory this project wrote. Anything else (a mistyped `--out` naming a folder of photos, the
+    project root) is refused with the path named, before anything is written, and stays byte-identical.
 
     The staging directory sits beside `path` (same filesystem, so the final renames are atomic). The old
     directory is moved aside before the new one is renamed in and deleted only after that succeeds.
     """
     path = Path(path)
+    _check_replaceable(path, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     staging = path.parent / f".{path.name}.staging-{token}"
     staging.mkdir()
     try:
         yield staging
+        if not any(staging.glob(marker)) and any(staging.iterdir()):
+            raise AssertionError(f"a writer of {path} must write {marker}, the proof that it wrote the directory")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     retired = path.parent / f".{path.name}.old-{token}"
-    if path.exists():
+    if path.exists() or path.is_symlink():
         os.replace(path, retired)
     os.replace(staging, path)
-    shutil.rmtree(retired, ignore_errors=True)
+    if retired.is_symlink() or retired.is_file():
+        retired.unlink()
+    else:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def _check_replaceable(path: Path, marker: str) -> None:
+    from components.errors import DataError
+
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise DataError(path, "is a file, not a directory this project wrote: refusing to replace it")
+    if any(path.iterdir()) and not any(path.glob(marker)):
+        raise DataError(
+            path,
+            f"holds files this project did not write (no {marker}): refusing to replace it; "
+            "name a new or empty directory",
+        )

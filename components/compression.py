@@ -175,7 +175,7 @@ def compress(
         }
 
     card = read_card(model_dir)
-    with replace_directory(out) as staging:  # the directory holds exactly this run's kept variants
+    with replace_directory(out, marker=f"*/{CARD}") as staging:  # the directory holds exactly this run's kept variants
         for name, v in variants.items():
             if v["kept"]:
                 _write_variant(staging / name, name, spec, card, payloads[name], v)

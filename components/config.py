@@ -7,22 +7,40 @@ and lists the valid ones, instead of being silently ignored while the default is
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from components.errors import ConfigError
+
+__all__ = ["ConfigError"]  # re-exported: every caller of load_params catches it from here
 
 DEFAULT_PARAMS = Path("params.yaml")
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 
 
-class ConfigError(ValueError):
-    """`params.yaml` is missing, unparsable, or breaks the schema below."""
-
-
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, value: object, info: ValidationInfo) -> object:
+        """`epochs: true` is a typo, not 1 (pydantic's lax mode would take a bool as a number)."""
+        if isinstance(value, bool) and info.field_name and _is_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, got a boolean")
+        return value
+
+
+def _is_number(annotation: object) -> bool:
+    if annotation in (int, float):
+        return True
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and any(
+        _is_number(a) for a in typing.get_args(annotation)
+    )
 
 
 class DemoParams(Section):
@@ -161,6 +179,27 @@ class RegisterParams(Section):
     timeout: int = Field(30, ge=1, description="seconds per request to a tracking server")
 
 
+class ServeParams(Section):
+    """Bounds of every input the served model decodes. They are packaged with the model, so `mlflow models serve`
+    and `msa predict` enforce the bounds it was registered with; a row over one is refused (400), never cut."""
+
+    max_rows: int = Field(256, ge=1, description="rows per request to the served model")
+    max_text_chars: int = Field(
+        2000, ge=1, description="longer text is refused, not truncated: a score must describe the text that was sent"
+    )
+    max_image_bytes: int = Field(
+        4_000_000, ge=1, description="per image file; the base64 text of one may be 4/3 of this"
+    )
+    max_image_pixels: int = Field(
+        4_194_304, ge=1, description="width x height, read from the image header before anything is decoded"
+    )
+    max_frames: int = Field(1000, ge=1, description="frames per audio or vision sequence")
+
+    @property
+    def max_base64_chars(self) -> int:
+        return 4 * -(-self.max_image_bytes // 3)
+
+
 class StageTimeouts(Section):
     """Seconds a pipeline task may run before Prefect fails it (generous: a timeout is for hung runs)."""
 
@@ -202,6 +241,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     compress: CompressParams = CompressParams()
     registry: RegisterParams = Field(RegisterParams(), alias="register")  # `register` would shadow ABC.register
+    serve: ServeParams = ServeParams()
     pipeline: PipelineParams = PipelineParams()
 
 
@@ -213,8 +253,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
         raise ConfigError(f"{path}: no such file (run from the project root or pass --params)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if raw is None:
-        raw = {}
+    if raw is None:  # an empty file is more likely a mistake (a failed copy, a wrong path) than "all defaults"
+        raise ConfigError(f"{path}: the file is empty; write at least one section, e.g. `train: {{epochs: 30}}`")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     try:

@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save
 
 from components.atomic import replace_directory, write_bytes
-from components.errors import DataError
+from components.errors import ConfigError, DataError
 
 SPLITS = ("train", "valid", "test")
 SEQUENCE_MODALITIES = ("audio", "vision")
@@ -170,7 +170,7 @@ def write_dataset(
     for name in images or {}:
         if problem := image_path_problem(name):
             raise ValueError(f"image path {name!r} must be a relative path inside {IMAGES}/ ({problem})")
-    with replace_directory(path) as staging:
+    with replace_directory(path, marker=MANIFEST) as staging:
         write_bytes(staging / MANIFEST, manifest_yaml.encode("utf-8"))
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
@@ -205,8 +205,9 @@ def image_path_problem(relative: str) -> str | None:
 def carve_splits(n: int, *, seed: int, fractions: dict[str, float]) -> list[str]:
     """Assign each of `n` rows to a split: `round(n * fraction)` rows per split named in `fractions`, the
     rest to train. The same `seed` gives the same assignment, so a re-import yields the same dataset."""
-    if any(f < 0 for f in fractions.values()) or sum(fractions.values()) >= 1:
-        raise ValueError(f"split fractions must be >= 0 and leave rows for train, got {fractions}")
+    if any(not 0 <= f < 1 for f in fractions.values()) or sum(fractions.values()) >= 1:
+        given = ", ".join(f"--{split}-frac {f:g}" for split, f in fractions.items())
+        raise ConfigError(f"split fractions must be between 0 and 1 and leave rows for train; got {given}")
     order = np.random.default_rng(seed).permutation(n)
     splits = np.full(n, "train", dtype=object)
     start = 0

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import torch
 
+from components.errors import ConfigError
+
 
 def pick_device(name: str = "auto") -> torch.device:
     if name != "auto":
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ConfigError(f"device {name!r} is not a torch device (use auto, cpu, cuda, cuda:N or mps)") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available (use 'auto' or 'cpu')")
+            raise ConfigError(f"device {name!r} requested but CUDA is not available on this machine (use auto or cpu)")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError(f"device {name!r} requested but MPS is not available on this machine (use auto or cpu)")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

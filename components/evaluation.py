@@ -36,6 +36,8 @@ from components.featurize import FEATURES, load_features
 from components.metrics import classification_metrics, metrics_for, primary_metric
 from components.model_store import Monitor, load_trained, model_inputs, predict, read_card, read_history, split_rows
 
+HISTORY_CSV = "history.csv"  # always written: also what shows that a plots directory is ours to replace
+
 
 @dataclass
 class HeadOutput:
@@ -117,7 +119,7 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
                 prediction = scores.reshape(-1) if kind == "regression" else scores.argmax(axis=1)
                 outputs[head] = HeadOutput(split_ids[present], label, prediction, head_metrics)
 
-    with replace_directory(params.plots) as staging:
+    with replace_directory(params.plots, marker=HISTORY_CSV) as staging:
         _write_plot_data(staging, plotted, outputs, kind, classes)
         _write_history(staging, history, spec.heads, card.monitor, metric)
         _write_images(staging, plotted, outputs, kind, classes, history, spec.heads, card.monitor, metric)
@@ -192,7 +194,7 @@ def _write_history(staging: Path, history: list[dict], heads: tuple[str, ...], m
         }
         for entry in history
     ]
-    write_text(staging / "history.csv", pd.DataFrame(rows).to_csv(index=False))
+    write_text(staging / HISTORY_CSV, pd.DataFrame(rows).to_csv(index=False))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -23,16 +23,17 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from components.atomic import replace_directory, write_json
 from components.config import FeaturizeParams, Section
 from components.dataset import SPLITS, Dataset, read_dataset, read_manifest
-from components.errors import DataError
+from components.errors import DataError, first_line
+from components.images import ImageProblem, fit, open_image
 from components.lineage import tree_digest
 from components.text_model import resolve_text_model
 
@@ -74,6 +75,7 @@ class FeaturizerState(Section):
     label_kind: Literal["regression", "classification"]
     classes: tuple[str, ...] = ()
     ids: list[str] = []  # row order of the features; empty in a serving package
+    features_sha256: str = ""  # of features.safetensors: a damaged or replaced file is never "kept"
     text: TextState | None = None
     image: ImageState | None = None
     audio: SequenceState | None = None
@@ -124,8 +126,9 @@ def featurize(raw: str | Path, params: FeaturizeParams, *, progress: bool = True
         ids=dataset.samples["id"].tolist(),
         **state,
     )
-    with replace_directory(out) as staging:
+    with replace_directory(out, marker=STATE) as staging:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, staging / FEATURES)
+        featurizer = featurizer.model_copy(update={"features_sha256": _sha256(staging / FEATURES)})
         write_json(staging / STATE, featurizer.model_dump(mode="json"))
     return FeaturizeResult(out, featurizer, cached=False, seconds=time.perf_counter() - start)
 
@@ -133,7 +136,11 @@ def featurize(raw: str | Path, params: FeaturizeParams, *, progress: bool = True
 def load_features(out: str | Path) -> tuple[dict[str, np.ndarray], FeaturizerState]:
     """Read what `featurize` wrote (safetensors: no code runs on load)."""
     state = read_state(out)
-    return load_file(Path(out) / FEATURES), state
+    file = Path(out) / FEATURES
+    try:
+        return load_file(file), state
+    except (SafetensorError, OSError) as e:
+        raise DataError(file, f"damaged or unreadable ({first_line(e)}): run `msa featurize` again") from None
 
 
 def read_state(out: str | Path) -> FeaturizerState:
@@ -151,9 +158,20 @@ def input_key(raw: str | Path, params: FeaturizeParams) -> str:
 
 
 def is_current(out: str | Path, key: str) -> bool:
-    """Whether `out` holds the features of the inputs hashed to `key`."""
+    """Whether `out` holds the features of the inputs hashed to `key`, byte for byte as they were written."""
     existing = _read_state(Path(out))
-    return existing is not None and existing.key == key and (Path(out) / FEATURES).is_file()
+    return existing is not None and existing.key == key and _sha256(Path(out) / FEATURES) == existing.features_sha256
+
+
+def _sha256(file: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with file.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def content_key(raw: Path, params: FeaturizeParams, text_path: Path | None) -> str:
@@ -297,22 +315,16 @@ def _image_features(dataset: Dataset, size: int, train: np.ndarray, tensors: dic
     for i in np.flatnonzero(present):
         file = dataset.image_path(paths.iloc[i])
         try:
-            pixels[i] = fit_image(file, size)
-        except (OSError, UnidentifiedImageError) as e:
-            raise DataError(file, f"image does not decode: {e}", sample_id=dataset.samples["id"].iloc[i]) from None
+            pixels[i] = fit(open_image(file.read_bytes()), size)
+        except (OSError, ImageProblem) as e:
+            rule = str(e) if isinstance(e, ImageProblem) else f"cannot read the image: {e.strerror or e}"
+            raise DataError(file, rule, sample_id=dataset.samples["id"].iloc[i]) from None
     reference = pixels[present & train].astype(np.float64) / 255
     if not len(reference):
         raise DataError(dataset.root, "no train sample has an image: image statistics are undefined")
     tensors |= {"image.pixels": pixels, "image.present": present}
     mean, std = reference.mean((0, 2, 3)), reference.std((0, 2, 3))
     return ImageState(size=size, mean=tuple(mean.round(6)), std=tuple(np.maximum(std, 1e-3).round(6)))
-
-
-def fit_image(source: str | Path | BinaryIO, size: int) -> np.ndarray:
-    """An image file (path or open binary stream) center-cropped and resized to uint8 pixels [3, size, size]."""
-    with Image.open(source) as image:
-        fitted = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
-    return np.asarray(fitted).transpose(2, 0, 1)
 
 
 def _sequence_features(

@@ -152,7 +152,7 @@ def register(
     name, test_split = context.model_name, context.tags["msa.test_split"]
 
     with tempfile.TemporaryDirectory(prefix="msa-package-") as tmp:
-        package = package_model(params.train.out, params.featurize.out, Path(tmp) / "package")
+        package = package_model(params.train.out, params.featurize.out, Path(tmp) / "package", params.serve)
         example = raw_frame(dataset, "test", limit=2, inline_images=True).drop(columns=["id", "label"])
         signature = model_signature(card.spec)
         _check_compatible(client, name, signature)  # the gate's inputs before anything is written
@@ -295,7 +295,7 @@ def registered_with_same_lineage(params: Params, ours: Lineage | None = None) ->
 def model_signature(spec: ModelSpec) -> Any:
     """Inputs: the raw columns of the model's modalities (text required); outputs: score and class."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+    from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
     columns = []
     if spec.text is not None:
@@ -305,9 +305,12 @@ def model_signature(spec: ModelSpec) -> Any:
             ColSpec(DataType.string, "image", required=False),
             ColSpec(DataType.string, "image_base64", required=False),
         ]
+    # Frames are typed `Any`: MLflow's enforcement of Array(Array(double)) builds a Series per frame (~130 us each,
+    # twice), so an oversized request would cost a minute before the model could refuse it. `Predictor` checks
+    # the frames' count and shape itself, before converting a number.
     for m in SEQUENCE_MODALITIES:
         if getattr(spec, m) is not None:
-            columns.append(ColSpec(Array(Array(DataType.double)), m, required=False))
+            columns.append(ColSpec(AnyType(), m, required=False))
     outputs = Schema([ColSpec(DataType.double, "score"), ColSpec(DataType.string, "class")])
     return ModelSignature(inputs=Schema(columns), outputs=outputs)
 
@@ -385,13 +388,16 @@ def _champion_score(
     tags = champion.tags or {}
     if not rescore and tags.get("msa.test_split") == test_split and tags.get("msa.score") not in (None, "none"):
         return float(tags["msa.score"])
-    import mlflow
+    from components.errors import UntrustedModelError
+    from components.serving import load_model, raw_frame
 
-    from components.serving import raw_frame
-
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}")
-    frame = raw_frame(dataset, "test")
-    predicted = model.predict(frame.drop(columns=["id", "label"]))
+    with tempfile.TemporaryDirectory(prefix="msa-champion-") as tmp:
+        try:
+            model = load_model(f"models:/{name}/{champion.version}", Path(tmp))  # untrusted: ours only
+        except UntrustedModelError:
+            return None  # not a model this project packaged: its code is not run, and the challenger wins
+        frame = raw_frame(dataset, "test")
+        predicted = model.predictor.predict_frame(frame.drop(columns=["id", "label"]), image_root=dataset.root)
     labels = frame["label"].to_numpy()
     if dataset.manifest.label.kind == "regression":
         return float(metrics_for("regression", predicted["score"].to_numpy(), labels)[metric])
@@ -422,7 +428,7 @@ def _check_compatible(client: Any, name: str, signature: Any) -> None:
             f"{tracking.first_line(e)}"
         ) from None
     ours = signature.inputs.to_dict()
-    if theirs is None or theirs.inputs.to_dict() != ours:
+    if theirs is None or _contract(theirs.inputs.to_dict()) != _contract(ours):
         found = "no signature" if theirs is None else _columns(theirs.inputs.to_dict())
         raise TrackingError(
             f"registered model '{name}' takes {found} (version {latest.version}), but this model takes "
@@ -524,6 +530,12 @@ def _data_dvc_md5(path: Path = Path("data.dvc")) -> str:
         return str(yaml.safe_load(path.read_text())["outs"][0]["md5"])
     except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
         return "unknown"
+
+
+def _contract(schema: list[dict]) -> list[dict]:
+    """What a caller must send: frames typed Array(Array(double)) by older versions and `Any` now are one contract
+    (the same JSON is accepted; only where it is checked moved into the model)."""
+    return [{**c, "type": "any"} if c["type"] == "array" and c["name"] in SEQUENCE_MODALITIES else c for c in schema]
 
 
 def _columns(schema: list[dict]) -> str:

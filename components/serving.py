@@ -8,9 +8,11 @@ safetensors only: no pickle anywhere in the model.
 
 Input columns (a pandas DataFrame, one row per sample; a column for a modality the model lacks is ignored):
     text         string, required when the model reads text
-    image        string, path of a PNG/JPEG file (relative paths against `base`), or null
-    image_base64 string, the image file itself, base64-encoded (wins over `image`), or null
+    image_base64 string, the PNG/JPEG file itself, base64-encoded, or null
+    image        string, path of a PNG/JPEG file, or null: read only by `msa predict` on a local file, inside its
+                 image root; the served model refuses it (it opens no path a caller names)
     audio        frames [T][D] of numbers, or null          (likewise vision)
+Every value is bounded (the package's `limits.json`, from params.yaml's `serve`) and checked before decoding.
 Output columns: `score` (regression: the fused sentiment score; classification: the predicted class's
 probability) and `class` (regression: positive for score >= 0, else negative, as Acc-2 counts it).
 """
@@ -18,8 +20,8 @@ probability) and `class` (regression: positive for score >= 0, else negative, as
 from __future__ import annotations
 
 import base64
-import io
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Sequence
@@ -31,27 +33,26 @@ import numpy as np
 import pandas as pd
 
 from components.atomic import replace_directory, write_json, write_text
+from components.config import ServeParams
 from components.dataset import SEQUENCE_MODALITIES, Dataset, is_null
-from components.errors import DataError
-from components.featurize import (
-    STATE,
-    FeaturizerState,
-    encode_texts,
-    fit_image,
-    load_tokenizer,
-    read_state,
-    standardize,
-)
+from components.errors import DataError, UntrustedModelError, first_line
+from components.featurize import STATE, FeaturizerState, encode_texts, load_tokenizer, read_state, standardize
+from components.images import ImageProblem, fit, open_image
 from components.model_store import CARD, WEIGHTS, ModelCard
 from components.text_model import resolve_text_model
+from components.textfiles import csv_records, read_utf8
 
 TEXT = "text"  # tokenizer and transformer config, inside the package
+LIMITS = "limits.json"  # the input bounds (params.yaml's `serve`) the package enforces
 INPUT = Path("<model input>")  # what errors name when the rows did not come from a file
 BATCH = 64
 
 
-def package_model(model_dir: str | Path, features: str | Path, dest: str | Path) -> Path:
-    """Write the self-contained serving package for the model in `model_dir`, trained on `features`."""
+def package_model(
+    model_dir: str | Path, features: str | Path, dest: str | Path, limits: ServeParams | None = None
+) -> Path:
+    """Write the self-contained serving package for the model in `model_dir`, trained on `features`, enforcing
+    `limits` on every input it is given."""
     from safetensors.torch import save_file
 
     from components.model_store import load_trained, read_card
@@ -66,7 +67,7 @@ def package_model(model_dir: str | Path, features: str | Path, dest: str | Path)
         )
     model = load_trained(model_dir, standalone=True)
     spec = model.spec
-    with replace_directory(dest) as staging:
+    with replace_directory(dest, marker=CARD) as staging:
         if spec.text is not None:
             from transformers import AutoConfig
 
@@ -76,12 +77,13 @@ def package_model(model_dir: str | Path, features: str | Path, dest: str | Path)
             spec = spec.model_copy(update={"text": spec.text.model_copy(update={"encoder": TEXT})})
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staging / WEIGHTS)
         write_json(staging / CARD, card.model_copy(update={"spec": spec}).model_dump(mode="json"))
-        write_json(staging / STATE, state.model_dump(mode="json", exclude={"ids"}))
+        write_json(staging / STATE, state.model_dump(mode="json", exclude={"ids", "features_sha256"}))
+        write_json(staging / LIMITS, (limits or ServeParams()).model_dump(mode="json"))
     return dest
 
 
 class Predictor:
-    """A packaged model, ready for raw rows; `predict` is what MLflow's pyfunc calls."""
+    """A packaged model, ready for raw rows; `predict` is what MLflow's pyfunc (the REST scoring server) calls."""
 
     def __init__(self, root: str | Path) -> None:
         from safetensors.torch import load_file
@@ -93,6 +95,9 @@ class Predictor:
         try:
             spec = ModelCard.model_validate_json((root / CARD).read_bytes()).spec
             self.state = FeaturizerState.model_validate_json((root / STATE).read_text())
+            # A package written before the bounds were packaged gets today's defaults, never no bounds.
+            self.limits = ServeParams.model_validate_json((root / LIMITS).read_bytes()) if (root / LIMITS).is_file() \
+                else ServeParams()  # fmt: skip
             if spec.text is not None:  # the package's own tokenizer and transformer config, wherever it was moved
                 spec = spec.model_copy(update={"text": spec.text.model_copy(update={"encoder": str(root / TEXT)})})
             self.model = MultiTaskModel(spec, pretrained=False, standalone=True).eval()
@@ -108,11 +113,37 @@ class Predictor:
         return [m for m in ("text", "image", *SEQUENCE_MODALITIES) if getattr(self.spec, m) is not None]
 
     def predict(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Scores and classes for every row (MLflow passes `params`; there are none)."""
-        return self.predict_frame(model_input)
+        """Scores and classes for a request's rows (MLflow passes `params`; there are none).
 
-    def predict_frame(self, frame: pd.DataFrame, *, source: Path = INPUT, base: Path | None = None) -> pd.DataFrame:
-        """As `predict`; errors name `source` and the row, and image paths are relative to `base` (default: cwd)."""
+        The caller is a stranger: at most `max_rows` rows, images inline only. A path in `image` is refused
+        without being looked at, with the same words whatever it names, so no answer says what the server holds.
+        """
+        from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+        try:
+            frame = pd.DataFrame(model_input)
+            if len(frame) > self.limits.max_rows:
+                raise DataError(INPUT, f"{len(frame)} rows in one request; at most {self.limits.max_rows} "
+                                "(serve.max_rows)")  # fmt: skip
+            if "image" in frame.columns:
+                for i, value in enumerate(frame["image"].tolist()):
+                    if not is_null(value):
+                        raise DataError(INPUT, "the served model opens no file paths: send the image as "
+                                        "image_base64", row=i + 1)  # fmt: skip
+            return self.predict_frame(frame)
+        except DataError as e:
+            # The scoring server answers an MlflowException with a 400 and its message; any other exception with
+            # a 400 that carries the server's stack trace.
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+        except Exception:  # a bug, not the caller's fault: the details go to the server's log, not to the caller
+            logging.getLogger(__name__).exception("scoring failed")
+            raise MlflowException("the model failed on this request; the server's log has the details") from None
+
+    def predict_frame(
+        self, frame: pd.DataFrame, *, source: Path = INPUT, image_root: Path | None = None
+    ) -> pd.DataFrame:
+        """As `predict`, for rows of a local file: errors name `source` and the row, and paths in `image` are read
+        when they resolve (symlinks followed) inside `image_root`; without one, no path is read."""
         import torch
 
         frame = pd.DataFrame(frame).reset_index(drop=True)
@@ -120,23 +151,32 @@ class Predictor:
             raise DataError(source, f"missing required column 'text'; got columns {list(frame.columns)}")
         scores: list[np.ndarray] = []
         for start in range(0, len(frame), BATCH):
-            batch = self.features(frame.iloc[start : start + BATCH], source=source, base=base, first_row=start)
+            rows = frame.iloc[start : start + BATCH]
+            batch = self.features(rows, source=source, image_root=image_root, first_row=start)
             with torch.inference_mode():
                 scores.append(self.model({k: torch.from_numpy(v) for k, v in batch.items()})[self.head].float().numpy())
         return self._decide(np.concatenate(scores) if scores else np.zeros((0,), np.float32))
 
     def features(
-        self, rows: pd.DataFrame, *, source: Path = INPUT, base: Path | None = None, first_row: int = 0
+        self, rows: pd.DataFrame, *, source: Path = INPUT, image_root: Path | None = None, first_row: int = 0
     ) -> dict[str, np.ndarray]:
-        """The model's input tensors for raw `rows`, made exactly as `featurize` made them for training."""
+        """The model's input tensors for raw `rows`, made exactly as `featurize` made them for training; every
+        value is checked against `self.limits` before it is decoded."""
         out: dict[str, np.ndarray] = {}
         n = len(rows)
+        limits = self.limits
         present = np.zeros(n, bool)
         if self.spec.text is not None:
             texts = rows["text"].tolist()
             for i, text in enumerate(texts):
-                if not isinstance(text, str) or not text.strip():
-                    raise DataError(source, "text is missing or blank", row=first_row + i + 1)
+                if not isinstance(text, str):
+                    rule = "text is missing" if is_null(text) else f"text must be a string, got {type(text).__name__}"
+                    raise DataError(source, rule, row=first_row + i + 1)
+                if not text.strip():
+                    raise DataError(source, "text is blank", row=first_row + i + 1)
+                if len(text) > limits.max_text_chars:
+                    rule = f"text has {len(text)} characters; at most {limits.max_text_chars} (serve.max_text_chars)"
+                    raise DataError(source, rule + "; longer text is refused, not cut", row=first_row + i + 1)
             out |= encode_texts(self.tokenizer, texts, self.state.text)
             present[:] = True
         if self.spec.image is not None:
@@ -144,10 +184,11 @@ class Predictor:
             pixels, has = np.zeros((n, 3, size, size), np.uint8), np.zeros(n, bool)
             for i in range(n):
                 try:
-                    if (image := _image_source(rows, i, base)) is not None:
-                        pixels[i], has[i] = fit_image(image, size), True
-                except (OSError, ValueError) as e:
-                    raise DataError(source, f"image does not decode: {e}", row=first_row + i + 1) from None
+                    if (data := _image_bytes(rows, i, image_root, limits)) is not None:
+                        image = open_image(data, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
+                        pixels[i], has[i] = fit(image, size), True
+                except ImageProblem as e:
+                    raise DataError(source, str(e), row=first_row + i + 1) from None
             out |= {"image.pixels": pixels, "image.present": has}
             present |= has
         for modality in SEQUENCE_MODALITIES:
@@ -158,7 +199,7 @@ class Predictor:
             mask = np.zeros((n, state.max_len), bool)
             column = rows[modality].tolist() if modality in rows.columns else [None] * n
             for i, value in enumerate(column):
-                sequence = _frames(value, state.dim, modality, source, first_row + i + 1)
+                sequence = _frames(value, state.dim, modality, limits.max_frames, source, first_row + i + 1)
                 kept = sequence[: state.max_len]
                 frames[i, : len(kept)], mask[i, : len(kept)] = kept, True
             out |= {
@@ -212,39 +253,68 @@ def raw_frame(dataset: Dataset, split: str, *, limit: int | None = None, inline_
     return frame
 
 
-def _image_source(rows: pd.DataFrame, i: int, base: Path | None) -> Path | io.BytesIO | None:
-    """The image of row `i`: inline base64 wins over a path; None when the row has neither.
+def _image_bytes(rows: pd.DataFrame, i: int, image_root: Path | None, limits: ServeParams) -> bytes | None:
+    """The image file of row `i`: inline base64 wins over a path; None when the row has neither.
 
     Inline images are base64 text rather than an MLflow `binary` column: the scoring server base64-decodes every
     cell of a binary column and so cannot pass null, and rows without an image are normal.
     """
     data = rows["image_base64"].iloc[i] if "image_base64" in rows.columns else None
     if not is_null(data):
+        if not isinstance(data, str | bytes):
+            raise ImageProblem("image_base64 must be base64 text")
+        if len(data) > limits.max_base64_chars:
+            raise ImageProblem(f"image_base64 has {len(data)} characters; at most {limits.max_base64_chars} "
+                               f"(serve.max_image_bytes {limits.max_image_bytes} as base64)")  # fmt: skip
         try:
-            return io.BytesIO(base64.b64decode(data, validate=True))
+            return base64.b64decode(data, validate=True)
         except (TypeError, ValueError):
-            raise ValueError("image_base64 is not base64 text") from None
+            raise ImageProblem("image_base64 is not base64 text") from None
     path = rows["image"].iloc[i] if "image" in rows.columns else None
     if is_null(path):
         return None
-    path = Path(str(path))
-    return path if path.is_absolute() or base is None else base / path
+    if image_root is None:
+        raise ImageProblem("image paths are not read here: send the image as image_base64")
+    return _read_confined(str(path), image_root, limits.max_image_bytes)
 
 
-def _frames(value: Any, dim: int, modality: str, source: Path, row: int) -> np.ndarray:
-    """Frames [T, dim] of one sample's sequence; an absent sequence is [0, dim]."""
+def _read_confined(value: str, root: Path, max_bytes: int) -> bytes:
+    """The file `value` names (relative to `root`), if it resolves inside `root` once symlinks are followed."""
+    root = root.resolve()
+    path = (root / value).resolve()  # an absolute `value` replaces root here, and is then checked like any other
+    if not path.is_relative_to(root):
+        raise ImageProblem(f"image path {value} leaves the image root {root} (--image-root widens it)")
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise ImageProblem(f"image path {value} is not a file")
+        if size > max_bytes:
+            raise ImageProblem(f"image is {size} bytes, more than the {max_bytes} allowed (serve.max_image_bytes)")
+        return path.read_bytes()
+    except OSError as e:
+        raise ImageProblem(f"cannot read image {value}: {e.strerror or e}") from None
+
+
+def _frames(value: Any, dim: int, modality: str, max_frames: int, source: Path, row: int) -> np.ndarray:
+    """Frames [T, dim] of one sample's sequence; an absent sequence is [0, dim]. Sizes are checked before any
+    number is converted, so an oversized sequence costs nothing to refuse."""
     if value is None or (not isinstance(value, Sequence | np.ndarray) and is_null(value)):
         return np.zeros((0, dim), np.float32)
+    shape_rule = f"{modality} must be a list of frames of {dim} numbers each"
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+        raise DataError(source, shape_rule, row=row)
+    if len(value) > max_frames:
+        raise DataError(source, f"{modality} has {len(value)} frames; at most {max_frames} (serve.max_frames)", row=row)
+    if len(value) == 0:
+        return np.zeros((0, dim), np.float32)
+    if any(isinstance(f, str | bytes) or not isinstance(f, Sequence | np.ndarray) or len(f) != dim for f in value):
+        raise DataError(source, f"{shape_rule}; the model expects [frames, {dim}]", row=row)
     try:
         array = np.asarray([np.asarray(frame, np.float32) for frame in value], np.float32)
     except (TypeError, ValueError):
-        raise DataError(source, f"{modality} must be a list of frames of {dim} numbers each", row=row) from None
-    if array.size == 0:
-        return np.zeros((0, dim), np.float32)
-    if array.ndim != 2 or array.shape[1] != dim:
-        raise DataError(
-            source, f"{modality} frames have shape {list(array.shape)}; the model expects [frames, {dim}]", row=row
-        )
+        raise DataError(source, shape_rule, row=row) from None
+    if array.ndim != 2:
+        raise DataError(source, f"{shape_rule}; the model expects [frames, {dim}]", row=row)
     if not np.isfinite(array).all():
         raise DataError(source, f"{modality} has NaN or infinite values", row=row)
     return array
@@ -261,7 +331,7 @@ def read_inputs(path: str | Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
         rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(read_utf8(path).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -273,7 +343,18 @@ def read_inputs(path: str | Path) -> pd.DataFrame:
             rows.append(row)
         return pd.DataFrame(rows)
     if suffix == ".csv":
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        records = csv_records(path)
+        _, header = next(records, (1, []))
+        columns = [c.strip() for c in header]
+        rows = []
+        for row, (_, fields) in enumerate(records, start=1):
+            if len(fields) != len(columns):  # an unquoted comma would shift every later column: never guess
+                raise DataError(
+                    path, f"expected {len(columns)} fields ({', '.join(columns)}), found {len(fields)}; "
+                    'quote a field that contains commas ("like, this")', row=row,
+                )  # fmt: skip
+            rows.append([None if v == "" else v for v in fields])
+        frame = pd.DataFrame(rows, columns=columns, dtype=object)
         for modality in SEQUENCE_MODALITIES:
             if modality in frame.columns:
                 frame[modality] = [_json_cell(v, path, i + 1, modality) for i, v in enumerate(frame[modality])]
@@ -302,37 +383,37 @@ class PredictResult:
         return f"predict: {self.rows} rows -> {self.output} ({self.seconds:.1f} s)"
 
 
-def predict_file(model_uri: str, input_path: str | Path, output: str | Path | None = None) -> PredictResult:
+def predict_file(
+    model_uri: str,
+    input_path: str | Path,
+    output: str | Path | None = None,
+    *,
+    image_root: str | Path | None = None,
+    trust_model: bool = False,
+) -> PredictResult:
     """Score the raw rows in `input_path` with an MLflow model (e.g. models:/<name>@champion) into `output`
-    (JSONL, or CSV by its suffix; default `<input>.predictions.jsonl`), carrying an `id` column through."""
-    import mlflow
-    from mlflow.models import Model
+    (JSONL, or CSV by its suffix; default `<input>.predictions.jsonl`), carrying an `id` column through.
 
+    Paths in `image` are read inside `image_root` (default: the input file's directory). A model this project
+    did not package runs its own code when loaded, so it needs `trust_model`.
+    """
     start = time.perf_counter()
     input_path = Path(input_path)
     output = Path(output) if output else input_path.with_suffix(".predictions.jsonl")
+    if output.is_dir():
+        raise DataError(output, "is a directory: --output names the predictions file (.jsonl or .csv)")
+    if output.suffix.lower() not in (".jsonl", ".json", ".ndjson", ".csv"):
+        raise DataError(output, "predictions are written as .jsonl or .csv: name the file so")
     frame = read_inputs(input_path)
     with tempfile.TemporaryDirectory(prefix="msa-model-") as tmp:
-        local = Path(model_uri)
-        if not local.is_dir():
-            local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp))
-        metadata = Model.load(local)
-        schema = metadata.get_input_schema()
-        if schema is not None:
-            required = [c.name for c in schema.inputs if c.required]
-            if missing := [c for c in required if c not in frame.columns]:
-                raise DataError(
-                    input_path, f"missing required column(s) {missing}; the model takes {schema.input_names()}"
-                )
-        flavor = metadata.flavors.get("python_function", {})
-        if (
-            flavor.get("loader_module") == __name__
-        ):  # ours: errors name this file and row; image paths are relative to it
-            predictions = Predictor(local / flavor["data"]).predict_frame(
-                frame, source=input_path, base=input_path.parent
-            )
+        model = load_model(model_uri, Path(tmp), trust_model=trust_model)
+        if missing := [c for c in model.required if c not in frame.columns]:
+            raise DataError(input_path, f"missing required column(s) {missing}; the model takes {model.input_names}")
+        if isinstance(model.predictor, Predictor):  # ours: errors name this file and row
+            root = Path(image_root) if image_root is not None else input_path.parent
+            predictions = model.predictor.predict_frame(frame, source=input_path, image_root=root)
         else:
-            predictions = mlflow.pyfunc.load_model(str(local)).predict(frame)
+            predictions = model.predictor.predict(frame)
     if "id" in frame.columns:
         predictions.insert(0, "id", frame["id"].to_numpy())
     if output.suffix.lower() == ".csv":
@@ -340,3 +421,48 @@ def predict_file(model_uri: str, input_path: str | Path, output: str | Path | No
     else:
         write_text(output, predictions.to_json(orient="records", lines=True))
     return PredictResult(output, len(predictions), time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    predictor: Any  # a Predictor (a model this project packaged), or a trusted foreign mlflow.pyfunc model
+    input_names: list[str] | None
+    required: list[str]
+
+
+def load_model(model_uri: str, scratch: Path, *, trust_model: bool = False) -> LoadedModel:
+    """The MLflow model at `model_uri` (a local directory, models:/ or runs:/), downloaded into `scratch`.
+
+    Ours (`loader_module` this module, safetensors and JSON inside) loads through `Predictor`; no code from
+    the model directory runs. Any other model's loader is code shipped with it (e.g. `python_model.pkl`):
+    refused unless `trust_model`.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    local = Path(model_uri)
+    try:
+        if not local.is_dir():
+            local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(scratch)))
+        if not (local / "MLmodel").is_file():
+            raise DataError(local, "no MLmodel file here: not an MLflow model directory")
+        metadata = Model.load(local)
+    except MlflowException as e:
+        raise DataError(Path(model_uri), f"cannot load the model: {first_line(e)}") from None
+    schema = metadata.get_input_schema()
+    names = schema.input_names() if schema is not None else None
+    required = [c.name for c in schema.inputs if c.required] if schema is not None else []
+    flavor = metadata.flavors.get("python_function", {})
+    if flavor.get("loader_module") == __name__ and "data" in flavor:
+        return LoadedModel(Predictor(local / flavor["data"]), names, required)
+    if not trust_model:
+        raise UntrustedModelError(
+            f"{model_uri}: not a model this project packaged; loading it runs code shipped inside it "
+            f"(its loader is {flavor.get('loader_module') or 'not a python_function'}, e.g. a pickle). "
+            "Pass --trust-model only if you trust whoever wrote it"
+        )
+    try:
+        return LoadedModel(mlflow.pyfunc.load_model(str(local)), names, required)
+    except MlflowException as e:
+        raise DataError(local, f"cannot load the model: {first_line(e)}") from None

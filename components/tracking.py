@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params, RegisterParams
-from components.errors import TrackingError
+from components.errors import TrackingError, first_line
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 KIND, HEAD, VARIANT = "msa.kind", "msa.head", "msa.variant"  # tags that tell the runs of a pipeline run apart
@@ -470,11 +470,6 @@ def flatten(values: Mapping, separator: str, prefix: str = "") -> dict[str, Any]
         else:
             flat[name] = value
     return flat
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def _param_value(value: Any) -> str:

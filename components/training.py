@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from components.atomic import write_bytes
 from components.config import ConfigError, ModelParams, TrainParams
 from components.devices import autocast_dtype, pick_device
-from components.errors import TrainingError
+from components.errors import TrainingError, TrainingInterrupted
 from components.featurize import FeaturizerState, load_features, read_state
 from components.lineage import trained_code_hash
 from components.metrics import is_better, primary_metric
@@ -257,7 +257,7 @@ def train(
             dynamic_ncols=True,
         )
         trained_samples, train_seconds = 0, 0.0
-        with _deterministic(device), bar:
+        with _deterministic(device), bar, _interrupt_says_where(progress_state, checkpoint, last_epoch):
             for epoch in range(progress_state["epoch"] + 1, last_epoch + 1):
                 epoch_start = time.perf_counter()
                 sampler.set_epoch(epoch)
@@ -318,6 +318,22 @@ def train(
         history=progress_state["history"],
         resumed_from=resumed_from,
     )
+
+
+@contextmanager
+def _interrupt_says_where(progress_state: dict, checkpoint: Path, last_epoch: int) -> Iterator[None]:
+    """Ctrl-C ends training at once, saying what was kept and what the next `msa train` will do."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        done = progress_state["epoch"]
+        kept = (
+            f"the checkpoint after epoch {done} ({checkpoint}) is kept: `msa train` with the same inputs continues "
+            f"from epoch {done + 1}, `msa train --restart` starts over"
+            if done
+            else "no epoch had finished, so nothing was kept: `msa train` starts over"
+        )
+        raise TrainingInterrupted(f"training interrupted during epoch {done + 1} of {last_epoch}; {kept}") from None
 
 
 def resume_point(features: str | Path, model_params: ModelParams, params: TrainParams) -> int | None:

@@ -14,7 +14,6 @@ GX is imported lazily (it takes seconds), with analytics off (no network) and pr
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -135,11 +134,11 @@ def validate_dataset(path: Path, params: ValidateParams) -> ValidationReport:
     frame = build_frame(root, manifest, samples, dataset.sequences)
     rules = plan_expectations(manifest, frame, dataset.sequences, params)
     suite = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{manifest.name}-v{manifest.version}")  # names Data Docs files
-    with replace_directory(params.data_docs) as staging:
+    with replace_directory(params.data_docs, marker="index.html") as staging:
         results = _run_checkpoint(frame, rules, suite, staging, partial_count=max(params.examples, 20))
     planned = {rule.rule: i for i, rule in enumerate(rules)}  # GX groups results by column; report them as planned
     results.sort(key=lambda r: planned.get((r.expectation_config.meta or {}).get("rule"), len(planned)))
-    report = _report(manifest, len(samples), results, params.examples, Path(params.data_docs) / "index.html")
+    report = _report(manifest, frame, results, params.examples, Path(params.data_docs) / "index.html")
     write_json(params.report, report.to_dict())
     return report
 
@@ -198,7 +197,7 @@ def image_checks(root: Path, images: pd.Series) -> tuple[list[str | None], list[
     Images are decoded fully (`load()`), not just `verify()`-ed, so truncated files fail here and not in
     featurize. Paths must stay inside the dataset root (see `image_path_problem`).
     """
-    from PIL import Image, UnidentifiedImageError
+    from components.images import ImageProblem, open_image  # Pillow: only when a dataset has images
 
     cache: dict[str, tuple[str, str | None]] = {}
 
@@ -212,15 +211,9 @@ def image_checks(root: Path, images: pd.Series) -> tuple[list[str | None], list[
         except OSError as e:
             return f"cannot read {value}: {e.strerror or e}", None
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                kind = image.format
-        except UnidentifiedImageError:
-            return f"cannot decode {value}: not a recognised image", None
-        except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            open_image(data)
+        except ImageProblem as e:
             return f"cannot decode {value}: {e}", None
-        if kind not in ("PNG", "JPEG"):
-            return f"unsupported format {kind} in {value} (expected PNG or JPEG)", None
         return OK, hashlib.sha256(data).hexdigest()
 
     checks: list[str | None] = []
@@ -504,7 +497,7 @@ def _run_checkpoint(frame: pd.DataFrame, rules: list[Rule], suite_name: str, doc
     return list(validation.results)
 
 
-def _report(manifest: Manifest, n_samples: int, results: list, examples: int, docs: Path) -> ValidationReport:
+def _report(manifest: Manifest, frame: pd.DataFrame, results: list, examples: int, docs: Path) -> ValidationReport:
     checks: list[Check] = []
     failures: list[Failure] = []
     for result in results:
@@ -532,7 +525,7 @@ def _report(manifest: Manifest, n_samples: int, results: list, examples: int, do
         success=not failures,
         dataset=manifest.name,
         version=manifest.version,
-        n_samples=n_samples,
+        n_samples=len(frame),
         checks=checks,
         failures=failures,
         data_docs=docs,
@@ -620,7 +613,8 @@ def _all_strings(column: pd.Series) -> bool:
 
 
 def _jsonable(value: Any) -> Any:
-    """Plain JSON values: numpy scalars unwrapped, NaN/inf and pandas NA as None, paths as strings."""
+    """Plain JSON values: numpy scalars unwrapped, NaN/inf as "nan"/"inf" (strict JSON has no such numbers, and an
+    inf label shown as None would hide what is wrong), pandas NA as None, paths as strings."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -628,7 +622,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not np.isfinite(value):
-        return None
+        return str(value)
     if value is pd.NA or value is pd.NaT:
         return None
     if isinstance(value, Path):

@@ -3,33 +3,51 @@ and the Prefect tasks. Settings come from params.yaml; options override them for
 
 from __future__ import annotations
 
-import functools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from components.config import DEFAULT_PARAMS, ConfigError, RegisterParams, load_params
+from components.config import DEFAULT_PARAMS, RegisterParams, load_params
 from components.dataset import SPLITS, read_dataset
 from components.demo import generate_demo
-from components.errors import DataError, TrackingError, TrainingError
+from components.errors import UserError
 from components.featurize import featurize as featurize_dataset
 from components.importers import import_image_text_csv, import_mmsa, import_text_tsv
 from components.validation import validate_dataset  # Great Expectations itself is imported only when validating
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_show_locals=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _UserErrorsAsOneLine(TyperGroup):
+    """The one place user errors are caught: bad input, bad settings, an unreachable server or an interrupt end
+    with one line on stderr and exit code 1 (130 for an interrupt); anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            err.print(f"error: {e}", style="red", markup=False, soft_wrap=True)
+            raise typer.Exit(getattr(e, "exit_code", 1)) from None
+
+
+app = typer.Typer(
+    cls=_UserErrorsAsOneLine, no_args_is_help=True, add_completion=False, help=__doc__,
+    pretty_exceptions_show_locals=False,
+)  # fmt: skip
 data_app = typer.Typer(no_args_is_help=True, help="Create or import the canonical dataset.")
 import_app = typer.Typer(no_args_is_help=True, help="Convert an outside format into the canonical dataset.")
 app.add_typer(data_app, name="data")
 data_app.add_typer(import_app, name="import")
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read settings from.")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Dataset directory to write (default: data.raw in params).")]
@@ -39,22 +57,6 @@ LabelMax = Annotated[float, typer.Option(help="Highest valid regression label.")
 SeedOpt = Annotated[int, typer.Option(help="Seed of the split made when the input has none.")]
 ValidFrac = Annotated[float, typer.Option(help="Share of samples put in valid when the input has no split.")]
 TestFrac = Annotated[float, typer.Option(help="Share of samples put in test when the input has no split.")]
-
-F = TypeVar("F", bound=Callable[..., None])
-
-
-def _user_errors(command: F) -> F:
-    """Bad input and bad settings end with one clear line and exit code 1, not a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (DataError, ConfigError, TrainingError, TrackingError) as e:
-            err.print(f"error: {e}", style="red", markup=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 @contextmanager
@@ -75,7 +77,6 @@ def _writing_dataset(out_dir: Path | None, params: Path) -> Iterator[Path]:
 
 
 @data_app.command("demo")
-@_user_errors
 def data_demo(
     size: Annotated[int | None, typer.Option(min=30, help="Number of samples (default: data.demo.size).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: data.demo.seed).")] = None,
@@ -89,7 +90,6 @@ def data_demo(
 
 
 @import_app.command("mmsa")
-@_user_errors
 def import_mmsa_command(
     file: Annotated[Path, typer.Argument(help="MMSA pickle (CMU-MOSI / MOSEI / CH-SIMS layout).")],
     trust_pickle: Annotated[
@@ -113,7 +113,6 @@ def import_mmsa_command(
 
 
 @import_app.command("csv")
-@_user_errors
 def import_csv_command(
     file: Annotated[Path, typer.Argument(help="CSV with columns id, text, image, label and optional split.")],
     image_root: Annotated[Path, typer.Option(help="Directory the CSV's image paths are relative to.")],
@@ -142,7 +141,6 @@ def import_csv_command(
 
 
 @import_app.command("tsv")
-@_user_errors
 def import_tsv_command(
     train: Annotated[Path, typer.Argument(help="text<TAB>label file with a header line; the train split.")],
     valid: Annotated[Path | None, typer.Option(help="File for the valid split (default: carved from train).")] = None,
@@ -165,7 +163,6 @@ def import_tsv_command(
 
 
 @app.command()
-@_user_errors
 def run(
     force: Annotated[
         bool, typer.Option("--force", help="Train even if a registered version has the same data, params and code.")
@@ -190,7 +187,6 @@ def run(
 
 
 @app.command()
-@_user_errors
 def validate(
     data: Annotated[Path | None, typer.Option(help="Dataset directory (default: data.raw in params).")] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
@@ -205,7 +201,6 @@ def validate(
 
 
 @app.command()
-@_user_errors
 def featurize(
     data: Annotated[Path | None, typer.Option(help="Dataset directory (default: data.raw in params).")] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
@@ -217,7 +212,6 @@ def featurize(
 
 
 @app.command()
-@_user_errors
 def train(
     restart: Annotated[
         bool, typer.Option("--restart", help="Start over even if a checkpoint of the same inputs could continue.")
@@ -235,7 +229,6 @@ def train(
 
 
 @app.command()
-@_user_errors
 def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Metrics of every head on valid and test -> evaluate.metrics; plot data and PNGs -> evaluate.plots."""
     from components.evaluation import evaluate as evaluate_model  # torch, sklearn and matplotlib: only when used
@@ -246,7 +239,6 @@ def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
 
 
 @app.command()
-@_user_errors
 def compress(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """int8 quantization and magnitude pruning of the trained model, each measured against it -> compress.out."""
     from components.compression import compress as compress_model  # torch: only the commands that need it pay
@@ -257,7 +249,6 @@ def compress(params: ParamsOpt = DEFAULT_PARAMS) -> None:
 
 
 @app.command()
-@_user_errors
 def register(
     rescore: Annotated[
         bool, typer.Option("--rescore", help="Score the champion on the test split again even if it was already.")
@@ -276,7 +267,6 @@ def register(
 
 
 @app.command()
-@_user_errors
 def predict(
     model: Annotated[str, typer.Option(help="MLflow model URI, e.g. models:/msa-demo@champion, or a local model dir.")],
     input_file: Annotated[
@@ -285,13 +275,25 @@ def predict(
     output: Annotated[
         Path | None, typer.Option(help="Where predictions go: .jsonl or .csv (default: <input>.predictions.jsonl).")
     ] = None,
+    image_root: Annotated[
+        Path | None,
+        typer.Option(help="Directory the `image` paths must resolve inside (default: the input file's directory)."),
+    ] = None,
+    trust_model: Annotated[
+        bool,
+        typer.Option(
+            "--trust-model",
+            help="Load a model this project did not package. Its loader runs code: only if you trust it.",
+        ),
+    ] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """Score raw inputs (text, image path, audio/vision frames) with a registered or logged model."""
+    """Score raw inputs (text, image file or path, audio/vision frames) with a registered or logged model."""
     from components.serving import predict_file
     from components.tracking import connected
 
     settings = load_params(params).registry if params.exists() else RegisterParams()
     # A downloaded or saved model directory needs no tracking server; a models:/ or runs:/ URI does.
     with nullcontext() if Path(model).is_dir() else connected(settings):
-        out.print(predict_file(model, input_file, output).summary(), markup=False)
+        result = predict_file(model, input_file, output, image_root=image_root, trust_model=trust_model)
+    out.print(result.summary(), markup=False)

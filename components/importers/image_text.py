@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from pathlib import Path
 from typing import Literal
@@ -22,7 +20,7 @@ from components.dataset import (
     write_dataset,
 )
 from components.errors import DataError
-from components.importers._common import read_utf8
+from components.textfiles import csv_records
 
 REQUIRED_COLUMNS = ("id", "text", "image", "label")
 
@@ -48,8 +46,8 @@ def import_image_text_csv(
     `split` column the rows are split at random, reproducibly for a given `seed`.
     """
     csv_path, image_root = Path(csv_path), Path(image_root)
-    records = [r for r in csv.reader(io.StringIO(read_utf8(csv_path), newline="")) if r]
-    columns = [c.strip() for c in records[0]] if records else []
+    records = list(csv_records(csv_path))
+    columns = [c.strip() for c in records[0][1]] if records else []
     for column in REQUIRED_COLUMNS:
         if column not in columns:
             raise DataError(
@@ -57,7 +55,8 @@ def import_image_text_csv(
             )
 
     rows, images, used_names = [], {}, set()
-    for number, fields in enumerate(records[1:], start=1):
+    root = image_root.resolve()
+    for number, (_, fields) in enumerate(records[1:], start=1):
         if len(fields) != len(columns):
             raise DataError(
                 csv_path, f"expected {len(columns)} fields ({', '.join(columns)}), found {len(fields)}", row=number
@@ -66,18 +65,8 @@ def import_image_text_csv(
         sample_id = record["id"]
         image = None
         if record["image"].strip():
-            source = image_root / record["image"].strip()
-            suffix = source.suffix.lower()
-            if suffix not in IMAGE_SUFFIXES:
-                raise DataError(
-                    csv_path,
-                    f"image '{record['image']}' has an unsupported suffix; use one of {list(IMAGE_SUFFIXES)}",
-                    row=number,
-                    sample_id=sample_id,
-                )
-            if not source.is_file():
-                raise DataError(csv_path, f"image file not found: {source}", row=number, sample_id=sample_id)
-            image = _image_name(sample_id, suffix, used_names)
+            source = _confined_image(csv_path, root, record["image"].strip(), number, sample_id)
+            image = _image_name(sample_id, source.suffix.lower(), used_names)
             images[image] = source
         rows.append({**record, "image": image})
 
@@ -95,6 +84,24 @@ def import_image_text_csv(
         modalities=Modalities(text=TextSpec(), image=ImageSpec(allow_missing=any(r["image"] is None for r in rows))),
     )
     return write_dataset(out, manifest, samples, images=images)
+
+
+def _confined_image(csv_path: Path, root: Path, value: str, row: int, sample_id: str) -> Path:
+    """The image file `value` names, once resolved (symlinks followed) inside `root`; else a DataError.
+
+    Without this a CSV could copy any file the importer can read (`../..`, `/etc/...`, a symlink) into the dataset.
+    """
+    source = (root / value).resolve()
+    if not source.is_relative_to(root):
+        raise DataError(csv_path, f"image '{value}' is outside --image-root {root}", row=row, sample_id=sample_id)
+    if source.suffix.lower() not in IMAGE_SUFFIXES:
+        raise DataError(
+            csv_path, f"image '{value}' has an unsupported suffix; use one of {list(IMAGE_SUFFIXES)}",
+            row=row, sample_id=sample_id,
+        )  # fmt: skip
+    if not source.is_file():
+        raise DataError(csv_path, f"image file not found: {root / value}", row=row, sample_id=sample_id)
+    return source
 
 
 def _image_name(sample_id: str, suffix: str, used: set[str]) -> str:
@@ -122,7 +129,14 @@ def _labels(
     """
     given = [r["label"].strip() or None for r in rows]
     if task == "auto":
-        task = "regression" if all(_is_float(v) for v in given if v is not None) else "classification"
+        numeric = [_is_float(v) for v in given if v is not None]
+        if any(numeric) and not all(numeric):  # one typo must not turn scores into hundreds of "classes"
+            number, row = next((n, r) for n, r in enumerate(rows, 1) if given[n - 1] and not _is_float(given[n - 1]))
+            raise DataError(
+                path, f"label '{given[number - 1]}' is not a number, but {sum(numeric)} other labels are; fix it, or "
+                "pass --task classification if the numbers are class names", row=number, sample_id=row["id"],
+            )  # fmt: skip
+        task = "regression" if all(numeric) else "classification"
     if task == "classification":
         classes = classes or sorted({v for v in given if v is not None})
         if len(set(classes)) < 2:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import pandas as pd
 
 from components.dataset import Manifest, Modalities, RegressionLabel, TextSpec, carve_splits, write_dataset
 from components.errors import DataError
-from components.importers._common import read_utf8
+from components.textfiles import csv_records
 
 HEADER = ["text", "label"]
 
@@ -54,15 +53,12 @@ def import_text_tsv(
 
 def _read(path: Path, split: str) -> pd.DataFrame:
     """One file's rows; any line that is not `text<TAB>number` is an error naming its line."""
-    reader = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    header = next(reader, [])
+    records = csv_records(path, delimiter="\t", quoting=csv.QUOTE_NONE)
+    _, header = next(records, (1, []))
     if [h.strip() for h in header] != HEADER:
         raise DataError(path, f"line 1: expected the header 'text<TAB>label', found {header}")
     texts, labels = [], []
-    for fields in reader:
-        if not fields:  # blank line, e.g. a trailing one
-            continue
-        line = reader.line_num
+    for line, fields in records:
         if len(fields) != 2:
             raise DataError(path, f"line {line}: expected 2 tab-separated fields (text, label), found {len(fields)}")
         try:

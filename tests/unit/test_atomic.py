@@ -3,6 +3,7 @@ import json
 import pytest
 
 from components.atomic import replace_directory, write_json
+from components.errors import DataError
 
 
 def test_write_json_replaces_whole_file_and_leaves_no_temp(tmp_path):
@@ -25,10 +26,11 @@ def test_write_json_refuses_nan_and_keeps_old_content(tmp_path):
 def test_replace_directory_swaps_in_new_content(tmp_path):
     target = tmp_path / "ds"
     target.mkdir()
+    (target / "ours.txt").write_text("old")
     (target / "old.txt").write_text("old")
-    with replace_directory(target) as staging:
-        (staging / "new.txt").write_text("new")
-    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    with replace_directory(target, marker="ours.txt") as staging:
+        (staging / "ours.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["ours.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
 
 
@@ -36,11 +38,37 @@ def test_replace_directory_failure_keeps_old_and_cleans_staging(tmp_path):
     target = tmp_path / "ds"
     target.mkdir()
     (target / "old.txt").write_text("old")
-    with pytest.raises(RuntimeError), replace_directory(target) as staging:
+    (target / "ours.txt").write_text("old")
+    with pytest.raises(RuntimeError), replace_directory(target, marker="ours.txt") as staging:
         (staging / "half.txt").write_text("half")
         raise RuntimeError("crash mid-write")
     assert (target / "old.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+@pytest.mark.parametrize("foreign", ["dir", "file", "link"])
+def test_replace_directory_refuses_what_the_project_did_not_write(tmp_path, foreign):
+    target = tmp_path / "photos"
+    if foreign == "file":
+        target.write_text("not a directory")
+    elif foreign == "link":
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "a.png").write_bytes(b"x")
+        target.symlink_to(tmp_path / "elsewhere")
+    else:
+        target.mkdir()
+        (target / "a.png").write_bytes(b"x")
+    before = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
+    with pytest.raises(DataError, match="refusing to replace it"), replace_directory(target, marker="ours.txt") as s:
+        (s / "ours.txt").write_text("new")
+    assert sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()) == before
+
+
+def test_replace_directory_takes_an_empty_directory(tmp_path):
+    (tmp_path / "new").mkdir()
+    with replace_directory(tmp_path / "new", marker="ours.txt") as staging:
+        (staging / "ours.txt").write_text("new")
+    assert (tmp_path / "new" / "ours.txt").read_text() == "new"
 
 
 def test_write_json_is_strict_unless_undefined_values_may_be_null(tmp_path):

@@ -19,8 +19,10 @@ def test_repository_params_load_and_match_defaults_where_unset():
     assert params.validation.text_min_chars <= params.validation.text_max_chars
 
 
-def test_empty_file_gives_defaults(tmp_path):
-    assert load_params(write(tmp_path, "")) == Params()
+def test_an_empty_file_is_an_error_and_an_empty_mapping_gives_defaults(tmp_path):
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load_params(write(tmp_path, "\n# nothing\n"))
+    assert load_params(write(tmp_path, "{}")) == Params()
 
 
 def test_misspelled_key_is_named_with_suggestion_and_valid_keys(tmp_path):

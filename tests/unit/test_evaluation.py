@@ -59,6 +59,7 @@ def numbers_only(value) -> bool:
 def test_metrics_json_matches_metrics_computed_by_hand(trained, tmp_path):
     params = settings(tmp_path)
     params.plots.mkdir(parents=True)
+    (params.plots / "history.csv").write_text("epoch\n1\n")  # an earlier run's plots: ours to replace
     (params.plots / "stale.csv").write_text("from an earlier run\n")
     result = evaluate(trained.features, trained.model, params, progress=False)
 
