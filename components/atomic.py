@@ -64,7 +64,7 @@ def replace_directory(path: str | Path, *, marker: str) -> Iterator[Path]:
     directory is moved aside before the new one is renamed in and deleted only after that succeeds.
     """
     path = Path(path)
-    _check_replaceable(path, marker)
+    check_replaceable(path, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     staging = path.parent / f".{path.name}.staging-{token}"
@@ -86,7 +86,9 @@ def replace_directory(path: str | Path, *, marker: str) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
 
 
-def _check_replaceable(path: Path, marker: str) -> None:
+def check_replaceable(path: Path, marker: str) -> None:
+    """Raise DataError unless `replace_directory(path, marker=marker)` may replace `path`: a command checks before
+    its work, so a mistyped target fails at once rather than after a long import."""
     from components.errors import DataError
 
     if not path.exists() and not path.is_symlink():

@@ -295,7 +295,9 @@ def _finetune(
     generator = torch.Generator().manual_seed(train.seed)
     torch.manual_seed(train.seed)  # dropout
     steps = math.ceil(len(rows) / train.batch_size)
-    with tqdm(total=epochs * steps, desc=label, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=epochs * steps, desc=label, unit="step", disable=None if progress else True, dynamic_ncols=True
+    ) as bar:
         for _ in range(epochs):
             for part in rows[torch.randperm(len(rows), generator=generator)].split(train.batch_size):
                 stepper.step({k: v[part].to(device) for k, v in tensors.items()})

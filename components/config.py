@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from components.errors import ConfigError
+from components.textfiles import yaml_problem
 
 __all__ = ["ConfigError"]  # re-exported: every caller of load_params catches it from here
 
@@ -252,7 +253,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file (run from the project root or pass --params)") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: {yaml_problem(e)}") from None
     if raw is None:  # an empty file is more likely a mistake (a failed copy, a wrong path) than "all defaults"
         raise ConfigError(f"{path}: the file is empty; write at least one section, e.g. `train: {{epochs: 30}}`")
     if not isinstance(raw, dict):
@@ -264,7 +265,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
 
 
 def _explain(path: Path, error: ValidationError) -> str:
-    lines = [f"{path}: {error.error_count()} invalid setting(s)"]
+    """One line for one bad setting (`FILE: key: rule (got value)`), else a heading and a line per setting."""
+    lines = [f"{path}: {error.error_count()} invalid settings"]
     for err in error.errors():
         loc = [str(part) for part in err["loc"]]
         dotted = ".".join(loc)
@@ -275,6 +277,8 @@ def _explain(path: Path, error: ValidationError) -> str:
             lines.append(f"  unknown key '{dotted}'{suggestion}; valid keys here: {', '.join(valid)}")
         else:
             lines.append(f"  {dotted or '<top level>'}: {err['msg']} (got {err.get('input')!r})")
+    if len(lines) == 2:
+        return f"{path}: {lines[1].strip()}"
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ from safetensors.numpy import load_file, save
 
 from components.atomic import replace_directory, write_bytes
 from components.errors import ConfigError, DataError
+from components.textfiles import yaml_problem
 
 SPLITS = ("train", "valid", "test")
 SEQUENCE_MODALITIES = ("audio", "vision")
@@ -225,7 +226,7 @@ def read_manifest(path: str | Path) -> Manifest:
     except FileNotFoundError:
         raise DataError(file, "missing: every dataset directory needs a manifest.yaml") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise DataError(file, f"not valid YAML: {e}") from None
+        raise DataError(file, yaml_problem(e)) from None
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:

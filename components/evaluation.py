@@ -102,7 +102,7 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
     outputs: dict[str, HeadOutput] = {}
     notes: list[str] = []
-    for split in tqdm(params.splits, desc="evaluate", unit="split", disable=not progress):
+    for split in tqdm(params.splits, desc="evaluate", unit="split", disable=None if progress else True):
         rows = split_rows(split_codes, split)
         if not len(rows):
             raise DataError(features / FEATURES, f"split {split!r} has no samples to evaluate (evaluate.splits)")

@@ -297,7 +297,7 @@ def token_states(
     states = np.zeros((*input_ids.shape, model.config.hidden_size), np.float16)
     batches = range(0, len(order), params.batch_size)
     with torch.inference_mode():
-        for start in tqdm(batches, desc="token states", unit="batch", disable=not progress, leave=False):
+        for start in tqdm(batches, desc="token states", unit="batch", disable=None if progress else True, leave=False):
             rows = order[start : start + params.batch_size]
             width = int(lengths[rows].max())
             ids = torch.from_numpy(input_ids[rows, :width]).to(device)

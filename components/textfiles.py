@@ -7,7 +7,7 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
-from components.errors import DataError
+from components.errors import DataError, first_line
 
 # Python's csv module refuses fields over 131072 characters by default; a long transcript is for validation's
 # text_max_chars to judge (one clear line), not for the parser to crash on. The file is in memory already, so
@@ -50,3 +50,11 @@ def csv_records(path: Path, **dialect: object) -> Iterator[tuple[int, list[str]]
             raise DataError(path, f"line {reader.line_num}: not a well-formed row ({e})") from None
         if fields:
             yield reader.line_num, fields
+
+
+def yaml_problem(error: Exception) -> str:
+    """A YAML parse error in one line: where (line, column) and what, without PyYAML's multi-line excerpt."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or first_line(error)
+    return f"not valid YAML{where}: {problem}"

@@ -253,7 +253,7 @@ def train(
             total=(last_epoch - progress_state["epoch"]) * math.ceil(len(sampler) / local_batch),
             desc="train",
             unit="step",
-            disable=not progress or rank != 0,
+            disable=None if progress and rank == 0 else True,  # None: at a terminal only
             dynamic_ncols=True,
         )
         trained_samples, train_seconds = 0, 0.0

@@ -16,7 +16,8 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from components.config import DEFAULT_PARAMS, RegisterParams, load_params
-from components.dataset import SPLITS, read_dataset
+from components.atomic import check_replaceable
+from components.dataset import MANIFEST, SPLITS, read_dataset
 from components.demo import generate_demo
 from components.errors import UserError
 from components.featurize import featurize as featurize_dataset
@@ -64,6 +65,7 @@ def _writing_dataset(out_dir: Path | None, params: Path) -> Iterator[Path]:
     """Yield where the dataset goes (--out, else data.raw); once written, read it back and summarise it."""
     started = time.perf_counter()
     path = out_dir or load_params(params).data.raw
+    check_replaceable(path, MANIFEST)  # before the work: a mistyped --out fails at once, and nothing is touched
     yield path
     dataset = read_dataset(path)
     counts = dataset.samples["split"].value_counts()
