@@ -168,3 +168,41 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     for name in ("PREFECT_API_URL", "PREFECT_PROFILES_PATH", "MLFLOW_TRACKING_URI"):
         os.environ.pop(name, None)
+
+
+SERVE_LIMITS = {
+    "max_rows": 8,
+    "max_text_chars": 300,
+    "max_image_bytes": 4096,
+    "max_image_pixels": 4096,
+    "max_frames": 16,
+}
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> Path:
+    """The tiny model trained, packaged with small input bounds (SERVE_LIMITS) and saved as an MLflow pyfunc
+    directory exactly as registration logs it: what `mlflow models serve -m` and `msa predict --model` take."""
+    import mlflow
+
+    import components
+    from components.config import FeaturizeParams, ModelParams, ServeParams, TrainParams
+    from components.featurize import featurize
+    from components.model_store import read_card
+    from components.registry import model_signature
+    from components.serving import package_model
+    from components.training import train
+
+    root = tmp_path_factory.mktemp("served")
+    raw = tiny_dataset(root, name="raw")
+    features = featurize(
+        raw, FeaturizeParams(out=root / "features", text_model=str(tiny_text_model), image_size=8), progress=False
+    ).out
+    model = ModelParams(hidden=8, dropout=0.0, textcnn={"feature_maps": 4, "dropout": 0.0})
+    out = train(features, model, TrainParams(out=root / "models", epochs=2, batch_size=4), progress=False).out
+    package = package_model(out, features, root / "package", ServeParams(**SERVE_LIMITS))
+    mlflow.pyfunc.save_model(
+        str(root / "pyfunc"), loader_module="components.serving", data_path=str(package),
+        code_paths=[str(Path(components.__file__).parent)], signature=model_signature(read_card(out).spec),
+    )  # fmt: skip
+    return root / "pyfunc"
