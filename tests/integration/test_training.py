@@ -19,7 +19,7 @@ from safetensors.numpy import load_file
 
 import components.training as training
 from components.config import ConfigError, FeaturizeParams, ModelParams, TrainParams
-from components.errors import TrainingError
+from components.errors import TrainingError, TrainingInterrupted
 from components.featurize import featurize, load_features
 from components.model_store import (
     CARD,
@@ -425,3 +425,19 @@ def test_ddp_with_dropout_is_another_draw_of_the_single_process_distribution(dro
         # moves it by ~0.01, so it catches a run that breaks or diverges; the weights catch the subtler failures.
         assert abs(ddp.mae - single.mae) <= MAE_TOLERANCE, report(runs)
         assert 0 < abs(other.mae - single.mae) <= MAE_TOLERANCE, report(runs)
+
+
+def test_ctrl_c_says_where_training_stopped_and_the_next_run_continues(features, tmp_path):
+    def interrupt_after_epoch_2(record, improved):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt  # what Ctrl-C raises, here between two epochs
+
+    params = settings(tmp_path, epochs=5)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(features, QUIET, params, progress=False, on_epoch=interrupt_after_epoch_2)
+    assert str(stopped.value) == (
+        f"training interrupted during epoch 3 of 5; the checkpoint after epoch 2 ({params.out / CHECKPOINT}) is kept: "
+        "`msa train` with the same inputs continues from epoch 3, `msa train --restart` starts over"
+    )
+    assert stopped.value.exit_code == 130
+    assert train(features, QUIET, params, progress=False).resumed_from == 2
