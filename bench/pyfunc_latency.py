@@ -68,7 +68,6 @@ def main(
     batch: Annotated[int, typer.Option(min=1, help="Batch size of the throughput rows.")] = 64,
     rounds: Annotated[int, typer.Option(min=1, help="Alternated throughput rounds.")] = 5,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed rows per contender first.")] = 5,
-    image_paths: Annotated[bool, typer.Option(help="Images as file paths instead of inline base64.")] = False,
     threads: Annotated[int, typer.Option(min=1, help="torch threads (the machine may be shared).")] = 1,
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = RESULTS,
 ) -> None:
@@ -79,7 +78,7 @@ def main(
         pack = package_model(model, features, Path(tmp) / "package")
         predictor = Predictor(pack)
         dataset = read_dataset(raw)
-        frame = raw_frame(dataset, "test", inline_images=not image_paths).drop(columns=["id", "label"])
+        frame = raw_frame(dataset, "test", inline_images=True).drop(columns=["id", "label"])
         signature = model_signature(predictor.spec)
         mlflow.pyfunc.save_model(
             str(Path(tmp) / "pyfunc"), loader_module="components.serving", data_path=str(pack),
@@ -168,7 +167,7 @@ def main(
     table = Table(
         title=f"Served model ({sum(p.numel() for p in net.parameters()) / 1e6:.1f}M params, {head} head) on "
         f"{n} test rows at batch 1 (blocks of {block}, rotated) and batch {m} x {rounds} rounds; "
-        f"images as {'paths' if image_paths else 'base64'}; {torch.get_num_threads()} torch thread(s); medians"
+        f"images inline (base64); {torch.get_num_threads()} torch thread(s); medians"
     )
     columns = ("contender", "p50 ms", "p95 ms", "CPU p50 ms", "x forward b1", "+ms b1", f"samples/s b{m}",
                f"x forward b{m}")  # fmt: skip
@@ -188,7 +187,7 @@ def main(
     json_path.parent.mkdir(parents=True, exist_ok=True)
     settings = {
         "rows": n, "block": block, "batch": m, "rounds": rounds, "warmup": warmup, "threads": torch.get_num_threads(),
-        "images": "paths" if image_paths else "base64", "mlflow": mlflow.__version__, "torch": torch.__version__,
+        "images": "base64", "mlflow": mlflow.__version__, "torch": torch.__version__,
     }  # fmt: skip
     json_path.write_text(json.dumps({"settings": settings, "rows": results}, indent=2) + "\n")
     print(f"wrote {json_path}")

@@ -132,6 +132,21 @@ def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture
+def guarded_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project as cwd: the repository's params.yaml, a dataset in data/raw, a models/ directory and an mlflow.db,
+    which no bad input may change (`tests.hardening.guarded` fingerprints them)."""
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", root / "params.yaml")
+    tiny_dataset(root / "data", name="raw")
+    (root / "models").mkdir()
+    (root / "models" / "model.json").write_text('{"stands in": "a trained model"}')
+    (root / "mlflow.db").write_bytes(b"SQLite format 3\x00 stands in")
+    monkeypatch.chdir(root)
+    return root
+
+
 @dataclass(frozen=True)
 class Trained:
     raw: Path  # the canonical dataset

@@ -115,7 +115,8 @@ def test_champion_loads_as_pyfunc_and_predicts_raw_rows(tiny_project, mlflow_ser
     msa(tiny_project, mlflow_server, "register", "--params", str(params))
     model = mlflow.pyfunc.load_model("models:/pyfunc@champion")
     frame = raw_frame(read_dataset(tiny_project / "data" / "raw"), "test")
-    predictions = model.predict(frame.drop(columns=["id", "label"]))
+    inline = raw_frame(read_dataset(tiny_project / "data" / "raw"), "test", inline_images=True)
+    predictions = model.predict(inline.drop(columns=["id", "label"]))  # images inline: the pyfunc opens no paths
     assert list(predictions.columns) == ["score", "class"] and len(predictions) == len(frame)
     assert set(predictions["class"]) <= {"positive", "negative"}
 

@@ -11,7 +11,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.conftest import SERVE_LIMITS, tiny_dataset
+from tests.conftest import SERVE_LIMITS
 from tests.hardening import Case, gif, guarded, msa, png, png_claiming
 
 B64 = base64.b64encode(png()).decode()
@@ -123,16 +123,10 @@ CASES = [
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "project"
-    root.mkdir()
-    tiny_dataset(root / "data", name="raw")
-    (root / "models").mkdir()
-    (root / "models" / "model.json").write_text("{}")
-    (root / "mlflow.db").write_bytes(b"SQLite format 3\x00")
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'other.db'}")
-    return root
+def project(guarded_project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Models named by models:/ or runs:/ are looked up in a tracking store of their own, never the guarded one."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{guarded_project / 'other.db'}")
+    return guarded_project
 
 
 def outputs(root: Path) -> list[Path]:

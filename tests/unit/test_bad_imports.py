@@ -4,15 +4,12 @@ changed, neither the project's data, models and tracking database nor the direct
 from __future__ import annotations
 
 import pickle
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_dataset
 from tests.hardening import Case, fingerprint, gif, guarded, msa, png
 
-REPO = Path(__file__).resolve().parents[2]
 GOOD_CSV = "id,text,image,label\np1,great day,imgs/a.png,1.5\np2,awful day,imgs/b.png,-2\np3,fine,,0.5\n"
 IMAGES = {"d/imgs/a.png": png(), "d/imgs/b.png": png(color=(1, 2, 3))}
 TSV = "text\tlabel\n" + "".join(f"utterance {i}\t{(-1) ** i * 0.5}\n" for i in range(12))
@@ -158,22 +155,9 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A project with a dataset, a model directory and a tracking database, as cwd."""
-    root = tmp_path / "project"
-    root.mkdir()
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
-    tiny_dataset(root / "data", name="raw")
-    (root / "models").mkdir()
-    (root / "models" / "model.json").write_text('{"stands in": "a trained model"}')
-    (root / "mlflow.db").write_bytes(b"SQLite format 3\x00 stands in")
-    monkeypatch.chdir(root)
-    return root
-
-
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_bad_input_is_one_line_exit_1_and_changes_nothing(case: Case, project: Path) -> None:
+def test_bad_input_is_one_line_exit_1_and_changes_nothing(case: Case, guarded_project: Path) -> None:
+    project = guarded_project
     case.materialize(project)
     before = guarded(project) | fingerprint(*(project / name for name in ("d", "photos", "notes.txt", "link")))
     outcome = msa(*case.args)
@@ -186,7 +170,8 @@ def test_bad_input_is_one_line_exit_1_and_changes_nothing(case: Case, project: P
     assert after == before
 
 
-def test_a_long_text_imports_and_validation_names_it(project: Path) -> None:
+def test_a_long_text_imports_and_validation_names_it(guarded_project: Path) -> None:
+    project = guarded_project
     """Over Python's csv field limit (131072 characters): imported as it is, for validation's rule to judge."""
     long = "word " * 30_000
     (project / "t").mkdir()
@@ -199,7 +184,7 @@ def test_a_long_text_imports_and_validation_names_it(project: Path) -> None:
     assert outcome.code == 1 and "text length within [1, 2000] chars" in outcome.stderr
 
 
-def test_a_dataset_the_project_wrote_is_replaced(project: Path) -> None:
+def test_a_dataset_the_project_wrote_is_replaced(guarded_project: Path) -> None:
     assert msa("data", "demo", "--size", "30", "--out", "data/raw").code == 0
     assert msa("data", "demo", "--size", "40", "--out", "data/raw").code == 0
     assert "40 samples" in msa("data", "demo", "--size", "40", "--out", "data/raw").stdout

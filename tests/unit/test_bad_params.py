@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_dataset
 from tests.hardening import guarded, msa
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,21 +39,10 @@ CASES = [  # (id, params.yaml text, what the one line says)
 ]
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "project"
-    root.mkdir()
-    tiny_dataset(root / "data", name="raw")
-    (root / "models").mkdir()
-    (root / "models" / "model.json").write_text("{}")
-    (root / "mlflow.db").write_bytes(b"SQLite format 3\x00")
-    monkeypatch.chdir(root)
-    return root
-
-
 @pytest.mark.parametrize(("text", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("command", ["validate", "featurize"])
-def test_a_bad_setting_is_named_and_nothing_runs(project: Path, command: str, text: str, message: str) -> None:
+def test_a_bad_setting_is_named_and_nothing_runs(guarded_project: Path, command: str, text: str, message: str) -> None:
+    project = guarded_project
     (project / "bad.yaml").write_text(text)
     before = guarded(project)
     outcome = msa(command, "--params", "bad.yaml")
@@ -67,7 +55,7 @@ def test_a_bad_setting_is_named_and_nothing_runs(project: Path, command: str, te
     )
 
 
-def test_a_missing_params_file_says_where_it_was_looked_for(project: Path) -> None:
+def test_a_missing_params_file_says_where_it_was_looked_for(guarded_project: Path) -> None:
     outcome = msa("train", "--params", "nowhere.yaml")
     assert outcome.code == 1 and "nowhere.yaml: no such file" in outcome.stderr
 
