@@ -402,6 +402,8 @@ def predict_file(
     output = Path(output) if output else input_path.with_suffix(".predictions.jsonl")
     if output.is_dir():
         raise DataError(output, "is a directory: --output names the predictions file (.jsonl or .csv)")
+    if output.resolve() == input_path.resolve():
+        raise DataError(output, "is the input file: predictions never overwrite the rows they score")
     if output.suffix.lower() not in (".jsonl", ".json", ".ndjson", ".csv"):
         raise DataError(output, "predictions are written as .jsonl or .csv: name the file so")
     frame = read_inputs(input_path)

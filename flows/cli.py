@@ -15,8 +15,8 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from components.config import DEFAULT_PARAMS, RegisterParams, load_params
 from components.atomic import check_replaceable
+from components.config import DEFAULT_PARAMS, RegisterParams, load_params
 from components.dataset import MANIFEST, SPLITS, read_dataset
 from components.demo import generate_demo
 from components.errors import UserError

@@ -138,27 +138,6 @@ def test_champion_loads_as_pyfunc_and_predicts_raw_rows(tiny_project, mlflow_ser
     assert written["score"].to_numpy() == pytest.approx(predictions["score"].to_numpy(), abs=1e-5)
 
 
-def test_predict_names_the_missing_column_and_the_bad_row(tiny_project, mlflow_server):
-    params = params_for(tiny_project, "inputs")
-    msa(tiny_project, mlflow_server, "register", "--params", str(params))
-    source = tiny_project / "bad.jsonl"
-    source.write_text(json.dumps({"image": None, "audio": [[0.0, 0.1, 0.2]]}) + "\n")
-    result = msa(tiny_project, mlflow_server, "predict", "--model", "models:/inputs@champion", "--input", str(source),
-                 check=False)  # fmt: skip
-    assert result.returncode == 1 and "bad.jsonl: missing required column(s) ['text']" in result.stderr
-    source.write_text(
-        json.dumps({"text": "it was good", "audio": [[0.0, 0.1, 0.2]]})
-        + "\n"
-        + json.dumps({"text": "it was bad", "audio": [[0.0, 0.1]]})
-        + "\n"
-    )
-    result = msa(tiny_project, mlflow_server, "predict", "--model", "models:/inputs@champion", "--input", str(source),
-                 check=False)  # fmt: skip
-    assert result.returncode == 1
-    assert "bad.jsonl, row 2: audio frames have shape [1, 2]; the model expects [frames, 3]" in result.stderr
-    assert not source.with_suffix(".predictions.jsonl").exists()
-
-
 def test_corrupt_model_artifact_is_a_clear_error(tiny_project, mlflow_server, client, tmp_path):
     params = params_for(tiny_project, "corrupt")
     msa(tiny_project, mlflow_server, "register", "--params", str(params))

@@ -116,6 +116,7 @@ CASES = [
         "in",
         files={"in/x": "x"},
     ),  # fmt: skip
+    predict_case("output-is-input", jsonl(good()), "is the input file", "--output", "in/rows.jsonl"),
     predict_case(
         "output-suffix", jsonl(good()), "predictions are written as .jsonl or .csv", "--output", "out.parquet"
     ),  # fmt: skip
