@@ -164,14 +164,11 @@ def is_current(out: str | Path, key: str) -> bool:
 
 
 def _sha256(file: Path) -> str | None:
-    digest = hashlib.sha256()
     try:
         with file.open("rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
+            return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def content_key(raw: Path, params: FeaturizeParams, text_path: Path | None) -> str:

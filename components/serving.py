@@ -95,9 +95,7 @@ class Predictor:
         try:
             spec = ModelCard.model_validate_json((root / CARD).read_bytes()).spec
             self.state = FeaturizerState.model_validate_json((root / STATE).read_text())
-            # A package written before the bounds were packaged gets today's defaults, never no bounds.
-            self.limits = ServeParams.model_validate_json((root / LIMITS).read_bytes()) if (root / LIMITS).is_file() \
-                else ServeParams()  # fmt: skip
+            self.limits = _read_limits(root)
             if spec.text is not None:  # the package's own tokenizer and transformer config, wherever it was moved
                 spec = spec.model_copy(update={"text": spec.text.model_copy(update={"encoder": str(root / TEXT)})})
             self.model = MultiTaskModel(spec, pretrained=False, standalone=True).eval()
@@ -251,6 +249,12 @@ def raw_frame(dataset: Dataset, split: str, *, limit: int | None = None, inline_
             for i in samples["seq_index"]
         ]
     return frame
+
+
+def _read_limits(root: Path) -> ServeParams:
+    """The package's input bounds; one packaged before bounds were gets today's defaults, never no bounds."""
+    file = root / LIMITS
+    return ServeParams.model_validate_json(file.read_bytes()) if file.is_file() else ServeParams()
 
 
 def _image_bytes(rows: pd.DataFrame, i: int, image_root: Path | None, limits: ServeParams) -> bytes | None:
