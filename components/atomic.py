@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from components.errors import DataError
+
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write to a temporary file beside `path`, fsync it, then rename it over `path`."""
@@ -89,8 +91,6 @@ def replace_directory(path: str | Path, *, marker: str) -> Iterator[Path]:
 def check_replaceable(path: Path, marker: str) -> None:
     """Raise DataError unless `replace_directory(path, marker=marker)` may replace `path`: a command checks before
     its work, so a mistyped target fails at once rather than after a long import."""
-    from components.errors import DataError
-
     if not path.exists() and not path.is_symlink():
         return
     if not path.is_dir():

@@ -15,10 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from components.errors import ConfigError
+from components.errors import ConfigError  # raised here, and imported from here by callers of load_params
 from components.textfiles import yaml_problem
-
-__all__ = ["ConfigError"]  # re-exported: every caller of load_params catches it from here
 
 DEFAULT_PARAMS = Path("params.yaml")
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"

@@ -37,6 +37,7 @@ from components.dataset import (
 )
 
 REQUIRED_COLUMNS = ("id", "split", "text", "label", "image", "seq_index")
+DATA_DOCS_INDEX = "index.html"  # GX's site entry page: also what shows that a Data Docs directory is ours to replace
 OK = "ok"
 # Derived columns; their values are reasons written for people, shown unquoted in the summary.
 ID_SPLITS, IMAGE_CHECK, SEQUENCE_CHECK, LEAKAGE_SPLITS = (
@@ -134,11 +135,11 @@ def validate_dataset(path: Path, params: ValidateParams) -> ValidationReport:
     frame = build_frame(root, manifest, samples, dataset.sequences)
     rules = plan_expectations(manifest, frame, dataset.sequences, params)
     suite = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{manifest.name}-v{manifest.version}")  # names Data Docs files
-    with replace_directory(params.data_docs, marker="index.html") as staging:
+    with replace_directory(params.data_docs, marker=DATA_DOCS_INDEX) as staging:
         results = _run_checkpoint(frame, rules, suite, staging, partial_count=max(params.examples, 20))
     planned = {rule.rule: i for i, rule in enumerate(rules)}  # GX groups results by column; report them as planned
     results.sort(key=lambda r: planned.get((r.expectation_config.meta or {}).get("rule"), len(planned)))
-    report = _report(manifest, frame, results, params.examples, Path(params.data_docs) / "index.html")
+    report = _report(manifest, len(samples), results, params.examples, Path(params.data_docs) / DATA_DOCS_INDEX)
     write_json(params.report, report.to_dict())
     return report
 
@@ -497,7 +498,7 @@ def _run_checkpoint(frame: pd.DataFrame, rules: list[Rule], suite_name: str, doc
     return list(validation.results)
 
 
-def _report(manifest: Manifest, frame: pd.DataFrame, results: list, examples: int, docs: Path) -> ValidationReport:
+def _report(manifest: Manifest, n_samples: int, results: list, examples: int, docs: Path) -> ValidationReport:
     checks: list[Check] = []
     failures: list[Failure] = []
     for result in results:
@@ -525,7 +526,7 @@ def _report(manifest: Manifest, frame: pd.DataFrame, results: list, examples: in
         success=not failures,
         dataset=manifest.name,
         version=manifest.version,
-        n_samples=len(frame),
+        n_samples=n_samples,
         checks=checks,
         failures=failures,
         data_docs=docs,
