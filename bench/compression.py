@@ -34,7 +34,7 @@ def main(
     features: Annotated[Path, typer.Option(help="Feature directory written by `msa featurize`.")] = Path(
         "data/features"
     ),
-    model: Annotated[Path, typer.Option(help="Model directory written by `msa train`.")] = Path("models"),
+    model: Annotated[Path, typer.Option(help="Model directory written by `msa train`.")] = Path("models/trained"),
     threads: Annotated[int, typer.Option(min=1, help="torch threads while timing.")] = 1,
     latency_runs: Annotated[int, typer.Option(min=1, help="Timed single-sample passes per model.")] = 50,
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = RESULTS,
@@ -42,8 +42,8 @@ def main(
     torch.set_num_threads(threads)  # the fine-tune too: the machine may be shared
     with tempfile.TemporaryDirectory() as tmp:
         params = CompressParams(
-            out=Path(tmp) / "compressed", report=Path(tmp) / "compression.json", threads=threads,
-            latency_runs=latency_runs,
+            out=Path(tmp) / "compressed", report=Path(tmp) / "compression.json",
+            metrics=Path(tmp) / "headline.json", threads=threads, latency_runs=latency_runs,
         )  # fmt: skip
         result = compress(features, model, params, TrainParams(), progress=False)
         report = json.loads(params.report.read_text())

@@ -44,7 +44,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "orchestration.json"
 MSA = Path(sys.executable).parent / "msa"
-OUTPUTS = ("data/features", "models", "reports")  # what the stages write (mlflow.db and mlruns stay: the registry)
+# What the stages write (mlflow.db and mlruns stay: the registry).
+OUTPUTS = ("data/features", "models", "reports", "metrics")
 CONTENDER_KEYS = ("seconds", "cpu_seconds", "load_before", "load_after")
 OVERHEAD_TARGET, SKIP_TARGET_S = 0.15, 20.0
 PROGRESS = re.compile(r"it/s|s/it|step/s|s/step|batch/s|s/batch")  # progress bars stay out of an error's tail

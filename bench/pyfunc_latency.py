@@ -62,7 +62,7 @@ def main(
     features: Annotated[Path, typer.Option(help="Feature directory written by `msa featurize`.")] = Path(
         "data/features"
     ),
-    model: Annotated[Path, typer.Option(help="Model directory written by `msa train`.")] = Path("models"),
+    model: Annotated[Path, typer.Option(help="Model directory written by `msa train`.")] = Path("models/trained"),
     rows: Annotated[int, typer.Option(min=1, help="Test rows timed at batch 1 (each by every contender).")] = 150,
     block: Annotated[int, typer.Option(min=1, help="Rows per block of the batch-1 timing.")] = 10,
     batch: Annotated[int, typer.Option(min=1, help="Batch size of the throughput rows.")] = 64,

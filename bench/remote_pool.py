@@ -44,7 +44,7 @@ RESULTS = Path(__file__).parent / "results" / "remote_pool.json"
 BIN = Path(sys.executable).parent
 PROJECT = ("params.yaml", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", "data/.gitignore", ".gitignore",
            "prefect.yaml", "components", "flows")  # fmt: skip
-OUTPUTS = ("data/features", "models", "reports")
+OUTPUTS = ("data/features", "models", "reports", "metrics")
 EXCHANGE_GOAL = 0.05
 
 

@@ -23,8 +23,10 @@ in fp32, weight-only int8 25 ms, and its embedding quantization made the model 4
 kernels take 14 ms. Moving to torchao + torch.compile is the replacement once serving compiles the model.
 
 Files: `<out>/<variant>/` for each kept variant (model.json + weights: int8 as a torch state dict read back with
-`torch.load(weights_only=True)`, pruned models as safetensors), and `report`, laid out as in `_report`. A variant
-whose metric drops by more than `tolerance` points is measured and reported with kept=false, and not written.
+`torch.load(weights_only=True)`, pruned models as safetensors); `report`, every measurement of the baseline and of
+each variant; `metrics`, the headline `dvc exp show` compares (per variant: how many times smaller and faster at
+batch 1 than the baseline, and the metric's drop in points). A variant whose metric drops by more than `tolerance`
+points is measured and reported with kept=false, and not written.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ DEPRECATIONS = (  # torch.ao.quantization's own, its quantized tensors', and tor
 @dataclass
 class CompressionResult:
     report: Path
+    headline: Path
     head: str
     metric: str
     baseline: dict
@@ -93,13 +96,21 @@ class CompressionResult:
     def summary(self) -> str:
         parts = []
         for name, v in self.variants.items():
-            size = self.baseline["size_bytes"] / v["size_bytes"]
-            speed = self.baseline["latency_ms_p50"] / v["latency_ms_p50"]
+            ratios = versus_baseline(self.baseline, v)
             parts.append(
-                f"{name} {size:.2f}x smaller, {speed:.2f}x faster, {self.metric} {-v['drop_points']:+.2f} pts "
-                f"({'kept' if v['kept'] else 'dropped'})"
+                f"{name} {ratios['size_ratio']:.2f}x smaller, {ratios['speedup']:.2f}x faster, {self.metric} "
+                f"{-v['drop_points']:+.2f} pts ({'kept' if v['kept'] else 'dropped'})"
             )
-        return f"compress: {'; '.join(parts)} -> {self.report} ({self.seconds:.1f} s)"
+        return f"compress: {'; '.join(parts)} -> {self.report}, {self.headline} ({self.seconds:.1f} s)"
+
+
+def versus_baseline(baseline: dict, variant: dict) -> dict[str, float]:
+    """A variant's headline: how many times smaller and faster (batch-1 median) than the baseline, its drop."""
+    return {
+        "size_ratio": round(baseline["size_bytes"] / variant["size_bytes"], 4),
+        "speedup": round(baseline["latency_ms_p50"] / variant["latency_ms_p50"], 4),
+        "drop_points": round(variant["drop_points"], 4),
+    }
 
 
 def compress(
@@ -188,7 +199,9 @@ def compress(
         "variants": variants,
     }
     write_json(params.report, report, nan_as_null=True)
-    return CompressionResult(params.report, head, metric, base, variants, time.perf_counter() - start)
+    headline = {name: versus_baseline(base, v) for name, v in variants.items()}
+    write_json(params.metrics, headline, nan_as_null=True)
+    return CompressionResult(params.report, params.metrics, head, metric, base, variants, time.perf_counter() - start)
 
 
 def load_compressed(path: str | Path) -> MultiTaskModel:

@@ -59,8 +59,8 @@ class ValidateParams(Section):
         0.0, ge=0.0, le=1.0, description="fraction of samples whose content may repeat across splits"
     )
     examples: int = Field(5, ge=1, description="offending ids shown per failed expectation")
-    report: Path = Path("reports/validation.json")
-    data_docs: Path = Path("reports/data_docs")
+    report: Path = Field(Path("reports/validation.json"), description="result per rule (a DVC output)")
+    data_docs: Path = Field(Path("reports/data_docs"), description="GX Data Docs (HTML, rebuilt on every run)")
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> ValidateParams:
@@ -104,7 +104,7 @@ class ModelParams(Section):
 
 
 class TrainParams(Section):
-    out: Path = Field(Path("models"), description="model, checkpoints and training history")
+    out: Path = Field(Path("models/trained"), description="model, checkpoints and training history")
     modalities: tuple[Modality, ...] | None = Field(None, description="null: every modality the dataset declares")
     single_task: Head | None = Field(None, description="train this head alone (ablation); null: multi-task")
     text_encoder: Literal["frozen", "finetune"] = "frozen"
@@ -133,8 +133,12 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    metrics: Path = Field(Path("reports/metrics.json"), description="DVC metrics: every head on every split")
-    plots: Path = Field(Path("reports/plots"), description="plot data files and PNGs (replaced on every run)")
+    metrics: Path = Field(
+        Path("metrics/evaluate.json"), description="headline metrics, committed to git: what `dvc exp show` compares"
+    )
+    report: Path = Field(Path("reports/evaluation.json"), description="every metric of every head on every split")
+    plots: Path = Field(Path("metrics/plots"), description="plot data for `dvc plots`, committed to git")
+    images: Path = Field(Path("reports/plots"), description="the PNGs: predictions, confusion, training curves")
     splits: tuple[Literal["valid", "test"], ...] = Field(
         ("valid", "test"), min_length=1, description="splits to score; plots show test, or valid without test"
     )
@@ -153,7 +157,10 @@ CompressVariant = Literal["int8", "prune_unstructured", "prune_structured"]
 
 class CompressParams(Section):
     out: Path = Field(Path("models/compressed"), description="one directory per kept variant")
-    report: Path = Field(Path("reports/compression.json"), description="DVC metrics: every variant against the model")
+    metrics: Path = Field(
+        Path("metrics/compress.json"), description="per variant: size ratio, speedup, metric drop (committed to git)"
+    )
+    report: Path = Field(Path("reports/compression.json"), description="every measurement of every variant")
     variants: tuple[CompressVariant, ...] = Field(
         ("int8", "prune_unstructured", "prune_structured"), min_length=1, description="variants to build and measure"
     )
@@ -242,6 +249,47 @@ class Params(Section):
     registry: RegisterParams = Field(RegisterParams(), alias="register")  # `register` would shadow ABC.register
     serve: ServeParams = ServeParams()
     pipeline: PipelineParams = PipelineParams()
+
+
+# Settings that say where files go and how fast work runs, never what a stage computes (YAML keys; a section name
+# covers the section). dvc.yaml lists none of them as a stage's params, so changing one reruns nothing under
+# `dvc repro` or `dvc exp run`; the lineage's params hash leaves them out, so `msa run` does not retrain for them
+# either. tests/unit/test_dvc_deps.py holds dvc.yaml to this set.
+RUNTIME_SETTINGS = frozenset(
+    {
+        "data.raw",  # the dataset's content is hashed instead
+        "validate.report",
+        "validate.data_docs",
+        "featurize.out",
+        "featurize.batch_size",
+        "featurize.device",
+        "train.out",
+        "train.device",
+        "evaluate.metrics",
+        "evaluate.report",
+        "evaluate.plots",
+        "evaluate.images",
+        "evaluate.device",
+        "compress.out",
+        "compress.metrics",
+        "compress.report",
+        "register.retries",
+        "register.timeout",
+        "pipeline",
+    }
+)
+
+
+def result_settings(params: Params) -> dict:
+    """Every setting under its YAML key, RUNTIME_SETTINGS left out: what a stage's results depend on."""
+    settings = params.model_dump(mode="json", by_alias=True)
+    for key in RUNTIME_SETTINGS:
+        *parents, leaf = key.split(".")
+        section = settings
+        for parent in parents:
+            section = section[parent]
+        del section[leaf]
+    return settings
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:

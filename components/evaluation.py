@@ -1,18 +1,23 @@
 """Evaluate stage: the metrics of every head on valid and test, and the plots that DVC and people read.
 
 Writes
-    evaluate.metrics (reports/metrics.json)  DVC metrics, {split: {head: {metric: value}}}: components.metrics'
-        keys plus `samples` (how many samples had the head's modality); class labels add per_class {class:
-        {precision, recall, f1, support}}. Only numbers: NaN is null, confusion matrices go to the plot data.
-    evaluate.plots (reports/plots/), replaced as a whole so no file of an earlier run survives
+    evaluate.report (reports/evaluation.json)  {split: {head: {metric: value}}}: components.metrics' keys plus
+        `samples` (how many samples had the head's modality); class labels add per_class {class: {precision,
+        recall, f1, support}}. Only numbers: NaN is null, confusion matrices go to the plot data. What MLflow's
+        runs, the model card and the registration gate read.
+    evaluate.metrics (metrics/evaluate.json)  the headline, a subset of the report under the same keys, small
+        enough for `dvc metrics show` and `dvc exp show` to fit a terminal (see HEADLINE); committed to git
+    evaluate.plots (metrics/plots/), plot data for `dvc plots`, committed to git
         predictions/<split>_<head>.csv  id, label, prediction (the score; class indices for class labels)
         confusion/<split>_<head>.json   [{id, actual, predicted}]: class names, or for regression labels the
                                         Acc-7 classes -3..3 (rounded after clipping to [-3, 3], as acc7 counts)
         history.csv                     per epoch: train loss and valid primary metric of every head
-        images/scatter_<split>.png      predicted vs true per head (regression labels only)
-        images/confusion_<split>.png    confusion matrix per head
-        images/training_curves.png      train loss and valid primary metric per head, best epoch marked
-The plots show one split: test, or valid when test is not evaluated.
+    evaluate.images (reports/plots/)
+        scatter_<split>.png             predicted vs true per head (regression labels only)
+        confusion_<split>.png           confusion matrix per head
+        training_curves.png             train loss and valid primary metric per head, best epoch marked
+Both plot directories are replaced as a whole, so no file of an earlier run survives. The plots show one split:
+test, or valid when test is not evaluated.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ from components.metrics import classification_metrics, metrics_for, primary_metr
 from components.model_store import Monitor, load_trained, model_inputs, predict, read_card, read_history, split_rows
 
 HISTORY_CSV = "history.csv"  # always written: also what shows that a plots directory is ours to replace
+CURVES_PNG = "training_curves.png"  # the same, for the images directory
+# The headline per label kind: the monitored head's metrics on each split (MMSA's standard ones on test), and every
+# other head's primary metric on the plotted split. 22 numbers for the demo's seven heads, beside the compression
+# headline's nine: `dvc exp show --only-changed` stays under 30 columns with a two-parameter sweep.
+HEADLINE = {
+    "regression": {"test": ("acc2", "f1", "acc7", "mae", "corr"), "valid": ("acc2", "mae")},
+    "classification": {"test": ("accuracy", "f1_weighted", "f1_macro"), "valid": ("accuracy", "f1_weighted")},
+}
 
 
 @dataclass
@@ -51,12 +64,14 @@ class HeadOutput:
 
 @dataclass
 class EvaluationResult:
-    metrics_path: Path
+    report: Path
+    headline: Path
     plots: Path
+    images: Path
     split: str  # the split plotted and summarised
     metric: str  # the primary metric of the label kind
     direction: str  # "min" | "max"
-    metrics: dict[str, dict[str, dict[str, Any]]]  # what metrics.json holds
+    metrics: dict[str, dict[str, dict[str, Any]]]  # what the report holds
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -64,14 +79,15 @@ class EvaluationResult:
         better = "lower" if self.direction == "min" else "higher"
         scores = ", ".join(f"{head} {_fmt(m[self.metric])}" for head, m in self.metrics[self.split].items())
         text = (
-            f"evaluate: {self.split} {self.metric} ({better} is better): {scores}; metrics -> {self.metrics_path}, "
-            f"plots -> {self.plots} ({self.seconds:.1f} s)"
+            f"evaluate: {self.split} {self.metric} ({better} is better): {scores}; report -> {self.report}, "
+            f"headline -> {self.headline}, plots -> {self.plots}, {self.images} ({self.seconds:.1f} s)"
         )
         return text + "".join(f"; {note}" for note in self.notes)
 
 
 def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progress: bool = True) -> EvaluationResult:
-    """Score the model `train` wrote to `model_dir` on `params.splits` of `features`; write metrics and plots.
+    """Score the model `train` wrote to `model_dir` on `params.splits` of `features`; write the report, the
+    headline and the plots.
 
     Raises DataError for a split without samples, TrainingError for a missing or unreadable model, or one trained
     on other features, ConfigError for an unavailable device.
@@ -122,11 +138,14 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
     with replace_directory(params.plots, marker=HISTORY_CSV) as staging:
         _write_plot_data(staging, plotted, outputs, kind, classes)
         _write_history(staging, history, spec.heads, card.monitor, metric)
+    with replace_directory(params.images, marker=CURVES_PNG) as staging:
         _write_images(staging, plotted, outputs, kind, classes, history, spec.heads, card.monitor, metric)
     metrics = _numbers_only(metrics)
     return EvaluationResult(
-        metrics_path=write_json(params.metrics, metrics, nan_as_null=True),
+        report=write_json(params.report, metrics, nan_as_null=True),
+        headline=write_json(params.metrics, headline(metrics, kind, card.monitor.head, plotted), nan_as_null=True),
         plots=Path(params.plots),
+        images=Path(params.images),
         split=plotted,
         metric=metric,
         direction=direction,
@@ -137,7 +156,7 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# metrics.json
+# the report and its headline
 
 
 def _numbers_only(value: Any) -> Any:
@@ -145,6 +164,23 @@ def _numbers_only(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _numbers_only(v) for k, v in value.items() if k != "confusion_matrix"}
     return value
+
+
+def headline(metrics: dict, kind: str, monitored: str, plotted: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """The report's HEADLINE entries, rounded to 4 places as MMSA reports them: `test.fusion.acc2` is the same
+    number in both files, and `dvc exp show` shows every head's primary metric on `plotted`."""
+    primary, _ = primary_metric(kind)
+    picked: dict[str, dict[str, dict[str, Any]]] = {}
+    for split, heads in metrics.items():
+        chosen = {monitored: HEADLINE[kind][split]} if monitored in heads else {}
+        if split == plotted:
+            chosen |= {head: (primary,) for head in heads if head != monitored}
+        picked[split] = {head: {key: _round(heads[head].get(key)) for key in keys} for head, keys in chosen.items()}
+    return picked
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 4)
 
 
 def _fmt(value: float | None) -> str:
@@ -212,11 +248,10 @@ def _write_images(
     monitor: Monitor,
     metric: str,
 ) -> None:
-    images = staging / "images"
     if kind == "regression":
-        write_bytes(images / f"scatter_{split}.png", _scatter_png(split, outputs))
-    write_bytes(images / f"confusion_{split}.png", _confusion_png(split, outputs, kind, classes))
-    write_bytes(images / "training_curves.png", _curves_png(history, heads, monitor, metric))
+        write_bytes(staging / f"scatter_{split}.png", _scatter_png(split, outputs))
+    write_bytes(staging / f"confusion_{split}.png", _confusion_png(split, outputs, kind, classes))
+    write_bytes(staging / CURVES_PNG, _curves_png(history, heads, monitor, metric))
 
 
 def _grid(panels: int, width: float = 3.4, height: float = 3.2) -> tuple[Any, list]:

@@ -14,17 +14,16 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from components.config import Params
+from components.config import Params, result_settings
 
 CODE_ROOT = Path(__file__).parent  # the `components` package
 TRAINED_BY = ("components.featurize", "components.training")  # what `msa featurize` and `msa train` call
-# Orchestration settings (where training runs, retries) do not change what is trained.
-_NOT_IN_PARAMS_HASH = {"pipeline"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,8 @@ class Lineage:
 
 
 def lineage(params: Params) -> Lineage:
-    settings = params.model_dump_json(by_alias=True, exclude=_NOT_IN_PARAMS_HASH)
+    # Paths, devices, timeouts and orchestration (config.RUNTIME_SETTINGS) do not change what is trained.
+    settings = json.dumps(result_settings(params), sort_keys=True)
     return Lineage(
         data=tree_digest(params.data.raw).hexdigest()[:16],
         params=hashlib.sha256(settings.encode()).hexdigest()[:16],

@@ -1,7 +1,7 @@
 """The trained model's files: their names and layout, loading a model, feeding it and reading its predictions, and
 moving it between machines through the tracking server.
 
-`train.out` (default `models/`):
+`train.out` (default `models/trained/`, the DVC artifact `msa-model`):
     model.safetensors     best weights (by the monitored head's valid metric)
     model.json            the ModelCard: spec, monitored metric and best epoch, featurizer key, dataset
     history.json          per epoch: train loss per head, valid metrics per head

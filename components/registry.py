@@ -124,7 +124,7 @@ def register(
 ) -> Registration:
     """Log the model and its card into the pipeline run `run_id`, register a version and apply the gate.
 
-    Reads what the stages wrote: featurize.out, train.out, evaluate.metrics, compress.report. `model_digest`, when
+    Reads what the stages wrote: featurize.out, train.out, evaluate.report, compress.report. `model_digest`, when
     given, is what train.out must still hold (the model training uploaded and the pipeline checked): anything that
     rewrote it since is refused. `force_gate_rescore` re-scores the champion on the test split even when its
     recorded score was measured on the same split.
@@ -143,11 +143,11 @@ def register(
     state = read_state(params.featurize.out)
     dataset = read_dataset(params.data.raw)
     card = model_store.read_card(params.train.out)
-    metrics = _read_json(params.evaluate.metrics, "run `msa evaluate`")
+    metrics = _read_json(params.evaluate.report, "run `msa evaluate`")
     compression = _read_json(params.compress.report, "run `msa compress`") if params.compress.report.exists() else {}
     head, (metric, _) = card.monitor.head, primary_metric(state.label_kind)
     if "test" not in metrics or head not in metrics["test"]:
-        raise TrackingError(f"{params.evaluate.metrics}: no test metrics for head {head!r}: evaluate the test split")
+        raise TrackingError(f"{params.evaluate.report}: no test metrics for head {head!r}: evaluate the test split")
     score = float(metrics["test"][head][metric])
     name, test_split = context.model_name, context.tags["msa.test_split"]
 
@@ -218,7 +218,7 @@ def record_and_register(
     if not force and (same := registered_with_same_lineage(params, context.lineage)) is not None:
         return same
     card, history = read_card(params.train.out), read_history(params.train.out)
-    metrics = _read_json(params.evaluate.metrics, "run `msa evaluate`")
+    metrics = _read_json(params.evaluate.report, "run `msa evaluate`")
     with (
         tracking.connected(params.registry) as client,
         tracking.pipeline_run(client, context.experiment, run_name(), context.tags, params) as run_id,
@@ -229,7 +229,8 @@ def record_and_register(
             log.log_epoch(record)
         log.finish()
         log.close("FINISHED")
-        tracking.log_evaluation(client, run_id, card.spec, metrics, params.evaluate.plots, params.evaluate.metrics)
+        e = params.evaluate
+        tracking.log_evaluation(client, run_id, card.spec, metrics, e.report, e.plots, e.images)
         if params.compress.report.exists():
             report = _read_json(params.compress.report, "run `msa compress`")
             tracking.log_compression(client, run_id, report, params.compress.report, params.compress.tolerance)

@@ -333,8 +333,11 @@ def trained_model_digest(client: Any, parent: str) -> tuple[str, str]:
     return runs[-1].info.run_id, runs[-1].data.tags[MODEL_DIGEST]
 
 
-def log_evaluation(client: Any, parent: str, spec: Any, metrics: Mapping, plots: Path, metrics_path: Path) -> None:
-    """Every head's valid and test metrics on its run (ending it), the monitored head's on the parent, the plots."""
+def log_evaluation(
+    client: Any, parent: str, spec: Any, metrics: Mapping, report: Path, plots: Path, images: Path
+) -> None:
+    """Every head's valid and test metrics on its run (ending it), the monitored head's on the parent; the report,
+    and the plot data and PNGs as `plots/` and `plots/images/`."""
     from components.model_store import monitored_head
 
     for head in spec.heads:
@@ -342,9 +345,10 @@ def log_evaluation(client: Any, parent: str, spec: Any, metrics: Mapping, plots:
         log_numbers(client, run_id, split_metrics(metrics, head))
         client.set_terminated(run_id, "FINISHED")
     log_numbers(client, parent, split_metrics(metrics, monitored_head(spec)))
-    client.log_artifact(parent, str(metrics_path), "reports")
-    if Path(plots).is_dir():
-        client.log_artifacts(parent, str(plots), "plots")
+    client.log_artifact(parent, str(report), "reports")
+    for directory, artifacts in ((plots, "plots"), (images, "plots/images")):
+        if Path(directory).is_dir():
+            client.log_artifacts(parent, str(directory), artifacts)
 
 
 def start_variant_runs(client: Any, parent: str, variants: Iterable[str]) -> None:

@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 
 from components.atomic import check_replaceable
 from components.config import DEFAULT_PARAMS, RegisterParams, load_params
+from components.data_version import record_in_dvc
 from components.dataset import MANIFEST, SPLITS, read_dataset
 from components.demo import generate_demo
 from components.errors import UserError
@@ -76,6 +77,8 @@ def _writing_dataset(out_dir: Path | None, params: Path) -> Iterator[Path]:
         f"{len(dataset.samples)} samples ({splits}); modalities: {', '.join(dataset.manifest.modalities.present)} "
         f"[{time.perf_counter() - started:.1f}s]"
     )
+    if (recorded := record_in_dvc(path)) is not None:
+        out.print(recorded.summary(), markup=False)
 
 
 @data_app.command("demo")
@@ -232,7 +235,8 @@ def train(
 
 @app.command()
 def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
-    """Metrics of every head on valid and test -> evaluate.metrics; plot data and PNGs -> evaluate.plots."""
+    """Every head on valid and test -> evaluate.report and its headline evaluate.metrics; plots -> evaluate.plots
+    (data) and evaluate.images (PNGs)."""
     from components.evaluation import evaluate as evaluate_model  # torch, sklearn and matplotlib: only when used
 
     p = load_params(params)
@@ -299,3 +303,7 @@ def predict(
     with nullcontext() if Path(model).is_dir() else connected(settings):
         result = predict_file(model, input_file, output, image_root=image_root, trust_model=trust_model)
     out.print(result.summary(), markup=False)
+
+
+if __name__ == "__main__":  # `python -m flows.cli`, as dvc.yaml runs the stages
+    app(prog_name="msa")

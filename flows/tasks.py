@@ -172,15 +172,13 @@ def evaluate(params: Params, run_id: str) -> list[dict]:
     result = evaluate_model(params.featurize.out, params.train.out, params.evaluate, progress=SHOW_PROGRESS)
     with tracking.connected(params.registry) as client:
         spec = read_card(params.train.out).spec
-        tracking.log_evaluation(client, run_id, spec, result.metrics, params.evaluate.plots, result.metrics_path)
+        tracking.log_evaluation(client, run_id, spec, result.metrics, result.report, result.plots, result.images)
     rows = [
         {"split": split, "head": head} | {k: round(v, 4) for k, v in values.items() if isinstance(v, int | float)}
         for split, heads in result.metrics.items()
         for head, values in heads.items()
     ]
-    create_table_artifact(
-        key="msa-metrics", table=rows, description=f"Every head on every split ({params.evaluate.metrics})"
-    )
+    create_table_artifact(key="msa-metrics", table=rows, description=f"Every head on every split ({result.report})")
     get_run_logger().info(result.summary())
     return rows
 

@@ -140,8 +140,8 @@ def guarded_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root.mkdir()
     shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", root / "params.yaml")
     tiny_dataset(root / "data", name="raw")
-    (root / "models").mkdir()
-    (root / "models" / "model.json").write_text('{"stands in": "a trained model"}')
+    (root / "models" / "trained").mkdir(parents=True)
+    (root / "models" / "trained" / "model.json").write_text('{"stands in": "a trained model"}')
     (root / "mlflow.db").write_bytes(b"SQLite format 3\x00 stands in")
     monkeypatch.chdir(root)
     return root

@@ -224,7 +224,8 @@ def test_run_killed_mid_training_resumes_from_its_checkpoint(tiny_project: Path,
     shutil.rmtree(project / "models")
     edit_params(project, train={"epochs": epochs, "patience": epochs})
     store = {"MLFLOW_TRACKING_URI": sqlite_store(project)}
-    checkpoint, history = project / "models" / "checkpoints" / "last.pt", project / "models" / "history.json"
+    model = project / "models" / "trained"
+    checkpoint, history = model / "checkpoints" / "last.pt", model / "history.json"
 
     first = msa_run(project, tmp_path / "first.log", env=store)
     try:

@@ -240,7 +240,8 @@ def test_the_readme_team_setup_block_runs_as_written(
         assert (team / "artifacts").is_dir() and any((team / "dvc-remote").rglob("*")), "artifacts and data stored"
         (gpu_clone,) = (team / "gpu-worker").iterdir()
         (cpu_clone,) = (team / "cpu-worker").iterdir()
-        assert (gpu_clone / "models" / "checkpoints").is_dir() and not (cpu_clone / "models" / "checkpoints").exists()
+        checkpoints = Path("models", "trained", "checkpoints")
+        assert (gpu_clone / checkpoints).is_dir() and not (cpu_clone / checkpoints).exists()
         admin = ("admin", secret(team, "mlflow-admin"))
         user = httpx.get(f"{MLFLOW}/api/2.0/mlflow/users/get", params={"username": PIPELINE_USER}, auth=admin)
         assert user.raise_for_status().json()["user"]["is_admin"] is False, "the pipeline is a user, not the admin"

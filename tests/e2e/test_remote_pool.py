@@ -207,9 +207,10 @@ def test_training_on_a_pool_without_a_shared_disk_resumes_on_a_new_worker_and_re
         # The registered model is what gpu-2 trained, byte for byte; the cpu clone downloaded it and never trained.
         (cpu_clone,) = (tmp_path / "machines" / "cpu" / "work").iterdir()
         (gpu_clone,) = (second_gpu_home / "work").iterdir()
-        assert sha256(cpu_clone / "models" / "model.safetensors") == sha256(gpu_clone / "models" / "model.safetensors")
-        assert not (cpu_clone / "models" / "checkpoints").exists(), "the cpu worker never trained"
-        history = json.loads((cpu_clone / "models" / "history.json").read_text())
+        cpu_model, gpu_model = cpu_clone / "models" / "trained", gpu_clone / "models" / "trained"
+        assert sha256(cpu_model / "model.safetensors") == sha256(gpu_model / "model.safetensors")
+        assert not (cpu_model / "checkpoints").exists(), "the cpu worker never trained"
+        history = json.loads((cpu_model / "history.json").read_text())
         assert [e["epoch"] for e in history] == list(range(1, EPOCHS + 1))
         # Each attempt logged into a train run of its own: the lost one KILLED, its replacement FINISHED.
         attempts = {

@@ -36,9 +36,11 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     for stage in ("validate", "featurize", "train", "evaluate", "compress"):
         assert f"Running stage '{stage}'" in first.stdout
     assert "train: 2 epochs" in first.stdout
-    assert (project / "models/model.safetensors").is_file()
-    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert (project / "models/trained/model.safetensors").is_file()
+    metrics = json.loads((project / "reports/evaluation.json").read_text())
     assert set(metrics) == {"valid", "test"} and {"lstm", "image", "fusion"} <= set(metrics["test"])
+    headline = json.loads((project / "metrics/evaluate.json").read_text())
+    assert headline["test"]["fusion"]["mae"] == round(metrics["test"]["fusion"]["mae"], 4)
     compression = json.loads((project / "reports/compression.json").read_text())
     assert set(compression["variants"]) == {"int8", "prune_unstructured", "prune_structured"}
     report = json.loads((project / "reports/validation.json").read_text())
@@ -47,6 +49,7 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     # Byte-identical demo data: the hash recorded in data.dvc still describes a freshly generated dataset.
     assert (project / "data.dvc").read_text() == recorded
     assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "status"], cwd=project).stdout
+    assert set(json.loads((project / "metrics/compress.json").read_text())) == set(compression["variants"])
 
     second = run([str(BIN / "dvc"), "repro"], cwd=project)
     assert "Running stage" not in second.stdout
@@ -56,7 +59,7 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     # trained weights, checkpoint and compressed models included. Only the compression report differs: it holds
     # measured latencies. Without its checkpoint, train trains again rather than continuing the finished run.
     lock = _hashes(project)
-    shutil.rmtree(project / "models/checkpoints")
+    shutil.rmtree(project / "models/trained/checkpoints")
     forced = run([str(BIN / "dvc"), "repro", "--force"], cwd=project)
     assert "train: 2 epochs (last epoch) in" in forced.stdout and "resumed" not in forced.stdout, forced.stdout
     assert _hashes(project) == lock
@@ -64,7 +67,8 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     # `msa run` after `dvc repro` on unchanged inputs: the Prefect flow reads the same params and calls the same
     # functions, so featurize hits its cache and train continues the finished checkpoint (no epoch runs); then it
     # registers into MLflow's default store. The features and weights DVC recorded are untouched, so a following
-    # `dvc repro` retrains nothing. Only compress runs again: its report holds latencies msa run measured anew.
+    # `dvc repro` retrains nothing. Only compress runs again, and for real (not from DVC's run cache): its report
+    # holds latencies msa run measured anew.
     flow = msa("run", cwd=project)
     logs = flow.stdout + flow.stderr
     assert "msa-demo version 1 is champion" in flow.stdout, logs
@@ -73,6 +77,7 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     after = run([str(BIN / "dvc"), "repro"], cwd=project)
     for stage in ("validate", "featurize", "train"):
         assert f"Running stage '{stage}'" not in after.stdout, after.stdout
+    assert "Running stage 'compress'" in after.stdout and "compress: int8" in after.stdout, after.stdout
     assert {k: v for k, v in _hashes(project).items() if not k.startswith("compress:")} == {
         k: v for k, v in lock.items() if not k.startswith("compress:")
     }
@@ -81,13 +86,13 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
 
 
 def _hashes(project) -> dict[str, str]:
-    """Every output's hash in dvc.lock, but the compression report's (latencies are measurements)."""
+    """Every output's hash in dvc.lock, but the compression report's and headline's (latencies are measurements)."""
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     return {
         f"{stage}:{out['path']}": out["md5"]
         for stage, entry in lock["stages"].items()
         for out in entry.get("outs", [])
-        if out["path"] != "reports/compression.json"
+        if out["path"] not in ("reports/compression.json", "metrics/compress.json")
     }
 
 

@@ -117,8 +117,8 @@ def test_a_damaged_features_file_is_rebuilt_not_kept(featurized: Path) -> None:
     [
         ("train", {"train": {"device": "cuda"}}, "train.device: device 'cuda' requested but CUDA is not available"),
         ("train", {"train": {"device": "cuda:3"}}, "CUDA is not available"),
-        ("evaluate", {}, "models/model.json: no readable model card"),
-        ("compress", {}, "models/model.json: no readable model card"),
+        ("evaluate", {}, "models/trained/model.json: no readable model card"),
+        ("compress", {}, "models/trained/model.json: no readable model card"),
     ],
     ids=["train-cuda", "train-cuda-3", "evaluate-no-model", "compress-no-model"],
 )

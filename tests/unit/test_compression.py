@@ -23,7 +23,12 @@ VARIANT = MEASURED | {"delta", "drop_points", "kept", "path", "sparsity", "finet
 
 def run(trained, tmp_path: Path, **settings) -> dict:
     fast = {"latency_runs": 3, "throughput_batch": 4, "tolerance": 100.0, "finetune_epochs": 1}
-    params = CompressParams(out=tmp_path / "compressed", report=tmp_path / "compression.json", **(fast | settings))
+    params = CompressParams(
+        out=tmp_path / "compressed",
+        report=tmp_path / "compression.json",
+        metrics=tmp_path / "headline.json",
+        **(fast | settings),
+    )
     compress(trained.features, trained.model, params, TrainParams(batch_size=2), progress=False)
     return json.loads(params.report.read_text())
 
@@ -48,6 +53,17 @@ def test_report_layout_and_variants_written(trained, tmp_path):
         assert variant["delta"].keys() == variant["metrics"].keys() == report["baseline"]["metrics"].keys()
         assert variant["params"] == report["baseline"]["params"]
     assert sorted(p.name for p in (tmp_path / "compressed").iterdir()) == sorted(report["variants"])
+
+    # The headline: per variant, the three numbers `dvc exp show` compares, from the same measurements.
+    headline = json.loads((tmp_path / "headline.json").read_text())
+    base = report["baseline"]
+    assert list(headline) == list(report["variants"])
+    for name, variant in report["variants"].items():
+        assert headline[name] == {
+            "size_ratio": round(base["size_bytes"] / variant["size_bytes"], 4),
+            "speedup": round(base["latency_ms_p50"] / variant["latency_ms_p50"], 4),
+            "drop_points": round(variant["drop_points"], 4),
+        }
 
 
 def test_int8_file_is_smaller(trained, tmp_path):

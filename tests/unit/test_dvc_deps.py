@@ -1,5 +1,6 @@
 """dvc.yaml names, as deps of each `msa <stage>` stage, every components module the command runs: a module left
-out would let `dvc repro` keep a stage's outputs after an edit that changes them.
+out would let `dvc repro` keep a stage's outputs after an edit that changes them. And as its params, every setting
+of its sections that changes a result, and none that only says where files go or how fast work runs.
 
 Strict on purpose: errors.py, atomic.py and the packages' __init__ are listed too, as they decide when a stage fails
 and how it writes its files, and the list stays short enough to read."""
@@ -12,12 +13,18 @@ import re
 import pytest
 import yaml
 
+from components.config import RUNTIME_SETTINGS, Params, TrainParams
 from components.lineage import CODE_ROOT, module_closure
 
 REPO = CODE_ROOT.parent
 CLI = REPO / "flows" / "cli.py"
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-COMMANDS = {name: match[1] for name, stage in STAGES.items() if (match := re.fullmatch(r"msa (\w+)", stage["cmd"]))}
+STAGE_COMMAND = re.compile(r"python -m flows.cli (\w+)")
+COMMANDS = {name: match[1] for name, stage in STAGES.items() if (match := STAGE_COMMAND.fullmatch(stage["cmd"]))}
+# The params.yaml sections each stage reads, beyond which it lists single keys (compress fine-tunes like train).
+SECTIONS = {"validate": ["validate"], "featurize": ["featurize"], "train": ["model", "train"],
+            "evaluate": ["evaluate"], "compress": ["compress"]}  # fmt: skip
+DEFAULTS = Params().model_dump(mode="json", by_alias=True)
 
 
 def command_modules(command: str) -> set[str]:
@@ -55,3 +62,42 @@ def test_stage_deps_cover_the_code_its_command_runs(stage):
     deps = STAGES[stage]["deps"]
     missing = [file for file in module_closure(*command_modules(COMMANDS[stage])) if not covered(file, deps)]
     assert not missing, f"dvc.yaml stage {stage!r} runs {missing} but does not depend on them: add them to its deps"
+
+
+def settings(section: str) -> set[str]:
+    """The section's keys, a nested section (model.textcnn) as one key."""
+    return {f"{section}.{key}" for key in DEFAULTS[section]}
+
+
+def listed(stage: str) -> set[str]:
+    """The stage's params, a whole section (`model`) spelled out as its keys."""
+    keys = set()
+    for key in STAGES[stage]["params"]:
+        keys |= settings(key) if key in DEFAULTS else {key}
+    return keys
+
+
+@pytest.mark.parametrize("stage", sorted(SECTIONS))
+def test_stage_params_are_every_setting_that_changes_its_results(stage):
+    own = set().union(*(settings(section) for section in SECTIONS[stage])) - RUNTIME_SETTINGS
+    assert not own - listed(stage), f"dvc.yaml stage {stage!r} ignores {sorted(own - listed(stage))}"
+
+
+@pytest.mark.parametrize("stage", sorted(SECTIONS))
+def test_paths_devices_and_batch_sizes_rerun_nothing(stage):
+    runtime = {key for key in listed(stage) if key in RUNTIME_SETTINGS or key.split(".")[0] in RUNTIME_SETTINGS}
+    assert not runtime, f"dvc.yaml stage {stage!r} reruns for {sorted(runtime)}, which change no result"
+    assert {"featurize.batch_size", "featurize.device", "train.device", "evaluate.device"} <= RUNTIME_SETTINGS
+
+
+def test_runtime_settings_name_real_settings():
+    for key in RUNTIME_SETTINGS:
+        section = DEFAULTS
+        for part in key.split("."):
+            assert part in section, f"config.RUNTIME_SETTINGS names {key!r}, which params.yaml does not have"
+            section = section[part]
+
+
+def test_the_model_artifact_is_what_train_writes():
+    (artifact,) = yaml.safe_load((REPO / "dvc.yaml").read_text())["artifacts"].values()
+    assert artifact["type"] == "model" and artifact["path"] == str(TrainParams().out)
