@@ -158,7 +158,7 @@ CompressVariant = Literal["int8", "prune_unstructured", "prune_structured"]
 class CompressParams(Section):
     out: Path = Field(Path("models/compressed"), description="one directory per kept variant")
     metrics: Path = Field(
-        Path("metrics/compress.json"), description="per variant: size ratio, speedup, metric drop (committed to git)"
+        Path("metrics/compress.json"), description="per variant: times smaller and faster, metric drop (in git)"
     )
     report: Path = Field(Path("reports/compression.json"), description="every measurement of every variant")
     variants: tuple[CompressVariant, ...] = Field(

@@ -1,6 +1,6 @@
 """DVC experiments as a user runs them, in a git repository on tiny data: a queued sweep, `dvc exp show` comparing
 it in a table that fits a terminal, `dvc exp apply` / `branch`, `dvc metrics diff` and `dvc plots diff` against the
-previous commit, and settings that change no result rerunning nothing."""
+previous commit, settings that change no result rerunning nothing, and the model fetched with `dvc artifacts get`."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def wait_for_queue(project: Path, timeout: float = 480) -> None:
     assert "Failed" not in status, status + dvc(project, "queue", "logs", status.split()[4])
 
 
-def test_a_queued_sweep_compares_applies_and_diffs(project, msa):
+def test_a_queued_sweep_compares_applies_and_diffs(project, msa, tmp_path):
     for key, value in IDENTITY.items():
         git(project, "config", key, value)
     set_params(project, TINY)
@@ -65,6 +65,14 @@ def test_a_queued_sweep_compares_applies_and_diffs(project, msa):
     git(project, "commit", "-q", "-m", "baseline")
     assert "metrics/evaluate.json" in git(project, "ls-files", "metrics")  # what DVC compares is in git
 
+    # The trained model as a versioned artifact: a GTO version tag, then `dvc artifacts get` from the repository.
+    run([str(BIN / "gto"), "register", "msa-model", "--version", "v0.1.0"], cwd=project)
+    fetched = tmp_path / "fetched"
+    dvc(project, "artifacts", "get", str(project), "msa-model", "--rev", "v0.1.0", "-o", str(fetched))
+    model = project / "models" / "trained"
+    assert (fetched / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+    assert json.loads((fetched / "model.json").read_text()) == json.loads((model / "model.json").read_text())
+
     # Settings that say where files go or how fast work runs change no result: nothing reruns.
     set_params(project, {"featurize": {"batch_size": 7, "device": "cpu"}, "train": {"device": "cpu"}})
     assert "Data and pipelines are up to date" in dvc(project, "status")
@@ -72,7 +80,7 @@ def test_a_queued_sweep_compares_applies_and_diffs(project, msa):
 
     try:
         dvc(project, "exp", "run", "--queue", "-S", "train.lr=0.01,0.0003")
-        dvc(project, "queue", "start", "--jobs", "1")
+        dvc(project, "queue", "start", "--jobs", "2")
         wait_for_queue(project)
     finally:
         run([DVC, "queue", "stop", "--kill"], cwd=project, check=False)
@@ -94,7 +102,7 @@ def test_a_queued_sweep_compares_applies_and_diffs(project, msa):
     # rev and typ, to the table's Experiment, Created, State and Executor).
     table = dvc(project, "exp", "show", "--only-changed", "--csv")
     header = next(csv.reader(io.StringIO(table)))
-    assert "train.lr" in header and "test.fusion.mae" in header and "int8.speedup" in header, header
+    assert "train.lr" in header and "test.fusion.mae" in header and "int8.faster" in header, header
     assert len(header) - 2 <= 30, (len(header), header)
 
     # The runs' training curves on one chart, one line per experiment.

@@ -60,9 +60,9 @@ def test_report_layout_and_variants_written(trained, tmp_path):
     assert list(headline) == list(report["variants"])
     for name, variant in report["variants"].items():
         assert headline[name] == {
-            "size_ratio": round(base["size_bytes"] / variant["size_bytes"], 4),
-            "speedup": round(base["latency_ms_p50"] / variant["latency_ms_p50"], 4),
-            "drop_points": round(variant["drop_points"], 4),
+            "smaller": round(base["size_bytes"] / variant["size_bytes"], 4),
+            "faster": round(base["latency_ms_p50"] / variant["latency_ms_p50"], 4),
+            "drop": round(variant["drop_points"], 4),
         }
 
 
