@@ -2,7 +2,8 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
-# DVC stages call `msa`, so the virtualenv's tools come first on PATH for every recipe.
+# The virtualenv's tools come first on PATH for every recipe: `msa`, and the `python` that DVC's stages run
+# (`python -m flows.cli`); outside make, activate .venv before `dvc repro`.
 export PATH := $(BIN):$(PATH)
 
 .PHONY: install run test lint clean

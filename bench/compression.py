@@ -43,7 +43,7 @@ def main(
     with tempfile.TemporaryDirectory() as tmp:
         params = CompressParams(
             out=Path(tmp) / "compressed", report=Path(tmp) / "compression.json",
-            metrics=Path(tmp) / "headline.json", threads=threads, latency_runs=latency_runs,
+            headline=Path(tmp) / "headline.json", threads=threads, latency_runs=latency_runs,
         )  # fmt: skip
         result = compress(features, model, params, TrainParams(), progress=False)
         report = json.loads(params.report.read_text())

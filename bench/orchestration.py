@@ -7,8 +7,8 @@ for every contender:
 1. direct: the stage component functions called in-process, as the tasks call them (validate_dataset, featurize,
    train, evaluate, compress, registry.record_and_register), each timed; module imports count (they are lazy,
    as in `msa run`); the MLflow store's schema is created beforehand, so neither contender pays its migration;
-2. `msa run --force` as a subprocess after the outputs (data/features, models, reports) are removed, so it does the
-   same work, featurize included: wall time, Python start and imports and the ephemeral Prefect API included;
+2. `msa run --force` as a subprocess after the outputs (data/features, models, reports, metrics) are removed, so
+   it does the same work, featurize included: wall time, Python start, imports and the ephemeral Prefect API included;
 3. `msa run` again, unchanged: the skip path (the lineage equals the version just registered).
 
 Besides wall time each contender's CPU time (user + sys, of every thread and of the subprocesses it waited for: the

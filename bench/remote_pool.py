@@ -3,7 +3,8 @@
 In one run, on this machine, with the same servers for both: an MLflow server with proxied artifacts, a Prefect
 server, a DVC remote directory (standing in for S3) holding the demo data, and a git repository of this project
 that a process worker on the `gpu` pool clones into a HOME and workdir of its own. Each contender is `msa run
---force` in the repository after its outputs (features, models, reports) are removed, so both featurize and train:
+--force` in the repository after its outputs (features, models, reports, metrics) are removed, so both featurize
+and train:
 
     in-process   pipeline.training: local       training in the pipeline's process, on the pipeline's disk
     dispatched   pipeline.training: deployment  the train-gpu deployment on the worker: clone, dvc pull,

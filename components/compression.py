@@ -24,7 +24,7 @@ kernels take 14 ms. Moving to torchao + torch.compile is the replacement once se
 
 Files: `<out>/<variant>/` for each kept variant (model.json + weights: int8 as a torch state dict read back with
 `torch.load(weights_only=True)`, pruned models as safetensors); `report`, every measurement of the baseline and of
-each variant; `metrics`, the headline `dvc exp show` compares (per variant: how many times smaller and faster at
+each variant; `headline`, the DVC metrics `dvc exp show` compares (per variant: how many times smaller and faster at
 batch 1 than the baseline, and the metric's drop in points). A variant whose metric drops by more than `tolerance`
 points is measured and reported with kept=false, and not written.
 """
@@ -201,8 +201,8 @@ def compress(
     }
     write_json(params.report, report, nan_as_null=True)
     headline = {name: versus_baseline(base, v) for name, v in variants.items()}
-    write_json(params.metrics, headline, nan_as_null=True)
-    return CompressionResult(params.report, params.metrics, head, metric, base, variants, time.perf_counter() - start)
+    write_json(params.headline, headline, nan_as_null=True)
+    return CompressionResult(params.report, params.headline, head, metric, base, variants, time.perf_counter() - start)
 
 
 def load_compressed(path: str | Path) -> MultiTaskModel:

@@ -133,12 +133,12 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    metrics: Path = Field(
-        Path("metrics/evaluate.json"), description="headline metrics, committed to git: what `dvc exp show` compares"
+    headline: Path = Field(
+        Path("metrics/evaluate.json"), description="DVC metrics, committed to git: what `dvc exp show` compares"
     )
     report: Path = Field(Path("reports/evaluation.json"), description="every metric of every head on every split")
     plots: Path = Field(Path("metrics/plots"), description="plot data for `dvc plots`, committed to git")
-    images: Path = Field(Path("reports/plots"), description="the PNGs: predictions, confusion, training curves")
+    figures: Path = Field(Path("reports/figures"), description="the PNGs: predictions, confusion, training curves")
     splits: tuple[Literal["valid", "test"], ...] = Field(
         ("valid", "test"), min_length=1, description="splits to score; plots show test, or valid without test"
     )
@@ -151,14 +151,22 @@ class EvaluateParams(Section):
             raise ValueError("splits must not repeat")
         return splits
 
+    @model_validator(mode="after")
+    def _plot_directories_apart(self) -> EvaluateParams:
+        """Each is replaced as a whole: one inside the other would be wiped by it."""
+        plots, figures = self.plots.resolve(), self.figures.resolve()
+        if plots == figures or plots in figures.parents or figures in plots.parents:
+            raise ValueError("plots and figures must be separate directories, neither inside the other")
+        return self
+
 
 CompressVariant = Literal["int8", "prune_unstructured", "prune_structured"]
 
 
 class CompressParams(Section):
     out: Path = Field(Path("models/compressed"), description="one directory per kept variant")
-    metrics: Path = Field(
-        Path("metrics/compress.json"), description="per variant: times smaller and faster, metric drop (in git)"
+    headline: Path = Field(
+        Path("metrics/compress.json"), description="DVC metrics per variant: times smaller and faster, metric drop"
     )
     report: Path = Field(Path("reports/compression.json"), description="every measurement of every variant")
     variants: tuple[CompressVariant, ...] = Field(
@@ -265,13 +273,13 @@ RUNTIME_SETTINGS = frozenset(
         "featurize.device",
         "train.out",
         "train.device",
-        "evaluate.metrics",
+        "evaluate.headline",
         "evaluate.report",
         "evaluate.plots",
-        "evaluate.images",
+        "evaluate.figures",
         "evaluate.device",
         "compress.out",
-        "compress.metrics",
+        "compress.headline",
         "compress.report",
         "register.retries",
         "register.timeout",

@@ -11,13 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.errors import first_line
+
 
 @dataclass(frozen=True)
 class Recorded:
-    dvcfile: Path  # the .dvc file that tracks the dataset
+    dvcfile: Path | None  # the .dvc file that tracks the dataset (None: DVC failed before finding it)
     changed: bool  # whether it now records other bytes (and so needs a git commit)
+    problem: str | None = None  # why DVC could not record them (the dataset itself is written either way)
 
     def summary(self) -> str:
+        if self.problem:
+            return f"DVC: the dataset is not in DVC's cache ({self.problem}); `dvc commit` records it"
         if self.changed:
             return f"DVC: {self.dvcfile} records the new data and its cache holds it; `git add {self.dvcfile}`"
         return f"DVC: {self.dvcfile} already recorded these bytes; its cache holds them"
@@ -28,23 +33,21 @@ def record_in_dvc(path: str | Path) -> Recorded | None:
     path = Path(path).resolve()
     if not any((parent / ".dvc").is_dir() for parent in path.parents):
         return None  # not inside a DVC repository: DVC is not even imported
-    from dvc.exceptions import NotDvcRepoError, OutputNotFoundError
+    from dvc.exceptions import DvcException, NotDvcRepoError, OutputNotFoundError
     from dvc.repo import Repo
 
     try:
-        repo = Repo(str(path.parent))
-    except NotDvcRepoError:
-        return None
-    with repo:
-        try:
+        with Repo(str(path.parent)) as repo:
             outs = repo.find_outs_by_path(str(path))
-        except OutputNotFoundError:
-            return None
-        stage = outs[0].stage
-        if not stage.is_data_source:  # a stage's output: `dvc repro` records it
-            return None
-        dvcfile = Path(stage.path)
-        before = dvcfile.read_bytes()
-        repo.commit(str(dvcfile), force=True)
-        relative = dvcfile.relative_to(Path.cwd()) if dvcfile.is_relative_to(Path.cwd()) else dvcfile
-        return Recorded(relative, dvcfile.read_bytes() != before)
+            stage = outs[0].stage
+            if not stage.is_data_source:  # a stage's output: `dvc repro` records it
+                return None
+            dvcfile = Path(stage.path)
+            before = dvcfile.read_bytes()
+            repo.commit(str(dvcfile), force=True)
+    except (NotDvcRepoError, OutputNotFoundError):
+        return None
+    except DvcException as e:  # no git around the .dvc directory, another DVC command holding the lock, ...
+        return Recorded(None, changed=False, problem=first_line(e))
+    shown = dvcfile.relative_to(Path.cwd()) if dvcfile.is_relative_to(Path.cwd()) else dvcfile
+    return Recorded(shown, dvcfile.read_bytes() != before)

@@ -5,14 +5,14 @@ Writes
         `samples` (how many samples had the head's modality); class labels add per_class {class: {precision,
         recall, f1, support}}. Only numbers: NaN is null, confusion matrices go to the plot data. What MLflow's
         runs, the model card and the registration gate read.
-    evaluate.metrics (metrics/evaluate.json)  the headline, a subset of the report under the same keys, small
+    evaluate.headline (metrics/evaluate.json)  DVC metrics: a subset of the report under the same keys, small
         enough for `dvc metrics show` and `dvc exp show` to fit a terminal (see HEADLINE); committed to git
     evaluate.plots (metrics/plots/), plot data for `dvc plots`, committed to git
         predictions/<split>_<head>.csv  id, label, prediction (the score; class indices for class labels)
         confusion/<split>_<head>.json   [{id, actual, predicted}]: class names, or for regression labels the
                                         Acc-7 classes -3..3 (rounded after clipping to [-3, 3], as acc7 counts)
         history.csv                     per epoch: train loss and valid primary metric of every head
-    evaluate.images (reports/plots/)
+    evaluate.figures (reports/figures/)
         scatter_<split>.png             predicted vs true per head (regression labels only)
         confusion_<split>.png           confusion matrix per head
         training_curves.png             train loss and valid primary metric per head, best epoch marked
@@ -42,10 +42,10 @@ from components.metrics import classification_metrics, metrics_for, primary_metr
 from components.model_store import Monitor, load_trained, model_inputs, predict, read_card, read_history, split_rows
 
 HISTORY_CSV = "history.csv"  # always written: also what shows that a plots directory is ours to replace
-CURVES_PNG = "training_curves.png"  # the same, for the images directory
+CURVES_PNG = "training_curves.png"  # the same, for the figures directory
 # The headline per label kind: the monitored head's metrics on each split (MMSA's standard ones on test), and every
-# other head's primary metric on the plotted split. 22 numbers for the demo's seven heads, beside the compression
-# headline's nine: `dvc exp show --only-changed` stays under 30 columns with a two-parameter sweep.
+# other head's primary metric on the plotted split: 13 numbers for the demo's seven heads, 22 with the compression
+# headline's nine, so `dvc exp show --only-changed` stays under 30 columns with a two-parameter sweep.
 HEADLINE = {
     "regression": {"test": ("acc2", "f1", "acc7", "mae", "corr"), "valid": ("acc2", "mae")},
     "classification": {"test": ("accuracy", "f1_weighted", "f1_macro"), "valid": ("accuracy", "f1_weighted")},
@@ -67,7 +67,7 @@ class EvaluationResult:
     report: Path
     headline: Path
     plots: Path
-    images: Path
+    figures: Path
     split: str  # the split plotted and summarised
     metric: str  # the primary metric of the label kind
     direction: str  # "min" | "max"
@@ -80,7 +80,7 @@ class EvaluationResult:
         scores = ", ".join(f"{head} {_fmt(m[self.metric])}" for head, m in self.metrics[self.split].items())
         text = (
             f"evaluate: {self.split} {self.metric} ({better} is better): {scores}; report -> {self.report}, "
-            f"headline -> {self.headline}, plots -> {self.plots}, {self.images} ({self.seconds:.1f} s)"
+            f"headline -> {self.headline}, plots -> {self.plots}, {self.figures} ({self.seconds:.1f} s)"
         )
         return text + "".join(f"; {note}" for note in self.notes)
 
@@ -138,14 +138,16 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
     with replace_directory(params.plots, marker=HISTORY_CSV) as staging:
         _write_plot_data(staging, plotted, outputs, kind, classes)
         _write_history(staging, history, spec.heads, card.monitor, metric)
-    with replace_directory(params.images, marker=CURVES_PNG) as staging:
+    with replace_directory(params.figures, marker=CURVES_PNG) as staging:
         _write_images(staging, plotted, outputs, kind, classes, history, spec.heads, card.monitor, metric)
     metrics = _numbers_only(metrics)
     return EvaluationResult(
         report=write_json(params.report, metrics, nan_as_null=True),
-        headline=write_json(params.metrics, headline(metrics, kind, card.monitor.head, plotted), nan_as_null=True),
+        headline=write_json(
+            params.headline, select_headline(metrics, kind, card.monitor.head, plotted), nan_as_null=True
+        ),
         plots=Path(params.plots),
-        images=Path(params.images),
+        figures=Path(params.figures),
         split=plotted,
         metric=metric,
         direction=direction,
@@ -166,7 +168,7 @@ def _numbers_only(value: Any) -> Any:
     return value
 
 
-def headline(metrics: dict, kind: str, monitored: str, plotted: str) -> dict[str, dict[str, dict[str, Any]]]:
+def select_headline(metrics: dict, kind: str, monitored: str, plotted: str) -> dict[str, dict[str, dict[str, Any]]]:
     """The report's HEADLINE entries, rounded to 4 places as MMSA reports them: `test.fusion.acc2` is the same
     number in both files, and `dvc exp show` shows every head's primary metric on `plotted`."""
     primary, _ = primary_metric(kind)

@@ -230,7 +230,7 @@ def record_and_register(
         log.finish()
         log.close("FINISHED")
         e = params.evaluate
-        tracking.log_evaluation(client, run_id, card.spec, metrics, e.report, e.plots, e.images)
+        tracking.log_evaluation(client, run_id, card.spec, metrics, e.report, e.plots, e.figures)
         if params.compress.report.exists():
             report = _read_json(params.compress.report, "run `msa compress`")
             tracking.log_compression(client, run_id, report, params.compress.report, params.compress.tolerance)

@@ -334,7 +334,7 @@ def trained_model_digest(client: Any, parent: str) -> tuple[str, str]:
 
 
 def log_evaluation(
-    client: Any, parent: str, spec: Any, metrics: Mapping, report: Path, plots: Path, images: Path
+    client: Any, parent: str, spec: Any, metrics: Mapping, report: Path, plots: Path, figures: Path
 ) -> None:
     """Every head's valid and test metrics on its run (ending it), the monitored head's on the parent; the report,
     and the plot data and PNGs as `plots/` and `plots/images/`."""
@@ -346,7 +346,7 @@ def log_evaluation(
         client.set_terminated(run_id, "FINISHED")
     log_numbers(client, parent, split_metrics(metrics, monitored_head(spec)))
     client.log_artifact(parent, str(report), "reports")
-    for directory, artifacts in ((plots, "plots"), (images, "plots/images")):
+    for directory, artifacts in ((plots, "plots"), (figures, "plots/images")):
         if Path(directory).is_dir():
             client.log_artifacts(parent, str(directory), artifacts)
 

@@ -35,7 +35,7 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from components.atomic import write_bytes
-from components.config import ConfigError, ModelParams, TrainParams
+from components.config import RUNTIME_SETTINGS, ConfigError, ModelParams, TrainParams
 from components.devices import autocast_dtype, pick_device
 from components.errors import TrainingError, TrainingInterrupted
 from components.featurize import FeaturizerState, load_features, read_state
@@ -59,6 +59,8 @@ from components.models import MultiTaskModel
 from components.models.spec import ImageSpec, LabelSpec, ModelSpec, SequenceSpec, TextSpec
 
 EpochCallback = Callable[[dict, bool], None]  # (the epoch's history record, whether the best model improved)
+# Where the model goes and which device trains it do not decide what a checkpoint continues.
+_NOT_IN_INPUTS_KEY = {key.removeprefix("train.") for key in RUNTIME_SETTINGS if key.startswith("train.")}
 
 
 @dataclass
@@ -399,7 +401,7 @@ def _optimizer(model: MultiTaskModel, params: TrainParams) -> torch.optim.Optimi
 def _inputs_key(state: FeaturizerState, spec: ModelSpec, params: TrainParams) -> str:
     """What a checkpoint continues: these features, this model, these settings and this training code (wherever it
     runs): a checkpoint of edited training code is not continued, the edit may change what it learns."""
-    settings = params.model_dump_json(exclude={"out", "device"})
+    settings = params.model_dump_json(exclude=_NOT_IN_INPUTS_KEY)
     key = f"{state.key}\0{spec.model_dump_json()}\0{settings}\0{trained_code_hash()}"
     return hashlib.sha256(key.encode()).hexdigest()
 

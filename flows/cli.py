@@ -235,8 +235,8 @@ def train(
 
 @app.command()
 def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
-    """Every head on valid and test -> evaluate.report and its headline evaluate.metrics; plots -> evaluate.plots
-    (data) and evaluate.images (PNGs)."""
+    """Every head on valid and test -> evaluate.report and its headline; plot data and PNGs -> evaluate.plots,
+    evaluate.figures."""
     from components.evaluation import evaluate as evaluate_model  # torch, sklearn and matplotlib: only when used
 
     p = load_params(params)

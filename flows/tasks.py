@@ -172,7 +172,7 @@ def evaluate(params: Params, run_id: str) -> list[dict]:
     result = evaluate_model(params.featurize.out, params.train.out, params.evaluate, progress=SHOW_PROGRESS)
     with tracking.connected(params.registry) as client:
         spec = read_card(params.train.out).spec
-        tracking.log_evaluation(client, run_id, spec, result.metrics, result.report, result.plots, result.images)
+        tracking.log_evaluation(client, run_id, spec, result.metrics, result.report, result.plots, result.figures)
     rows = [
         {"split": split, "head": head} | {k: round(v, 4) for k, v in values.items() if isinstance(v, int | float)}
         for split, heads in result.metrics.items()
@@ -200,8 +200,7 @@ def compress(params: Params, run_id: str) -> list[dict]:
     create_table_artifact(
         key="msa-compression",
         table=rows,
-        description=f"Each variant against the trained model: test {result.head} {result.metric} "
-        f"({params.compress.report})",
+        description=f"Each variant against the trained model: test {result.head} {result.metric} ({result.report})",
     )
     get_run_logger().info(result.summary())
     return rows

@@ -1,7 +1,7 @@
 """What a trained model is: everything needed to rebuild it before loading its weights.
 
-The spec is saved beside the weights (`models/model.json`) and inside every checkpoint, so a resumed run can refuse a
-checkpoint written for a different architecture instead of failing deep inside `load_state_dict`.
+The spec is saved beside the weights (`model.json` in `train.out`) and inside every checkpoint, so a resumed run can
+refuse a checkpoint written for a different architecture instead of failing deep inside `load_state_dict`.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from tests.integration.shell import environment, run
 
 pytestmark = pytest.mark.e2e
 
-CLONE_FILES = (*PROJECT_FILES, ".gitignore", ".dvc/.gitignore", "prefect.yaml", "flows", "README.md")
+CLONE_FILES = (*PROJECT_FILES, ".dvc/.gitignore", "prefect.yaml", "README.md")
 BLOCK = re.compile(r"<!-- team-setup: begin -->\n```bash\n(.*?)```\n<!-- team-setup: end -->", re.S)
 PORTS = (4200, 5000, 5433)  # the README's servers: Prefect, MLflow, PostgreSQL
 MLFLOW, PREFECT = "http://127.0.0.1:5000", "http://127.0.0.1:4200/api"

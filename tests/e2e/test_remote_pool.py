@@ -38,14 +38,13 @@ pytestmark = pytest.mark.e2e
 
 # What a clone of the repository holds that a worker's flow run reads: the pipeline's files, the deployments and the
 # flow code itself (a worker imports flows/ and components/ from its clone, not from an installed package).
-CLONE_FILES = (*PROJECT_FILES, ".gitignore", ".dvc/.gitignore", "prefect.yaml", "flows")
+CLONE_FILES = (*PROJECT_FILES, ".dvc/.gitignore", "prefect.yaml")
 MODEL = "raw"  # the registered model is named after the dataset, and tiny_dataset(name="raw") names it so
 EPOCHS = 150  # long enough on 12 samples to be killed mid-run (each epoch logs and uploads through the server)
 SILENCE_S = 12  # pipeline.train_silence: how long the pipeline waits for a lost worker's heartbeat
 RUN_TIMEOUT_S = 600
 # The params dvc.yaml interpolates (DVC parses it on `dvc add` and `dvc pull`): the values of the repository's own.
-DVC_YAML_PARAMS = (("validate", "report"), ("featurize", "out"), ("train", "out"), ("evaluate", "metrics"),
-                   ("evaluate", "plots"), ("compress", "out"), ("compress", "report"))  # fmt: skip
+DVC_YAML_PARAMS = sorted(set(re.findall(r"\$\{(\w+)\.(\w+)\}", (REPO / "dvc.yaml").read_text())))
 
 
 def make_repository(root: Path, text_model: Path, remote: Path) -> str:

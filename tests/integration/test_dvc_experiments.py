@@ -51,7 +51,8 @@ def wait_for_queue(project: Path, timeout: float = 480) -> None:
     while (status := dvc(project, "queue", "status")) and any(s in status for s in ("Queued", "Running")):
         assert time.monotonic() < deadline, f"the queue did not finish in {timeout} s:\n{status}"
         time.sleep(2)
-    assert "Failed" not in status, status + dvc(project, "queue", "logs", status.split()[4])
+    failed = [line.split()[1] for line in status.splitlines() if "Failed" in line]
+    assert not failed, status + "".join(dvc(project, "queue", "logs", name) for name in failed)
 
 
 def test_a_queued_sweep_compares_applies_and_diffs(project, msa, tmp_path):

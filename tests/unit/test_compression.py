@@ -26,7 +26,7 @@ def run(trained, tmp_path: Path, **settings) -> dict:
     params = CompressParams(
         out=tmp_path / "compressed",
         report=tmp_path / "compression.json",
-        metrics=tmp_path / "headline.json",
+        headline=tmp_path / "headline.json",
         **(fast | settings),
     )
     compress(trained.features, trained.model, params, TrainParams(batch_size=2), progress=False)

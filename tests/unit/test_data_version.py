@@ -59,3 +59,11 @@ def test_untracked_directories_and_plain_projects_are_left_alone(repository, tmp
     plain = tmp_path_factory.mktemp("plain")
     generate_demo(plain / "raw", size=30, seed=0)
     assert record_in_dvc(plain / "raw") is None
+
+
+def test_a_dvc_project_outside_git_says_what_it_could_not_record(repository):
+    shutil.rmtree(repository / ".git")
+    shutil.rmtree(repository / "data" / "raw")
+    generate_demo(repository / "data" / "raw", size=40, seed=1)
+    recorded = record_in_dvc(repository / "data" / "raw")
+    assert recorded is not None and recorded.problem and "not a git repository" in recorded.summary()

@@ -39,10 +39,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def settings(tmp_path: Path, **changes) -> EvaluateParams:
     return EvaluateParams(
-        metrics=tmp_path / "metrics" / "evaluate.json",
+        headline=tmp_path / "metrics" / "evaluate.json",
         report=tmp_path / "reports" / "evaluation.json",
         plots=tmp_path / "metrics" / "plots",
-        images=tmp_path / "reports" / "plots",
+        figures=tmp_path / "reports" / "figures",
         **changes,
     )
 
@@ -63,7 +63,7 @@ def numbers_only(value) -> bool:
 
 def test_report_matches_metrics_computed_by_hand(trained, tmp_path):
     params = settings(tmp_path)
-    for directory, marker in ((params.plots, "history.csv"), (params.images, "training_curves.png")):
+    for directory, marker in ((params.plots, "history.csv"), (params.figures, "training_curves.png")):
         directory.mkdir(parents=True)
         (directory / marker).write_text("an earlier run's plots: ours to replace\n")
         (directory / "stale.csv").write_text("from an earlier run\n")
@@ -99,7 +99,7 @@ def test_report_matches_metrics_computed_by_hand(trained, tmp_path):
 
     # Plot data: per-sample predictions and Acc-7 classes of the test split, history per epoch.
     plots = params.plots
-    assert not (plots / "stale.csv").exists() and not (params.images / "stale.csv").exists()  # replaced, not added to
+    assert not (plots / "stale.csv").exists() and not (params.figures / "stale.csv").exists()  # replaced, not added to
     predictions = pd.read_csv(plots / "predictions" / "test_fusion.csv")
     assert list(predictions.columns) == ["id", "label", "prediction"]
     np.testing.assert_allclose(predictions["prediction"], pred, rtol=1e-6)
@@ -110,7 +110,7 @@ def test_report_matches_metrics_computed_by_hand(trained, tmp_path):
     assert list(history["epoch"]) == [1, 2, 3]
     assert history.columns[-1] == "valid_mae_fusion" and "train_loss_lstm" in history.columns
     for name in ("scatter_test.png", "confusion_test.png", "training_curves.png"):
-        assert (params.images / name).read_bytes().startswith(PNG)
+        assert (params.figures / name).read_bytes().startswith(PNG)
     assert sorted(p.name for p in (plots / "predictions").iterdir()) == sorted(f"test_{h}.csv" for h in HEADS)
 
     summary = result.summary()
@@ -121,7 +121,7 @@ def test_report_matches_metrics_computed_by_hand(trained, tmp_path):
 def test_the_headline_is_the_reports_key_numbers_under_the_same_keys(trained, tmp_path):
     params = settings(tmp_path)
     evaluate(trained.features, trained.model, params, progress=False)
-    report, headline = (json.loads(path.read_text()) for path in (params.report, params.metrics))
+    report, headline = (json.loads(path.read_text()) for path in (params.report, params.headline))
 
     assert headline["valid"] == {"fusion": {k: round(report["valid"]["fusion"][k], 4) for k in ("acc2", "mae")}}
     test = headline["test"]
@@ -153,10 +153,10 @@ def test_undefined_metrics_are_null_and_a_head_without_samples_is_skipped(make_d
     result = evaluate(features, model, params, progress=False)
 
     text = params.report.read_text()
-    assert "NaN" not in text and "NaN" not in params.metrics.read_text()
+    assert "NaN" not in text and "NaN" not in params.headline.read_text()
     metrics = json.loads(text)
     assert metrics["test"]["fusion"]["acc2"] is None and metrics["test"]["fusion"]["f1"] is None
-    assert json.loads(params.metrics.read_text())["test"]["fusion"]["acc2"] is None
+    assert json.loads(params.headline.read_text())["test"]["fusion"]["acc2"] is None
     assert isinstance(metrics["test"]["fusion"]["acc2_has0"], float)  # over all samples: still defined
     assert "image" in metrics["valid"] and "image" not in metrics["test"]
     assert result.notes == ["image skipped on test: no sample has its modality"]
@@ -172,7 +172,7 @@ def test_classification_labels_get_per_class_metrics_and_named_confusion(make_da
 
     metrics = json.loads(params.report.read_text())
     assert numbers_only(metrics) and "confusion_matrix" not in metrics["test"]["fusion"]
-    headline = json.loads(params.metrics.read_text())
+    headline = json.loads(params.headline.read_text())
     assert list(headline["test"]["fusion"]) == ["accuracy", "f1_weighted", "f1_macro"]
     assert headline["test"]["lstm"] == {"f1_weighted": round(metrics["test"]["lstm"]["f1_weighted"], 4)}
     per_class = metrics["test"]["fusion"]["per_class"]
@@ -187,7 +187,7 @@ def test_classification_labels_get_per_class_metrics_and_named_confusion(make_da
         assert per_class[name]["recall"] == pytest.approx(hits / actual if actual else 0.0)
         assert per_class[name]["precision"] == pytest.approx(hits / predicted if predicted else 0.0)
     assert {c["actual"] for c in confusion} <= {"neg", "pos"} and len(confusion) == 3
-    images = sorted(p.name for p in params.images.iterdir())
+    images = sorted(p.name for p in params.figures.iterdir())
     assert images == ["confusion_test.png", "training_curves.png"]  # no predicted-vs-true scatter for classes
     assert result.summary().startswith("evaluate: test f1_weighted (higher is better): ")
 
@@ -202,7 +202,7 @@ def test_a_split_without_samples_is_an_error_naming_features_and_split(make_data
     # Without test, valid is scored and plotted.
     result = evaluate(features, model, settings(tmp_path, splits=("valid",)), progress=False)
     assert result.split == "valid" and list(result.metrics) == ["valid"]
-    assert (tmp_path / "reports" / "plots" / "scatter_valid.png").is_file()
+    assert (tmp_path / "reports" / "figures" / "scatter_valid.png").is_file()
     assert list(json.loads((tmp_path / "metrics" / "evaluate.json").read_text())) == ["valid"]
 
 
@@ -220,7 +220,7 @@ def test_missing_or_mismatched_model_is_a_clear_error(trained, tmp_path):
     (other / CARD).write_text(json.dumps({**card, "featurizer_key": "0" * 64}))
     with pytest.raises(TrainingError, match="trained on other features"):
         evaluate(trained.features, other, settings(tmp_path), progress=False)
-    assert not (tmp_path / "reports").exists()  # nothing written on failure
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "metrics").exists()  # nothing written on failure
 
 
 def test_cli_prints_the_summary_and_reports_errors_in_one_line(trained, tmp_path):

@@ -1,6 +1,6 @@
-"""Lineage hashes: what changes them (data files, settings outside `pipeline`, the code featurize and train run) and
-what does not (`pipeline` settings, docstrings, comments, other modules, files other than .py, caches; for the data
-hash, where the dataset is); `module_closure`; `Lineage.matches`."""
+"""Lineage hashes: what changes them (data files, settings that change a result, the code featurize and train run)
+and what does not (`pipeline` settings, paths, devices, timeouts, docstrings, comments, other modules, files other
+than .py, caches; for the data hash, where the dataset is); `module_closure`; `Lineage.matches`."""
 
 from __future__ import annotations
 
@@ -107,6 +107,23 @@ def test_a_changed_setting_changes_only_the_params_hash(raw, sections):
 )
 def test_pipeline_settings_do_not_change_the_lineage(raw, pipeline):
     assert lineage(settings(raw, pipeline=pipeline)) == lineage(settings(raw))
+
+
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"featurize": {"batch_size": 7, "device": "cpu", "out": "elsewhere/features"}},
+        {"train": {"device": "cpu", "out": "elsewhere/models"}},
+        {"evaluate": {"device": "cpu", "report": "r.json", "headline": "h.json", "plots": "p", "figures": "f"}},
+        {"compress": {"out": "c", "report": "c.json", "headline": "ch.json"}},
+        {"validate": {"report": "v.json", "data_docs": "docs"}},
+        {"register": {"retries": 0, "timeout": 5}},
+    ],
+    ids=lambda s: next(iter(s)),
+)
+def test_paths_devices_and_timeouts_do_not_change_the_lineage(raw, sections):
+    """config.RUNTIME_SETTINGS: `msa run` retrains for them no more than DVC reruns a stage."""
+    assert lineage(settings(raw, **sections)) == lineage(settings(raw))
 
 
 def test_a_copy_of_the_package_hashes_as_the_package_itself(raw, code, monkeypatch):
