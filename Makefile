@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 # (`python -m flows.cli`); outside make, activate .venv before `dvc repro`.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test lint clean
+.PHONY: install run test test-all lint clean
 
 # torch first and pinned: a bare `torch` requirement would pull several GB of CUDA wheels.
 # constraints.txt pins the versions the demo data's DVC hash was made with (parquet records its writer).
@@ -26,6 +26,10 @@ run: install
 
 test: install
 	pytest
+
+# Also the tests marked slow (the README's team-setup block on PostgreSQL with authentication: about 4 minutes).
+test-all: install
+	pytest -m 'slow or not slow'
 
 lint: install
 	ruff check . && ruff format --check .

@@ -219,7 +219,7 @@ def test_the_lineage_check_retries_until_a_late_tracking_server_answers(
 
 
 def test_run_killed_mid_training_resumes_from_its_checkpoint(tiny_project: Path, tmp_path: Path, prefect_database):
-    epochs = 30
+    epochs = 15
     project = copy_project(tiny_project, tmp_path / "project")
     shutil.rmtree(project / "models")
     edit_params(project, train={"epochs": epochs, "patience": epochs})

@@ -39,7 +39,7 @@ from mlflow.exceptions import MlflowException
 from tests.integration.conftest import PROJECT_FILES, REPO, copy_project
 from tests.integration.shell import environment, run
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # minutes: `make test-all` runs it, `make test` does not
 
 CLONE_FILES = (*PROJECT_FILES, ".dvc/.gitignore", "prefect.yaml", "README.md")
 BLOCK = re.compile(r"<!-- team-setup: begin -->\n```bash\n(.*?)```\n<!-- team-setup: end -->", re.S)

@@ -22,8 +22,7 @@ TINY = {  # enough to train and compress for real, in seconds
     "data": {"demo": {"size": 60}},
     "model": {"hidden": 8, "textcnn": {"feature_maps": 4}},
     "train": {"epochs": 2, "batch_size": 8},
-    "compress": {"variants": ["int8", "prune_unstructured"], "finetune_epochs": 0, "latency_runs": 3,
-                 "throughput_batch": 4},
+    "compress": {"variants": ["int8"], "latency_runs": 3, "throughput_batch": 4},
 }  # fmt: skip
 IDENTITY = {"user.name": "msa tests", "user.email": "tests@msa.invalid"}
 
