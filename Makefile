@@ -20,9 +20,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 # The whole pipeline as one Prefect flow on the ephemeral API (no server); `dvc repro` runs the same stages.
+# Then `dvc commit` records what the flow wrote in dvc.lock and DVC's cache: `dvc status` is clean, `dvc push`
+# uploads it, and dvc.lock describes the metrics/ on disk (the flow runs the stages' own functions and settings).
 run: install
 	msa data demo
 	msa run
+	dvc commit --force --quiet
 
 test: install
 	pytest
