@@ -288,6 +288,11 @@ RUNTIME_SETTINGS = frozenset(
 )
 
 
+def runtime_keys(section: str) -> set[str]:
+    """The keys of one section that RUNTIME_SETTINGS names: what its own content keys leave out."""
+    return {key.removeprefix(f"{section}.") for key in RUNTIME_SETTINGS if key.startswith(f"{section}.")}
+
+
 def result_settings(params: Params) -> dict:
     """Every setting under its YAML key, RUNTIME_SETTINGS left out: what a stage's results depend on."""
     settings = params.model_dump(mode="json", by_alias=True)

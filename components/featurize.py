@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from components.atomic import replace_directory, write_json
-from components.config import RUNTIME_SETTINGS, FeaturizeParams, Section
+from components.config import FeaturizeParams, Section, runtime_keys
 from components.dataset import SPLITS, Dataset, read_dataset, read_manifest
 from components.errors import DataError, first_line
 from components.images import ImageProblem, fit, open_image
@@ -41,7 +41,7 @@ FEATURIZER_VERSION = "3"  # bump when the output of this module changes for the 
 FEATURES = "features.safetensors"
 STATE = "featurizer.json"
 # Settings that decide only where features go and how fast they are computed, not what they are.
-_NOT_IN_KEY = {key.removeprefix("featurize.") for key in RUNTIME_SETTINGS if key.startswith("featurize.")}
+_NOT_IN_KEY = runtime_keys("featurize")
 _SENTENCE = re.compile(r"[^.!?]+[.!?]*|[.!?]+")
 
 

@@ -35,7 +35,7 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from components.atomic import write_bytes
-from components.config import RUNTIME_SETTINGS, ConfigError, ModelParams, TrainParams
+from components.config import ConfigError, ModelParams, TrainParams, runtime_keys
 from components.devices import autocast_dtype, pick_device
 from components.errors import TrainingError, TrainingInterrupted
 from components.featurize import FeaturizerState, load_features, read_state
@@ -60,7 +60,7 @@ from components.models.spec import ImageSpec, LabelSpec, ModelSpec, SequenceSpec
 
 EpochCallback = Callable[[dict, bool], None]  # (the epoch's history record, whether the best model improved)
 # Where the model goes and which device trains it do not decide what a checkpoint continues.
-_NOT_IN_INPUTS_KEY = {key.removeprefix("train.") for key in RUNTIME_SETTINGS if key.startswith("train.")}
+_NOT_IN_INPUTS_KEY = runtime_keys("train")
 
 
 @dataclass
