@@ -16,17 +16,23 @@ Variants
                         gate matrix removes no unit.
     Pruning is followed by `finetune_epochs` of training on the train split with the masks held (on precomputed
     token states, as `train` does), then made permanent.
+    onnx_fp32           the standalone model exported to ONNX (dynamic batch, token and frame axes) and run by ONNX
+                        Runtime: the same weights, another runtime (components.onnx_model).
+    onnx_int8           onnx_fp32 with ONNX Runtime's dynamic int8 quantization of every MatMul/Gemm (the recurrences
+                        stay float, as in int8). Both ONNX variants report the baseline's parameter counts.
 
 int8 uses `torch.ao.quantization`, which PyTorch marks deprecated in favour of torchao. torchao's int8 kernels need
 torch.compile on x86 CPUs: measured in eager mode on MiniLM at batch 1, its dynamic int8 took 388 ms against 18.6 ms
 in fp32, weight-only int8 25 ms, and its embedding quantization made the model 4x slower, while torch.ao's eager
-kernels take 14 ms. Moving to torchao + torch.compile is the replacement once serving compiles the model.
+kernels take 14 ms. onnx_int8 is the int8 that serves; int8 stays as the torch-only one (e.g. for CUDA builds).
+
+Timing feeds every model what the served model gets: each batch cut to its longest row (`trim_padding`).
 
 Files: `<out>/<variant>/` for each kept variant (model.json + weights: int8 as a torch state dict read back with
-`torch.load(weights_only=True)`, pruned models as safetensors); `report`, every measurement of the baseline and of
-each variant; `headline`, the DVC metrics `dvc exp show` compares (per variant: how many times smaller and faster at
-batch 1 than the baseline, and the metric's drop in points). A variant whose metric drops by more than `tolerance`
-points is measured and reported with kept=false, and not written.
+`torch.load(weights_only=True)`, pruned models as safetensors, ONNX variants as `model.onnx`); `report`, every
+measurement of the baseline and of each variant; `headline`, the DVC metrics `dvc exp show` compares (per variant:
+how many times smaller and faster at batch 1 than the baseline, and the metric's drop in points). A variant whose
+metric drops by more than `tolerance` points is measured and reported with kept=false, and not written.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import io
 import json
 import math
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -52,26 +59,31 @@ from torch.nn.utils import prune
 from tqdm.auto import tqdm
 
 from components.atomic import replace_directory, write_json
-from components.config import CompressParams, CompressVariant, ConfigError, TrainParams
+from components.config import ONNX_VARIANTS, CompressParams, CompressVariant, ConfigError, TrainParams
 from components.devices import pick_device
 from components.errors import TrainingError
 from components.featurize import load_features
+from components.metrics import metrics_for
 from components.model_store import (
     CARD,
     INT8_WEIGHTS,
     WEIGHTS,
     ModelCard,
-    evaluate_heads,
+    digest,
     load_trained,
     model_inputs,
     monitored_head,
+    predict,
     read_card,
     split_rows,
+    trim_padding,
 )
 from components.models import MultiTaskModel
 from components.models.spec import ModelSpec
+from components.onnx_model import ONNX_WEIGHTS, OnnxModel, export_onnx, quantize_onnx
 from components.training import Stepper, loss_weights
 
+CPU = torch.device("cpu")
 WARMUP = 3  # untimed passes per model before timing (allocator, lazy kernel setup)
 BLOCK = 10  # timed passes a model runs back to back before the next model's turn
 LOWER_IS_BETTER = frozenset({"mae"})
@@ -138,13 +150,18 @@ def compress(
 
     head = monitored_head(spec)
     metric = params.metric or ("acc2" if spec.label.kind == "regression" else "accuracy")
-    scores = {"baseline": _head_metrics(baseline, served, test_rows, head)}
+    outputs = {"baseline": predict(baseline, served, test_rows, CPU)}
+    labels = served["label"][test_rows].numpy()
+    scores = {"baseline": _head_metrics(outputs["baseline"], labels, spec, head)}
     if metric not in scores["baseline"]:  # before any fine-tuning
         raise ConfigError(f"compress.metric {metric!r} is not one of {sorted(scores['baseline'])}")
     models: dict[str, nn.Module] = {"baseline": baseline}
+    onnx = _onnx_payloads(baseline, {k: v[test_rows[:4]] for k, v in served.items()}, params.variants)
     for name in params.variants:
         if name == "int8":
             models[name] = quantize_int8(baseline)
+        elif name in ONNX_VARIANTS:
+            models[name] = OnnxModel(onnx[name], spec, threads=params.threads)
         else:
             pruned = load_trained(model_dir)
             prune_model(pruned, structured=name == "prune_structured", sparsity=params.sparsity)
@@ -153,13 +170,14 @@ def compress(
             _make_permanent(pruned)
             models[name] = _standalone_copy(baseline, pruned)
 
-    payloads = {name: _serialize(name if name == "int8" else "dense", model) for name, model in models.items()}
-    scores |= {name: _head_metrics(models[name], served, test_rows, head) for name in params.variants}
+    payloads = {n: (ONNX_WEIGHTS, onnx[n]) if n in onnx else _serialize(n, model) for n, model in models.items()}
+    outputs |= {name: predict(models[name], served, test_rows, CPU) for name in params.variants}
+    scores |= {name: _head_metrics(outputs[name], labels, spec, head) for name in params.variants}
     timings = _timings(models, served, test_rows, params)
 
     measured = {}
     for name, model in models.items():
-        counts = _counts(model)
+        counts = _counts(models["baseline"] if name in ONNX_VARIANTS else model)  # the same weights
         measured[name] = {
             "size_bytes": len(payloads[name][1]),
             "params": counts["params"],
@@ -175,10 +193,11 @@ def compress(
     for name, m in measured.items():
         drop = _drop_points(metric, base["metrics"][metric], m["metrics"][metric])
         kept = drop <= params.tolerance  # False for a NaN drop
-        pruning = name != "int8"
+        pruning = name.startswith("prune")
         variants[name] = {
             **m,
             "delta": {k: v - base["metrics"][k] for k, v in m["metrics"].items()},
+            "max_abs_diff": _max_abs_diff(outputs[name], outputs["baseline"]),
             "drop_points": drop,
             "kept": kept,
             "path": str(out / name) if kept else None,
@@ -186,11 +205,11 @@ def compress(
             "finetune_epochs": params.finetune_epochs if pruning else 0,
         }
 
-    card = read_card(model_dir)
+    card, source = read_card(model_dir), digest(model_dir)
     with replace_directory(out, marker=f"*/{CARD}") as staging:  # the directory holds exactly this run's kept variants
         for name, v in variants.items():
             if v["kept"]:
-                _write_variant(staging / name, name, spec, card, payloads[name], v)
+                _write_variant(staging / name, name, spec, card, source, payloads[name], v)
     report = {
         "head": head,
         "metric": metric,
@@ -205,12 +224,35 @@ def compress(
     return CompressionResult(params.report, params.headline, head, metric, base, variants, time.perf_counter() - start)
 
 
-def load_compressed(path: str | Path) -> MultiTaskModel:
-    """A variant `compress` wrote, rebuilt from its card; weights load without unpickling arbitrary objects."""
+def served_variant(report: dict, setting: str, where: Path) -> str | None:
+    """The variant a registered model serves, from compress's `report` (read from `where`): `setting` "auto" is the
+    fastest at batch 1 (median) of the uncompressed model and every kept variant, "baseline" the uncompressed model;
+    None stands for the uncompressed model. A named variant must have been kept."""
+    variants = report.get("variants", {})
+    kept = {name: v for name, v in variants.items() if v["kept"]}
+    if setting == "baseline":
+        return None
+    if setting == "auto":
+        fastest = min(kept, key=lambda name: kept[name]["latency_ms_p50"], default=None)
+        baseline = report.get("baseline", {}).get("latency_ms_p50", math.inf)
+        return fastest if fastest is not None and kept[fastest]["latency_ms_p50"] < baseline else None
+    if setting not in kept:
+        why = "was not measured" if setting not in variants else "lost more than compress.tolerance"
+        raise ConfigError(
+            f"register.variant {setting!r}: {where} {why}; kept: {sorted(kept) or 'none'} (or use auto, baseline)"
+        )
+    return setting
+
+
+def load_compressed(path: str | Path, spec: ModelSpec | None = None) -> MultiTaskModel | OnnxModel:
+    """A variant `compress` wrote, rebuilt from its card (or from `spec`, e.g. with the text encoder's config moved);
+    weights load without unpickling arbitrary objects."""
     path = Path(path)
     try:
         card = json.loads((path / CARD).read_text())
-        spec = ModelSpec.model_validate(card["spec"])
+        spec = spec or ModelSpec.model_validate(card["spec"])
+        if card["format"] == "onnx":
+            return OnnxModel(path / ONNX_WEIGHTS, spec)
         model = MultiTaskModel(spec, pretrained=False, standalone=True)
         if card["format"] == "int8":
             model = quantize_int8(model)
@@ -314,7 +356,8 @@ def _finetune(
     ) as bar:
         for _ in range(epochs):
             for part in rows[torch.randperm(len(rows), generator=generator)].split(train.batch_size):
-                stepper.step({k: v[part].to(device) for k, v in tensors.items()})
+                batch = trim_padding({k: v[part] for k, v in tensors.items()})
+                stepper.step({k: v.to(device) for k, v in batch.items()})
                 bar.update()
     model.cpu().eval()
 
@@ -328,25 +371,52 @@ def _standalone_copy(baseline: MultiTaskModel, trained: MultiTaskModel) -> Multi
     return model
 
 
-def _serialize(kind: str, model: nn.Module) -> tuple[str, bytes]:
-    """(file name, bytes) of the weights as written to disk: their length is the variant's size."""
+def _onnx_payloads(
+    baseline: MultiTaskModel, example: dict[str, torch.Tensor], names: tuple[str, ...]
+) -> dict[str, bytes]:
+    """The ONNX files of the ONNX variants in `names`, from one export of the baseline."""
+    wanted = [n for n in names if n in ONNX_VARIANTS]
+    if not wanted:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="msa-onnx-") as tmp:
+        fp32 = export_onnx(baseline, example, Path(tmp) / "fp32.onnx")
+        files = {"onnx_fp32": fp32}
+        if "onnx_int8" in wanted:
+            files["onnx_int8"] = quantize_onnx(fp32, Path(tmp) / "int8.onnx")
+        return {n: files[n].read_bytes() for n in wanted}
+
+
+def _serialize(name: str, model: nn.Module) -> tuple[str, bytes]:
+    """(file name, bytes) of a torch model's weights as written to disk: their length is the variant's size."""
     state = model.state_dict()
-    if kind == "int8":
+    if name == "int8":
         buffer = io.BytesIO()
         torch.save(state, buffer)
         return INT8_WEIGHTS, buffer.getvalue()
     return WEIGHTS, save_safetensors({k: v.contiguous() for k, v in state.items()})
 
 
+def variant_format(name: CompressVariant) -> str:
+    """How a variant's weights are stored: int8 (torch.ao state dict), onnx, or dense (safetensors)."""
+    return "onnx" if name in ONNX_VARIANTS else "int8" if name == "int8" else "dense"
+
+
 def _write_variant(
-    directory: Path, name: CompressVariant, spec: ModelSpec, card: ModelCard, payload: tuple[str, bytes], v: dict
+    directory: Path,
+    name: CompressVariant,
+    spec: ModelSpec,
+    card: ModelCard,
+    source: str,
+    payload: tuple[str, bytes],
+    v: dict,
 ) -> None:
     directory.mkdir()
     (directory / payload[0]).write_bytes(payload[1])  # inside the staging directory: atomic as a whole
     variant_card = {
         "variant": name,
-        "format": "int8" if name == "int8" else "dense",
+        "format": variant_format(name),
         "spec": spec.model_dump(mode="json"),
+        "model_digest": source,  # the trained model it was made from: packaging refuses a stale variant
         "featurizer_key": card.featurizer_key,
         "dataset": card.dataset.model_dump(),
         "sparsity": v["sparsity"],
@@ -356,10 +426,17 @@ def _write_variant(
     write_json(directory / CARD, variant_card, nan_as_null=True)
 
 
-def _head_metrics(model: MultiTaskModel, tensors: dict, rows: torch.Tensor, head: str) -> dict[str, float]:
-    """The scalar metrics of `head` on `rows` (per-class tables and confusion matrices are left to evaluate)."""
-    metrics = evaluate_heads(model, tensors, rows, torch.device("cpu"))[head]
+def _head_metrics(outputs: dict, labels: np.ndarray, spec: ModelSpec, head: str) -> dict[str, float]:
+    """The scalar metrics of `head` from `predict`'s outputs (per-class tables and confusion matrices are left to
+    evaluate)."""
+    prediction, present = outputs[head]
+    metrics = metrics_for(spec.label.kind, prediction[present], labels[present], spec.label.classes)
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def _max_abs_diff(outputs: dict, baseline: dict) -> float:
+    """The largest difference from the uncompressed model's output, over every head and test sample it scores."""
+    return max(float(np.abs(p - baseline[h][0])[present].max(initial=0.0)) for h, (p, present) in outputs.items())
 
 
 def _drop_points(metric: str, baseline: float, value: float) -> float:
@@ -411,9 +488,12 @@ def _timings(
 
     The models take turns (see `_round_robin`), so a busy machine slows them alike and the ratios stay fair.
     """
-    singles = [{k: v[rows[i % len(rows)]].unsqueeze(0) for k, v in tensors.items()} for i in range(params.latency_runs)]
+    singles = [
+        trim_padding({k: v[rows[i % len(rows)]].unsqueeze(0) for k, v in tensors.items()})
+        for i in range(params.latency_runs)
+    ]
     batch_rows = rows[torch.arange(params.throughput_batch) % len(rows)]
-    batch = {k: v[batch_rows] for k, v in tensors.items()}
+    batch = trim_padding({k: v[batch_rows] for k, v in tensors.items()})
     with _threads(params.threads):
         latency = _round_robin(models, singles)
         batched = _round_robin(models, [batch] * max(3, params.latency_runs // 10))

@@ -160,7 +160,8 @@ class EvaluateParams(Section):
         return self
 
 
-CompressVariant = Literal["int8", "prune_unstructured", "prune_structured"]
+CompressVariant = Literal["int8", "prune_unstructured", "prune_structured", "onnx_fp32", "onnx_int8"]
+ONNX_VARIANTS = ("onnx_fp32", "onnx_int8")
 
 
 class CompressParams(Section):
@@ -170,7 +171,9 @@ class CompressParams(Section):
     )
     report: Path = Field(Path("reports/compression.json"), description="every measurement of every variant")
     variants: tuple[CompressVariant, ...] = Field(
-        ("int8", "prune_unstructured", "prune_structured"), min_length=1, description="variants to build and measure"
+        ("int8", "prune_unstructured", "prune_structured", "onnx_fp32", "onnx_int8"),
+        min_length=1,
+        description="variants to build and measure",
     )
     metric: str | None = Field(
         None, description="test metric of the monitored head the tolerance applies to; null: acc2 or accuracy"
@@ -180,7 +183,7 @@ class CompressParams(Section):
     finetune_epochs: int = Field(2, ge=0, description="epochs of fine-tuning after pruning, masks held; 0: none")
     latency_runs: int = Field(50, ge=1, description="single-sample forward passes timed per variant")
     throughput_batch: int = Field(64, ge=1, description="batch size of the throughput measurement")
-    threads: int = Field(1, ge=1, description="torch CPU threads while timing")
+    threads: int = Field(1, ge=1, description="CPU threads (torch's and ONNX Runtime's) while timing")
 
 
 class RegisterParams(Section):
@@ -191,6 +194,11 @@ class RegisterParams(Section):
     )
     retries: int = Field(3, ge=0, description="retries of each request to a tracking server before giving up")
     timeout: int = Field(30, ge=1, description="seconds per request to a tracking server")
+    variant: Literal["auto", "baseline"] | CompressVariant = Field(
+        "auto",
+        description="what the registered model serves: auto, the fastest at batch 1 of the uncompressed model and "
+        "the variants compress kept; baseline, the uncompressed torch model; or a kept variant by name",
+    )
 
 
 class ServeParams(Section):

@@ -37,7 +37,7 @@ from components.images import ImageProblem, fit, open_image
 from components.lineage import tree_digest
 from components.text_model import resolve_text_model
 
-FEATURIZER_VERSION = "3"  # bump when the output of this module changes for the same inputs
+FEATURIZER_VERSION = "4"  # bump when the output of this module changes for the same inputs
 FEATURES = "features.safetensors"
 STATE = "featurizer.json"
 # Settings that decide only where features go and how fast they are computed, not what they are.
@@ -235,7 +235,8 @@ def load_tokenizer(path: str | Path):
 
 def encode_texts(tokenizer, texts: list[str], state: TextState) -> dict[str, np.ndarray]:
     """Token ids and masks for every text model: flat [N, L] for LSTM/TextCNN, and for HAN the position of each
-    word token in that flat sequence, per sentence [N, S, W]."""
+    word token in that flat sequence, per sentence [N, S, W]. L, S and W are what the longest of `texts` needs, at
+    most `max_tokens`, `max_sentences` and `max_sentence_tokens`."""
     encoded = tokenizer(
         texts,
         truncation=True,
@@ -264,12 +265,20 @@ def encode_texts(tokenizer, texts: list[str], state: TextState) -> dict[str, np.
                 sentence_index[i, sentence, filled[sentence]] = position
                 sentence_mask[i, sentence, filled[sentence]] = True
                 filled[sentence] += 1
+    # HAN's axes end where these texts' sentences do, as the token axis ends at the longest text: its word GRU runs
+    # over every slot, and the configured maximum (4 x 32) is mostly padding (masked: no output changes).
+    used = np.s_[:, : _used(sentence_mask, (0, 2)), : _used(sentence_mask, (0, 1))]
     return {
         "text.input_ids": input_ids,
         "text.attention_mask": attention,
-        "text.sentence_index": sentence_index,
-        "text.sentence_mask": sentence_mask,
+        "text.sentence_index": sentence_index[used],
+        "text.sentence_mask": sentence_mask[used],
     }
+
+
+def _used(mask: np.ndarray, others: tuple[int, ...]) -> int:
+    """Positions on the axis not in `others` up to the last one any entry uses; at least one."""
+    return int(np.flatnonzero(mask.any(others)).max(initial=0)) + 1
 
 
 def token_states(

@@ -29,7 +29,7 @@ import torch
 
 from components.atomic import write_json
 from components.config import Section
-from components.dataset import SPLITS
+from components.dataset import SEQUENCE_MODALITIES, SPLITS
 from components.errors import TrainingError
 from components.metrics import metrics_for
 from components.models import MultiTaskModel
@@ -154,6 +154,47 @@ def model_inputs(
     return {k: torch.from_numpy(v) for k, v in arrays.items() if k != "text.states" or states}
 
 
+# Padded axes of the model's inputs: the mask that says which positions are real, and every input padded with it
+# (along the mask's axes after the batch's).
+PADDED_AXES = {
+    "text.attention_mask": ("text.input_ids", "text.attention_mask", "text.states"),
+    "text.sentence_mask": ("text.sentence_index", "text.sentence_mask"),  # HAN's grid: sentences x tokens
+    **{f"{m}.mask": (f"{m}.features", f"{m}.mask") for m in SEQUENCE_MODALITIES},
+}
+
+
+def trim_padding(batch: dict[str, Any]) -> dict[str, Any]:
+    """`batch` (numpy arrays or tensors) without the padding positions no row of it uses, at least one kept.
+
+    Featurize pads every text to `max_tokens`, HAN's grid to `max_sentences` x `max_sentence_tokens` and every
+    sequence to its `max_len`; a batch of short rows needs only its longest. No output changes (padding is masked
+    everywhere), but the transformer and the recurrences run over fewer positions, and at batch 1 over exactly
+    the row's own.
+    """
+    out = dict(batch)
+    for mask_key, keys in PADDED_AXES.items():
+        if mask_key not in batch:
+            continue
+        mask = batch[mask_key]
+        index = tuple(slice(None, _used(mask, axis)) for axis in range(1, mask.ndim))
+        out |= {k: _contiguous(batch[k][(slice(None), *index)]) for k in keys if k in batch}
+    return out
+
+
+def _used(mask: Any, axis: int) -> int:
+    """1 + the last position along `axis` that some row of `mask` uses; at least 1."""
+    others = tuple(a for a in range(mask.ndim) if a != axis)
+    used = mask.any(others) if isinstance(mask, np.ndarray) else mask.any(dim=others)
+    positions = used.nonzero()
+    positions = positions[0] if isinstance(positions, tuple) else positions  # numpy: a tuple of index arrays
+    return int(positions.max()) + 1 if len(positions) else 1
+
+
+def _contiguous(value: Any) -> Any:
+    """A sliced array as one block of memory: quantized embeddings (and ONNX Runtime) take no strided ids."""
+    return value.contiguous() if isinstance(value, torch.Tensor) else np.ascontiguousarray(value)
+
+
 def split_rows(split_codes: torch.Tensor, split: str) -> torch.Tensor:
     """Row indices of one split."""
     return torch.nonzero(split_codes == SPLITS.index(split)).flatten()
@@ -172,7 +213,8 @@ def predict(
     chunks: dict[str, list] = {}
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         for part in rows.split(EVAL_BATCH):
-            batch = {k: v[part].to(device) for k, v in tensors.items()}
+            batch = trim_padding({k: v[part] for k, v in tensors.items()})
+            batch = {k: v.contiguous().to(device) for k, v in batch.items()}  # views; int8 lookups need contiguous ids
             presence = model.presence(batch)
             for head, prediction in model(batch).items():
                 chunks.setdefault(head, []).append((prediction.float().cpu(), presence[head].cpu()))

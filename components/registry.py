@@ -39,7 +39,9 @@ from components.metrics import is_better, metrics_for, primary_metric
 from components.models.spec import ModelSpec
 
 CHALLENGER, CHAMPION = "challenger", "champion"
-PIP_REQUIREMENTS = ("torch", "transformers", "safetensors", "numpy", "pandas", "pillow", "pydantic", "pyyaml")
+PIP_REQUIREMENTS = (
+    "torch", "transformers", "safetensors", "onnxruntime", "numpy", "pandas", "pillow", "pydantic", "pyyaml"
+)  # fmt: skip
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a logged model: the versions made from it (what the UI reads)
 
 
@@ -55,13 +57,14 @@ class Registration:
     champion_score: float | None
     promoted: bool
     decision: str
+    variant: str  # what the version serves: "baseline" (the uncompressed torch model) or a compress variant
 
     registered: ClassVar[bool] = True
 
     def summary(self) -> str:
         return (
             f"register: run {self.run_id} in experiment '{self.experiment}'; {self.name} version {self.version} is "
-            f"{CHALLENGER}{f' and {CHAMPION}' if self.promoted else ''} ({self.decision})"
+            f"{CHALLENGER}{f' and {CHAMPION}' if self.promoted else ''} ({self.decision}); it serves {self.variant}"
         )
 
 
@@ -132,6 +135,7 @@ def register(
     import mlflow
 
     from components import model_store
+    from components.compression import served_variant
     from components.featurize import read_state
     from components.serving import package_model, raw_frame
 
@@ -148,11 +152,20 @@ def register(
     head, (metric, _) = card.monitor.head, primary_metric(state.label_kind)
     if "test" not in metrics or head not in metrics["test"]:
         raise TrackingError(f"{params.evaluate.report}: no test metrics for head {head!r}: evaluate the test split")
-    score = float(metrics["test"][head][metric])
+    variant = served_variant(compression, params.registry.variant, params.compress.report)
+    # The gate scores what will serve: a variant's own test score, measured by compress on the same split.
+    served = compression["variants"][variant] if variant else None
+    score = float(served["metrics"][metric] if served else metrics["test"][head][metric])
     name, test_split = context.model_name, context.tags["msa.test_split"]
 
     with tempfile.TemporaryDirectory(prefix="msa-package-") as tmp:
-        package = package_model(params.train.out, params.featurize.out, Path(tmp) / "package", params.serve)
+        package = package_model(
+            params.train.out,
+            params.featurize.out,
+            Path(tmp) / "package",
+            params.serve,
+            variant=served["path"] if served else None,
+        )
         example = raw_frame(dataset, "test", limit=2, inline_images=True).drop(columns=["id", "label"])
         signature = model_signature(card.spec)
         _check_compatible(client, name, signature)  # the gate's inputs before anything is written
@@ -161,8 +174,8 @@ def register(
         if champion is not None:
             champion_score = _champion_score(champion, name, dataset, test_split, metric, force_gate_rescore)
         promoted, decision = gate(state.label_kind, score, champion, champion_score, params.registry.margin)
-        client.log_text(run_id, model_card(context.tags, dataset.manifest.synthetic, card, metrics, compression),
-                        "model_card.md")  # fmt: skip
+        text = model_card(context.tags, dataset.manifest.synthetic, card, metrics, compression, variant or "baseline")
+        client.log_text(run_id, text, "model_card.md")
         with mlflow.start_run(run_id=run_id):  # log_model logs into the active run; registration ends the run
             info = mlflow.pyfunc.log_model(
                 name=name,
@@ -179,6 +192,7 @@ def register(
                 "msa.champion_before": champion.version if champion else "none",
                 "msa.champion_score": "none" if champion_score is None else f"{champion_score:.6g}",
                 "msa.decision": decision,
+                "msa.variant": variant or "baseline",
                 **context.tags,  # the lineage, so a later run can tell it would train the same model
                 **({"msa.model_digest": model_digest} if model_digest else {}),
             }
@@ -200,6 +214,7 @@ def register(
         champion_score=champion_score,
         promoted=promoted,
         decision=decision,
+        variant=variant or "baseline",
     )
 
 
@@ -316,7 +331,9 @@ def model_signature(spec: ModelSpec) -> Any:
     return ModelSignature(inputs=Schema(columns), outputs=outputs)
 
 
-def model_card(tags: Mapping[str, str], synthetic: bool, card: Any, metrics: dict, compression: dict) -> str:
+def model_card(
+    tags: Mapping[str, str], synthetic: bool, card: Any, metrics: dict, compression: dict, served: str = "baseline"
+) -> str:
     """Markdown for the run's `model_card.md`; `tags` are the run's (`run_tags`): dataset, data hash, commit."""
     head, dataset, version = card.monitor.head, tags["dataset"], tags["dataset_version"]
     lines = [
@@ -338,6 +355,8 @@ def model_card(tags: Mapping[str, str], synthetic: bool, card: Any, metrics: dic
         lines.append(f"| {h} | " + " | ".join(_fmt(values.get(k)) for k in keys) + " |")
     if compression:
         lines += ["", f"## Compression (test split, {compression.get('metric')} of `{head}`)", ""]
+        serving = "the uncompressed model" if served == "baseline" else f"`{served}`"
+        lines += [f"This version serves {serving} (register.variant).", ""]
         lines += [
             "| variant | size MB | non-zero params | p50 ms (batch 1) | per s (batch 64) | drop (points) | kept |",
             "|---|---|---|---|---|---|---|",

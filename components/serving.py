@@ -1,10 +1,11 @@
 """The served model: raw inputs in, a sentiment score and class out.
 
-`package_model` turns what `featurize` and `train` wrote into one self-contained directory: the model in its
-standalone form (the frozen transformer inside, so no precomputed token states are needed), its spec, the
+`package_model` turns what `featurize`, `train` and `compress` wrote into one self-contained directory: the model
+in its standalone form (the frozen transformer inside, so no precomputed token states are needed), or a compressed
+variant of it (`variant/`, e.g. the ONNX Runtime int8 model: then the torch weights stay out), its spec, the
 featurizer state (tokenizer settings, image and sequence statistics of the train split) and the tokenizer. That
-directory is the MLflow pyfunc's data; MLflow loads it through `_load_pyfunc` below, which reads JSON and
-safetensors only: no pickle anywhere in the model.
+directory is the MLflow pyfunc's data; MLflow loads it through `_load_pyfunc` below, which reads JSON,
+safetensors, ONNX and weights-only torch files: no pickle anywhere in the model.
 
 Input columns (a pandas DataFrame, one row per sample; a column for a modality the model lacks is ignored):
     text         string, required when the model reads text
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -35,27 +37,33 @@ import pandas as pd
 from components.atomic import replace_directory, write_json, write_text
 from components.config import ServeParams
 from components.dataset import SEQUENCE_MODALITIES, Dataset, is_null
-from components.errors import DataError, UntrustedModelError, first_line
+from components.errors import DataError, TrainingError, UntrustedModelError, first_line
 from components.featurize import STATE, FeaturizerState, encode_texts, load_tokenizer, read_state, standardize
 from components.images import ImageProblem, fit, open_image
-from components.model_store import CARD, WEIGHTS, ModelCard
+from components.model_store import CARD, WEIGHTS, ModelCard, trim_padding
 from components.text_model import resolve_text_model
 from components.textfiles import csv_records, read_utf8
 
 TEXT = "text"  # tokenizer and transformer config, inside the package
 LIMITS = "limits.json"  # the input bounds (params.yaml's `serve`) the package enforces
+VARIANT = "variant"  # the compressed variant the package serves, as compress wrote it; absent: the torch model
 INPUT = Path("<model input>")  # what errors name when the rows did not come from a file
 BATCH = 64
 
 
 def package_model(
-    model_dir: str | Path, features: str | Path, dest: str | Path, limits: ServeParams | None = None
+    model_dir: str | Path,
+    features: str | Path,
+    dest: str | Path,
+    limits: ServeParams | None = None,
+    variant: str | Path | None = None,
 ) -> Path:
     """Write the self-contained serving package for the model in `model_dir`, trained on `features`, enforcing
-    `limits` on every input it is given."""
+    `limits` on every input it is given; with `variant` (a directory `compress` wrote from this very model), the
+    package runs that variant instead of the uncompressed model."""
     from safetensors.torch import save_file
 
-    from components.model_store import load_trained, read_card
+    from components.model_store import digest, load_trained, read_card
 
     model_dir, dest = Path(model_dir), Path(dest)
     state = read_state(features)
@@ -65,8 +73,16 @@ def package_model(
             Path(features),
             f"features changed since the model in {model_dir} was trained on them: run `msa train` (or `dvc repro`)",
         )
-    model = load_trained(model_dir, standalone=True)
-    spec = model.spec
+    if variant is not None:
+        variant = Path(variant)
+        try:
+            made_from = json.loads((variant / CARD).read_text()).get("model_digest")
+        except (OSError, ValueError) as e:
+            rule = f"no readable compressed variant ({type(e).__name__}): run `msa compress`"
+            raise DataError(variant, rule) from None
+        if made_from != digest(model_dir):
+            raise DataError(variant, f"was compressed from another model than {model_dir}: run `msa compress`")
+    spec = card.spec
     with replace_directory(dest, marker=CARD) as staging:
         if spec.text is not None:
             from transformers import AutoConfig
@@ -75,7 +91,11 @@ def package_model(
             load_tokenizer(source).save_pretrained(staging / TEXT)
             AutoConfig.from_pretrained(source, local_files_only=True).save_pretrained(staging / TEXT)
             spec = spec.model_copy(update={"text": spec.text.model_copy(update={"encoder": TEXT})})
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staging / WEIGHTS)
+        if variant is None:
+            model = load_trained(model_dir, standalone=True)
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staging / WEIGHTS)
+        else:
+            shutil.copytree(variant, staging / VARIANT)
         write_json(staging / CARD, card.model_copy(update={"spec": spec}).model_dump(mode="json"))
         write_json(staging / STATE, state.model_dump(mode="json", exclude={"ids", "features_sha256"}))
         write_json(staging / LIMITS, (limits or ServeParams()).model_dump(mode="json"))
@@ -88,6 +108,7 @@ class Predictor:
     def __init__(self, root: str | Path) -> None:
         from safetensors.torch import load_file
 
+        from components.compression import load_compressed
         from components.model_store import monitored_head
         from components.models import MultiTaskModel
 
@@ -98,10 +119,13 @@ class Predictor:
             self.limits = _read_limits(root)
             if spec.text is not None:  # the package's own tokenizer and transformer config, wherever it was moved
                 spec = spec.model_copy(update={"text": spec.text.model_copy(update={"encoder": str(root / TEXT)})})
-            self.model = MultiTaskModel(spec, pretrained=False, standalone=True).eval()
-            self.model.load_state_dict(load_file(root / WEIGHTS))
+            if (root / VARIANT).is_dir():
+                self.model = load_compressed(root / VARIANT, spec)
+            else:
+                self.model = MultiTaskModel(spec, pretrained=False, standalone=True).eval()
+                self.model.load_state_dict(load_file(root / WEIGHTS))
             self.tokenizer = load_tokenizer(root / TEXT) if spec.text is not None else None
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError, TrainingError) as e:
             raise DataError(root, f"not a readable model package ({type(e).__name__}: {e})") from None
         self.spec = spec
         self.head = monitored_head(spec)
@@ -119,16 +143,16 @@ class Predictor:
         from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
         try:
-            frame = pd.DataFrame(model_input)
+            frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
             if len(frame) > self.limits.max_rows:
                 raise DataError(INPUT, f"{len(frame)} rows in one request; at most {self.limits.max_rows} "
                                 "(serve.max_rows)")  # fmt: skip
-            if "image" in frame.columns:
-                for i, value in enumerate(frame["image"].tolist()):
-                    if not is_null(value):
-                        raise DataError(INPUT, "the served model opens no file paths: send the image as "
-                                        "image_base64", row=i + 1)  # fmt: skip
-            return self.predict_frame(frame)
+            columns = _columns(frame)
+            for i, value in enumerate(columns.get("image", ())):
+                if not is_null(value):
+                    raise DataError(INPUT, "the served model opens no file paths: send the image as image_base64",
+                                    row=i + 1)  # fmt: skip
+            return self._score(columns, len(frame), INPUT, None)
         except DataError as e:
             # The scoring server answers an MlflowException with a 400 and its message; any other exception with
             # a 400 that carries the server's stack trace.
@@ -142,30 +166,39 @@ class Predictor:
     ) -> pd.DataFrame:
         """As `predict`, for rows of a local file: errors name `source` and the row, and paths in `image` are read
         when they resolve (symlinks followed) inside `image_root`; without one, no path is read."""
+        return self._score(_columns(frame), len(frame), source, image_root)
+
+    def _score(self, columns: dict[str, list], n: int, source: Path, image_root: Path | None) -> pd.DataFrame:
         import torch
 
-        frame = pd.DataFrame(frame).reset_index(drop=True)
-        if self.spec.text is not None and "text" not in frame.columns:
-            raise DataError(source, f"missing required column 'text'; got columns {list(frame.columns)}")
+        if self.spec.text is not None and "text" not in columns:
+            raise DataError(source, f"missing required column 'text'; got columns {list(columns)}")
         scores: list[np.ndarray] = []
-        for start in range(0, len(frame), BATCH):
-            rows = frame.iloc[start : start + BATCH]
-            batch = self.features(rows, source=source, image_root=image_root, first_row=start)
+        for start in range(0, n, BATCH):
+            rows = {c: values[start : start + BATCH] for c, values in columns.items()}
+            batch = trim_padding(self.features(rows, source=source, image_root=image_root, first_row=start))
             with torch.inference_mode():
                 scores.append(self.model({k: torch.from_numpy(v) for k, v in batch.items()})[self.head].float().numpy())
         return self._decide(np.concatenate(scores) if scores else np.zeros((0,), np.float32))
 
     def features(
-        self, rows: pd.DataFrame, *, source: Path = INPUT, image_root: Path | None = None, first_row: int = 0
+        self,
+        rows: pd.DataFrame | dict[str, list],
+        *,
+        source: Path = INPUT,
+        image_root: Path | None = None,
+        first_row: int = 0,
     ) -> dict[str, np.ndarray]:
-        """The model's input tensors for raw `rows`, made exactly as `featurize` made them for training; every
-        value is checked against `self.limits` before it is decoded."""
+        """The model's input tensors for raw `rows` (a frame, or its columns as lists), made exactly as `featurize`
+        made them for training; every value is checked against `self.limits` before it is decoded."""
+        if isinstance(rows, pd.DataFrame):
+            rows = _columns(rows)
         out: dict[str, np.ndarray] = {}
-        n = len(rows)
+        n = len(next(iter(rows.values()), ()))
         limits = self.limits
         present = np.zeros(n, bool)
         if self.spec.text is not None:
-            texts = rows["text"].tolist()
+            texts = rows["text"]
             for i, text in enumerate(texts):
                 if not isinstance(text, str):
                     rule = "text is missing" if is_null(text) else f"text must be a string, got {type(text).__name__}"
@@ -180,9 +213,10 @@ class Predictor:
         if self.spec.image is not None:
             size = self.state.image.size
             pixels, has = np.zeros((n, 3, size, size), np.uint8), np.zeros(n, bool)
+            inline, paths = rows.get("image_base64", [None] * n), rows.get("image", [None] * n)
             for i in range(n):
                 try:
-                    if (data := _image_bytes(rows, i, image_root, limits)) is not None:
+                    if (data := _image_bytes(inline[i], paths[i], image_root, limits)) is not None:
                         image = open_image(data, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
                         pixels[i], has[i] = fit(image, size), True
                 except ImageProblem as e:
@@ -195,8 +229,7 @@ class Predictor:
             state = getattr(self.state, modality)
             frames = np.zeros((n, state.max_len, state.dim), np.float32)
             mask = np.zeros((n, state.max_len), bool)
-            column = rows[modality].tolist() if modality in rows.columns else [None] * n
-            for i, value in enumerate(column):
+            for i, value in enumerate(rows.get(modality, [None] * n)):
                 sequence = _frames(value, state.dim, modality, limits.max_frames, source, first_row + i + 1)
                 kept = sequence[: state.max_len]
                 frames[i, : len(kept)], mask[i, : len(kept)] = kept, True
@@ -257,13 +290,17 @@ def _read_limits(root: Path) -> ServeParams:
     return ServeParams.model_validate_json(file.read_bytes()) if file.is_file() else ServeParams()
 
 
-def _image_bytes(rows: pd.DataFrame, i: int, image_root: Path | None, limits: ServeParams) -> bytes | None:
-    """The image file of row `i`: inline base64 wins over a path; None when the row has neither.
+def _columns(frame: pd.DataFrame) -> dict[str, list]:
+    """Every column as a plain list: one conversion per request, then no pandas indexing per row or batch."""
+    return {str(c): frame[c].tolist() for c in frame.columns}
+
+
+def _image_bytes(data: Any, path: Any, image_root: Path | None, limits: ServeParams) -> bytes | None:
+    """The image file of a row: inline base64 (`data`) wins over a path; None when the row has neither.
 
     Inline images are base64 text rather than an MLflow `binary` column: the scoring server base64-decodes every
     cell of a binary column and so cannot pass null, and rows without an image are normal.
     """
-    data = rows["image_base64"].iloc[i] if "image_base64" in rows.columns else None
     if not is_null(data):
         if not isinstance(data, str | bytes):
             raise ImageProblem("image_base64 must be base64 text")
@@ -274,7 +311,6 @@ def _image_bytes(rows: pd.DataFrame, i: int, image_root: Path | None, limits: Se
             return base64.b64decode(data, validate=True)
         except (TypeError, ValueError):
             raise ImageProblem("image_base64 is not base64 text") from None
-    path = rows["image"].iloc[i] if "image" in rows.columns else None
     if is_null(path):
         return None
     if image_root is None:
@@ -313,8 +349,8 @@ def _frames(value: Any, dim: int, modality: str, max_frames: int, source: Path, 
         return np.zeros((0, dim), np.float32)
     if any(isinstance(f, str | bytes) or not isinstance(f, Sequence | np.ndarray) or len(f) != dim for f in value):
         raise DataError(source, f"{shape_rule}; the model expects [frames, {dim}]", row=row)
-    try:
-        array = np.asarray([np.asarray(frame, np.float32) for frame in value], np.float32)
+    try:  # the lengths are checked: one conversion of the whole [frames, dim] block
+        array = np.asarray(value, np.float32)
     except (TypeError, ValueError):
         raise DataError(source, shape_rule, row=row) from None
     if array.ndim != 2:

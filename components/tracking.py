@@ -46,7 +46,13 @@ PARENT = "mlflow.parentRunId"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 HEARTBEAT_EVERY_S = 30
 STALE_AFTER_S = 300  # a RUNNING pipeline run whose heartbeat is this old has lost its process
-VARIANT_RUN_NAMES = {"int8": "int8", "prune_unstructured": "unstructured prune", "prune_structured": "structured prune"}
+VARIANT_RUN_NAMES = {
+    "int8": "int8",
+    "prune_unstructured": "unstructured prune",
+    "prune_structured": "structured prune",
+    "onnx_fp32": "ONNX Runtime fp32",
+    "onnx_int8": "ONNX Runtime int8",
+}
 
 
 def tracking_uri() -> str:

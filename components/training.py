@@ -52,6 +52,7 @@ from components.model_store import (
     monitored_head,
     read_card,
     split_rows,
+    trim_padding,
     write_history,
     write_model,
 )
@@ -265,10 +266,10 @@ def train(
                 sampler.set_epoch(epoch)
                 torch.manual_seed(stream_seed(params.seed, epoch, rank))
                 stepper.forward.train()
-                totals: dict[str, float] = dict.fromkeys(spec.heads, 0.0)
+                step_losses, step_sizes = [], []  # read once per epoch: a read per step waits for the step to end
                 for step, rows in enumerate(train_rows[torch.tensor(list(sampler))].split(local_batch), start=1):
-                    batch = {k: v[rows].to(device, non_blocking=True) for k, v in tensors.items()}
-                    loss, losses, norm = stepper.step(batch)
+                    batch = trim_padding({k: v[rows] for k, v in tensors.items()})
+                    loss, losses, norm = stepper.step({k: v.to(device, non_blocking=True) for k, v in batch.items()})
                     # The clipped norm is already reduced across ranks, so every rank stops at the same step.
                     if not torch.isfinite(norm) and amp != torch.float16:
                         kept = f"the last good checkpoint ({checkpoint}, epoch {progress_state['epoch']}) is kept"
@@ -276,11 +277,17 @@ def train(
                             f"loss is not finite ({loss.item():.4g}) at epoch {epoch}, step {step}; {kept}. "
                             "Lower train.lr or check the features for extreme values."
                         )
-                    for h in spec.heads:
-                        totals[h] += losses[h].item() * len(rows)
+                    step_losses.append(torch.stack([losses[h].detach() for h in spec.heads]))
+                    step_sizes.append(len(rows))
                     trained_samples += len(rows) * world
                     bar.update()
-                    bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", **_postfix(progress_state, head, metric))
+                    if not bar.disable:
+                        bar.set_postfix(
+                            epoch=epoch, loss=f"{loss.item():.3f}", **_postfix(progress_state, head, metric)
+                        )
+                totals = dict.fromkeys(spec.heads, 0.0)
+                for values, size in zip(torch.stack(step_losses).tolist(), step_sizes, strict=True):
+                    totals = {h: totals[h] + value * size for h, value in zip(spec.heads, values, strict=True)}
                 train_seconds += time.perf_counter() - epoch_start
                 valid = evaluate_heads(model, tensors, valid_rows, device, amp)
                 improved = is_better(spec.label.kind, valid[head][metric], progress_state["best"])
@@ -295,7 +302,8 @@ def train(
                     "bad_epochs": 0 if improved else progress_state["bad_epochs"] + 1,
                     **({"best": valid[head][metric], "best_epoch": epoch} if improved else {}),
                 }
-                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", **_postfix(progress_state, head, metric))
+                if not bar.disable:
+                    bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", **_postfix(progress_state, head, metric))
                 if rank == 0:
                     if improved:
                         monitor = Monitor(head=head, metric=metric, value=valid[head][metric], epoch=epoch)

@@ -6,8 +6,10 @@ whichever machine it runs, logs into the same run through the tracking server an
 pipeline downloads it and checks its digest before evaluating. Stages on different machines share no directory:
 a worker needs the repository, the DVC remote and the tracking server's URL.
 
-`msa run` calls `pipeline` on Prefect's ephemeral API; the deployments in prefect.yaml run the same flows on
-workers. Both read params.yaml and write the same files as the DVC stages.
+`msa run` calls `pipeline` on Prefect's ephemeral API, unless no Prefect server is configured and the flow's first
+check, the lineage, finds nothing to retrain: it makes that check before starting Prefect (flows.cli). The
+deployments in prefect.yaml run the same flows on workers. Both read params.yaml and write the same files as the DVC
+stages.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def training(run_id: str, params: str = "params.yaml", attempt: int = 1, restart
 @flow(name="pipeline", persist_result=True, result_serializer="json")
 def pipeline(params: str = "params.yaml", force: bool = False) -> Registration | Skipped:
     """The whole pipeline. When the data, params and code equal a registered version's, it says so and ends
-    without training (and without an MLflow run), unless `force`."""
+    without training (and without an MLflow run), unless `force`: that check comes first, so that a scheduled run
+    with nothing to do ends in seconds."""
     p = load_params(params)
     timeouts, ours = p.pipeline.timeouts, lineage(p)
     if not force:

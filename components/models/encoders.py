@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from components.models.spec import ImageSpec
 
@@ -22,7 +21,10 @@ def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
 
 def compact(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Move the real positions of each row of `x` [N, L, ...] to the front, in order: (x, lengths [N])."""
-    order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
+    # Unique sort keys (padding after every real position, ties broken by position) make a plain argsort stable;
+    # a stable sort has no ONNX export.
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    order = torch.argsort((~mask).long() * mask.shape[1] + positions, dim=1)
     index = order.view(*order.shape, *(1,) * (x.dim() - 2)).expand_as(x)
     return x.gather(1, index), mask.sum(1)
 
@@ -31,21 +33,52 @@ def prefix_mask(lengths: Tensor, size: int) -> Tensor:
     return torch.arange(size, device=lengths.device) < lengths.unsqueeze(-1)
 
 
-def run_packed(rnn: nn.RNNBase, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor | tuple[Tensor, Tensor]]:
-    """Run a batch-first RNN over the real positions only: (outputs [N, L, D], their mask [N, L], final state).
+class MaskedBiRNN:
+    """A one-layer bidirectional batch-first RNN (mixed into nn.LSTM / nn.GRU, so weights and their names stay the
+    module's) that runs over the real positions of masked rows only.
 
-    Outputs are in compacted order (real positions first). Lengths are clamped to 1 because packing rejects empty
-    sequences: an empty row yields a finite state that callers mask out. PyTorch wants the lengths on the CPU.
-    The recurrence runs in the RNN's own dtype even under autocast: cuDNN takes bf16 RNNs only from version 9.13,
-    and the fallback kernels have no bf16 at all. A dynamically quantized RNN has no float weights; it takes float32.
+    `forward(x [N, L, D], mask [N, L])` returns the outputs [N, L, 2H] in compacted order (real positions first),
+    their mask [N, L], and the final hidden states [2, N, H] (forward, backward). Each direction runs on its own:
+    the forward one over the compacted rows (padding comes after every real position, so it cannot reach them), the
+    backward one as a forward pass over each row's real positions reversed in place. That is what packing computes,
+    in ops that export to ONNX (LSTM/GRU without sequence lengths) and run as one fused recurrence, where packed
+    sequences have no export and cost a sort per call. An empty row reads its first position, as packing with
+    lengths clamped to 1 does; callers mask it out. Calling the module (not a functional) keeps pruning's hooks.
+    The recurrence runs in float32 even under autocast: cuDNN takes bf16 RNNs only from version 9.13, and the
+    fallback kernels have no bf16 at all.
     """
-    x, lengths = compact(x, mask)
-    x = x.to(getattr(rnn, "weight_ih_l0", torch.empty(0)).dtype)
-    packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-    with torch.autocast(x.device.type, enabled=False):
-        out, state = rnn(packed)
-    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-    return out, prefix_mask(lengths, x.shape[1]), state
+
+    def __init__(self, in_dim: int, hidden: int) -> None:
+        super().__init__(in_dim, hidden, batch_first=True, bidirectional=True)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x, lengths = compact(x, mask)
+        valid = prefix_mask(lengths, x.shape[1])
+        steps = torch.arange(x.shape[1], device=x.device)
+        last = (lengths - 1).clamp(min=0)
+        # Position t of a row's real part takes position length-1-t; padding stays. The map is its own inverse.
+        reverse = torch.where(valid, last.unsqueeze(1) - steps, steps).unsqueeze(-1)
+        x = x.float()
+        outputs = []
+        with torch.autocast(x.device.type, enabled=False):
+            for direction, inputs in (("", x), ("_reverse", x.gather(1, reverse.expand_as(x)))):
+                names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                weights = [getattr(self, f"{name}_l0{direction}") for name in names]
+                h0 = x.new_zeros(1, x.shape[0], self.hidden_size)
+                outputs.append(self._recur(inputs, h0, weights))
+        forward, backward = outputs[0], outputs[1].gather(1, reverse.expand(-1, -1, self.hidden_size))
+        last_forward = forward.gather(1, last.view(-1, 1, 1).expand(-1, 1, self.hidden_size)).squeeze(1)
+        return torch.cat((forward, backward), dim=-1), valid, torch.stack((last_forward, backward[:, 0]))
+
+
+class BiLSTM(MaskedBiRNN, nn.LSTM):
+    def _recur(self, x: Tensor, h0: Tensor, weights: list[Tensor]) -> Tensor:
+        return torch.lstm(x, (h0, h0), weights, True, 1, 0.0, False, False, True)[0]
+
+
+class BiGRU(MaskedBiRNN, nn.GRU):
+    def _recur(self, x: Tensor, h0: Tensor, weights: list[Tensor]) -> Tensor:
+        return torch.gru(x, h0, weights, True, 1, 0.0, False, False, True)[0]
 
 
 class AdditiveAttention(nn.Module):
@@ -68,12 +101,12 @@ class SequenceEncoder(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int) -> None:
         super().__init__()
-        self.rnn = nn.GRU(in_dim, hidden, batch_first=True, bidirectional=True)
+        self.rnn = BiGRU(in_dim, hidden)
         self.attention = AdditiveAttention(2 * hidden)
         self.out = nn.Linear(2 * hidden, hidden)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        states, valid, _ = run_packed(self.rnn, x, mask)
+        states, valid, _ = self.rnn(x, mask)
         pooled, _ = self.attention(states, valid)
         return self.out(pooled)
 

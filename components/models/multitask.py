@@ -49,6 +49,25 @@ def _missing(spec: ModelSpec, head: str) -> str:
     return f"{head!r} is not in spec.text.models {spec.text.models}"
 
 
+def modality_presence(spec: ModelSpec, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Modality -> bool [B]: a text is present when it has a token, other modalities say so themselves."""
+    present = {"text": batch["text.attention_mask"].any(-1)} if spec.text is not None else {}
+    present |= {m: batch[f"{m}.present"].bool() for m in OTHER_MODALITIES if getattr(spec, m) is not None}
+    return present
+
+
+def presence(spec: ModelSpec, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Head -> bool [B]: which samples a head can be scored on (fusion: any modality present)."""
+    modalities = modality_presence(spec, batch)
+    present = {}
+    for head in spec.heads:
+        if head == "fusion":
+            present[head] = torch.stack(list(modalities.values())).any(0)
+        else:
+            present[head] = modalities["text" if head in TEXT_MODELS else head]
+    return present
+
+
 def prediction_layer(hidden: int, outputs: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
         nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, outputs)
@@ -107,21 +126,10 @@ class MultiTaskModel(nn.Module):
         return out
 
     def modality_presence(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Modality -> bool [B]: a text is present when it has a token, other modalities say so themselves."""
-        present = {"text": batch["text.attention_mask"].any(-1)} if self.spec.text is not None else {}
-        present |= {m: batch[f"{m}.present"].bool() for m in OTHER_MODALITIES if getattr(self.spec, m) is not None}
-        return present
+        return modality_presence(self.spec, batch)
 
     def presence(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Head -> bool [B]: which samples a head can be scored on (fusion: any modality present)."""
-        modalities = self.modality_presence(batch)
-        present = {}
-        for head in self.spec.heads:
-            if head == "fusion":
-                present[head] = torch.stack(list(modalities.values())).any(0)
-            else:
-                present[head] = modalities["text" if head in TEXT_MODELS else head]
-        return present
+        return presence(self.spec, batch)
 
     def transformer_parameters(self) -> list[nn.Parameter]:
         """Parameters of the fine-tuned transformer (none when frozen): they train with their own learning rate."""

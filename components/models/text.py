@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from components.config import ModelParams, TextCNNParams, TextModel
-from components.models.encoders import SequenceEncoder, compact, prefix_mask, run_packed
+from components.models.encoders import BiLSTM, SequenceEncoder, compact, prefix_mask
 from components.models.spec import TextSpec
 from components.text_model import resolve_text_model
 
@@ -62,11 +62,11 @@ class BiLSTMText(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int) -> None:
         super().__init__()
-        self.rnn = nn.LSTM(in_dim, hidden, batch_first=True, bidirectional=True)
+        self.rnn = BiLSTM(in_dim, hidden)
         self.out = nn.Linear(2 * hidden, hidden)
 
     def forward(self, states: Tensor, mask: Tensor) -> Tensor:
-        _, _, (final, _) = run_packed(self.rnn, states, mask)
+        _, _, final = self.rnn(states, mask)
         return self.out(torch.cat((final[0], final[1]), dim=-1))
 
 

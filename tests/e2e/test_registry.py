@@ -12,7 +12,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from components.config import load_params
+from components.compression import served_variant
+from components.config import CompressParams, load_params
 from components.dataset import read_dataset
 from components.errors import TrackingError
 from components.serving import raw_frame
@@ -45,6 +46,7 @@ def test_first_model_is_champion_runs_line_up_and_a_weaker_one_stays_challenger(
     params = params_for(tiny_project, "gate")
     first = msa(tiny_project, mlflow_server, "register", "--params", str(params))
     assert "version 1 is challenger and champion (first model" in first.stdout
+    report = json.loads((tiny_project / "reports" / "compression.json").read_text())
     again = msa(tiny_project, mlflow_server, "register", "--params", str(params))
     assert "nothing registered: gate version 1 (champion) was trained from the same data" in again.stdout
     assert "(--force registers anyway)" in again.stdout and len(client.search_model_versions("name = 'gate'")) == 1
@@ -80,12 +82,16 @@ def test_first_model_is_champion_runs_line_up_and_a_weaker_one_stays_challenger(
     heads = [r for r in children if r.data.tags.get("msa.kind") == "head"]
     assert all({"test_mae", "test_acc2", "valid_mae", "test_corr"} <= r.data.metrics.keys() for r in heads)
     variants = [r for r in children if r.data.tags.get("msa.kind") == "variant"]
-    assert len(variants) == 3 and all("test_mae" in r.data.metrics for r in variants)
+    assert len(variants) == 5 and all("test_mae" in r.data.metrics for r in variants)
     # The params that tell them apart, for the compare view.
     assert all(r.data.params["head"] == r.info.run_name for r in heads)
     textcnn = next(r for r in heads if r.info.run_name == "textcnn")
     assert textcnn.data.params["filter_sizes"] and "tiny-bert" in textcnn.data.params["text_encoder"]
-    assert {r.data.params["variant"] for r in variants} == {"int8", "prune_unstructured", "prune_structured"}
+    assert {r.data.params["variant"] for r in variants} == set(CompressParams().variants)
+    # The version serves the fastest kept variant, and the gate scored that variant's own test score.
+    served = champion.tags["msa.variant"]
+    assert served == served_variant(report, "auto", Path("compression.json"))
+    assert float(champion.tags["msa.score"]) == pytest.approx(report["variants"][served]["metrics"]["mae"], rel=1e-5)
     fusion = next(r for r in heads if r.info.run_name == "fusion")
     curve = client.get_metric_history(fusion.info.run_id, "epoch_valid_mae")
     assert [m.step for m in curve] == [1, 2, 3]
@@ -142,7 +148,7 @@ def test_corrupt_model_artifact_is_a_clear_error(tiny_project, mlflow_server, cl
     params = params_for(tiny_project, "corrupt")
     msa(tiny_project, mlflow_server, "register", "--params", str(params))
     local = Path(mlflow.artifacts.download_artifacts("models:/corrupt@champion", dst_path=str(tmp_path)))
-    weights = next(local.rglob("model.safetensors"))
+    weights = next(p for p in local.rglob("*") if p.name in ("model.safetensors", "model.onnx", "model.pt"))
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     source = tmp_path / "rows.jsonl"
     source.write_text(json.dumps({"text": "it was good"}) + "\n")

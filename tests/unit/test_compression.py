@@ -18,7 +18,7 @@ from tests.conftest import Trained
 
 MEASURED = {"size_bytes", "params", "nonzero_params", "task_params", "task_nonzero_params", "latency_ms_p50",
             "latency_ms_p95", "throughput_per_s", "metrics"}  # fmt: skip
-VARIANT = MEASURED | {"delta", "drop_points", "kept", "path", "sparsity", "finetune_epochs"}
+VARIANT = MEASURED | {"delta", "max_abs_diff", "drop_points", "kept", "path", "sparsity", "finetune_epochs"}
 
 
 def run(trained, tmp_path: Path, **settings) -> dict:
@@ -46,7 +46,8 @@ def test_report_layout_and_variants_written(trained, tmp_path):
     assert report.keys() == {"head", "metric", "tolerance", "split", "baseline", "variants"}
     assert (report["head"], report["metric"], report["split"]) == ("fusion", "acc2", "test")
     assert report["baseline"].keys() == MEASURED
-    assert list(report["variants"]) == ["int8", "prune_unstructured", "prune_structured"]
+    assert list(report["variants"]) == ["int8", "prune_unstructured", "prune_structured", "onnx_fp32", "onnx_int8"]
+    assert report["variants"]["onnx_fp32"]["max_abs_diff"] < 1e-4  # the same weights, another runtime
     for name, variant in report["variants"].items():
         assert variant.keys() == VARIANT
         assert variant["kept"] and variant["path"] == str(tmp_path / "compressed" / name)

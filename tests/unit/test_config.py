@@ -69,7 +69,7 @@ def test_evaluate_section_defaults_and_splits(tmp_path):
 
 def test_compress_section_defaults_and_variant_names(tmp_path):
     compress = load_params(REPO / "params.yaml").compress
-    assert compress.variants == ("int8", "prune_unstructured", "prune_structured")
+    assert compress.variants == ("int8", "prune_unstructured", "prune_structured", "onnx_fp32", "onnx_int8")
     assert (compress.tolerance, compress.sparsity, compress.metric) == (1.0, 0.5, None)
     with pytest.raises(ConfigError, match=r"compress\.variants\.0"):
         load_params(write(tmp_path, "compress:\n  variants: [fp16]\n"))

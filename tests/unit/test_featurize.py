@@ -154,3 +154,16 @@ def test_missing_model_directory_is_a_clear_error(make_dataset, params, tmp_path
     with pytest.raises(DataError, match="not found in the local Hugging Face cache"):
         featurize(make_dataset(), params.model_copy(update={"text_model": "no-such-org/no-such-model"}))
     assert not params.out.exists(), "a failed featurize writes nothing"
+
+
+def test_han_axes_end_where_the_sentences_do(make_dataset, params):
+    # HAN's word GRU runs over every slot: the axes stop at the longest text's sentences, not at the configured
+    # max_sentences x max_sentence_tokens (4 x 6 here), as the token axis stops at the longest text.
+    def short_texts(samples, sequences, images):
+        samples["text"] = "good film."
+        samples.loc[0, "text"] = "good. bad."
+
+    featurize(make_dataset(short_texts), params, progress=False)
+    mask = load_features(params.out)[0]["text.sentence_mask"]
+    assert mask.shape[1] == 2 < 4 and mask.shape[2] < params.max_sentence_tokens
+    assert mask.any((0, 2))[-1] and mask.any((0, 1))[-1], "the last slot of each axis is used"

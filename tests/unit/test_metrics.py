@@ -73,6 +73,30 @@ def test_weighted_f1_differs_from_accuracy() -> None:
     assert m["f1_has0"] == m["f1"] == pytest.approx(23 / 30)
 
 
+@pytest.mark.parametrize("case", ["random", "all positive", "perfect", "all wrong", "one class predicted"])
+def test_binary_scores_equal_sklearn_bit_for_bit(case: str) -> None:
+    # The one comparison with sklearn: MMSA's Acc-2 / F1 are sklearn's numbers, which components.metrics computes
+    # in numpy (sklearn's per-call checks cost more than the training step they score); they must not move a bit.
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(len(case))
+    for n in (1, 2, 7, 150, 301):
+        label = rng.normal(size=n)
+        pred = {
+            "random": rng.normal(size=n),
+            "all positive": np.abs(rng.normal(size=n)) + 0.1,
+            "perfect": label,
+            "all wrong": -label,
+            "one class predicted": np.full(n, -1.0),
+        }[case]
+        label = np.abs(label) if case == "all positive" else label
+        m = regression_metrics(pred, label)
+        for key, p, y in (("has0", pred >= 0, label >= 0), ("", pred > 0, label > 0)):
+            suffix = f"_{key}" if key else ""
+            assert m[f"acc2{suffix}"] == float(accuracy_score(y, p))
+            assert m[f"f1{suffix}"] == float(f1_score(y, p, average="weighted", zero_division=0.0))
+
+
 def test_pearson_by_hand() -> None:
     # pred [1, 2, 3] -> deviations [-1, 0, 1]; label [2, 4, 7] (mean 13/3) -> deviations [-7/3, -1/3, 8/3]
     # cov sum = 7/3 + 0 + 8/3 = 5; sum dp^2 = 2; sum dl^2 = (49 + 1 + 64)/9 = 114/9
