@@ -12,8 +12,9 @@ Per package, two contenders score the same test rows:
                        registered model gets
     <package> forward  the backend's bare forward on the input tensors of the same rows, made before any timing
 
-Latency is per row at batch 1, in blocks of `--block` rows; within a block every contender scores each row in
-turn (order rotated per row), so load on a shared machine hits all alike. Throughput is pyfunc at batch `--batch`,
+Latency is per row at batch 1, in blocks of `--block` rows: each contender scores a whole block back to back (a
+served model runs warm in the caches), the contenders taking turns per block in rotated order, so load on a shared
+machine hits all alike. Throughput is pyfunc at batch `--batch`,
 contenders alternating for `--rounds` rounds. Quality: every package's pyfunc scores the whole test split; the
 goals compare the served variant with the baseline in this one run.
 
@@ -102,9 +103,9 @@ def main(
             for name in order:
                 contenders[name](i)
         wall: dict[str, list[float]] = {name: [] for name in order}
-        for start in range(0, n, block):
-            for i in range(start, min(start + block, n)):
-                for name in order[i % len(order) :] + order[: i % len(order)]:
+        for b, start in enumerate(range(0, n, block)):
+            for name in order[b % len(order) :] + order[: b % len(order)]:
+                for i in range(start, min(start + block, n)):
                     started = time.perf_counter()
                     contenders[name](i)
                     wall[name].append(time.perf_counter() - started)

@@ -84,7 +84,7 @@ from components.onnx_model import ONNX_WEIGHTS, OnnxModel, export_onnx, quantize
 from components.training import Stepper, loss_weights
 
 CPU = torch.device("cpu")
-WARMUP = 3  # untimed passes per model before timing (allocator, lazy kernel setup)
+WARMUP = 3  # untimed single-sample passes per model before timing (allocator, lazy kernel setup); one per batch size
 BLOCK = 10  # timed passes a model runs back to back before the next model's turn
 LOWER_IS_BETTER = frozenset({"mae"})
 TRANSFORMER = "token_states."  # prefix of the carried (pretrained) transformer's modules
@@ -495,8 +495,8 @@ def _timings(
     batch_rows = rows[torch.arange(params.throughput_batch) % len(rows)]
     batch = trim_padding({k: v[batch_rows] for k, v in tensors.items()})
     with _threads(params.threads):
-        latency = _round_robin(models, singles)
-        batched = _round_robin(models, [batch] * max(3, params.latency_runs // 10))
+        latency = _round_robin(models, singles, WARMUP)
+        batched = _round_robin(models, [batch] * max(3, params.latency_runs // 10), 1)  # a pass is 64 samples
     return {
         name: {
             "latency_ms_p50": 1000 * statistics.median(latency[name]),
@@ -507,8 +507,10 @@ def _timings(
     }
 
 
-def _round_robin(models: dict[str, nn.Module], inputs: list[dict[str, torch.Tensor]]) -> dict[str, list[float]]:
-    """Seconds per forward pass of every model on every input, after `WARMUP` untimed passes each.
+def _round_robin(
+    models: dict[str, nn.Module], inputs: list[dict[str, torch.Tensor]], warmup: int
+) -> dict[str, list[float]]:
+    """Seconds per forward pass of every model on every input, after `warmup` untimed passes each.
 
     The inputs go in blocks of `BLOCK`, each model running a whole block in turn (order rotated per block): a
     served model runs back to back with its weights warm in the caches, which alternating every pass would deny
@@ -518,7 +520,7 @@ def _round_robin(models: dict[str, nn.Module], inputs: list[dict[str, torch.Tens
     names = list(models)
     with torch.inference_mode():
         for model in models.values():
-            for _ in range(WARMUP):
+            for _ in range(warmup):
                 model(inputs[0])
         for i, start in enumerate(range(0, len(inputs), BLOCK)):
             for name in names[i % len(names) :] + names[: i % len(names)]:
