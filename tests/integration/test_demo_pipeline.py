@@ -33,7 +33,9 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
         "  epochs: 30": "  epochs: 2",
         "  finetune_epochs: 2": "  finetune_epochs: 1",
         "  latency_runs: 50": "  latency_runs: 5",
-        "  variants: [int8, prune_unstructured, prune_structured]": "  variants: [int8, prune_unstructured]",
+        "  variants: [int8, prune_unstructured, prune_structured, onnx_fp32, onnx_int8]": (
+            "  variants: [prune_unstructured, onnx_int8]"  # one pruned, and the one registration serves
+        ),
     }
     text = params.read_text()
     for full, short in shorter.items():
@@ -51,7 +53,7 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     headline = json.loads((project / "metrics/evaluate.json").read_text())
     assert headline["test"]["fusion"]["mae"] == round(metrics["test"]["fusion"]["mae"], 4)
     compression = json.loads((project / "reports/compression.json").read_text())
-    assert set(compression["variants"]) == {"int8", "prune_unstructured"}
+    assert set(compression["variants"]) == {"prune_unstructured", "onnx_int8"}
     report = json.loads((project / "reports/validation.json").read_text())
     assert report["success"] is True and report["n_samples"] == 200
     assert (project / "reports/data_docs/index.html").is_file()
@@ -84,7 +86,7 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     after = run([str(BIN / "dvc"), "repro"], cwd=project)
     for stage in ("validate", "featurize", "train"):
         assert f"Running stage '{stage}'" not in after.stdout, after.stdout
-    assert "Running stage 'compress'" in after.stdout and "compress: int8" in after.stdout, after.stdout
+    assert "Running stage 'compress'" in after.stdout and "compress: prune_unstructured" in after.stdout, after.stdout
     assert {k: v for k, v in _hashes(project).items() if not k.startswith("compress:")} == {
         k: v for k, v in lock.items() if not k.startswith("compress:")
     }
