@@ -213,8 +213,7 @@ def predict(
     chunks: dict[str, list] = {}
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         for part in rows.split(EVAL_BATCH):
-            batch = trim_padding({k: v[part] for k, v in tensors.items()})
-            batch = {k: v.contiguous().to(device) for k, v in batch.items()}  # views; int8 lookups need contiguous ids
+            batch = {k: v.to(device) for k, v in trim_padding({k: v[part] for k, v in tensors.items()}).items()}
             presence = model.presence(batch)
             for head, prediction in model(batch).items():
                 chunks.setdefault(head, []).append((prediction.float().cpu(), presence[head].cpu()))
