@@ -43,7 +43,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
-from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -103,10 +102,7 @@ def project_text_path(
     )  # fmt: skip
     encoded = encode_texts(tokenizer, texts, state)
     input_ids, attention = encoded["text.input_ids"], encoded["text.attention_mask"]
-    import transformers
-
-    with mock.patch.object(transformers.AutoModel, "from_pretrained", lambda *args, **kwargs: model):
-        return token_states(path, input_ids, attention, params, progress=False), attention
+    return token_states(model, input_ids, attention, batch_size=params.batch_size), attention
 
 
 def cosine_check(states: np.ndarray, attention: np.ndarray, embeddings: np.ndarray) -> float:

@@ -103,6 +103,23 @@ class ModelParams(Section):
     textcnn: TextCNNParams = TextCNNParams()
 
 
+class AugmentParams(Section):
+    """Training-time augmentation (Robust-MSA's noisy and missing inputs, seen while learning); 0 turns each off."""
+
+    modality_dropout: float = Field(
+        0.0, ge=0, lt=1, description="chance that a training sample loses each modality it has (one always stays)"
+    )
+    token_dropout: float = Field(
+        0.0, ge=0, lt=1, description="chance that each real token is masked out (one per text always stays)"
+    )
+    feature_noise: float = Field(
+        0.0,
+        ge=0,
+        description="std of Gaussian noise on audio/vision frames (train-std units) and on image pixels "
+        "(fraction of the 0-255 range)",
+    )
+
+
 class TrainParams(Section):
     out: Path = Field(Path("models/trained"), description="model, checkpoints and training history")
     modalities: tuple[Modality, ...] | None = Field(None, description="null: every modality the dataset declares")
@@ -124,6 +141,7 @@ class TrainParams(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 (or fp16) autocast on CUDA, fp32 elsewhere"
     )
+    augment: AugmentParams = AugmentParams()
 
     @model_validator(mode="after")
     def _weights_non_negative(self) -> TrainParams:
@@ -158,6 +176,63 @@ class EvaluateParams(Section):
         if plots == figures or plots in figures.parents or figures in plots.parents:
             raise ValueError("plots and figures must be separate directories, neither inside the other")
         return self
+
+
+Perturbation = Literal[
+    "text_word_deletion", "text_word_replacement", "text_typos", "text_sentence_shuffle",
+    "image_blur", "image_noise", "image_occlusion",
+    "audio_noise", "audio_frame_drop", "audio_mute", "vision_noise", "vision_frame_drop", "vision_mute",
+    "missing_text", "missing_image", "missing_audio", "missing_vision",
+]  # fmt: skip
+
+
+def _default_perturbations() -> dict[str, tuple[float, ...]]:
+    text, share = (0.1, 0.3, 0.5), (0.25, 0.5, 1.0)
+    sequences = {"noise": (0.25, 0.5, 1.0), "frame_drop": (0.25, 0.5, 0.75), "mute": share}
+    return {
+        "text_word_deletion": text,
+        "text_word_replacement": text,
+        "text_typos": text,
+        "text_sentence_shuffle": share,
+        "image_blur": (0.02, 0.05, 0.1),
+        "image_noise": (0.05, 0.1, 0.2),
+        "image_occlusion": (0.25, 0.5, 0.75),
+        **{f"{m}_{name}": values for m in ("audio", "vision") for name, values in sequences.items()},
+        **{f"missing_{m}": share for m in ("text", "image", "audio", "vision")},
+    }
+
+
+class RobustnessParams(Section):
+    """Every head scored on one split under perturbed inputs (components.perturbations says what each severity
+    means); severity 0, the clean score, is always included."""
+
+    report: Path = Field(Path("reports/robustness.json"), description="every head's metrics per perturbation")
+    plots: Path = Field(Path("metrics/robustness"), description="plot data for `dvc plots`, committed to git")
+    figure: Path = Field(Path("reports/robustness.png"), description="metric against severity, a line per head")
+    split: Literal["valid", "test"] = Field("test", description="the split perturbed and scored")
+    metric: str | None = Field(None, description="the metric plotted and gated on; null: acc2 (accuracy if classes)")
+    seed: int = Field(0, ge=0, description="seeds every perturbation (per sample: the same draws at every severity)")
+    perturbations: dict[Perturbation, tuple[float, ...]] = Field(
+        default_factory=_default_perturbations, description="perturbation -> severities"
+    )
+    device: str = Field("auto", description="auto (cuda, mps, cpu), or a torch device string")
+
+    @field_validator("perturbations")
+    @classmethod
+    def _severities(cls, perturbations: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+        for name, severities in perturbations.items():
+            if not severities or any(not 0 < s <= 1 for s in severities) or len(set(severities)) != len(severities):
+                raise ValueError(f"{name}: severities must be distinct numbers in (0, 1], got {list(severities)}")
+        return {name: tuple(sorted(severities)) for name, severities in perturbations.items()}
+
+
+class RobustnessGate(Section):
+    """The gate's robustness condition: under one perturbation, the challenger may score at most `max_drop`
+    points below the champion (in robustness.metric, of the monitored head)."""
+
+    perturbation: Perturbation
+    severity: float = Field(gt=0, le=1)
+    max_drop: float = Field(ge=0, description="percentage points")
 
 
 CompressVariant = Literal["int8", "prune_unstructured", "prune_structured", "onnx_fp32", "onnx_int8"]
@@ -199,6 +274,9 @@ class RegisterParams(Section):
         description="what the registered model serves: auto, the fastest at batch 1 of the uncompressed model and "
         "the variants compress kept; baseline, the uncompressed torch model; or a kept variant by name",
     )
+    robustness: RobustnessGate | None = Field(
+        None, description="null: the gate compares clean test scores only; else also this perturbed score"
+    )
 
 
 class ServeParams(Section):
@@ -230,6 +308,7 @@ class StageTimeouts(Section):
     featurize: int = Field(3600, ge=1)
     train: int = Field(86400, ge=1)
     evaluate: int = Field(3600, ge=1)
+    robustness: int = Field(3600, ge=1)
     compress: int = Field(7200, ge=1)
     register_: int = Field(1800, ge=1, alias="register", description="includes waiting for the registry lock")
 
@@ -261,10 +340,21 @@ class Params(Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    robustness: RobustnessParams = RobustnessParams()
     compress: CompressParams = CompressParams()
     registry: RegisterParams = Field(RegisterParams(), alias="register")  # `register` would shadow ABC.register
     serve: ServeParams = ServeParams()
     pipeline: PipelineParams = PipelineParams()
+
+    @model_validator(mode="after")
+    def _robustness_plots_apart(self) -> Params:
+        """robustness.plots is replaced as a whole: it must not hold, or lie in, what evaluate writes."""
+        ours = self.robustness.plots.resolve()
+        for key, theirs in (("evaluate.plots", self.evaluate.plots), ("evaluate.figures", self.evaluate.figures)):
+            theirs = theirs.resolve()
+            if ours == theirs or ours in theirs.parents or theirs in ours.parents:
+                raise ValueError(f"robustness.plots and {key} must be separate directories, neither inside the other")
+        return self
 
 
 # Settings that say where files go and how fast work runs, never what a stage computes (YAML keys; a section name
@@ -286,6 +376,10 @@ RUNTIME_SETTINGS = frozenset(
         "evaluate.plots",
         "evaluate.figures",
         "evaluate.device",
+        "robustness.report",
+        "robustness.plots",
+        "robustness.figure",
+        "robustness.device",
         "compress.out",
         "compress.headline",
         "compress.report",

@@ -22,7 +22,6 @@ test, or valid when test is not evaluated.
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from components.config import ConfigError, EvaluateParams
 from components.devices import pick_device
 from components.errors import DataError, TrainingError
 from components.featurize import FEATURES, load_features
+from components.figures import grid, png
 from components.metrics import classification_metrics, metrics_for, primary_metric
 from components.model_store import Monitor, load_trained, model_inputs, predict, read_card, read_history, split_rows
 
@@ -256,26 +256,8 @@ def _write_images(
     write_bytes(staging / CURVES_PNG, _curves_png(history, heads, monitor, metric))
 
 
-def _grid(panels: int, width: float = 3.4, height: float = 3.2) -> tuple[Any, list]:
-    from matplotlib.figure import Figure  # matplotlib is imported only when plotting
-
-    cols = min(panels, 4)
-    rows = math.ceil(panels / cols)
-    figure = Figure(figsize=(width * cols, height * rows), layout="constrained")
-    axes = figure.subplots(rows, cols, squeeze=False).flatten().tolist()
-    for ax in axes[panels:]:
-        ax.set_visible(False)
-    return figure, axes[:panels]
-
-
-def _png(figure: Any) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
-
-
 def _scatter_png(split: str, outputs: dict[str, HeadOutput]) -> bytes:
-    figure, axes = _grid(len(outputs))
+    figure, axes = grid(len(outputs))
     for ax, (head, out) in zip(axes, outputs.items(), strict=True):
         low = float(min(out.label.min(), out.prediction.min()))
         high = float(max(out.label.max(), out.prediction.max()))
@@ -285,12 +267,12 @@ def _scatter_png(split: str, outputs: dict[str, HeadOutput]) -> bytes:
         ax.set_xlabel("label")
         ax.set_ylabel("prediction")
     figure.suptitle(f"predicted vs true ({split})")
-    return _png(figure)
+    return png(figure)
 
 
 def _confusion_png(split: str, outputs: dict[str, HeadOutput], kind: str, classes: tuple[str, ...]) -> bytes:
     names = _class_names(kind, classes)
-    figure, axes = _grid(len(outputs))
+    figure, axes = grid(len(outputs))
     for ax, (head, out) in zip(axes, outputs.items(), strict=True):
         matrix = np.asarray(_confusion(out, kind, classes)[2])
         ax.imshow(matrix, cmap="Blues")
@@ -307,11 +289,11 @@ def _confusion_png(split: str, outputs: dict[str, HeadOutput], kind: str, classe
         ax.set_xlabel("predicted")
         ax.set_ylabel("actual")
     figure.suptitle(f"confusion matrix ({split})")
-    return _png(figure)
+    return png(figure)
 
 
 def _curves_png(history: list[dict], heads: tuple[str, ...], monitor: Monitor, metric: str) -> bytes:
-    figure, (loss_ax, valid_ax) = _grid(2, width=5.0, height=3.6)
+    figure, (loss_ax, valid_ax) = grid(2, width=5.0, height=3.6)
     epochs = [entry["epoch"] for entry in history]
     for head in heads:
         loss = [entry["train_loss"].get(head, math.nan) for entry in history]
@@ -333,4 +315,4 @@ def _curves_png(history: list[dict], heads: tuple[str, ...], monitor: Monitor, m
         ax.set(title=title, xlabel="epoch", ylabel=ylabel)
         ax.xaxis.get_major_locator().set_params(integer=True)
     loss_ax.legend(fontsize=8)
-    return _png(figure)
+    return png(figure)

@@ -217,9 +217,9 @@ def _text_features(
     encoded = encode_texts(load_tokenizer(path), dataset.samples["text"].tolist(), state)
     tensors |= encoded
     if params.token_states:
-        tensors["text.states"] = token_states(
-            path, encoded["text.input_ids"], encoded["text.attention_mask"], params, progress
-        )
+        transformer = text_transformer(path, params.device)
+        ids, mask = encoded["text.input_ids"], encoded["text.attention_mask"]
+        tensors["text.states"] = token_states(transformer, ids, mask, batch_size=params.batch_size, progress=progress)
     return state
 
 
@@ -281,34 +281,39 @@ def _used(mask: np.ndarray, others: tuple[int, ...]) -> int:
     return int(np.flatnonzero(mask.any(others)).max(initial=0)) + 1
 
 
-def token_states(
-    path: Path, input_ids: np.ndarray, attention: np.ndarray, params: FeaturizeParams, progress: bool
-) -> np.ndarray:
-    """Last hidden states of the frozen transformer, float16 [N, L, H], zero at padding.
-
-    Texts run longest first in batches trimmed to their own longest text, so little time goes into padding.
-    """
-    import torch
-    from tqdm.auto import tqdm
+def text_transformer(path: Path, device: str = "auto"):
+    """The frozen transformer in `path`, in eval mode on `device` (auto: cuda, then mps, then cpu)."""
     from transformers import AutoModel
     from transformers.utils import logging as transformers_logging
 
     from components.devices import pick_device
 
     transformers_logging.disable_progress_bar()  # its per-weight loading bar is noise beside ours
-    device = pick_device(params.device)
-    model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+    return AutoModel.from_pretrained(path, local_files_only=True).to(pick_device(device)).eval()
+
+
+def token_states(
+    transformer, input_ids: np.ndarray, attention: np.ndarray, *, batch_size: int, progress: bool = False
+) -> np.ndarray:
+    """Last hidden states of the frozen `transformer`, float16 [N, L, H], zero at padding.
+
+    Texts run longest first in batches trimmed to their own longest text, so little time goes into padding.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    device = next(transformer.parameters()).device
     lengths = attention.sum(1)
     order = np.argsort(-lengths, kind="stable")
-    states = np.zeros((*input_ids.shape, model.config.hidden_size), np.float16)
-    batches = range(0, len(order), params.batch_size)
+    states = np.zeros((*input_ids.shape, transformer.config.hidden_size), np.float16)
+    batches = range(0, len(order), batch_size)
     with torch.inference_mode():
         for start in tqdm(batches, desc="token states", unit="batch", disable=None if progress else True, leave=False):
-            rows = order[start : start + params.batch_size]
+            rows = order[start : start + batch_size]
             width = int(lengths[rows].max())
             ids = torch.from_numpy(input_ids[rows, :width]).to(device)
             mask = torch.from_numpy(attention[rows, :width]).to(device)
-            hidden = model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+            hidden = transformer(input_ids=ids, attention_mask=mask.long()).last_hidden_state
             hidden = hidden.masked_fill(~mask[..., None], 0)
             states[rows, :width] = hidden.to(torch.float16).cpu().numpy()
     return states

@@ -31,7 +31,7 @@ import pandas as pd
 import yaml
 
 from components import tracking
-from components.config import Params
+from components.config import Params, RobustnessGate
 from components.dataset import SEQUENCE_MODALITIES, Dataset, read_dataset, read_manifest
 from components.errors import TrackingError
 from components.lineage import Lineage, lineage
@@ -149,6 +149,13 @@ def register(
     card = model_store.read_card(params.train.out)
     metrics = _read_json(params.evaluate.report, "run `msa evaluate`")
     compression = _read_json(params.compress.report, "run `msa compress`") if params.compress.report.exists() else {}
+    robust = params.robustness.report
+    robust = _read_json(robust, "run `msa robustness`") if robust.exists() or params.registry.robustness else {}
+    if robust and robust.get("model_digest") != model_store.digest(params.train.out):
+        raise TrackingError(
+            f"{params.robustness.report} scores another model than {params.train.out}: run `msa robustness`. "
+            "Nothing was registered"
+        )
     head, (metric, _) = card.monitor.head, primary_metric(state.label_kind)
     if "test" not in metrics or head not in metrics["test"]:
         raise TrackingError(f"{params.evaluate.report}: no test metrics for head {head!r}: evaluate the test split")
@@ -174,7 +181,15 @@ def register(
         if champion is not None:
             champion_score = _champion_score(champion, name, dataset, test_split, metric, force_gate_rescore)
         promoted, decision = gate(state.label_kind, score, champion, champion_score, params.registry.margin)
-        text = model_card(context.tags, dataset.manifest.synthetic, card, metrics, compression, variant or "baseline")
+        robust_tag = robustness_tag(dataset, robust) if robust else "none"
+        if params.registry.robustness is not None:
+            holds, why = robustness_gate(
+                params.registry.robustness, robust, head, robust_tag, champion, _run_metrics(client, champion)
+            )
+            promoted, decision = promoted and holds, decision + why
+        text = model_card(
+            context.tags, dataset.manifest.synthetic, card, metrics, compression, variant or "baseline", robust
+        )
         client.log_text(run_id, text, "model_card.md")
         with mlflow.start_run(run_id=run_id):  # log_model logs into the active run; registration ends the run
             info = mlflow.pyfunc.log_model(
@@ -193,6 +208,7 @@ def register(
                 "msa.champion_score": "none" if champion_score is None else f"{champion_score:.6g}",
                 "msa.decision": decision,
                 "msa.variant": variant or "baseline",
+                "msa.robustness": robust_tag,
                 **context.tags,  # the lineage, so a later run can tell it would train the same model
                 **({"msa.model_digest": model_digest} if model_digest else {}),
             }
@@ -246,6 +262,10 @@ def record_and_register(
         log.close("FINISHED")
         e = params.evaluate
         tracking.log_evaluation(client, run_id, card.spec, metrics, e.report, e.plots, e.figures)
+        r = params.robustness
+        if r.report.exists():
+            robust = _read_json(r.report, "run `msa robustness`")
+            tracking.log_robustness(client, run_id, card.spec, robust, r.report, r.plots, r.figure)
         if params.compress.report.exists():
             report = _read_json(params.compress.report, "run `msa compress`")
             tracking.log_compression(client, run_id, report, params.compress.report, params.compress.tolerance)
@@ -278,6 +298,54 @@ def gate(kind: str, score: float, champion: Any, champion_score: float | None, m
         False,
         f"{metric} {score:.4f} does not beat champion v{champion.version}'s {champion_score:.4f} by more than {margin}",
     )
+
+
+def robustness_tag(dataset: Dataset, report: Mapping[str, Any]) -> str:
+    """What a robustness score was measured on: split, its fingerprint and the perturbations' seed. Two versions'
+    `robust_*` metrics compare only when their tags are equal."""
+    return f"{report['split']}:{split_fingerprint(dataset, report['split'])}:seed{report['seed']}"
+
+
+def robustness_gate(
+    condition: RobustnessGate,
+    report: Mapping[str, Any],
+    head: str,
+    tag: str,
+    champion: Any,
+    champion_metrics: Mapping[str, float],
+) -> tuple[bool, str]:
+    """(holds?, why, to append to the clean gate's decision): under `condition`'s perturbation and severity, the
+    challenger's robustness metric of `head` may be at most `max_drop` points below the champion's."""
+    from components.robustness import severity_key
+
+    name, severity, metric = condition.perturbation, severity_key(condition.severity), report["metric"]
+    ours = report["perturbations"].get(name, {}).get("severities", {}).get(severity, {}).get(head, {}).get(metric)
+    setting = f"{name} {severity}"
+    if ours is None:
+        raise TrackingError(
+            f"register.robustness asks for {setting}, which the robustness report has no {head} {metric} for: add "
+            "the severity to robustness.perturbations and run `msa robustness`. Nothing was registered"
+        )
+    if champion is None:
+        return True, ""
+    theirs = champion_metrics.get(f"robust_{name}_{severity}_{metric}")
+    if theirs is None or (champion.tags or {}).get("msa.robustness") != tag:
+        return True, f"; robustness condition not applied: champion v{champion.version} has no {setting} score on {tag}"
+    drop = 100 * (theirs - ours)
+    if drop > condition.max_drop:
+        return False, (
+            f"; but under {setting} its {metric} {100 * ours:.1f} is {drop:.1f} points below champion "
+            f"v{champion.version}'s (register.robustness allows {condition.max_drop})"
+        )
+    return (
+        True,
+        f"; under {setting}: {100 * (ours - theirs):+.1f} points against champion v{champion.version} "
+        f"(register.robustness allows -{condition.max_drop})",
+    )
+
+
+def _run_metrics(client: Any, version: Any) -> dict[str, float]:
+    return dict(client.get_run(version.run_id).data.metrics) if version is not None and version.run_id else {}
 
 
 def split_fingerprint(dataset: Dataset, split: str) -> str:
@@ -332,7 +400,13 @@ def model_signature(spec: ModelSpec) -> Any:
 
 
 def model_card(
-    tags: Mapping[str, str], synthetic: bool, card: Any, metrics: dict, compression: dict, served: str = "baseline"
+    tags: Mapping[str, str],
+    synthetic: bool,
+    card: Any,
+    metrics: dict,
+    compression: dict,
+    served: str = "baseline",
+    robust: Mapping[str, Any] | None = None,
 ) -> str:
     """Markdown for the run's `model_card.md`; `tags` are the run's (`run_tags`): dataset, data hash, commit."""
     head, dataset, version = card.monitor.head, tags["dataset"], tags["dataset_version"]
@@ -367,6 +441,8 @@ def model_card(
                 f"| {variant} | {f['size_bytes'] / 1e6:.1f} | {f['nonzero_params']:,} | {f['latency_ms_p50']:.1f} | "
                 f"{f['throughput_per_s']:.0f} | {_fmt(f.get('drop_points', 0.0))} | {f.get('kept', True)} |"
             )
+    if robust:
+        lines += ["", *_robustness_section(robust, head)]
     lines += [
         "",
         "## Intended use",
@@ -389,6 +465,31 @@ def model_card(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _robustness_section(report: Mapping[str, Any], head: str) -> list[str]:
+    """The monitored head's robustness metric under each perturbation, in points, and its drop at the middle
+    severity: what the model loses when its inputs are noisy or missing."""
+    metric = report["metric"]
+    clean = report["clean"][head][metric]
+    lines = [
+        f"## Robustness ({report['split']} split, {metric} of `{head}` in points, clean {100 * clean:.1f})",
+        "",
+        "Inputs perturbed at each severity (components/perturbations.py, seed "
+        f"{report['seed']}); the drop is at the middle severity.",
+        "",
+        "| perturbation | severities: score | drop (points) |",
+        "|---|---|---|",
+    ]
+    for name, entry in report["perturbations"].items():
+        severities = entry["severities"]
+        scores = {s: v.get(head, {}).get(metric) for s, v in severities.items()}
+        middle = scores[list(scores)[len(scores) // 2]]
+        cells = ", ".join(f"{s}: {'n/a' if v is None else f'{100 * v:.1f}'}" for s, v in scores.items())
+        drop = "n/a" if middle is None else f"{100 * (clean - middle):.1f}"
+        lines.append(f"| {name} | {cells} | {drop} |")
+    lines += [f"- skipped: {why}" for why in report.get("skipped", [])]
+    return lines
 
 
 def _champion(client: Any, name: str) -> Any | None:

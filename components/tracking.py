@@ -357,6 +357,41 @@ def log_evaluation(
             client.log_artifacts(parent, str(directory), artifacts)
 
 
+def log_robustness(
+    client: Any, parent: str, spec: Any, report: Mapping, report_path: Path, plots: Path, figure: Path
+) -> None:
+    """`robust_<perturbation>_<severity>_<metric>` of every head on its run, the monitored head's on the parent; the
+    report, and the plot data and figure as `plots/robustness/` and `plots/images/`."""
+    from components.model_store import monitored_head
+
+    kind = spec.label.kind
+    for head in spec.heads:
+        run_id = child_run(client, parent, "head", head, {HEAD: head})  # opened by training, ended by evaluate
+        log_numbers(client, run_id, robustness_metrics(report, head, kind))
+        client.set_terminated(run_id, "FINISHED")
+    log_numbers(client, parent, robustness_metrics(report, monitored_head(spec), kind))
+    client.log_artifact(parent, str(report_path), "reports")
+    if Path(plots).is_dir():
+        client.log_artifacts(parent, str(plots), "plots/robustness")
+    if Path(figure).is_file():
+        client.log_artifact(parent, str(figure), "plots/images")
+
+
+def robustness_metrics(report: Mapping, head: str, kind: str) -> dict[str, float]:
+    """The robustness metric and the primary one (`robust_text_typos_0.3_acc2`) of `head` under each setting."""
+    from components.metrics import primary_metric
+
+    keys = dict.fromkeys((report["metric"], primary_metric(kind)[0]))
+    return {
+        f"robust_{name}_{severity}_{key}": scores[head][key]
+        for name, entry in report["perturbations"].items()
+        for severity, scores in entry["severities"].items()
+        if head in scores
+        for key in keys
+        if key in scores[head]
+    }
+
+
 def start_variant_runs(client: Any, parent: str, variants: Iterable[str]) -> None:
     """Open a run per compression variant when compression starts, so that its duration is the stage's."""
     for variant in variants:

@@ -6,9 +6,10 @@ and the flows do); `resume=True` insists on one, `resume=False` starts over.
 
 Several processes: launch with `torchrun --nproc_per_node N --no-python msa train`. torch DDP averages gradients;
 `train.batch_size` stays the global batch (each rank takes batch_size / N), and ranks draw disjoint slices of the
-same seeded permutation. Each rank draws its own random stream (dropout), derived from (seed, epoch, rank), so:
-- without randomness in the model (dropout 0) N processes take the same steps as one, up to float rounding of the
-  gradient all-reduce;
+same seeded permutation. Each rank draws its own random stream (dropout, `train.augment`), derived from (seed,
+epoch, rank), so:
+- without randomness in the model (dropout 0, augmentation off) N processes take the same steps as one, up to
+  float rounding of the gradient all-reduce;
 - with it, N processes are a different draw of the same distribution of results as one: rank 0's stream is the
   single process's, the other ranks' are independent of it. The streams restart from (seed, epoch, rank) every
   epoch, so a resumed run continues exactly as the uninterrupted one would have.
@@ -35,6 +36,7 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from components.atomic import write_bytes
+from components.augmentation import augment, enabled
 from components.config import ConfigError, ModelParams, TrainParams, runtime_keys
 from components.devices import autocast_dtype, pick_device
 from components.errors import TrainingError, TrainingInterrupted
@@ -260,6 +262,7 @@ def train(
             dynamic_ncols=True,
         )
         trained_samples, train_seconds = 0, 0.0
+        augmenting = enabled(params.augment)  # drawn from the per-epoch stream seeded below, like dropout
         with _deterministic(device), bar, _interrupt_says_where(progress_state, checkpoint, last_epoch):
             for epoch in range(progress_state["epoch"] + 1, last_epoch + 1):
                 epoch_start = time.perf_counter()
@@ -269,7 +272,10 @@ def train(
                 step_losses, step_sizes = [], []  # read once per epoch: a read per step waits for the step to end
                 for step, rows in enumerate(train_rows[torch.tensor(list(sampler))].split(local_batch), start=1):
                     batch = trim_padding({k: v[rows] for k, v in tensors.items()})
-                    loss, losses, norm = stepper.step({k: v.to(device, non_blocking=True) for k, v in batch.items()})
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    if augmenting:  # training batches only: validation and compression's fine-tune see clean ones
+                        batch = augment(batch, spec, params.augment)
+                    loss, losses, norm = stepper.step(batch)
                     # The clipped norm is already reduced across ranks, so every rank stops at the same step.
                     if not torch.isfinite(norm) and amp != torch.float16:
                         kept = f"the last good checkpoint ({checkpoint}, epoch {progress_state['epoch']}) is kept"

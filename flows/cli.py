@@ -297,6 +297,17 @@ def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
 
 
 @app.command()
+def robustness(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Every head on robustness.split under each perturbation and severity of robustness.perturbations ->
+    robustness.report, its plot data (robustness.plots) and figure."""
+    from components.robustness import robustness as score_robustness  # torch and transformers: only when used
+
+    p = load_params(params)
+    result = score_robustness(p.data.raw, p.featurize.out, p.train.out, p.robustness)
+    out.print(result.summary(), markup=False)
+
+
+@app.command()
 def compress(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """int8 quantization and magnitude pruning of the trained model, each measured against it -> compress.out."""
     from components.compression import compress as compress_model  # torch: only the commands that need it pay

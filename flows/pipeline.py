@@ -1,5 +1,5 @@
-"""The Prefect flows: `pipeline` (validate -> featurize -> train -> evaluate -> compress -> register) and `train`,
-the step that wants a GPU, which the pipeline runs in-process or dispatches to the GPU work pool.
+"""The Prefect flows: `pipeline` (validate -> featurize -> train -> evaluate -> robustness -> compress -> register)
+and `train`, the step that wants a GPU, which the pipeline runs in-process or dispatches to the GPU work pool.
 
 The pipeline opens its MLflow run when validation starts and every stage logs into it as it ends. Training, on
 whichever machine it runs, logs into the same run through the tracking server and uploads the model there; the
@@ -79,6 +79,7 @@ def pipeline(params: str = "params.yaml", force: bool = False) -> Registration |
             training(run_id, params, restart=force)
         digest = tasks.with_retries(tasks.fetch_model, p, timeouts.register_)(p, run_id)
         tasks.with_timeout(tasks.evaluate, timeouts.evaluate)(p, run_id)
+        tasks.with_timeout(tasks.robustness, timeouts.robustness)(p, run_id)
         tasks.with_timeout(tasks.compress, timeouts.compress)(p, run_id)
         return tasks.with_retries(tasks.register, p, timeouts.register_)(p, run_id, context, digest, force)
 

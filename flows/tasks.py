@@ -183,6 +183,31 @@ def evaluate(params: Params, run_id: str) -> list[dict]:
     return rows
 
 
+@task(name="robustness")
+def robustness(params: Params, run_id: str) -> list[dict]:
+    from components.model_store import read_card
+    from components.robustness import robustness as score_robustness
+
+    r = params.robustness
+    result = score_robustness(params.data.raw, params.featurize.out, params.train.out, r, progress=SHOW_PROGRESS)
+    with tracking.connected(params.registry) as client:
+        spec = read_card(params.train.out).spec
+        tracking.log_robustness(client, run_id, spec, result.scores, result.report, result.plots, result.figure)
+    rows = [
+        {"perturbation": name, "severity": severity}
+        | {head: round(100 * values[result.metric], 2) for head, values in heads.items() if result.metric in values}
+        for name, entry in result.scores["perturbations"].items()
+        for severity, heads in entry["severities"].items()
+    ]
+    create_table_artifact(
+        key="msa-robustness",
+        table=rows,
+        description=f"{result.split} {result.metric} (points) of every head under each perturbation ({result.report})",
+    )
+    get_run_logger().info(result.summary())
+    return rows
+
+
 @task(name="compress")
 def compress(params: Params, run_id: str) -> list[dict]:
     from components.compression import compress as compress_model

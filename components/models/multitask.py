@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -100,7 +100,11 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleDict({h: prediction_layer(hidden, outputs, dropout) for h in spec.heads})
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        representations = self._represent(batch)
+        return self.heads_from(self.represent(batch), batch)
+
+    def heads_from(self, representations: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Fusion and every head's prediction from the encoders' representations (`batch` gives the presence)."""
+        representations = dict(representations)
         if self.fusion is not None:
             representations["fusion"] = self.fusion(representations, self.modality_presence(batch))
         outputs = {head: layer(representations[head]) for head, layer in self.heads.items()}
@@ -108,20 +112,23 @@ class MultiTaskModel(nn.Module):
             outputs = {head: out.squeeze(-1) for head, out in outputs.items()}
         return outputs
 
-    def _represent(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Encoder name -> representation [B, hidden]."""
+    def represent(self, batch: Mapping[str, Tensor], modalities: Collection[str] | None = None) -> dict[str, Tensor]:
+        """Encoder name -> representation [B, hidden], of the encoders of `modalities` (None: all).
+
+        What a perturbation of one modality changes: robustness reruns only its encoders.
+        """
         out: dict[str, Tensor] = {}
-        if self.token_states is not None:
+        if self.token_states is not None and (modalities is None or "text" in modalities):
             states, mask = self.token_states(batch), batch["text.attention_mask"]
             for m in self.spec.text.models:
                 if m == "han":
                     out[m] = self.encoders[m](states, batch["text.sentence_index"], batch["text.sentence_mask"])
                 else:
                     out[m] = self.encoders[m](states, mask)
-        if "image" in self.encoders:
+        if "image" in self.encoders and (modalities is None or "image" in modalities):
             out["image"] = self.encoders["image"](batch["image.pixels"])
         for m in SEQUENCE_MODALITIES:
-            if m in self.encoders:
+            if m in self.encoders and (modalities is None or m in modalities):
                 out[m] = self.encoders[m](batch[f"{m}.features"], batch[f"{m}.mask"])
         return out
 

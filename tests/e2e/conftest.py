@@ -43,11 +43,12 @@ def write_params(root: Path, text_model: Path, **sections: dict) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> Path:
-    """A project directory where featurize, train, evaluate and compress have run on the tiny dataset."""
+    """A project directory where featurize, train, evaluate, robustness and compress have run on the tiny dataset."""
     from components.compression import compress
     from components.config import load_params
     from components.evaluation import evaluate
     from components.featurize import featurize
+    from components.robustness import robustness
     from components.training import train
 
     root = tmp_path_factory.mktemp("project")
@@ -58,6 +59,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path
         featurize(p.data.raw, p.featurize, progress=False)
         train(p.featurize.out, p.model, p.train, progress=False)
         evaluate(p.featurize.out, p.train.out, p.evaluate, progress=False)
+        robustness(p.data.raw, p.featurize.out, p.train.out, p.robustness, progress=False)
         compress(p.featurize.out, p.train.out, p.compress, p.train, progress=False)
     return root
 

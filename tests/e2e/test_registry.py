@@ -73,6 +73,7 @@ def test_first_model_is_champion_runs_line_up_and_a_weaker_one_stays_challenger(
     assert {"model_card.md", "reports", "plots"} <= artifacts
     card = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/model_card.md")
     assert "## Intended use" in card and "## Limits" in card and "## Compression" in card
+    assert "## Robustness (test split, acc2 of `fusion` in points" in card and "| missing_audio | 0.25: " in card
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=50
     )
@@ -81,6 +82,14 @@ def test_first_model_is_champion_runs_line_up_and_a_weaker_one_stays_challenger(
     assert {"int8", "unstructured prune", "structured prune", "train"} <= names
     heads = [r for r in children if r.data.tags.get("msa.kind") == "head"]
     assert all({"test_mae", "test_acc2", "valid_mae", "test_corr"} <= r.data.metrics.keys() for r in heads)
+    robust = json.loads((tiny_project / "reports" / "robustness.json").read_text())
+    fusion_under = robust["perturbations"]["missing_text"]["severities"]["1"]["fusion"]
+    by_name = {r.info.run_name: r.data.metrics for r in heads}
+    assert by_name["fusion"]["robust_missing_text_1_acc2"] == pytest.approx(fusion_under["acc2"])
+    assert by_name["fusion"]["robust_text_typos_0.3_mae"] > 0 and "robust_missing_text_1_mae" not in by_name["lstm"]
+    assert parent.data.metrics["robust_image_blur_0.1_acc2"] == by_name["fusion"]["robust_image_blur_0.1_acc2"]
+    images = {a.path for a in client.list_artifacts(parent.info.run_id, "plots/images")}
+    assert "plots/images/robustness.png" in images
     variants = [r for r in children if r.data.tags.get("msa.kind") == "variant"]
     assert len(variants) == 5 and all("test_mae" in r.data.metrics for r in variants)
     # The params that tell them apart, for the compare view.
@@ -114,6 +123,17 @@ def test_first_model_is_champion_runs_line_up_and_a_weaker_one_stays_challenger(
     assert client.get_model_version_by_alias("gate", "challenger").version == "2"
     tags = client.get_model_version("gate", "2").tags
     assert tags["msa.champion_before"] == "1" and tags["msa.champion_score"] == champion.tags["msa.score"]
+
+    # With a robustness condition the gate also compares the champion's score under the named perturbation (the
+    # same model: 0 points lost), recorded on its run, measured on the same split and seed.
+    condition = {"perturbation": "missing_text", "severity": 1.0, "max_drop": 0.0}
+    robust_gate = params_for(tiny_project, "gate", robustness=condition)
+    third = msa(tiny_project, mlflow_server, "register", "--force", "--params", str(robust_gate))
+    assert "version 3 is challenger" in third.stdout
+    assert (
+        "; under missing_text 1: +0.0 points against champion v1 (register.robustness allows -0.0)" in third.stdout
+    ), third.stdout
+    assert client.get_model_version("gate", "3").tags["msa.robustness"] == champion.tags["msa.robustness"]
 
 
 def test_champion_loads_as_pyfunc_and_predicts_raw_rows(tiny_project, mlflow_server, client):

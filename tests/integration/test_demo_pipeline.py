@@ -1,5 +1,6 @@
 """The pipeline as a new user meets it: `msa data demo`, `dvc repro` (validate -> featurize -> train -> evaluate
--> compress) twice, data.dvc stable, a forced re-run deterministic, then `msa run` (the Prefect flow) beside it."""
+-> robustness -> compress) twice, data.dvc stable, a forced re-run deterministic, then `msa run` (the Prefect flow)
+beside it."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     params.write_text(text)
 
     first = run([str(BIN / "dvc"), "repro"], cwd=project)
-    for stage in ("validate", "featurize", "train", "evaluate", "compress"):
+    for stage in ("validate", "featurize", "train", "evaluate", "robustness", "compress"):
         assert f"Running stage '{stage}'" in first.stdout
     assert "train: 2 epochs" in first.stdout
     assert (project / "models/trained/model.safetensors").is_file()
@@ -52,6 +53,10 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     assert set(metrics) == {"valid", "test"} and {"lstm", "image", "fusion"} <= set(metrics["test"])
     headline = json.loads((project / "metrics/evaluate.json").read_text())
     assert headline["test"]["fusion"]["mae"] == round(metrics["test"]["fusion"]["mae"], 4)
+    robust = json.loads((project / "reports/robustness.json").read_text())
+    assert robust["clean"]["fusion"]["acc2"] == pytest.approx(metrics["test"]["fusion"]["acc2"], abs=1e-6)
+    assert set(robust["perturbations"]) == set(yaml.safe_load(params.read_text())["robustness"]["perturbations"])
+    assert len(list((project / "metrics/robustness").glob("*.csv"))) == len(robust["perturbations"])
     compression = json.loads((project / "reports/compression.json").read_text())
     assert set(compression["variants"]) == {"prune_unstructured", "onnx_int8"}
     report = json.loads((project / "reports/validation.json").read_text())

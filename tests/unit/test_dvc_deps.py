@@ -23,7 +23,7 @@ STAGE_COMMAND = re.compile(r"python -m flows.cli (\w+)")
 COMMANDS = {name: match[1] for name, stage in STAGES.items() if (match := STAGE_COMMAND.fullmatch(stage["cmd"]))}
 # The params.yaml sections each stage reads, beyond which it lists single keys (compress fine-tunes like train).
 SECTIONS = {"validate": ["validate"], "featurize": ["featurize"], "train": ["model", "train"],
-            "evaluate": ["evaluate"], "compress": ["compress"]}  # fmt: skip
+            "evaluate": ["evaluate"], "robustness": ["robustness"], "compress": ["compress"]}  # fmt: skip
 DEFAULTS = Params().model_dump(mode="json", by_alias=True)
 
 
@@ -49,7 +49,7 @@ def covered(file: str, deps: list[str]) -> bool:
 
 
 def test_every_msa_stage_is_checked():
-    assert set(COMMANDS.values()) >= {"validate", "featurize", "train", "evaluate", "compress"}
+    assert set(COMMANDS.values()) >= {"validate", "featurize", "train", "evaluate", "robustness", "compress"}
 
 
 def test_the_commands_call_their_stages_components():

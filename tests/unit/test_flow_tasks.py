@@ -19,10 +19,18 @@ from tests.conftest import tiny_dataset
 PIPELINE = PipelineParams(
     retries=4,
     retry_delay=0.5,
-    timeouts={"validate": 11, "featurize": 12, "train": 13, "evaluate": 14, "compress": 15, "register": 16},
+    timeouts={
+        "validate": 11,
+        "featurize": 12,
+        "train": 13,
+        "evaluate": 14,
+        "robustness": 17,
+        "compress": 15,
+        "register": 16,
+    },
 )
 STAGE_TASKS = {"validate": tasks.validate, "featurize": tasks.featurize, "train": tasks.train,
-               "evaluate": tasks.evaluate, "compress": tasks.compress}  # fmt: skip
+               "evaluate": tasks.evaluate, "robustness": tasks.robustness, "compress": tasks.compress}  # fmt: skip
 IO_TASKS = {"register": tasks.register, "lineage": tasks.already_registered}
 
 
