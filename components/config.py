@@ -137,6 +137,9 @@ class TrainParams(Section):
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
     patience: int = Field(5, ge=1, description="epochs without valid improvement before stopping")
     seed: int = Field(0, ge=0, description="seeds the weights, the batch order and every rank's random stream")
+    seeds: int = Field(
+        1, ge=1, description="trainings with seeds seed, seed+1, ...: the best on valid is the model, all are reported"
+    )
     device: str = Field("auto", description="auto (cuda, mps, cpu), or a torch device string")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 (or fp16) autocast on CUDA, fp32 elsewhere"
@@ -155,6 +158,9 @@ class EvaluateParams(Section):
         Path("metrics/evaluate.json"), description="DVC metrics, committed to git: what `dvc exp show` compares"
     )
     report: Path = Field(Path("reports/evaluation.json"), description="every metric of every head on every split")
+    seeds: Path = Field(
+        Path("reports/seeds.json"), description="every metric's mean and std over train.seeds, and each seed's"
+    )
     plots: Path = Field(Path("metrics/plots"), description="plot data for `dvc plots`, committed to git")
     figures: Path = Field(Path("reports/figures"), description="the PNGs: predictions, confusion, training curves")
     splits: tuple[Literal["valid", "test"], ...] = Field(
@@ -373,6 +379,7 @@ RUNTIME_SETTINGS = frozenset(
         "train.device",
         "evaluate.headline",
         "evaluate.report",
+        "evaluate.seeds",
         "evaluate.plots",
         "evaluate.figures",
         "evaluate.device",
@@ -388,6 +395,15 @@ RUNTIME_SETTINGS = frozenset(
         "pipeline",
     }
 )
+
+
+def with_seeds(params: Params, seeds: int | None) -> Params:
+    """`params` with train.seeds set to `seeds` (None: as they are): `msa run --seeds N` for one run."""
+    if seeds is None:
+        return params
+    if seeds < 1:
+        raise ConfigError(f"--seeds: at least 1, got {seeds}")
+    return params.model_copy(update={"train": params.train.model_copy(update={"seeds": seeds})})
 
 
 def runtime_keys(section: str) -> set[str]:

@@ -22,6 +22,7 @@ test, or valid when test is not evaluated.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class EvaluationResult:
     metric: str  # the primary metric of the label kind
     direction: str  # "min" | "max"
     metrics: dict[str, dict[str, dict[str, Any]]]  # what the report holds
+    seeds: dict[str, Any] = field(default_factory=dict)  # what the seeds report holds
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -115,25 +117,14 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
     plotted = "test" if "test" in params.splits else "valid"
     model.to(device)
 
-    metrics: dict[str, dict[str, dict[str, Any]]] = {}
-    outputs: dict[str, HeadOutput] = {}
-    notes: list[str] = []
-    for split in tqdm(params.splits, desc="evaluate", unit="split", disable=None if progress else True):
-        rows = split_rows(split_codes, split)
-        if not len(rows):
-            raise DataError(features / FEATURES, f"split {split!r} has no samples to evaluate (evaluate.splits)")
-        metrics[split] = {}
-        split_labels, split_ids = labels[rows.numpy()], ids[rows.numpy()]
-        for head, (scores, present) in predict(model, tensors, rows, device).items():
-            if not present.any():
-                notes.append(f"{head} skipped on {split}: no sample has its modality")
-                continue
-            label, scores = split_labels[present], scores[present]
-            head_metrics = metrics_for(kind, scores, label, classes)
-            metrics[split][head] = {**head_metrics, "samples": int(present.sum())}
-            if split == plotted:
-                prediction = scores.reshape(-1) if kind == "regression" else scores.argmax(axis=1)
-                outputs[head] = HeadOutput(split_ids[present], label, prediction, head_metrics)
+    metrics, predictions, notes = _score(model, tensors, split_codes, params.splits, device, features, progress)
+    outputs = {
+        head: HeadOutput(
+            ids[rows][present], labels[rows][present], _predicted(kind, scores[present]), metrics[plotted][head]
+        )
+        for head, (rows, scores, present) in predictions[plotted].items()
+    }
+    seeds = _seed_scores(model_dir, card, metrics, tensors, split_codes, params.splits, device, features)
 
     with replace_directory(params.plots, marker=HISTORY_CSV) as staging:
         _write_plot_data(staging, plotted, outputs, kind, classes)
@@ -141,6 +132,7 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
     with replace_directory(params.figures, marker=CURVES_PNG) as staging:
         _write_images(staging, plotted, outputs, kind, classes, history, spec.heads, card.monitor, metric)
     metrics = _numbers_only(metrics)
+    write_json(params.seeds, seeds, nan_as_null=True)
     return EvaluationResult(
         report=write_json(params.report, metrics, nan_as_null=True),
         headline=write_json(
@@ -152,9 +144,91 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
         metric=metric,
         direction=direction,
         metrics=metrics,
+        seeds=seeds,
         notes=notes,
         seconds=time.perf_counter() - start,
     )
+
+
+def _score(
+    model: Any,
+    tensors: dict,
+    split_codes: Any,
+    splits: tuple[str, ...],
+    device: Any,
+    features: Path,
+    progress: bool = False,
+) -> tuple[dict, dict, list[str]]:
+    """Every head's metrics on each split, over the samples that have its modality: (metrics {split: {head:
+    metrics}}, predictions {split: {head: (rows, scores, present)}}, notes)."""
+    spec = model.spec
+    kind, classes = spec.label.kind, spec.label.classes
+    labels = tensors["label"].numpy()
+    metrics: dict[str, dict[str, dict[str, Any]]] = {}
+    predictions: dict[str, dict[str, tuple]] = {}
+    notes: list[str] = []
+    for split in tqdm(splits, desc="evaluate", unit="split", disable=None if progress else True):
+        rows = split_rows(split_codes, split)
+        if not len(rows):
+            raise DataError(features / FEATURES, f"split {split!r} has no samples to evaluate (evaluate.splits)")
+        metrics[split], predictions[split] = {}, {}
+        split_labels = labels[rows.numpy()]
+        for head, (scores, present) in predict(model, tensors, rows, device).items():
+            if not present.any():
+                notes.append(f"{head} skipped on {split}: no sample has its modality")
+                continue
+            metrics[split][head] = {**metrics_for(kind, scores[present], split_labels[present], classes)}
+            metrics[split][head]["samples"] = int(present.sum())
+            predictions[split][head] = (rows.numpy(), scores, present)
+    return metrics, predictions, notes
+
+
+def _predicted(kind: str, scores: np.ndarray) -> np.ndarray:
+    return scores.reshape(-1) if kind == "regression" else scores.argmax(axis=1)
+
+
+def _seed_scores(
+    model_dir: Path,
+    card: Any,
+    metrics: dict,
+    tensors: dict,
+    split_codes: Any,
+    splits: tuple,
+    device: Any,
+    features: Path,
+) -> dict[str, Any]:
+    """The seeds report: every seed's metrics and their mean and std over seeds (MMSA reports results so). One seed
+    (train.seeds 1) is a report of one, std 0."""
+    from components.training import SEEDS, seed_dirs
+
+    dirs = seed_dirs(model_dir)
+    chosen = json.loads((model_dir / SEEDS).read_text())["chosen"] if dirs else None
+    runs = {}
+    for seed, directory in dirs.items():
+        if read_card(directory).featurizer_key != card.featurizer_key:
+            raise TrainingError(f"{directory}: trained on other features than {features}; run `msa train`")
+        runs[str(seed)] = _numbers_only(
+            _score(load_trained(directory).to(device), tensors, split_codes, splits, device, features)[0]
+        )
+    if not runs:
+        runs = {"single": _numbers_only(metrics)}
+    return {
+        "seeds": [int(s) for s in dirs] or None, "chosen": chosen, "selected_by": f"valid {card.monitor.head} "
+        f"{card.monitor.metric}", "mean": _over_seeds(runs, np.mean), "std": _over_seeds(runs, np.std), "runs": runs,
+    }  # fmt: skip
+
+
+def _over_seeds(runs: dict[str, dict], reduce: Any) -> dict:
+    """{split: {head: {metric: reduce over the runs}}} of the scalar metrics every run has."""
+    first = next(iter(runs.values()))
+    out: dict = {}
+    for split, heads in first.items():
+        for head, values in heads.items():
+            for key, value in values.items():
+                if isinstance(value, int | float) and key != "samples":
+                    column = [run[split][head][key] for run in runs.values() if head in run.get(split, {})]
+                    out.setdefault(split, {}).setdefault(head, {})[key] = float(reduce(column))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------

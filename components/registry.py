@@ -187,8 +187,9 @@ def register(
                 params.registry.robustness, robust, head, robust_tag, champion, _run_metrics(client, champion)
             )
             promoted, decision = promoted and holds, decision + why
+        seeds = _read_json(params.evaluate.seeds, "run `msa evaluate`") if params.evaluate.seeds.is_file() else {}
         text = model_card(
-            context.tags, dataset.manifest.synthetic, card, metrics, compression, variant or "baseline", robust
+            context.tags, dataset.manifest.synthetic, card, metrics, compression, variant or "baseline", robust, seeds
         )
         client.log_text(run_id, text, "model_card.md")
         with mlflow.start_run(run_id=run_id):  # log_model logs into the active run; registration ends the run
@@ -209,6 +210,7 @@ def register(
                 "msa.decision": decision,
                 "msa.variant": variant or "baseline",
                 "msa.robustness": robust_tag,
+                "msa.seeds": _seeds_tag(seeds),
                 **context.tags,  # the lineage, so a later run can tell it would train the same model
                 **({"msa.model_digest": model_digest} if model_digest else {}),
             }
@@ -258,10 +260,18 @@ def record_and_register(
         log = tracking.TrainingLog(client, run_id, card.spec, params.train.out)
         for record in history:
             log.log_epoch(record)
+        e = params.evaluate
+        seeds = _read_json(e.seeds, "run `msa evaluate`") if e.seeds.is_file() else {}
+        if seeds.get("seeds"):
+            from components.training import seed_dirs
+
+            for seed, directory in seed_dirs(params.train.out).items():
+                for record in read_history(directory):
+                    log.on_epoch({**record, "seed": seed}, improved=False)
+            log.record_seeds([], {int(s): v for s, v in _seed_record(params)["valid"].items()}, seeds["chosen"])
         log.finish()
         log.close("FINISHED")
-        e = params.evaluate
-        tracking.log_evaluation(client, run_id, card.spec, metrics, e.report, e.plots, e.figures)
+        tracking.log_evaluation(client, run_id, card.spec, metrics, e.report, e.plots, e.figures, seeds, e.seeds)
         r = params.robustness
         if r.report.exists():
             robust = _read_json(r.report, "run `msa robustness`")
@@ -270,6 +280,12 @@ def record_and_register(
             report = _read_json(params.compress.report, "run `msa compress`")
             tracking.log_compression(client, run_id, report, params.compress.report, params.compress.tolerance)
         return register(client, params, run_id, context, force_gate_rescore=force_gate_rescore)
+
+
+def _seed_record(params: Params) -> dict:
+    from components.training import SEEDS
+
+    return _read_json(params.train.out / SEEDS, "run `msa train`")
 
 
 def record_validation(client: Any, params: Params, run_id: str, context: RunContext) -> None:
@@ -407,6 +423,7 @@ def model_card(
     compression: dict,
     served: str = "baseline",
     robust: Mapping[str, Any] | None = None,
+    seeds: Mapping[str, Any] | None = None,
 ) -> str:
     """Markdown for the run's `model_card.md`; `tags` are the run's (`run_tags`): dataset, data hash, commit."""
     head, dataset, version = card.monitor.head, tags["dataset"], tags["dataset_version"]
@@ -419,6 +436,7 @@ def model_card(
         f"params hash `{tags['params_hash']}`",
         f"- **Architecture**: heads {', '.join(card.spec.heads)}; predictions come from `{head}`",
         f"- **Selected by**: valid {card.monitor.metric} {card.monitor.value:.4f} at epoch {card.monitor.epoch}",
+        *_seeds_lines(seeds or {}, head),
         "",
         "## Metrics (test split)",
         "",
@@ -465,6 +483,29 @@ def model_card(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _seeds_tag(seeds: Mapping[str, Any]) -> str:
+    """`3 seeds (0, 1, 2), chosen 1` for a multi-seed training, `1` otherwise."""
+    if not seeds.get("seeds"):
+        return "1"
+    return f"{len(seeds['seeds'])} seeds ({', '.join(map(str, seeds['seeds']))}), chosen {seeds['chosen']}"
+
+
+def _seeds_lines(seeds: Mapping[str, Any], head: str) -> list[str]:
+    """The model card's seeds line: which seed this is, and the test metrics as mean ± std over every seed."""
+    if not seeds.get("seeds"):
+        return []
+    test = {k: (v, seeds["std"]["test"][head][k]) for k, v in seeds["mean"].get("test", {}).get(head, {}).items()}
+    spread = ", ".join(
+        f"{k} {m:.4f} ± {sd:.4f}"
+        for k, (m, sd) in test.items()
+        if k in ("acc2", "f1", "mae", "corr", "accuracy", "f1_weighted")
+    )
+    return [
+        f"- **Seeds**: trained with seeds {', '.join(map(str, seeds['seeds']))}; this is seed {seeds['chosen']}, the "
+        f"best by {seeds['selected_by']} (never by test). Test `{head}` over the seeds: {spread}"
+    ]
 
 
 def _robustness_section(report: Mapping[str, Any], head: str) -> list[str]:

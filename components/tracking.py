@@ -298,9 +298,15 @@ class TrainingLog:
         log_numbers(self.client, self.parent, epoch_metrics(record, self.monitored), step=epoch, when=when)
 
     def on_epoch(self, record: dict, improved: bool) -> None:
-        """Training's epoch callback: the curves, the checkpoint, and the model when it improved."""
+        """Training's epoch callback: the curves, the checkpoint, and the model when it improved. An epoch of one of
+        several seeds (train.seeds) goes to that seed's run: which model is kept is known only after the last seed,
+        and `record_seeds` then logs it."""
         from components import model_store
 
+        if "seed" in record:
+            run_id = seed_run(self.client, self.parent, record["seed"])
+            log_numbers(self.client, run_id, epoch_metrics(record, self.monitored), step=record["epoch"])
+            return
         self.log_epoch(record)
         started = time.perf_counter()
         if improved:
@@ -308,6 +314,23 @@ class TrainingLog:
             self.uploaded += model_store.model_bytes(self.out)
         self.uploaded += model_store.publish_checkpoint(self.out, self.client, self.run_id)
         self.upload_seconds += time.perf_counter() - started
+
+    def record_seeds(self, history: list[dict], valid: Mapping[int, float], chosen: int) -> None:
+        """After a multi-seed training: the kept seed's curves on the head runs and the parent (as one seed's would
+        be), and each seed run ended with its best valid value and whether it is the model."""
+        for record in history:
+            self.log_epoch(record)
+        for seed, value in valid.items():
+            run_id = seed_run(self.client, self.parent, seed)
+            log_numbers(self.client, run_id, {f"best_valid_{self.spec_metric}": value})
+            log_tags(self.client, run_id, {"msa.chosen": str(seed == chosen).lower()})
+            self.client.set_terminated(run_id, "FINISHED")
+
+    @property
+    def spec_metric(self) -> str:
+        from components.metrics import primary_metric
+
+        return primary_metric(self.spec.label.kind)[0]
 
     def finish(self, summary: Mapping[str, float] | None = None) -> str:
         """Upload the final model (with the whole history) and return its digest, the pipeline's to check."""
@@ -331,6 +354,11 @@ class TrainingLog:
         self.client.set_terminated(self.run_id, status)
 
 
+def seed_run(client: Any, parent: str, seed: int) -> str:
+    """The child run of one seed of a multi-seed training (train.seeds): its curves, then its test metrics."""
+    return child_run(client, parent, "seed", f"seed {seed}", {"msa.seed": str(seed)})
+
+
 def trained_model_digest(client: Any, parent: str) -> tuple[str, str]:
     """(train run id, recorded model digest) of the pipeline run `parent`."""
     runs = [r for r in child_runs(client, parent, "train") if MODEL_DIGEST in r.data.tags]
@@ -340,17 +368,35 @@ def trained_model_digest(client: Any, parent: str) -> tuple[str, str]:
 
 
 def log_evaluation(
-    client: Any, parent: str, spec: Any, metrics: Mapping, report: Path, plots: Path, figures: Path
+    client: Any,
+    parent: str,
+    spec: Any,
+    metrics: Mapping,
+    report: Path,
+    plots: Path,
+    figures: Path,
+    seeds: Mapping | None = None,
+    seeds_report: Path | None = None,
 ) -> None:
     """Every head's valid and test metrics on its run (ending it), the monitored head's on the parent; the report,
-    and the plot data and PNGs as `plots/` and `plots/images/`."""
+    and the plot data and PNGs as `plots/` and `plots/images/`. With several seeds (the seeds report), also each
+    metric's mean and std over them (`test_mae_mean`, `test_mae_std`) beside it, and each seed's on its run."""
     from components.model_store import monitored_head
 
+    several = bool(seeds and seeds.get("seeds"))
     for head in spec.heads:
         run_id = child_run(client, parent, "head", head, {HEAD: head})  # opened, with its params, by training
-        log_numbers(client, run_id, split_metrics(metrics, head))
+        log_numbers(client, run_id, split_metrics(metrics, head) | (seed_metrics(seeds, head) if several else {}))
         client.set_terminated(run_id, "FINISHED")
-    log_numbers(client, parent, split_metrics(metrics, monitored_head(spec)))
+    head = monitored_head(spec)
+    log_numbers(client, parent, split_metrics(metrics, head) | (seed_metrics(seeds, head) if several else {}))
+    if several:
+        for seed, run in seeds["runs"].items():
+            run_id = seed_run(client, parent, int(seed))
+            log_numbers(client, run_id, split_metrics(run, head))
+            client.set_terminated(run_id, "FINISHED")
+    if seeds_report is not None and Path(seeds_report).is_file():
+        client.log_artifact(parent, str(seeds_report), "reports")
     client.log_artifact(parent, str(report), "reports")
     for directory, artifacts in ((plots, "plots"), (figures, "plots/images")):
         if Path(directory).is_dir():
@@ -458,6 +504,13 @@ def split_metrics(metrics: Mapping, head: str) -> dict[str, float]:
         for split, heads in metrics.items()
         if head in heads
         for key, value in flatten(heads[head], "_").items()
+    }
+
+
+def seed_metrics(seeds: Mapping, head: str) -> dict[str, float]:
+    """`{split}_{metric}_mean` and `_std` of one head over the seeds of a multi-seed training."""
+    return {
+        f"{key}_{stat}": value for stat in ("mean", "std") for key, value in split_metrics(seeds[stat], head).items()
     }
 
 

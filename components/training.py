@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,9 @@ from components.featurize import FeaturizerState, load_features, read_state
 from components.lineage import trained_code_hash
 from components.metrics import is_better, primary_metric
 from components.model_store import (
+    CARD,
     CHECKPOINT,
+    MODEL_FILES,
     WEIGHTS,
     DatasetRef,
     ModelCard,
@@ -79,14 +81,23 @@ class TrainResult:
     train_samples_per_s: float
     history: list[dict] = field(default_factory=list)
     resumed_from: int | None = None  # the checkpoint's epoch when training continued one
+    seeds: dict[int, float] = field(default_factory=dict)  # with train.seeds > 1: seed -> its best valid value
+    seed: int | None = None  # with train.seeds > 1: the seed whose model this is (the best on valid)
 
     def summary(self) -> str:
         why = "early stop" if self.stopped_early else "last epoch"
         resumed = "" if self.resumed_from is None else f", resumed after epoch {self.resumed_from}"
-        return (
+        text = (
             f"train: {self.epochs_run} epochs ({why}{resumed}) in {self.seconds:.1f} s, {self.train_samples_per_s:.0f} "
             f"samples/s; best valid {self.monitor} {self.best_value:.4f} at epoch {self.best_epoch} -> {self.out}"
         )
+        if self.seeds:
+            values = np.array(list(self.seeds.values()))
+            text += (
+                f"; best of {len(self.seeds)} seeds: seed {self.seed} (valid {self.monitor} over seeds "
+                f"{values.mean():.4f} ± {values.std():.4f})"
+            )
+        return text
 
 
 def build_spec(state: FeaturizerState, model: ModelParams, train: TrainParams) -> ModelSpec:
@@ -211,7 +222,98 @@ def train(
     """Train on `features`; `resume` None continues a checkpoint of the same inputs if there is one (see
     `resume_point`), False starts over, True continues the checkpoint whatever its other settings, as long as it was
     written for this architecture (to train it for more epochs, say). `on_epoch` runs on rank 0 after each epoch
-    is saved."""
+    is saved.
+
+    With `train.seeds` N > 1: N trainings, seeds `seed` .. `seed` + N - 1, each in `out/seeds/seed-<s>/` with its
+    own checkpoint (each resumes on its own); the one with the best monitored valid metric is copied to `out` (never
+    chosen on test) and `out/seeds.json` names it. `on_epoch` records then carry their `seed`.
+    """
+    if params.seeds == 1:
+        _forget_seeds(Path(params.out))
+        return _train_one(features, model_params, params, resume=resume, progress=progress, on_epoch=on_epoch)
+    return _train_seeds(features, model_params, params, resume=resume, progress=progress, on_epoch=on_epoch)
+
+
+SEEDS = "seeds.json"  # in train.out, with train.seeds > 1: the seeds, their valid values, the chosen one
+SEEDS_DIR = "seeds"
+
+
+def seed_dirs(out: str | Path) -> dict[int, Path]:
+    """Seed -> the model directory of that seed's training, when `out` holds a multi-seed training; else {}."""
+    try:
+        record = json.loads((Path(out) / SEEDS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {int(seed): Path(out) / SEEDS_DIR / f"seed-{seed}" for seed in record["seeds"]}
+
+
+def _train_seeds(
+    features: str | Path,
+    model_params: ModelParams,
+    params: TrainParams,
+    *,
+    resume: bool | None,
+    progress: bool,
+    on_epoch: EpochCallback | None,
+) -> TrainResult:
+    start, out = time.perf_counter(), Path(params.out)
+    if _rank() == 0:
+        (out / CHECKPOINT).unlink(missing_ok=True)  # a single-seed run's, which nothing here continues
+    results: dict[int, TrainResult] = {}
+    for seed in range(params.seed, params.seed + params.seeds):
+        single = params.model_copy(update={"seed": seed, "seeds": 1, "out": out / SEEDS_DIR / f"seed-{seed}"})
+        callback = None if on_epoch is None else _with_seed(on_epoch, seed)
+        results[seed] = _train_one(features, model_params, single, resume=resume, progress=progress, on_epoch=callback)
+    kind = results[params.seed].spec.label.kind
+    chosen = params.seed
+    for seed, result in results.items():
+        if is_better(kind, result.best_value, results[chosen].best_value):
+            chosen = seed
+    best = results[chosen]
+    if _rank() == 0:
+        for name in MODEL_FILES:  # the chosen model at the top, where evaluate, compress and registration read it
+            write_bytes(out / name, (best.out / name).read_bytes())
+        record = {
+            "seeds": list(results),
+            "chosen": chosen,
+            "selected_by": f"valid {best.monitor}",
+            "valid": {str(seed): result.best_value for seed, result in results.items()},
+        }
+        write_bytes(out / SEEDS, (json.dumps(record, indent=2) + "\n").encode())
+    valid = {seed: result.best_value for seed, result in results.items()}
+    return replace(best, out=out, seconds=time.perf_counter() - start, seeds=valid, seed=chosen)
+
+
+def _with_seed(on_epoch: EpochCallback, seed: int) -> EpochCallback:
+    return lambda record, improved: on_epoch({**record, "seed": seed}, improved)
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 alone): what rank 0 alone writes, before and after the process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _forget_seeds(out: Path) -> None:
+    """A single-seed training leaves no multi-seed record behind (it would describe another model)."""
+    import shutil
+
+    if _rank():
+        return
+    (out / SEEDS).unlink(missing_ok=True)
+    seeds = out / SEEDS_DIR
+    if seeds.is_dir() and all(d.name.startswith("seed-") and (d / CARD).is_file() for d in seeds.iterdir()):
+        shutil.rmtree(seeds)  # only when it holds nothing but the seed trainings `_train_seeds` wrote
+
+
+def _train_one(
+    features: str | Path,
+    model_params: ModelParams,
+    params: TrainParams,
+    *,
+    resume: bool | None = None,
+    progress: bool = True,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
     start = time.perf_counter()
     arrays, state = load_features(features)
     spec = build_spec(state, model_params, params)

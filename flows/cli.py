@@ -18,7 +18,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from components.atomic import check_replaceable
-from components.config import DEFAULT_PARAMS, RegisterParams, load_params
+from components.config import DEFAULT_PARAMS, RegisterParams, load_params, with_seeds
 from components.data_version import record_in_dvc
 from components.dataset import MANIFEST, SPLITS, read_dataset
 from components.demo import generate_demo
@@ -187,6 +187,15 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Train even if a registered version has the same data, params and code.")
     ] = False,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            "--seeds",
+            min=1,
+            help="Train this many seeds (train.seed and on); register the best on valid, report "
+            "every metric's mean and std over them. Default: train.seeds.",
+        ),
+    ] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """The whole pipeline as a Prefect flow: validate, featurize, train, evaluate, compress, register.
@@ -196,11 +205,11 @@ def run(
     Unchanged data, params and code end it in seconds; without a Prefect server, before Prefect starts.
     """
     started = time.perf_counter()
-    result = None if force else _skip_before_prefect(params)
+    result = None if force else _skip_before_prefect(params, seeds)
     if result is None:
         from flows.pipeline import pipeline
 
-        result = pipeline(params=str(params), force=force)
+        result = pipeline(params=str(params), force=force, seeds=seeds)
     if result.registered:
         what = "champion" if result.promoted else "challenger"
         outcome = f"{result.name} version {result.version} is {what} ({result.decision})"
@@ -209,7 +218,7 @@ def run(
     out.print(f"run: {outcome} [{time.perf_counter() - started:.1f}s]", markup=False)
 
 
-def _skip_before_prefect(params: Path) -> Skipped | None:
+def _skip_before_prefect(params: Path, seeds: int | None = None) -> Skipped | None:
     """The pipeline flow's first step, its lineage check, made here when the flow would run on Prefect's ephemeral
     API: starting that takes 8-13 s, the check is one tracking query. With a Prefect server the flow makes the check
     itself (a client round trip, no server to start), so that the skip shows there as a flow run with its artifact.
@@ -221,7 +230,7 @@ def _skip_before_prefect(params: Path) -> Skipped | None:
     from components.registry import registered_with_same_lineage
 
     try:
-        return registered_with_same_lineage(load_params(params))
+        return registered_with_same_lineage(with_seeds(load_params(params), seeds))
     except TrackingError:
         return None  # the flow asks again, with Prefect's retries and backoff (pipeline.retries)
 

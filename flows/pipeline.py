@@ -26,7 +26,7 @@ from prefect.logging import get_run_logger
 from prefect.states import Cancelling, Crashed
 
 from components import tracking
-from components.config import Params, load_params
+from components.config import Params, load_params, with_seeds
 from components.errors import TrainingError
 from components.featurize import input_key, is_current
 from components.lineage import lineage
@@ -38,14 +38,17 @@ if TYPE_CHECKING:  # torch is imported by the tasks that train, not by `msa run`
 
 
 @flow(name="train", persist_result=True, result_serializer="json")
-def training(run_id: str, params: str = "params.yaml", attempt: int = 1, restart: bool = False) -> TrainResult:
+def training(
+    run_id: str, params: str = "params.yaml", attempt: int = 1, restart: bool = False, seeds: int | None = None
+) -> TrainResult:
     """Featurize (cached on content) and train, logging into pipeline run `run_id`; continues the stored
-    checkpoint when a worker was killed mid-run, unless `restart`. `attempt` counts the pipeline's dispatches.
+    checkpoint when a worker was killed mid-run, unless `restart`. `attempt` counts the pipeline's dispatches;
+    `seeds` overrides train.seeds.
 
     Its train run's heartbeat beats from the start (featurizing on a fresh worker takes a while), so the pipeline
     can tell this flow run from a lost one.
     """
-    p = load_params(params)
+    p = with_seeds(load_params(params), seeds)
     every = min(tracking.HEARTBEAT_EVERY_S, p.pipeline.train_silence / 4)
     with tracking.connected(p.registry) as client:
         train_run = tracking.child_run(client, run_id, "train", tracking.train_run_name(attempt))
@@ -55,11 +58,11 @@ def training(run_id: str, params: str = "params.yaml", attempt: int = 1, restart
 
 
 @flow(name="pipeline", persist_result=True, result_serializer="json")
-def pipeline(params: str = "params.yaml", force: bool = False) -> Registration | Skipped:
+def pipeline(params: str = "params.yaml", force: bool = False, seeds: int | None = None) -> Registration | Skipped:
     """The whole pipeline. When the data, params and code equal a registered version's, it says so and ends
     without training (and without an MLflow run), unless `force`: that check comes first, so that a scheduled run
-    with nothing to do ends in seconds."""
-    p = load_params(params)
+    with nothing to do ends in seconds. `seeds` overrides train.seeds (`msa run --seeds N`)."""
+    p = with_seeds(load_params(params), seeds)
     timeouts, ours = p.pipeline.timeouts, lineage(p)
     if not force:
         same = tasks.with_retries(tasks.already_registered, p, timeouts.register_)(p, ours)
@@ -76,7 +79,7 @@ def pipeline(params: str = "params.yaml", force: bool = False) -> Registration |
         if p.pipeline.training == "deployment":
             _train_on_work_pool(p, params, run_id, restart=force)
         else:
-            training(run_id, params, restart=force)
+            training(run_id, params, restart=force, seeds=p.train.seeds)
         digest = tasks.with_retries(tasks.fetch_model, p, timeouts.register_)(p, run_id)
         tasks.with_timeout(tasks.evaluate, timeouts.evaluate)(p, run_id)
         tasks.with_timeout(tasks.robustness, timeouts.robustness)(p, run_id)
@@ -101,7 +104,10 @@ def _train_on_work_pool(p: Params, params: str, run_id: str, *, restart: bool) -
     """
     settings, logger = p.pipeline, get_run_logger()
     for attempt in range(1, settings.train_attempts + 1):
-        parameters = {"params": params, "run_id": run_id, "attempt": attempt, "restart": restart and attempt == 1}
+        parameters = {
+            "params": params, "run_id": run_id, "attempt": attempt, "restart": restart and attempt == 1,
+            "seeds": p.train.seeds,
+        }  # fmt: skip
         flow_run = run_deployment(settings.train_deployment, parameters=parameters, timeout=0)
         logger.info(
             f"training dispatched to deployment {settings.train_deployment} as flow run {flow_run.name} "

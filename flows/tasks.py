@@ -115,14 +115,18 @@ def train(params: Params, run_id: str, attempt: int = 1, restart: bool = False) 
         log = tracking.TrainingLog(client, run_id, spec, params.train.out, attempt)
         status = "FAILED"
         try:
+            # A worker with an empty disk continues the stored checkpoint of a single-seed training; of several
+            # seeds it trains each again (each seed's checkpoint lives on the disk it trained on).
             continues = restart or resume_point(params.featurize.out, params.model, params.train) is not None
-            if not continues and (source := log.restore()) is not None:
+            if not continues and params.train.seeds == 1 and (source := log.restore()) is not None:
                 logger.info(f"restored the checkpoint of training run {source} from the tracking server")
             log.watch()
             result = train_model(
                 params.featurize.out, params.model, params.train, resume=False if restart else None,
                 progress=SHOW_PROGRESS, on_epoch=log.on_epoch,
             )  # fmt: skip
+            if result.seeds:
+                log.record_seeds(result.history, result.seeds, result.seed)
             log.finish(
                 {
                     "epochs_run": result.epochs_run,
@@ -172,7 +176,10 @@ def evaluate(params: Params, run_id: str) -> list[dict]:
     result = evaluate_model(params.featurize.out, params.train.out, params.evaluate, progress=SHOW_PROGRESS)
     with tracking.connected(params.registry) as client:
         spec = read_card(params.train.out).spec
-        tracking.log_evaluation(client, run_id, spec, result.metrics, result.report, result.plots, result.figures)
+        tracking.log_evaluation(
+            client, run_id, spec, result.metrics, result.report, result.plots, result.figures,
+            result.seeds, params.evaluate.seeds,
+        )  # fmt: skip
     rows = [
         {"split": split, "head": head} | {k: round(v, 4) for k, v in values.items() if isinstance(v, int | float)}
         for split, heads in result.metrics.items()
