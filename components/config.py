@@ -227,7 +227,8 @@ class RobustnessParams(Section):
     @classmethod
     def _severities(cls, perturbations: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
         for name, severities in perturbations.items():
-            if not severities or any(not 0 < s <= 1 for s in severities) or len(set(severities)) != len(severities):
+            keys = {f"{s:g}" for s in severities}  # how the report and MLflow's metric names write them
+            if not severities or any(not 0 < s <= 1 for s in severities) or len(keys) != len(severities):
                 raise ValueError(f"{name}: severities must be distinct numbers in (0, 1], got {list(severities)}")
         return {name: tuple(sorted(severities)) for name, severities in perturbations.items()}
 
@@ -351,6 +352,17 @@ class Params(Section):
     registry: RegisterParams = Field(RegisterParams(), alias="register")  # `register` would shadow ABC.register
     serve: ServeParams = ServeParams()
     pipeline: PipelineParams = PipelineParams()
+
+    @model_validator(mode="after")
+    def _robustness_gate_measured(self) -> Params:
+        """register.robustness must name a perturbation and severity the robustness stage scores."""
+        gate = self.registry.robustness
+        if gate is not None and gate.severity not in self.robustness.perturbations.get(gate.perturbation, ()):
+            raise ValueError(
+                f"register.robustness asks for {gate.perturbation} at {gate.severity:g}, which "
+                "robustness.perturbations does not score: add it there"
+            )
+        return self
 
     @model_validator(mode="after")
     def _robustness_plots_apart(self) -> Params:

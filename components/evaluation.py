@@ -199,7 +199,7 @@ def _seed_scores(
 ) -> dict[str, Any]:
     """The seeds report: every seed's metrics and their mean and std over seeds (MMSA reports results so). One seed
     (train.seeds 1) is a report of one, std 0."""
-    from components.training import SEEDS, seed_dirs
+    from components.model_store import SEEDS, seed_dirs
 
     dirs = seed_dirs(model_dir)
     chosen = json.loads((model_dir / SEEDS).read_text())["chosen"] if dirs else None
@@ -219,16 +219,19 @@ def _seed_scores(
 
 
 def _over_seeds(runs: dict[str, dict], reduce: Any) -> dict:
-    """{split: {head: {metric: reduce over the runs}}} of the scalar metrics every run has."""
-    first = next(iter(runs.values()))
+    """{split: {head: {metric: reduce over the runs that have it}}}, over the union of the runs' scalar metrics
+    (std is numpy's, ddof 0, as MMSA reports it)."""
     out: dict = {}
-    for split, heads in first.items():
-        for head, values in heads.items():
-            for key, value in values.items():
-                if isinstance(value, int | float) and key != "samples":
-                    column = [run[split][head][key] for run in runs.values() if head in run.get(split, {})]
-                    out.setdefault(split, {}).setdefault(head, {})[key] = float(reduce(column))
-    return out
+    for run in runs.values():
+        for split, heads in run.items():
+            for head, values in heads.items():
+                for key, value in values.items():
+                    if isinstance(value, int | float) and key != "samples":
+                        out.setdefault(split, {}).setdefault(head, {}).setdefault(key, []).append(value)
+    return {
+        split: {head: {key: float(reduce(values)) for key, values in keys.items()} for head, keys in heads.items()}
+        for split, heads in out.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------

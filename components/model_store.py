@@ -40,7 +40,9 @@ CARD = "model.json"
 HISTORY = "history.json"
 CHECKPOINT = Path("checkpoints") / "last.pt"
 INT8_WEIGHTS = "model.pt"
-MODEL_FILES = (WEIGHTS, CARD, HISTORY)  # what evaluation, compression and registration read: the digest's scope
+MODEL_FILES = (WEIGHTS, CARD, HISTORY)  # what evaluation, compression and registration read
+SEEDS = "seeds.json"  # with train.seeds > 1: the seeds, their valid values and the chosen one (training writes it)
+SEEDS_DIR = "seeds"  # with train.seeds > 1: seeds/seed-<s>/, each seed's own model files and checkpoint
 MODEL_ARTIFACTS = "model"  # artifact paths on the training run
 CHECKPOINT_ARTIFACTS = "checkpoints"
 EVAL_BATCH = 256
@@ -104,10 +106,41 @@ def write_history(out: str | Path, history: list[dict]) -> None:
     write_json(Path(out) / HISTORY, history)
 
 
+def model_files(out: str | Path) -> list[str]:
+    """The model's files, relative to `out`: weights, card and history, and after a multi-seed training the seeds
+    record and every seed's model (evaluate reports them all): what the digest covers and what travels."""
+    names = list(MODEL_FILES)
+    try:
+        seeds = json.loads((Path(out) / SEEDS).read_text())["seeds"]
+    except (OSError, ValueError, KeyError):
+        return names
+    return [*names, SEEDS, *(f"{SEEDS_DIR}/seed-{seed}/{name}" for seed in seeds for name in MODEL_FILES)]
+
+
+def seed_dirs(out: str | Path) -> dict[int, Path]:
+    """Seed -> the model directory of that seed's training, when `out` holds a multi-seed training; else {}."""
+    try:
+        record = json.loads((Path(out) / SEEDS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {int(seed): Path(out) / SEEDS_DIR / f"seed-{seed}" for seed in record["seeds"]}
+
+
+def remove_seed_models(out: str | Path, keep: set[str] = frozenset()) -> None:
+    """Remove the seed trainings in `out/seeds/` (`seed-<s>/`, what multi-seed training writes) not named in
+    `keep`; anything else there stays."""
+    seeds = Path(out) / SEEDS_DIR
+    for directory in seeds.glob("seed-*"):
+        if directory.is_dir() and directory.name not in keep:
+            shutil.rmtree(directory)
+    if seeds.is_dir() and not any(seeds.iterdir()):
+        seeds.rmdir()
+
+
 def digest(out: str | Path) -> str:
-    """Content hash of the model's files (weights, card, history), independent of where they lie."""
+    """Content hash of the model's files (`model_files`), independent of where they lie."""
     total = hashlib.sha256()
-    for name in MODEL_FILES:
+    for name in model_files(out):
         path = Path(out) / name
         if not path.is_file():
             raise TrainingError(f"{path}: missing; run `msa train`")
@@ -256,7 +289,8 @@ def publish(out: str | Path, client: Any, run_id: str) -> str:
     with tempfile.TemporaryDirectory(prefix="msa-publish-") as tmp:
         staged = Path(tmp) / MODEL_ARTIFACTS
         staged.mkdir()
-        for name in MODEL_FILES:
+        for name in model_files(out):
+            (staged / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(out / name, staged / name)  # a snapshot: training may write the next epoch meanwhile
         value = digest(staged)
         client.log_artifacts(run_id, str(staged), MODEL_ARTIFACTS)
@@ -275,7 +309,7 @@ def publish_checkpoint(out: str | Path, client: Any, run_id: str) -> int:
 
 def model_bytes(out: str | Path) -> int:
     """The size of the model's files: what `publish` uploads and `fetch` downloads."""
-    return sum((Path(out) / name).stat().st_size for name in MODEL_FILES)
+    return sum((Path(out) / name).stat().st_size for name in model_files(out))
 
 
 def fetch(client: Any, run_id: str, out: str | Path, expected: str) -> Path:
@@ -294,7 +328,12 @@ def fetch(client: Any, run_id: str, out: str | Path, expected: str) -> Path:
                 "was recorded when it was uploaded: the artifact store holds other bytes. Nothing was evaluated or "
                 "registered; run the pipeline again to retrain"
             )
-        for name in MODEL_FILES:
+        names = model_files(local)
+        if SEEDS not in names:  # one seed: no record of another training's seeds may stay beside it
+            (out / SEEDS).unlink(missing_ok=True)
+            remove_seed_models(out)
+        for name in names:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(local / name, out / name)
     return out
 

@@ -149,13 +149,7 @@ def register(
     card = model_store.read_card(params.train.out)
     metrics = _read_json(params.evaluate.report, "run `msa evaluate`")
     compression = _read_json(params.compress.report, "run `msa compress`") if params.compress.report.exists() else {}
-    robust = params.robustness.report
-    robust = _read_json(robust, "run `msa robustness`") if robust.exists() or params.registry.robustness else {}
-    if robust and robust.get("model_digest") != model_store.digest(params.train.out):
-        raise TrackingError(
-            f"{params.robustness.report} scores another model than {params.train.out}: run `msa robustness`. "
-            "Nothing was registered"
-        )
+    robust = robustness_report(params)
     head, (metric, _) = card.monitor.head, primary_metric(state.label_kind)
     if "test" not in metrics or head not in metrics["test"]:
         raise TrackingError(f"{params.evaluate.report}: no test metrics for head {head!r}: evaluate the test split")
@@ -252,6 +246,7 @@ def record_and_register(
         return same
     card, history = read_card(params.train.out), read_history(params.train.out)
     metrics = _read_json(params.evaluate.report, "run `msa evaluate`")
+    robust = robustness_report(params)  # checked before anything is logged
     with (
         tracking.connected(params.registry) as client,
         tracking.pipeline_run(client, context.experiment, run_name(), context.tags, params) as run_id,
@@ -263,7 +258,7 @@ def record_and_register(
         e = params.evaluate
         seeds = _read_json(e.seeds, "run `msa evaluate`") if e.seeds.is_file() else {}
         if seeds.get("seeds"):
-            from components.training import seed_dirs
+            from components.model_store import seed_dirs
 
             for seed, directory in seed_dirs(params.train.out).items():
                 for record in read_history(directory):
@@ -273,8 +268,7 @@ def record_and_register(
         log.close("FINISHED")
         tracking.log_evaluation(client, run_id, card.spec, metrics, e.report, e.plots, e.figures, seeds, e.seeds)
         r = params.robustness
-        if r.report.exists():
-            robust = _read_json(r.report, "run `msa robustness`")
+        if robust:
             tracking.log_robustness(client, run_id, card.spec, robust, r.report, r.plots, r.figure)
         if params.compress.report.exists():
             report = _read_json(params.compress.report, "run `msa compress`")
@@ -283,7 +277,7 @@ def record_and_register(
 
 
 def _seed_record(params: Params) -> dict:
-    from components.training import SEEDS
+    from components.model_store import SEEDS
 
     return _read_json(params.train.out / SEEDS, "run `msa train`")
 
@@ -316,6 +310,22 @@ def gate(kind: str, score: float, champion: Any, champion_score: float | None, m
     )
 
 
+def robustness_report(params: Params) -> dict[str, Any]:
+    """The robustness report of the model in train.out ({} when there is none and the gate does not ask for one);
+    a report of another model is refused: its scores would be logged and gated on as this model's."""
+    from components import model_store
+
+    path = params.robustness.report
+    if not path.exists() and params.registry.robustness is None:
+        return {}
+    report = _read_json(path, "run `msa robustness`")
+    if report.get("model_digest") != model_store.digest(params.train.out):
+        raise TrackingError(
+            f"{path} scores another model than {params.train.out}: run `msa robustness`. Nothing was registered"
+        )
+    return report
+
+
 def robustness_tag(dataset: Dataset, report: Mapping[str, Any]) -> str:
     """What a robustness score was measured on: split, its fingerprint and the perturbations' seed. Two versions'
     `robust_*` metrics compare only when their tags are equal."""
@@ -338,9 +348,11 @@ def robustness_gate(
     ours = report["perturbations"].get(name, {}).get("severities", {}).get(severity, {}).get(head, {}).get(metric)
     setting = f"{name} {severity}"
     if ours is None:
+        skipped = [why for why in report.get("skipped", []) if why.startswith(f"{name}:")]
+        fix = skipped[0] if skipped else "run `msa robustness` with it in robustness.perturbations"
         raise TrackingError(
-            f"register.robustness asks for {setting}, which the robustness report has no {head} {metric} for: add "
-            "the severity to robustness.perturbations and run `msa robustness`. Nothing was registered"
+            f"register.robustness asks for {setting}, which the robustness report has no {head} {metric} for "
+            f"({fix}). Nothing was registered"
         )
     if champion is None:
         return True, ""

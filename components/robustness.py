@@ -54,9 +54,28 @@ PLOTS_MARKER = "*_*.csv"  # every file is <perturbation>.csv, and every perturba
 TEXT_BATCH = 64  # texts per transformer pass when token states are recomputed
 
 
+LOWER_IS_BETTER = frozenset({"mae"})  # points lost need a metric where more is better
+
+
 def robustness_metric(kind: str, metric: str | None) -> str:
     """The metric robustness plots and gates on: `metric`, or acc2 for scores and accuracy for classes."""
+    if metric in LOWER_IS_BETTER:
+        raise ConfigError(
+            f"robustness.metric {metric!r}: robustness is reported as points lost, which needs a metric where higher "
+            "is better (acc2, f1, acc7, corr; accuracy, f1_weighted for classes); every metric is in the report"
+        )
     return metric or ("acc2" if kind == "regression" else "accuracy")
+
+
+def check_plots_directory(path: Path) -> None:
+    """robustness.plots is replaced as a whole: refuse, before any work, a directory holding anything but the plot
+    files this stage writes (`<perturbation>.csv`)."""
+    ours = {f"{name}.csv" for name in perturbations.MODALITY}
+    if path.is_dir() and (foreign := sorted(p.name for p in path.iterdir() if p.name not in ours)):
+        raise ConfigError(
+            f"robustness.plots {path} holds files this stage did not write ({', '.join(foreign[:3])}): it replaces "
+            "the directory as a whole, so point robustness.plots at a directory of its own"
+        )
 
 
 def severity_key(severity: float) -> str:
@@ -105,6 +124,7 @@ def robustness(
     start = time.perf_counter()
     from tqdm.auto import tqdm
 
+    check_plots_directory(Path(params.plots))
     model_dir = Path(model_dir)
     model, card = load_trained(model_dir), read_card(model_dir)
     arrays, state = load_features(features)

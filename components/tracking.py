@@ -257,7 +257,7 @@ class TrainingLog:
         from components.model_store import monitored_head
 
         self.client, self.parent, self.spec, self.out = client, parent, spec, Path(out)
-        self.run_id = child_run(client, parent, "train", train_run_name(attempt))
+        self.run_id, self.attempt = child_run(client, parent, "train", train_run_name(attempt)), attempt
         self.heads = {h: child_run(client, parent, "head", h, {HEAD: h}) for h in spec.heads}
         self.monitored = monitored_head(spec)
         for head, run_id in self.heads.items():
@@ -304,7 +304,7 @@ class TrainingLog:
         from components import model_store
 
         if "seed" in record:
-            run_id = seed_run(self.client, self.parent, record["seed"])
+            run_id = seed_run(self.client, self.parent, record["seed"], self.attempt)
             log_numbers(self.client, run_id, epoch_metrics(record, self.monitored), step=record["epoch"])
             return
         self.log_epoch(record)
@@ -321,7 +321,7 @@ class TrainingLog:
         for record in history:
             self.log_epoch(record)
         for seed, value in valid.items():
-            run_id = seed_run(self.client, self.parent, seed)
+            run_id = seed_run(self.client, self.parent, seed, self.attempt)
             log_numbers(self.client, run_id, {f"best_valid_{self.spec_metric}": value})
             log_tags(self.client, run_id, {"msa.chosen": str(seed == chosen).lower()})
             self.client.set_terminated(run_id, "FINISHED")
@@ -354,9 +354,16 @@ class TrainingLog:
         self.client.set_terminated(self.run_id, status)
 
 
-def seed_run(client: Any, parent: str, seed: int) -> str:
-    """The child run of one seed of a multi-seed training (train.seeds): its curves, then its test metrics."""
-    return child_run(client, parent, "seed", f"seed {seed}", {"msa.seed": str(seed)})
+def seed_run(client: Any, parent: str, seed: int, attempt: int | None = None) -> str:
+    """The child run of one seed of a multi-seed training (train.seeds): its curves, then its test metrics. Each
+    training attempt has its own (a replacement worker trains every seed again); `attempt` None: the latest."""
+    if attempt is None:
+        runs = [r for r in child_runs(client, parent, "seed") if r.data.tags.get("msa.seed") == str(seed)]
+        if runs:
+            return runs[-1].info.run_id
+        attempt = 1
+    name = f"seed {seed}" if attempt == 1 else f"seed {seed} (attempt {attempt})"
+    return child_run(client, parent, "seed", name, {"msa.seed": str(seed)})
 
 
 def trained_model_digest(client: Any, parent: str) -> tuple[str, str]:
@@ -414,7 +421,7 @@ def log_robustness(
     for head in spec.heads:
         run_id = child_run(client, parent, "head", head, {HEAD: head})  # opened by training, ended by evaluate
         log_numbers(client, run_id, robustness_metrics(report, head, kind))
-        client.set_terminated(run_id, "FINISHED")
+        client.set_terminated(run_id, "FINISHED")  # child_run reopened it
     log_numbers(client, parent, robustness_metrics(report, monitored_head(spec), kind))
     client.log_artifact(parent, str(report_path), "reports")
     if Path(plots).is_dir():

@@ -44,9 +44,10 @@ from components.featurize import FeaturizerState, load_features, read_state
 from components.lineage import trained_code_hash
 from components.metrics import is_better, primary_metric
 from components.model_store import (
-    CARD,
     CHECKPOINT,
     MODEL_FILES,
+    SEEDS,
+    SEEDS_DIR,
     WEIGHTS,
     DatasetRef,
     ModelCard,
@@ -55,6 +56,7 @@ from components.model_store import (
     model_inputs,
     monitored_head,
     read_card,
+    remove_seed_models,
     split_rows,
     trim_padding,
     write_history,
@@ -234,19 +236,6 @@ def train(
     return _train_seeds(features, model_params, params, resume=resume, progress=progress, on_epoch=on_epoch)
 
 
-SEEDS = "seeds.json"  # in train.out, with train.seeds > 1: the seeds, their valid values, the chosen one
-SEEDS_DIR = "seeds"
-
-
-def seed_dirs(out: str | Path) -> dict[int, Path]:
-    """Seed -> the model directory of that seed's training, when `out` holds a multi-seed training; else {}."""
-    try:
-        record = json.loads((Path(out) / SEEDS).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {int(seed): Path(out) / SEEDS_DIR / f"seed-{seed}" for seed in record["seeds"]}
-
-
 def _train_seeds(
     features: str | Path,
     model_params: ModelParams,
@@ -257,10 +246,13 @@ def _train_seeds(
     on_epoch: EpochCallback | None,
 ) -> TrainResult:
     start, out = time.perf_counter(), Path(params.out)
+    seeds = range(params.seed, params.seed + params.seeds)
     if _rank() == 0:
         (out / CHECKPOINT).unlink(missing_ok=True)  # a single-seed run's, which nothing here continues
+        (out / SEEDS).unlink(missing_ok=True)  # written again last: a killed run leaves no record of other models
+        remove_seed_models(out, keep={f"seed-{seed}" for seed in seeds})
     results: dict[int, TrainResult] = {}
-    for seed in range(params.seed, params.seed + params.seeds):
+    for seed in seeds:
         single = params.model_copy(update={"seed": seed, "seeds": 1, "out": out / SEEDS_DIR / f"seed-{seed}"})
         callback = None if on_epoch is None else _with_seed(on_epoch, seed)
         results[seed] = _train_one(features, model_params, single, resume=resume, progress=progress, on_epoch=callback)
@@ -295,14 +287,9 @@ def _rank() -> int:
 
 def _forget_seeds(out: Path) -> None:
     """A single-seed training leaves no multi-seed record behind (it would describe another model)."""
-    import shutil
-
-    if _rank():
-        return
-    (out / SEEDS).unlink(missing_ok=True)
-    seeds = out / SEEDS_DIR
-    if seeds.is_dir() and all(d.name.startswith("seed-") and (d / CARD).is_file() for d in seeds.iterdir()):
-        shutil.rmtree(seeds)  # only when it holds nothing but the seed trainings `_train_seeds` wrote
+    if _rank() == 0:
+        (out / SEEDS).unlink(missing_ok=True)
+        remove_seed_models(out)
 
 
 def _train_one(

@@ -198,7 +198,7 @@ def run(
     ] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """The whole pipeline as a Prefect flow: validate, featurize, train, evaluate, compress, register.
+    """The whole pipeline as a Prefect flow: validate, featurize, train, evaluate, robustness, compress, register.
 
     Runs on Prefect's ephemeral API (no server needed), or on the server PREFECT_API_URL names, where its runs,
     logs and artifacts show in the UI. Registers in MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db).

@@ -99,9 +99,17 @@ def test_perturbations_of_an_absent_modality_are_skipped_and_said(trained, tmp_p
     assert "audio_frame_drop: the model has no audio" in result.summary()
 
 
-def test_an_unknown_metric_is_refused(trained, tmp_path) -> None:
+def test_an_unknown_or_lower_is_better_metric_and_a_foreign_plots_directory_are_refused(trained, tmp_path) -> None:
     with pytest.raises(ConfigError, match="robustness.metric 'acc9'"):
         robustness(trained.raw, trained.features, trained.model, _params(tmp_path, metric="acc9"), progress=False)
+    with pytest.raises(ConfigError, match="robustness.metric 'mae': robustness is reported as points lost"):
+        robustness(trained.raw, trained.features, trained.model, _params(tmp_path, metric="mae"), progress=False)
+    params = _params(tmp_path)
+    params.plots.mkdir()
+    (params.plots / "train_ids.csv").write_text("id\ns00\n")
+    with pytest.raises(ConfigError, match="holds files this stage did not write \\(train_ids.csv\\)"):
+        robustness(trained.raw, trained.features, trained.model, params, progress=False)
+    assert (params.plots / "train_ids.csv").read_text() == "id\ns00\n" and not params.report.exists()
 
 
 # --- consumers of the report ------------------------------------------------------------------------------------------
@@ -174,6 +182,11 @@ def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="robustness.plots and evaluate.plots must be separate"):
         Params.model_validate({"robustness": {"plots": "metrics/plots/robustness"}})
     assert RobustnessParams(perturbations={"image_blur": (0.5, 0.1)}).perturbations["image_blur"] == (0.1, 0.5)
+    with pytest.raises(ValueError, match="severities must be distinct"):  # the same key in the report and MLflow
+        RobustnessParams(perturbations={"image_blur": (0.1234561, 0.1234564)})
+    gate = {"perturbation": "missing_audio", "severity": 0.3, "max_drop": 1.0}
+    with pytest.raises(ValueError, match="asks for missing_audio at 0.3, which robustness.perturbations does not"):
+        Params.model_validate({"register": {"robustness": gate}})
 
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ import pytest
 
 from components.config import EvaluateParams, ModelParams, TrainParams
 from components.evaluation import evaluate
-from components.model_store import MODEL_FILES, read_card
-from components.training import SEEDS, seed_dirs, train
+from components.model_store import MODEL_FILES, SEEDS, read_card, seed_dirs
+from components.training import train
 
 MODEL = ModelParams(hidden=8, dropout=0.0, textcnn={"feature_maps": 4, "dropout": 0.0})
 
@@ -55,3 +55,35 @@ def test_the_best_seed_on_valid_is_the_model_and_evaluate_reports_every_seed(tra
     assert not (out / SEEDS).exists() and not (out / "seeds").exists() and single.seeds == {}
     one = evaluate(trained.features, out, params, progress=False).seeds
     assert one["seeds"] is None and list(one["runs"]) == ["single"] and one["std"]["test"]["fusion"]["mae"] == 0.0
+
+
+def test_several_seeds_travel_with_the_model_and_a_single_seed_clears_them(trained, tmp_path) -> None:
+    """Across machines: the seeds record and every seed's model go up with the chosen one, under one digest; a
+    single-seed model arriving where an older multi-seed training lies leaves no record of it."""
+    from mlflow import MlflowClient
+
+    from components import model_store
+
+    out = tmp_path / "seeds"
+    train(trained.features, MODEL, TrainParams(out=out, epochs=1, batch_size=4, seeds=2), progress=False)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("store", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(experiment).info.run_id
+    recorded = model_store.publish(out, client, run)
+    assert recorded == model_store.digest(out) != model_store.digest(trained.model)
+    worker = model_store.fetch(client, run, tmp_path / "pipeline", recorded)
+    assert set(seed_dirs(worker)) == {0, 1} and model_store.digest(worker) == recorded
+
+    single = client.create_run(experiment).info.run_id
+    model_store.fetch(client, single, worker, model_store.publish(trained.model, client, single))
+    assert seed_dirs(worker) == {} and not (worker / SEEDS).exists() and not (worker / "seeds").exists()
+    assert model_store.digest(worker) == model_store.digest(trained.model)
+
+
+def test_means_and_stds_cover_every_head_any_seed_has() -> None:
+    from components.evaluation import _over_seeds
+
+    runs = {"0": {"test": {"fusion": {"mae": 1.0, "corr": 0.5}, "image": {"mae": 2.0}}},
+            "1": {"test": {"fusion": {"mae": 3.0}}}}  # fmt: skip
+    assert _over_seeds(runs, np.mean) == {"test": {"fusion": {"mae": 2.0, "corr": 0.5}, "image": {"mae": 2.0}}}
+    assert _over_seeds(runs, np.std)["test"]["fusion"]["mae"] == 1.0
