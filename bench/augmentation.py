@@ -121,7 +121,8 @@ def summarize(report: dict) -> dict:
     for name, entry in report["perturbations"].items():
         severities = entry["severities"]
         middle = severities[list(severities)[len(severities) // 2]]
-        if head in middle:
+        # Scored on fewer samples (the only modality removed from some): not a drop of the same test set.
+        if head in middle and middle[head]["samples"] == clean["samples"]:
             drops[name] = 100 * (clean[metric] - middle[head][metric])
     families = {
         family: float(np.mean(values)) if (values := [d for n, d in drops.items() if n.startswith(prefixes)]) else None

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.e2e.conftest import working_directory
-from tests.e2e.test_flow_faults import copy_project, in_process_tracking, sqlite_store
+from tests.e2e.test_flow_faults import copy_project, edit_params, in_process_tracking, sqlite_store
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +31,8 @@ def test_each_seed_is_a_nested_run_and_the_best_on_valid_is_registered(
     from flows.pipeline import pipeline
 
     project = copy_project(tiny_project, tmp_path / "project")
+    # What this test is about is training and its records: the shortest compression and robustness stages.
+    edit_params(project, compress={"variants": ["int8"]}, robustness={"perturbations": {"missing_text": [1.0]}})
     store = sqlite_store(project)
     in_process_tracking(monkeypatch, store)
     with working_directory(project):
