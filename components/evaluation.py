@@ -34,13 +34,21 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from components.atomic import replace_directory, write_bytes, write_json, write_text
-from components.config import ConfigError, EvaluateParams
-from components.devices import pick_device
+from components.config import EvaluateParams
 from components.errors import DataError, TrainingError
-from components.featurize import FEATURES, load_features
+from components.featurize import FEATURES
 from components.figures import grid, png
 from components.metrics import classification_metrics, metrics_for, primary_metric
-from components.model_store import Monitor, load_trained, model_inputs, predict, read_card, read_history, split_rows
+from components.model_store import (
+    Monitor,
+    load_for_scoring,
+    load_trained,
+    model_inputs,
+    predict,
+    read_card,
+    read_history,
+    split_rows,
+)
 
 HISTORY_CSV = "history.csv"  # always written: also what shows that a plots directory is ours to replace
 CURVES_PNG = "training_curves.png"  # the same, for the figures directory
@@ -96,17 +104,8 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
     """
     start = time.perf_counter()
     features, model_dir = Path(features), Path(model_dir)
-    model = load_trained(model_dir)
-    card, history = read_card(model_dir), read_history(model_dir)
-    arrays, state = load_features(features)
-    if card.featurizer_key != state.key:
-        raise TrainingError(
-            f"{model_dir}: trained on other features than {features} (featurizer key differs); run `msa train`"
-        )
-    try:
-        device = pick_device(params.device)
-    except ValueError as e:
-        raise ConfigError(f"evaluate.device: {e}") from None
+    model, card, arrays, state, device = load_for_scoring(model_dir, features, params.device, "evaluate.device")
+    history = read_history(model_dir)
 
     spec = model.spec
     kind, classes = spec.label.kind, spec.label.classes
@@ -115,7 +114,6 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
     split_codes = tensors.pop("split")
     labels, ids = tensors["label"].numpy(), np.asarray(state.ids)
     plotted = "test" if "test" in params.splits else "valid"
-    model.to(device)
 
     metrics, predictions, notes = _score(model, tensors, split_codes, params.splits, device, features, progress)
     outputs = {

@@ -178,6 +178,31 @@ def load_trained(out: str | Path, *, standalone: bool = False) -> MultiTaskModel
     return model.eval()
 
 
+def load_for_scoring(model_dir: str | Path, features: str | Path, device: str, setting: str) -> tuple[Any, ...]:
+    """(model on its device, card, feature arrays, featurizer state, device) for a stage that scores the model in
+    `model_dir` on `features`; `setting` names the device option in errors.
+
+    Raises TrainingError for a missing model or one trained on other features, ConfigError for an unavailable
+    device.
+    """
+    from components.config import ConfigError
+    from components.devices import pick_device
+    from components.featurize import load_features
+
+    model_dir = Path(model_dir)
+    model, card = load_trained(model_dir), read_card(model_dir)
+    arrays, state = load_features(features)
+    if card.featurizer_key != state.key:
+        raise TrainingError(
+            f"{model_dir}: trained on other features than {features} (featurizer key differs); run `msa train`"
+        )
+    try:
+        chosen = pick_device(device)
+    except ValueError as e:
+        raise ConfigError(f"{setting}: {e}") from None
+    return model.to(chosen), card, arrays, state, chosen
+
+
 def model_inputs(
     arrays: dict[str, np.ndarray], spec: ModelSpec, *, standalone: bool = False
 ) -> dict[str, torch.Tensor]:

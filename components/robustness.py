@@ -33,17 +33,15 @@ from components import perturbations
 from components.atomic import replace_directory, write_bytes, write_json
 from components.config import ConfigError, Head, RobustnessParams
 from components.dataset import SPLITS, read_dataset
-from components.devices import pick_device
-from components.errors import DataError, TrainingError
-from components.featurize import FEATURES, FeaturizerState, encode_texts, load_features, load_tokenizer
+from components.errors import DataError
+from components.featurize import FEATURES, FeaturizerState, encode_texts, load_tokenizer
 from components.metrics import metrics_for
 from components.model_store import (
     EVAL_BATCH,
     digest,
-    load_trained,
+    load_for_scoring,
     model_inputs,
     monitored_head,
-    read_card,
     trim_padding,
 )
 from components.models import MultiTaskModel
@@ -126,17 +124,8 @@ def robustness(
 
     check_plots_directory(Path(params.plots))
     model_dir = Path(model_dir)
-    model, card = load_trained(model_dir), read_card(model_dir)
-    arrays, state = load_features(features)
-    if card.featurizer_key != state.key:
-        raise TrainingError(
-            f"{model_dir}: trained on other features than {features} (featurizer key differs); run `msa train`"
-        )
-    try:
-        device = pick_device(params.device)
-    except ValueError as e:
-        raise ConfigError(f"robustness.device: {e}") from None
-    spec = model.to(device).spec
+    model, _, arrays, state, device = load_for_scoring(model_dir, features, params.device, "robustness.device")
+    spec = model.spec
     kind, head = spec.label.kind, monitored_head(spec)
     metric = robustness_metric(kind, params.metric)
     rows = np.flatnonzero(arrays["split"] == SPLITS.index(params.split))
