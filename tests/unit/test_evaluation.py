@@ -41,6 +41,7 @@ def settings(tmp_path: Path, **changes) -> EvaluateParams:
     return EvaluateParams(
         headline=tmp_path / "metrics" / "evaluate.json",
         report=tmp_path / "reports" / "evaluation.json",
+        seeds=tmp_path / "reports" / "seeds.json",
         plots=tmp_path / "metrics" / "plots",
         figures=tmp_path / "reports" / "figures",
         **changes,
