@@ -208,10 +208,16 @@ def test_failure_after_creating_the_version_removes_it_and_keeps_the_champion(
     assert client.get_model_version_by_alias("halfway", "champion").version == "1"
 
 
-def test_a_name_taken_by_a_model_with_other_inputs_is_refused(tiny_project, mlflow_server, client, tmp_path):
+def test_a_name_taken_by_a_model_with_other_inputs_is_refused(
+    tiny_project, mlflow_server, client, tmp_path, monkeypatch
+):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
+    # set_experiment makes the experiment this process's active one (a global and MLFLOW_EXPERIMENT_ID): undone
+    # after the test, so that a later in-process pipeline run starts its own run in its own experiment.
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")
     mlflow.set_experiment("other-contract")
     package = tmp_path / "package"
     package.mkdir()
