@@ -149,8 +149,7 @@ def robustness(
     text = _TextInputs(raw, state, params, ids, spec) if any(n.startswith("text_") for n, _ in runnable) else None
     report: dict[str, Any] = {
         "model_digest": digest(model_dir), "split": params.split, "metric": metric, "head": head, "seed": params.seed,
-        "samples": len(ids),
-        "clean": scores, "perturbations": {}, "skipped": skipped,
+        "samples": len(ids), "clean": scores, "perturbations": {}, "skipped": skipped,
     }  # fmt: skip
     for name, severity in tqdm(runnable, desc="robustness", unit="setting", disable=None if progress else True):
         perturbed = _perturb(name, severity, clean, ids, params.seed, state, text)

@@ -318,19 +318,16 @@ class TrainingLog:
     def record_seeds(self, history: list[dict], valid: Mapping[int, float], chosen: int) -> None:
         """After a multi-seed training: the kept seed's curves on the head runs and the parent (as one seed's would
         be), and each seed run ended with its best valid value and whether it is the model."""
-        for record in history:
-            self.log_epoch(record)
-        for seed, value in valid.items():
-            run_id = seed_run(self.client, self.parent, seed, self.attempt)
-            log_numbers(self.client, run_id, {f"best_valid_{self.spec_metric}": value})
-            log_tags(self.client, run_id, {"msa.chosen": str(seed == chosen).lower()})
-            self.client.set_terminated(run_id, "FINISHED")
-
-    @property
-    def spec_metric(self) -> str:
         from components.metrics import primary_metric
 
-        return primary_metric(self.spec.label.kind)[0]
+        for record in history:
+            self.log_epoch(record)
+        metric = primary_metric(self.spec.label.kind)[0]
+        for seed, value in valid.items():
+            run_id = seed_run(self.client, self.parent, seed, self.attempt)
+            log_numbers(self.client, run_id, {f"best_valid_{metric}": value})
+            log_tags(self.client, run_id, {"msa.chosen": str(seed == chosen).lower()})
+            self.client.set_terminated(run_id, "FINISHED")
 
     def finish(self, summary: Mapping[str, float] | None = None) -> str:
         """Upload the final model (with the whole history) and return its digest, the pipeline's to check."""
