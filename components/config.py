@@ -339,6 +339,73 @@ class PipelineParams(Section):
     timeouts: StageTimeouts = StageTimeouts()
 
 
+Choice = bool | int | float | str
+
+
+class SearchDimension(Section):
+    """The values one setting takes in a search: `low` to `high` (on a log scale with `log`, in steps of `step`)
+    for a number, or a list of `choices`."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: tuple[Choice, ...] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchDimension:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low and high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (a range), or choices")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("a log scale needs low > 0 and no step")
+        return self
+
+
+def _default_space() -> dict[str, SearchDimension]:
+    return {
+        "train.lr": SearchDimension(low=1e-4, high=3e-3, log=True),
+        "train.weight_decay": SearchDimension(low=1e-6, high=1e-2, log=True),
+        "model.hidden": SearchDimension(choices=(32, 64, 128)),
+        "model.dropout": SearchDimension(low=0.0, high=0.5),
+    }
+
+
+class PrunerParams(Section):
+    """Optuna's median pruner: a trial stops when its valid metric at an epoch is worse than the median of earlier
+    trials at that epoch."""
+
+    startup_trials: int = Field(4, ge=0, description="trials that run to their end before any is pruned")
+    warmup_epochs: int = Field(3, ge=0, description="epochs a trial trains before it may be pruned")
+
+
+class TuneParams(Section):
+    """`msa tune`: an Optuna study over `space`, each trial a training scored on valid (test is never read)."""
+
+    trials: int = Field(20, ge=1, description="finished trials (completed or pruned) the study is to have")
+    concurrency: int = Field(2, ge=1, description="trials at once in one `msa tune` (processes)")
+    study: str | None = Field(None, description="study name; null: <dataset>-tune")
+    storage: str = Field(
+        "sqlite:///tune.db", description="Optuna RDB storage URL (the environment's MSA_TUNE_STORAGE wins)"
+    )
+    heartbeat: int = Field(
+        30, ge=1, description="seconds between a running trial's heartbeats; silent for twice this, it was killed"
+    )
+    seed: int = Field(0, ge=0, description="seeds the TPE sampler")
+    out: Path = Field(Path("models/tune"), description="each trial's training directory")
+    best: Path = Field(Path("params.tuned.yaml"), description="the params file with the best trial's values")
+    report: Path = Field(Path("reports/tune.json"), description="every trial: values, state, score, epochs")
+    pruner: PrunerParams = PrunerParams()
+    space: dict[str, SearchDimension] = Field(
+        default_factory=_default_space, min_length=1, description="setting (model.* or train.*) -> its values"
+    )
+
+
 class Params(Section):
     data: DataParams = DataParams()
     # `validate` would shadow BaseModel.validate, so the attribute is `validation` and the YAML key `validate`.
@@ -352,6 +419,20 @@ class Params(Section):
     registry: RegisterParams = Field(RegisterParams(), alias="register")  # `register` would shadow ABC.register
     serve: ServeParams = ServeParams()
     pipeline: PipelineParams = PipelineParams()
+    tune: TuneParams = TuneParams()
+
+    @model_validator(mode="after")
+    def _search_space_tunable(self) -> Params:
+        """Every key of tune.space names a setting that decides what training learns, and each of its values is
+        valid there."""
+        for key, dimension in self.tune.space.items():
+            values = dimension.choices if dimension.choices is not None else (dimension.low, dimension.high)
+            for value in values:
+                try:
+                    with_overrides(self, {key: value})
+                except ConfigError as e:
+                    raise ValueError(f"tune.space: {e}") from None
+        return self
 
     @model_validator(mode="after")
     def _robustness_gate_measured(self) -> Params:
@@ -405,8 +486,14 @@ RUNTIME_SETTINGS = frozenset(
         "register.retries",
         "register.timeout",
         "pipeline",
+        "tune",  # searching for settings; what a trial found enters through the settings above
     }
 )
+
+# What `tune.space` may search: the settings of what training learns. Not where it writes or runs, nor the seeds
+# (tuning a seed fits noise); featurize settings would need features made per trial.
+TUNABLE_SECTIONS = ("model", "train")
+NOT_TUNABLE = frozenset({"train.seed", "train.seeds", "train.modalities", "train.single_task"})
 
 
 def with_seeds(params: Params, seeds: int | None) -> Params:
@@ -416,6 +503,49 @@ def with_seeds(params: Params, seeds: int | None) -> Params:
     if seeds < 1:
         raise ConfigError(f"--seeds: at least 1, got {seeds}")
     return params.model_copy(update={"train": params.train.model_copy(update={"seeds": seeds})})
+
+
+def with_overrides(params: Params, overrides: typing.Mapping[str, object]) -> Params:
+    """`params` with settings replaced by dotted key (`{"train.lr": 0.003}`), each checked by its section's rules;
+    a key that is not a tunable setting, or a value its setting refuses, is a ConfigError naming it."""
+    sections: dict[str, dict] = {}
+    for key, value in overrides.items():
+        section, _, rest = key.partition(".")
+        if section not in TUNABLE_SECTIONS or not rest or key in NOT_TUNABLE or key in RUNTIME_SETTINGS:
+            raise ConfigError(
+                f"'{key}' cannot be tuned: tune model.* and train.* settings that decide what training learns, not "
+                "where it writes or runs, its seeds, modalities or single task"
+            )
+        data = sections.setdefault(section, getattr(params, section).model_dump())
+        *parents, leaf = rest.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                break
+        if not isinstance(node, dict) or leaf not in node:
+            keys = sorted(_dotted(getattr(params, section).model_dump(), section))
+            hint = difflib.get_close_matches(key, keys, n=1)
+            raise ConfigError(f"'{key}' is not a setting" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+        node[leaf] = value
+    update = {}
+    for section, data in sections.items():
+        model = type(getattr(params, section))
+        try:
+            update[section] = model.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join([section, *(str(part) for part in err["loc"])])
+            raise ConfigError(f"{where}: {err['msg']} (got {err.get('input')!r})") from None
+    return params.model_copy(update=update)
+
+
+def _dotted(values: dict, prefix: str) -> list[str]:
+    keys = []
+    for key, value in values.items():
+        name = f"{prefix}.{key}"
+        keys += _dotted(value, name) if isinstance(value, dict) else [name]
+    return keys
 
 
 def runtime_keys(section: str) -> set[str]:

@@ -214,6 +214,51 @@ def child_run(client: Any, parent: str, kind: str, name: str, tags: Mapping[str,
     return run.info.run_id
 
 
+@contextmanager
+def tune_run(client: Any, experiment: str, plan: Any, params: Params) -> Iterator[str]:
+    """The run of the Optuna study of `plan` (reopened when the study resumes) and its id; its trials are its child
+    runs. Ended FINISHED, FAILED or KILLED; trial runs are each ended by their own process."""
+    exp = experiment_id(client, experiment)
+    runs = client.search_runs(
+        [exp], filter_string=f"tags.`{KIND}` = 'tune' and tags.`msa.study_uid` = '{plan.uid}'", max_results=1
+    )
+    if runs:
+        run_id = runs[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        tags = {KIND: "tune", "msa.study": plan.study, "msa.study_uid": plan.uid, HEARTBEAT: str(time.time())}
+        run_id = client.create_run(exp, run_name=f"tune {plan.study}", tags=tags).info.run_id
+    status = "KILLED"
+    try:
+        log_params(client, run_id, flatten(params.model_dump(mode="json", by_alias=True), "."))
+        with heartbeat(client, run_id):
+            yield run_id
+        status = "FINISHED"
+    except Exception:
+        status = "FAILED"
+        raise
+    finally:
+        with contextlib.suppress(Exception):  # the flow's own error matters more
+            client.set_terminated(run_id, status)
+
+
+def log_tune(client: Any, run_id: str, result: Any) -> None:
+    """The study's outcome on its run: counts, the best score and values, the report and the tuned params file;
+    trial runs a killed process left RUNNING are ended KILLED."""
+    states = {t.number: t.state for t in result.trials}
+    for run in child_runs(client, run_id, "trial"):
+        if run.info.status == "RUNNING" and states.get(int(run.data.tags.get("msa.trial", -1))) == "FAIL":
+            client.set_terminated(run.info.run_id, "KILLED")
+    counts = {f"trials_{s.lower()}": sum(t.state == s for t in result.trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    best = {} if result.best is None else {f"best_{result.monitor.replace(' ', '_')}": result.best.value}
+    log_numbers(client, run_id, counts | best)
+    if result.best is not None:
+        log_tags(client, run_id, {"msa.best_trial": str(result.best.number)})
+    for path in (result.report, result.best_params):
+        if path is not None:
+            client.log_artifact(run_id, str(path), "tune")
+
+
 # --- stages -----------------------------------------------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from components.atomic import write_bytes
 from components.augmentation import augment, enabled
 from components.config import ConfigError, ModelParams, TrainParams, runtime_keys
+from components.dataset import SPLITS
 from components.devices import autocast_dtype, pick_device
 from components.errors import TrainingError, TrainingInterrupted
 from components.featurize import FeaturizerState, load_features, read_state
@@ -303,6 +304,7 @@ def _train_one(
 ) -> TrainResult:
     start = time.perf_counter()
     arrays, state = load_features(features)
+    arrays = _without_test(arrays)
     spec = build_spec(state, model_params, params)
     out, inputs = Path(params.out), _inputs_key(state, spec, params)
     if resume is None:
@@ -423,6 +425,13 @@ def _train_one(
         history=progress_state["history"],
         resumed_from=resumed_from,
     )
+
+
+def _without_test(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The train and valid rows only: the test split never reaches training, so nothing chosen by a valid score
+    (an epoch, a seed, a tuning trial) can have seen it."""
+    keep = arrays["split"] != SPLITS.index("test")
+    return {name: values[keep] for name, values in arrays.items()}
 
 
 @contextmanager

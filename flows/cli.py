@@ -253,6 +253,26 @@ def _prefect_api_configured() -> bool:
 
 
 @app.command()
+def tune(
+    trials: Annotated[
+        int | None, typer.Option("--trials", min=1, help="Finished trials the study is to have (default: tune.trials).")
+    ] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Search tune.space with Optuna (TPE, median pruning) as a Prefect flow: each trial trains on train and is
+    scored on valid (test is never read), tune.concurrency at once; writes the best values as a params file.
+
+    The study is stored in tune.storage: a killed `msa tune` resumes where it stopped, and several (on several
+    machines, with a shared database) share the work. Trials are nested runs of a tune run in MLflow.
+    """
+    from flows.tuning import tune as tune_flow
+
+    started = time.perf_counter()
+    result = tune_flow(params=str(params), trials=trials)
+    out.print(f"{result.summary()} [{time.perf_counter() - started:.1f}s]", markup=False)
+
+
+@app.command()
 def validate(
     data: Annotated[Path | None, typer.Option(help="Dataset directory (default: data.raw in params).")] = None,
     params: ParamsOpt = DEFAULT_PARAMS,

@@ -53,7 +53,7 @@ def training(
     with tracking.connected(p.registry) as client:
         train_run = tracking.child_run(client, run_id, "train", tracking.train_run_name(attempt))
         with tracking.heartbeat(client, train_run, every):
-            _featurize(p)
+            featurize_if_changed(p)
             return tasks.with_timeout(tasks.train, p.pipeline.timeouts.train)(p, run_id, attempt, restart)
 
 
@@ -87,7 +87,7 @@ def pipeline(params: str = "params.yaml", force: bool = False, seeds: int | None
         return tasks.with_retries(tasks.register, p, timeouts.register_)(p, run_id, context, digest, force)
 
 
-def _featurize(p: Params) -> None:
+def featurize_if_changed(p: Params) -> None:
     """Featurize, or keep the features when their content key (dataset, text model, settings) is unchanged."""
     key = input_key(p.data.raw, p.featurize)
     featurize = tasks.with_timeout(tasks.featurize, p.pipeline.timeouts.featurize)
@@ -114,7 +114,7 @@ def _train_on_work_pool(p: Params, params: str, run_id: str, *, restart: bool) -
             f"(attempt {attempt} of {settings.train_attempts}); waiting for a worker of its pool"
         )
         if attempt == 1:
-            _featurize(p)  # evaluate needs the features here too: made while the worker trains on its own disk
+            featurize_if_changed(p)  # evaluate needs them here too: made while the worker trains on its own disk
         state = _await_training(flow_run.id, p, run_id, attempt)
         if state.is_completed():
             logger.info(f"training flow run {flow_run.name} completed")

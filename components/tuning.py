@@ -1,0 +1,370 @@
+"""Hyperparameter search with Optuna: trainings on the train split scored on valid; the test split is never read.
+
+Each trial draws values for the settings in `tune.space` (TPE sampler), trains with them (one seed, in its own
+directory under `tune.out`), reports the monitored head's valid metric after every epoch, and is stopped by the
+median pruner when that curve falls behind the median of earlier trials at the same epoch. Its score is the best
+valid value its training reached: what early stopping keeps. Training itself drops the test rows before it builds a
+tensor (components.training), so no trial can see them.
+
+The study lives in an Optuna RDB storage (`tune.storage`, or `MSA_TUNE_STORAGE` for a URL that holds a password):
+an SQLite file on one machine, the team's PostgreSQL when trials run on several. Every process that runs trials
+works on the same study, so several `msa tune` (or runs of the tune deployment) share the work, and a study that
+was killed resumes: finished trials count, a running trial whose heartbeat went silent (`tune.heartbeat`) is failed
+and retried with the same values, and the retry continues the checkpoint its training left (a trial's directory is
+named by its values, so the retry finds it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import yaml
+
+from components import tracking
+from components.atomic import write_bytes
+from components.config import ConfigError, Params, SearchDimension, TuneParams, with_overrides
+from components.errors import TrainingError
+from components.featurize import read_state
+from components.metrics import primary_metric
+
+STORAGE_ENV = "MSA_TUNE_STORAGE"
+UID = "msa.uid"
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial's outcome is logged by the flow, once
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+@dataclass
+class TrialResult:
+    number: int
+    state: str  # COMPLETE, PRUNED or FAIL
+    values: dict[str, Any]  # the settings it tried, by dotted key
+    value: float | None  # the best valid value its training reached (None when pruned before any, or failed)
+    epochs: int
+    seconds: float
+    retry_of: int | None = None  # the killed trial it continued
+
+    def summary(self) -> str:
+        score = "" if self.value is None else f" {self.value:.4f}"
+        retry = "" if self.retry_of is None else f", retry of trial {self.retry_of}"
+        return f"trial {self.number}: {self.state}{score} after {self.epochs} epochs ({self.seconds:.1f} s{retry})"
+
+
+@dataclass
+class TuneResult:
+    study: str
+    monitor: str  # "valid <head> <metric>"
+    direction: str
+    best: TrialResult | None
+    trials: list[TrialResult] = field(default_factory=list)
+    best_params: Path | None = None
+    report: Path | None = None
+
+    @property
+    def overrides(self) -> list[str]:
+        """The best values as `dvc exp run -S` arguments."""
+        return [f"-S '{key}={_yaml_scalar(value)}'" for key, value in (self.best.values if self.best else {}).items()]
+
+    def summary(self) -> str:
+        counts = {state: sum(t.state == state for t in self.trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
+        done = ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)
+        if self.best is None:
+            return f"tune: study {self.study}: {done or 'no trials'}; no trial completed"
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.best.values.items())
+        return (
+            f"tune: study {self.study}: {done}; best trial {self.best.number}, {self.monitor} {self.best.value:.4f} "
+            f"({values}) -> {self.best_params}; as an experiment: dvc exp run {' '.join(self.overrides)}"
+        )
+
+
+def storage_url(settings: TuneParams) -> str:
+    return os.environ.get(STORAGE_ENV) or settings.storage
+
+
+def study_name(params: Params) -> str:
+    return params.tune.study or f"{read_state(params.featurize.out).dataset}-tune"
+
+
+def open_study(params: Params, *, sampler_seed: int | None = None) -> optuna.Study:
+    """The study of `params` (created the first time): TPE sampler, median pruner, heartbeat and retry of killed
+    trials. `sampler_seed` gives each concurrent process its own draws (the same seed would propose the same
+    values twice)."""
+    settings = params.tune
+    url = storage_url(settings)
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # waits out a concurrent writer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine,
+            heartbeat_interval=settings.heartbeat,
+            grace_period=2 * settings.heartbeat,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1, inherit_intermediate_values=True
+            ),
+        )
+        seed = settings.seed if sampler_seed is None else sampler_seed
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)  # liar: concurrent trials spread out
+    pruner = optuna.pruners.MedianPruner(
+        n_startup_trials=settings.pruner.startup_trials, n_warmup_steps=settings.pruner.warmup_epochs
+    )
+    _, mode = primary_metric(read_state(params.featurize.out).label_kind)
+    direction = "minimize" if mode == "min" else "maximize"
+    try:
+        study = optuna.create_study(
+            study_name=study_name(params), storage=storage, sampler=sampler, pruner=pruner, direction=direction,
+            load_if_exists=True,
+        )  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many types for an unreachable database
+        raise ConfigError(f"tune.storage {url}: cannot open the study ({type(e).__name__}: {e})") from None
+    if study.direction.name.lower() != direction:
+        raise ConfigError(
+            f"study {study.study_name} in {url} was made to {study.direction.name.lower()} another metric: name "
+            "another tune.study"
+        )
+    return study
+
+
+@dataclass(frozen=True)
+class Plan:
+    study: str
+    uid: str  # tells this study from an earlier one of the same name (a deleted storage): keys its MLflow run
+    todo: int  # trials still to run for the study to have `tune.trials` finished ones (completed or pruned)
+
+
+def plan(params: Params) -> Plan:
+    study = open_study(params)
+    if UID not in study.user_attrs:
+        study.set_user_attr(UID, uuid.uuid4().hex)
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    return Plan(study.study_name, study.user_attrs[UID], max(0, params.tune.trials - finished))
+
+
+def suggest(trial: optuna.Trial, space: dict[str, SearchDimension], params: Params) -> dict[str, Any]:
+    """One value per setting of `space`: a choice, an integer for an integer setting, else a float."""
+    values: dict[str, Any] = {}
+    for key, dim in space.items():
+        if dim.choices is not None:
+            values[key] = trial.suggest_categorical(key, list(dim.choices))
+        elif isinstance(_current(params, key), int) and not isinstance(_current(params, key), bool):
+            step = 1 if dim.step is None else int(dim.step)
+            values[key] = trial.suggest_int(key, int(dim.low), int(dim.high), step=step, log=dim.log)
+        else:
+            values[key] = trial.suggest_float(key, dim.low, dim.high, step=dim.step, log=dim.log)
+    return values
+
+
+def _current(params: Params, key: str) -> Any:
+    node: Any = params
+    for part in key.split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return node
+
+
+def trial_dir(params: Params, study: str, values: dict[str, Any]) -> Path:
+    """Where a trial with these values trains: named by them, so a retried trial continues its checkpoint."""
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+    return params.tune.out / study / f"trial-{digest}"
+
+
+def run_trial(params: Params, slot: int, parent_run: str | None = None, *, threads: int | None = None) -> TrialResult:
+    """One trial of the study: the next waiting (retried) trial, else new values from the sampler, seeded by
+    (tune.seed, `slot`); logged as a child run of MLflow run `parent_run` (None: not logged).
+
+    `threads`: torch's intra-op threads (None: the cores over tune.concurrency, so concurrent trials do not fight
+    for cores; oversubscribed recurrent layers run many times slower)."""
+    import torch
+
+    from components.training import train
+
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // params.tune.concurrency))
+    seed = int(np.random.SeedSequence([params.tune.seed, slot]).generate_state(1)[0])
+    study = open_study(params, sampler_seed=seed)
+    ran: list[int] = []  # the number of the trial this process ran
+
+    def objective(trial: optuna.Trial) -> float:
+        ran.append(trial.number)
+        values = suggest(trial, params.tune.space, params)
+        tried = with_overrides(params, values)
+        settings = tried.train.model_copy(update={"seeds": 1, "out": trial_dir(params, study.study_name, values)})
+        retry_of = study.get_trials(deepcopy=False)[trial.number].system_attrs.get("failed_trial")
+        with _trial_run(params, parent_run, trial.number, values, retry_of) as log:
+
+            def on_epoch(record: dict, improved: bool) -> None:
+                value = log.epoch(record)
+                trial.set_user_attr("epochs", record["epoch"])
+                trial.report(value, record["epoch"])
+                if trial.should_prune():
+                    log.finish("PRUNED", epochs=record["epoch"])
+                    raise optuna.TrialPruned(f"valid {log.metric} {value:.4f} at epoch {record['epoch']}")
+
+            result = train(params.featurize.out, tried.model, settings, progress=False, on_epoch=on_epoch)
+            trial.set_user_attr("epochs", result.epochs_run)  # a retry that found its training done reported none
+            log.finish("COMPLETE", epochs=result.epochs_run, best=result.best_value)
+            return result.best_value
+
+    # Training that diverges (TrainingError: a non-finite loss) is what these values do: a FAIL trial, the study goes
+    # on. Anything else is recorded as FAIL and raised: it would fail every trial.
+    study.optimize(objective, n_trials=1, catch=(TrainingError,))
+    result = _as_result(study.get_trials(deepcopy=False)[ran[0]], study)
+    if result.state in ("COMPLETE", "PRUNED"):  # nothing will continue it: its checkpoint and model are of no use
+        shutil.rmtree(trial_dir(params, study.study_name, result.values), ignore_errors=True)
+    return result
+
+
+def _best_reported(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> float | None:
+    values = list(trial.intermediate_values.values())
+    if not values:
+        return None
+    return min(values) if study.direction == optuna.study.StudyDirection.MINIMIZE else max(values)
+
+
+class _TrialLog:
+    """A trial's child run of the tune run (none when `client` is None): its values as params, its valid curve live,
+    then its state and score, ended before Optuna records the trial's end (a kill in between leaves the run RUNNING
+    for `tracking.log_tune` to end KILLED, never a finished trial without its score)."""
+
+    def __init__(self, client: Any, run_id: str | None, head: str, metric: str, mode: str) -> None:
+        self.client, self.run_id, self.head, self.metric, self.mode = client, run_id, head, metric, mode
+        self.best: float | None = None
+        self.started = time.perf_counter()
+
+    def epoch(self, record: dict) -> float:
+        value = record["valid"][self.head][self.metric]
+        if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
+            self.best = value
+        if self.client is not None:
+            metrics = tracking.epoch_metrics(record, self.head)
+            tracking.log_numbers(self.client, self.run_id, metrics, step=record["epoch"])
+        return value
+
+    def finish(self, state: str, epochs: int, best: float | None = None) -> None:
+        if self.client is None:
+            return
+        best = self.best if best is None else best
+        metrics = {"trial_seconds": time.perf_counter() - self.started, "epochs_run": epochs}
+        tracking.log_numbers(
+            self.client, self.run_id, metrics | ({} if best is None else {f"best_valid_{self.metric}": best})
+        )
+        tracking.log_tags(self.client, self.run_id, {"msa.trial_state": state})
+
+
+@contextmanager
+def _trial_run(
+    params: Params, parent_run: str | None, number: int, values: dict[str, Any], retry_of: int | None
+) -> Iterator[_TrialLog]:
+    """The trial's MLflow child run (none when `parent_run` is None), ended FINISHED (completed or pruned) or
+    FAILED."""
+    from components.model_store import monitored_head
+    from components.training import build_spec
+
+    spec = build_spec(read_state(params.featurize.out), params.model, params.train)
+    head, (metric, mode) = monitored_head(spec), primary_metric(spec.label.kind)
+    if parent_run is None:
+        yield _TrialLog(None, None, head, metric, mode)
+        return
+    with tracking.connected(params.registry) as client:
+        tags = {"msa.trial": str(number)} | ({} if retry_of is None else {"msa.retry_of": str(retry_of)})
+        run_id = tracking.child_run(client, parent_run, "trial", f"trial {number}", tags)
+        tracking.log_params(client, run_id, values)
+        log = _TrialLog(client, run_id, head, metric, mode)
+        status = "FAILED"
+        try:
+            yield log
+            status = "FINISHED"
+        except optuna.TrialPruned:
+            status = "FINISHED"
+            raise
+        except Exception:
+            log.finish("FAIL", epochs=0)
+            raise
+        finally:
+            client.set_terminated(run_id, status)
+
+
+def conclude(params: Params, params_file: Path) -> TuneResult:
+    """The study as it stands: every trial in `tune.report`, and the best completed trial's values applied to
+    `params_file` written as `tune.best` (a params file `msa run --params` and `dvc exp run` take)."""
+    study = open_study(params)
+    _, mode = primary_metric(read_state(params.featurize.out).label_kind)
+    trials = [_as_result(t, study) for t in study.get_trials(deepcopy=False)]
+    completed = [t for t in trials if t.state == "COMPLETE"]
+    best = (min if mode == "min" else max)(completed, key=lambda t: t.value) if completed else None
+    from components.model_store import monitored_head
+    from components.training import build_spec
+
+    spec = build_spec(read_state(params.featurize.out), params.model, params.train)
+    monitor = f"valid {monitored_head(spec)} {primary_metric(spec.label.kind)[0]}"
+    result = TuneResult(study=study.study_name, monitor=monitor, direction=study.direction.name.lower(), best=best,
+                        trials=trials)  # fmt: skip
+    report = {
+        "study": study.study_name,
+        "storage": _redacted(storage_url(params.tune)),
+        "monitor": monitor,
+        "direction": result.direction,
+        "space": {k: v.model_dump(exclude_none=True) for k, v in params.tune.space.items()},
+        "best": asdict(best) if best else None,
+        "trials": [asdict(t) for t in trials],
+    }
+    write_bytes(params.tune.report, (json.dumps(report, indent=2) + "\n").encode())
+    result.report = params.tune.report
+    if best is not None:
+        write_bytes(params.tune.best, _tuned_params_file(params_file, best, study.study_name).encode())
+        result.best_params = params.tune.best
+    return result
+
+
+def _as_result(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> TrialResult:
+    seconds = (
+        (trial.datetime_complete - trial.datetime_start).total_seconds()
+        if trial.datetime_complete and trial.datetime_start
+        else 0.0
+    )
+    value = {"COMPLETE": trial.value, "PRUNED": _best_reported(trial, study)}.get(trial.state.name)
+    return TrialResult(
+        number=trial.number, state=trial.state.name, values=dict(trial.params), value=value,
+        epochs=trial.user_attrs.get("epochs", 0), seconds=seconds, retry_of=trial.system_attrs.get("failed_trial"),
+    )  # fmt: skip
+
+
+def _tuned_params_file(params_file: Path, best: TrialResult, study: str) -> str:
+    """`params_file` with the best trial's values set: the user's other settings (and their order) stay."""
+    raw = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
+    for key, value in best.values.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    header = (
+        f"# {params_file} with the values of trial {best.number} of Optuna study {study} (valid score "
+        f"{best.value:.4f}), written by `msa tune`.\n# Train with them: msa run --params <this file>, or\n"
+        f"# dvc exp run {' '.join(f'-S {k}={_yaml_scalar(v)}' for k, v in best.values.items())}\n"
+    )
+    return header + yaml.safe_dump(raw, sort_keys=False)
+
+
+def _yaml_scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _redacted(url: str) -> str:
+    """A storage URL without its password."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: show its scheme only
+        return url.split("://", 1)[0] + "://..."

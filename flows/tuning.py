@@ -1,0 +1,102 @@
+"""The `tune` flow: an Optuna study whose trials run as Prefect tasks, at most `tune.concurrency` at once, each in a
+process of its own, and log as nested MLflow runs of one tune run per study.
+
+Trials of one study may run in several flow runs at once, on several machines (the tune-gpu deployment on the GPU
+pool, started once per worker): they share the study through its storage (`tune.storage`), so each runs the trials
+still missing and none runs one twice. A flow run that was killed leaves its running trials to be failed and
+retried by the next one (components.tuning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.futures import as_completed
+from prefect.logging import get_run_logger
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.task_runners import ProcessPoolTaskRunner
+
+from components import tracking, tuning
+from components.config import Params, load_params
+from components.featurize import read_state
+from flows.pipeline import featurize_if_changed
+
+
+@task(name="trial")
+def trial(params: Params, slot: int, run_id: str) -> tuning.TrialResult:
+    result = tuning.run_trial(params, slot, run_id)
+    get_run_logger().info(result.summary())
+    return result
+
+
+# Trials train in processes of their own: torch's random state and thread settings are per process.
+@flow(name="tune", persist_result=True, result_serializer="json", task_runner=ProcessPoolTaskRunner())
+def tune(params: str = "params.yaml", trials: int | None = None) -> tuning.TuneResult:
+    """Run the trials the study still lacks to have `trials` (default tune.trials) finished ones, then write the best
+    trial's values as a params file (tune.best) and every trial to tune.report."""
+    p = load_params(params)
+    if trials is not None:
+        p = p.model_copy(update={"tune": p.tune.model_copy(update={"trials": trials})})
+    logger = get_run_logger()
+    featurize_if_changed(p)
+    plan = tuning.plan(p)
+    experiment = p.registry.experiment or read_state(p.featurize.out).dataset
+    with tracking.connected(p.registry) as client, tracking.tune_run(client, experiment, plan, p) as run_id:
+        logger.info(f"study {plan.study}: {plan.todo} trials to run, {p.tune.concurrency} at once; MLflow run {run_id}")
+        slots = list(range(p.tune.trials - plan.todo, p.tune.trials))  # seeds the trials' samplers: one each
+        with _api_for_trial_processes():
+            _run_trials(p, slots, run_id)
+        result = tuning.conclude(p, Path(params))
+        tracking.log_tune(client, run_id, result)
+    create_markdown_artifact(key="msa-tune", markdown=_markdown(result), description=f"Optuna study {plan.study}")
+    logger.info(result.summary())
+    return result
+
+
+def _run_trials(p: Params, slots: list[int], run_id: str) -> None:
+    """Trial tasks for `slots`, tune.concurrency at a time. A failure that is not the trial's own (a FAIL state) stops
+    new trials and fails the flow once the running ones end: it would fail every trial."""
+    running = [trial.submit(p, slot, run_id) for slot in slots[: p.tune.concurrency]]
+    queued, failed = slots[p.tune.concurrency :], None
+    while running:
+        done = next(as_completed(running))
+        running.remove(done)
+        try:
+            done.result()
+        except Exception as e:  # noqa: BLE001 - whatever it was, no new trial starts
+            failed = failed or e
+        if queued and failed is None:
+            running.append(trial.submit(p, queued.pop(0), run_id))
+    if failed is not None:
+        raise failed
+
+
+@contextmanager
+def _api_for_trial_processes() -> Iterator[None]:
+    """Trial processes talk to this flow run's Prefect API. On the ephemeral API each would otherwise start a
+    temporary server of its own (15-25 s each, and their task runs would not show in this one's)."""
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield
+
+
+def _markdown(result: tuning.TuneResult) -> str:
+    keys = sorted({k for t in result.trials for k in t.values})
+    rows = [
+        f"| {t.number} | {t.state} | {'' if t.value is None else f'{t.value:.4f}'} | {t.epochs} | "
+        + " | ".join(str(t.values.get(k, "")) for k in keys)
+        + " |"
+        for t in result.trials
+    ]
+    return (
+        f"# Study {result.study}: {result.monitor} ({result.direction})\n\n{result.summary()}\n\n"
+        f"| trial | state | score | epochs | {' | '.join(keys)} |\n|{'---|' * (4 + len(keys))}\n"
+        + "\n".join(rows)
+        + "\n"
+    )

@@ -1,0 +1,144 @@
+"""The search space in params.yaml, the values a trial tries, and the rule that tuning never reads the test split."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from safetensors.numpy import load_file, save_file
+
+from components.config import ConfigError, Params, load_params, with_overrides
+from components.dataset import SPLITS
+from components.tuning import conclude, plan, run_trial, suggest
+
+REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+def write_tune(tmp_path: Path, tune: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"tune": tune}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"train.lrr": {"low": 0.001, "high": 0.01}}, "'train.lrr' is not a setting (did you mean 'train.lr'?)"),
+        ({"train.seed": {"choices": [0, 1]}}, "'train.seed' cannot be tuned"),
+        ({"featurize.max_tokens": {"choices": [32, 64]}}, "'featurize.max_tokens' cannot be tuned"),
+        ({"model.dropout": {"low": 0.0, "high": 1.5}}, "model.dropout: Input should be less than 1"),
+        ({"train.lr": {"low": 0.01, "high": 0.001}}, "low (0.01) must be below high (0.001)"),
+        ({"train.lr": {"low": 0.0, "high": 0.1, "log": True}}, "a log scale needs low > 0"),
+        ({"model.hidden": {"choices": [32], "low": 8, "high": 16}}, "either choices or low and high"),
+        ({"train.loss": {"choices": ["l1", "huber"]}}, "train.loss: Input should be 'l1' or 'mse'"),
+    ],
+)
+def test_a_bad_search_space_is_one_clear_error(tmp_path: Path, space: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_params(write_tune(tmp_path, {"space": space}))
+    assert message in str(error.value)
+
+
+def test_the_shipped_space_is_valid_and_overrides_reach_nested_settings() -> None:
+    params = load_params(REPO_PARAMS)
+    assert {"train.lr", "model.hidden"} <= params.tune.space.keys()
+    tuned = with_overrides(params, {"model.textcnn.dropout": 0.3, "train.loss_weights.fusion": 2.0, "train.lr": 0.01})
+    assert tuned.model.textcnn.dropout == 0.3 and tuned.train.loss_weights["fusion"] == 2.0 and tuned.train.lr == 0.01
+    assert tuned.train.loss_weights["lstm"] == 1.0 and params.train.lr == 0.001  # the rest, and the original, stay
+
+
+def test_a_trial_draws_integers_for_integer_settings_and_floats_or_choices_elsewhere() -> None:
+    params = Params.model_validate(
+        {
+            "tune": {
+                "space": {
+                    "model.hidden": {"low": 16, "high": 64, "step": 16},
+                    "train.patience": {"low": 2, "high": 9},
+                    "model.dropout": {"low": 0.0, "high": 0.5},
+                    "train.loss": {"choices": ["l1", "mse"]},
+                }
+            }
+        }
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        values = suggest(study.ask(), params.tune.space, params)
+        assert isinstance(values["model.hidden"], int) and values["model.hidden"] in (16, 32, 48, 64)
+        assert isinstance(values["train.patience"], int) and 2 <= values["train.patience"] <= 9
+        assert isinstance(values["model.dropout"], float) and values["train.loss"] in ("l1", "mse")
+        with_overrides(params, values)  # every drawn value is one its setting takes
+
+
+def _tune_params(tmp_path: Path, features: Path, name: str) -> Params:
+    return Params.model_validate(
+        {
+            "featurize": {"out": str(features)},
+            "model": {"hidden": 8, "dropout": 0.0, "textcnn": {"feature_maps": 4, "dropout": 0.0}},
+            "train": {"epochs": 3, "batch_size": 2, "patience": 10},
+            "tune": {
+                "trials": 2,
+                "concurrency": 1,
+                "storage": f"sqlite:///{tmp_path / f'{name}.db'}",
+                "out": str(tmp_path / f"{name}-trials"),
+                "best": str(tmp_path / f"{name}-tuned.yaml"),
+                "report": str(tmp_path / f"{name}-tune.json"),
+                "space": {"train.lr": {"low": 0.001, "high": 0.01, "log": True}, "model.hidden": {"choices": [4, 8]}},
+            },
+        }
+    )
+
+
+def test_tuning_never_reads_the_test_split(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trials on features whose test rows are NaN (labels, token states, pixels, frames) score exactly as on the
+    real ones, and no test row reaches the tensors training builds: training drops them first."""
+    from components import training
+
+    seen: list[np.ndarray] = []
+
+    def model_inputs(arrays: dict, spec, **kwargs):
+        seen.append(np.unique(arrays["split"]))
+        return build_tensors(arrays, spec, **kwargs)
+
+    build_tensors = training.model_inputs
+    monkeypatch.setattr(training, "model_inputs", model_inputs)
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(trained.features, poisoned)
+    arrays = load_file(poisoned / "features.safetensors")
+    test = arrays["split"] == SPLITS.index("test")
+    assert test.any()
+    for name, values in arrays.items():
+        if name != "split" and values.dtype.kind == "f":
+            values[test] = np.nan
+        elif name == "image.pixels":
+            values[test] = 255 - values[test]
+    save_file(arrays, poisoned / "features.safetensors")
+
+    scores = {}
+    for name, features in (("clean", trained.features), ("poisoned", poisoned)):
+        params = _tune_params(tmp_path, features, name)
+        results = [run_trial(params, slot, threads=1) for slot in range(2)]
+        assert all(r.state == "COMPLETE" and np.isfinite(r.value) for r in results), results
+        scores[name] = [(r.values, r.value, r.epochs) for r in results]
+        assert not any((tmp_path / f"{name}-trials").rglob("*.safetensors"))  # finished trials leave no model behind
+    assert scores["clean"] == scores["poisoned"]
+    assert len(seen) == 4 and all(SPLITS.index("test") not in splits for splits in seen)
+
+    # The study as it stands: its report, and the params file with the best trial's values.
+    params = _tune_params(tmp_path, trained.features, "clean")
+    assert plan(params).todo == 0
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("# mine\ntrain:\n  epochs: 3  # short\nmodel:\n  hidden: 8\n")
+    result = conclude(params, params_file)
+    best = min(scores["clean"], key=lambda s: s[1])
+    assert result.best is not None and result.best.value == best[1] and result.best.values == best[0]
+    tuned = load_params(params.tune.best)
+    assert tuned.train.lr == best[0]["train.lr"] and tuned.model.hidden == best[0]["model.hidden"]
+    assert tuned.train.epochs == 3  # the user's other settings stay
+    assert f"-S 'train.lr={best[0]['train.lr']}'" in result.summary()
+    report = json.loads(params.tune.report.read_text())
+    assert [t["state"] for t in report["trials"]] == ["COMPLETE", "COMPLETE"] and report["monitor"] == "valid fusion mae"
