@@ -399,7 +399,9 @@ class TuneParams(Section):
     seed: int = Field(0, ge=0, description="seeds the TPE sampler")
     out: Path = Field(Path("models/tune"), description="each trial's training directory")
     best: Path = Field(Path("params.tuned.yaml"), description="the params file with the best trial's values")
-    report: Path = Field(Path("reports/tune.json"), description="every trial: values, state, score, epochs")
+    report: Path = Field(
+        Path("reports/tune.json"), description="every trial: values, state, score, epochs; its figure beside it (.png)"
+    )
     pruner: PrunerParams = PrunerParams()
     space: dict[str, SearchDimension] = Field(
         default_factory=_default_space, min_length=1, description="setting (model.* or train.*) -> its values"

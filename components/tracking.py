@@ -254,8 +254,8 @@ def log_tune(client: Any, run_id: str, result: Any) -> None:
     log_numbers(client, run_id, counts | best)
     if result.best is not None:
         log_tags(client, run_id, {"msa.best_trial": str(result.best.number)})
-    for path in (result.report, result.best_params):
-        if path is not None:
+    for path in (result.report, result.report.with_suffix(".png"), result.best_params):
+        if path is not None and path.exists():
             client.log_artifact(run_id, str(path), "tune")
 
 

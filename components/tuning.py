@@ -35,13 +35,13 @@ import yaml
 
 from components import tracking
 from components.atomic import write_bytes
-from components.config import ConfigError, Params, SearchDimension, TuneParams, with_overrides
-from components.errors import TrainingError
+from components.config import ConfigError, Params, SearchDimension, TuneParams, result_settings, with_overrides
+from components.errors import TrainingError, first_line
 from components.featurize import read_state
 from components.metrics import primary_metric
 
 STORAGE_ENV = "MSA_TUNE_STORAGE"
-UID = "msa.uid"
+UID, FINGERPRINT = "msa.uid", "msa.fingerprint"
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial's outcome is logged by the flow, once
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -128,11 +128,13 @@ def open_study(params: Params, *, sampler_seed: int | None = None) -> optuna.Stu
             load_if_exists=True,
         )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many types for an unreachable database
-        raise ConfigError(f"tune.storage {url}: cannot open the study ({type(e).__name__}: {e})") from None
+        raise ConfigError(
+            f"tune.storage {_redacted(url)}: cannot open the study ({type(e).__name__}: {first_line(e)})"
+        ) from None
     if study.direction.name.lower() != direction:
         raise ConfigError(
-            f"study {study.study_name} in {url} was made to {study.direction.name.lower()} another metric: name "
-            "another tune.study"
+            f"study {study.study_name} in {_redacted(url)} was made to {study.direction.name.lower()} another "
+            "metric: name another tune.study"
         )
     return study
 
@@ -145,11 +147,29 @@ class Plan:
 
 
 def plan(params: Params) -> Plan:
+    """What is left of the study. A study resumes only with the data, settings and search it was started with: its
+    trials would not be comparable otherwise."""
     study = open_study(params)
+    ours = fingerprint(params)
     if UID not in study.user_attrs:
         study.set_user_attr(UID, uuid.uuid4().hex)
+        study.set_user_attr(FINGERPRINT, ours)
+    elif study.user_attrs.get(FINGERPRINT) != ours:
+        raise ConfigError(
+            f"study {study.study_name} in {_redacted(storage_url(params.tune))} was started with other data, settings "
+            "or search space: its trials would not compare with new ones. Name another tune.study (or delete that one)"
+        )
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     return Plan(study.study_name, study.user_attrs[UID], max(0, params.tune.trials - finished))
+
+
+def fingerprint(params: Params) -> str:
+    """The features and every setting a trial's score depends on: the study's own (space, pruner, seed) included,
+    the number of trials and where things go left out."""
+    tune = params.tune.model_dump(mode="json", include={"space", "pruner", "seed"})
+    settings = {k: v for k, v in result_settings(params).items() if k in ("featurize", "model", "train")}
+    settings |= {"features": read_state(params.featurize.out).key, "tune": tune}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def suggest(trial: optuna.Trial, space: dict[str, SearchDimension], params: Params) -> dict[str, Any]:
@@ -319,11 +339,42 @@ def conclude(params: Params, params_file: Path) -> TuneResult:
         "trials": [asdict(t) for t in trials],
     }
     write_bytes(params.tune.report, (json.dumps(report, indent=2) + "\n").encode())
+    write_bytes(params.tune.report.with_suffix(".png"), _figure_png(study, monitor))
     result.report = params.tune.report
     if best is not None:
         write_bytes(params.tune.best, _tuned_params_file(params_file, best, study.study_name).encode())
         result.best_params = params.tune.best
     return result
+
+
+def _figure_png(study: optuna.Study, monitor: str) -> bytes:
+    """Left: every trial's valid curve (pruned ones dashed, where they stopped marked). Right: each finished trial's
+    score and the best so far."""
+    from components.figures import grid, png
+
+    figure, (curves, progress) = grid(2, width=5.0, height=3.6)
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+    best, scores, running = None, [], []
+    for trial in study.get_trials(deepcopy=False):
+        steps = sorted(trial.intermediate_values)
+        values = [trial.intermediate_values[s] for s in steps]
+        pruned = trial.state == optuna.trial.TrialState.PRUNED
+        if steps:
+            curves.plot(steps, values, ls="--" if pruned else "-", lw=1, alpha=0.8)
+            if pruned:
+                curves.plot(steps[-1:], values[-1:], "x", color="black", ms=5)
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            value = trial.value
+            best = value if best is None else (min if minimize else max)(best, value)
+            scores.append((trial.number, value))
+            running.append((trial.number, best))
+    curves.set(xlabel="epoch", ylabel=monitor, title="each trial's curve (pruned: dashed, x)")
+    if scores:
+        progress.plot(*zip(*scores, strict=True), "o", ms=4, label="completed trial")
+        progress.step(*zip(*running, strict=True), where="post", color="black", label="best so far")
+        progress.legend(fontsize=8)
+    progress.set(xlabel="trial", ylabel=monitor, title=f"study {study.study_name}")
+    return png(figure)
 
 
 def _as_result(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> TrialResult:

@@ -131,6 +131,10 @@ def test_tuning_never_reads_the_test_split(trained, tmp_path: Path, monkeypatch:
     # The study as it stands: its report, and the params file with the best trial's values.
     params = _tune_params(tmp_path, trained.features, "clean")
     assert plan(params).todo == 0
+    assert plan(params.model_copy(update={"tune": params.tune.model_copy(update={"trials": 3})})).todo == 1
+    longer = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 4})})
+    with pytest.raises(ConfigError, match="was started with other data, settings or search space"):
+        plan(longer)  # its trials would not compare with the ones already there
     params_file = tmp_path / "params.yaml"
     params_file.write_text("# mine\ntrain:\n  epochs: 3  # short\nmodel:\n  hidden: 8\n")
     result = conclude(params, params_file)
@@ -142,3 +146,4 @@ def test_tuning_never_reads_the_test_split(trained, tmp_path: Path, monkeypatch:
     assert f"-S 'train.lr={best[0]['train.lr']}'" in result.summary()
     report = json.loads(params.tune.report.read_text())
     assert [t["state"] for t in report["trials"]] == ["COMPLETE", "COMPLETE"] and report["monitor"] == "valid fusion mae"
+    assert params.tune.report.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
