@@ -154,6 +154,8 @@ def plan(params: Params) -> Plan:
     if UID not in study.user_attrs:
         study.set_user_attr(UID, uuid.uuid4().hex)
         study.set_user_attr(FINGERPRINT, ours)
+        if (current := _current_values(params)) is not None:
+            study.enqueue_trial(current)  # the first trial: what the settings say now, the score to beat
     elif study.user_attrs.get(FINGERPRINT) != ours:
         raise ConfigError(
             f"study {study.study_name} in {_redacted(storage_url(params.tune))} was started with other data, settings "
@@ -183,6 +185,20 @@ def suggest(trial: optuna.Trial, space: dict[str, SearchDimension], params: Para
             values[key] = trial.suggest_int(key, int(dim.low), int(dim.high), step=step, log=dim.log)
         else:
             values[key] = trial.suggest_float(key, dim.low, dim.high, step=dim.step, log=dim.log)
+    return values
+
+
+def _current_values(params: Params) -> dict[str, Any] | None:
+    """The settings' own values of every key of tune.space, when each lies in its range or choices."""
+    values = {key: _current(params, key) for key in params.tune.space}
+    for key, dim in params.tune.space.items():
+        value = values[key]
+        if dim.choices is not None:
+            inside = value in dim.choices
+        else:
+            inside = dim.low <= value <= dim.high and (dim.step is None or ((value - dim.low) / dim.step).is_integer())
+        if not inside:
+            return None
     return values
 
 

@@ -121,7 +121,9 @@ def test_tuning_never_reads_the_test_split(trained, tmp_path: Path, monkeypatch:
     scores = {}
     for name, features in (("clean", trained.features), ("poisoned", poisoned)):
         params = _tune_params(tmp_path, features, name)
+        assert plan(params).todo == 2
         results = [run_trial(params, slot, threads=1) for slot in range(2)]
+        assert results[0].values == {"train.lr": 0.001, "model.hidden": 8}  # first, the settings as they are
         assert all(r.state == "COMPLETE" and np.isfinite(r.value) for r in results), results
         scores[name] = [(r.values, r.value, r.epochs) for r in results]
         assert not any((tmp_path / f"{name}-trials").rglob("*.safetensors"))  # finished trials leave no model behind
