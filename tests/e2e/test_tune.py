@@ -40,7 +40,8 @@ def test_tune_runs_trials_concurrently_and_a_killed_study_resumes(tiny_project: 
         tune={
             "trials": 4, "concurrency": 2, "heartbeat": HEARTBEAT, "storage": storage,
             "pruner": {"startup_trials": 2, "warmup_epochs": 2},
-            "space": {"train.lr": {"low": 0.001, "high": 0.01, "log": True}, "model.dropout": {"low": 0.0, "high": 0.3}},
+            "space": {"train.lr": {"low": 0.001, "high": 0.01, "log": True},
+                      "model.dropout": {"low": 0.0, "high": 0.3}},
         },
     )  # fmt: skip
     env = os.environ | {"MLFLOW_TRACKING_URI": sqlite_store(project)}

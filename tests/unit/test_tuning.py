@@ -147,5 +147,6 @@ def test_tuning_never_reads_the_test_split(trained, tmp_path: Path, monkeypatch:
     assert tuned.train.epochs == 3  # the user's other settings stay
     assert f"-S 'train.lr={best[0]['train.lr']}'" in result.summary()
     report = json.loads(params.tune.report.read_text())
-    assert [t["state"] for t in report["trials"]] == ["COMPLETE", "COMPLETE"] and report["monitor"] == "valid fusion mae"
+    assert [t["state"] for t in report["trials"]] == ["COMPLETE", "COMPLETE"]
+    assert report["monitor"] == "valid fusion mae"
     assert params.tune.report.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
