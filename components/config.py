@@ -523,8 +523,6 @@ def with_overrides(params: Params, overrides: typing.Mapping[str, object]) -> Pa
         node = data
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
-            if not isinstance(node, dict):
-                break
         if not isinstance(node, dict) or leaf not in node:
             keys = sorted(_dotted(getattr(params, section).model_dump(), section))
             hint = difflib.get_close_matches(key, keys, n=1)
