@@ -29,13 +29,16 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.config import Params, RegisterParams
 from components.errors import TrackingError, first_line
+
+if TYPE_CHECKING:  # tuning logs through this module
+    from components.tuning import Plan, TuneResult
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 KIND, HEAD, VARIANT = "msa.kind", "msa.head", "msa.variant"  # tags that tell the runs of a pipeline run apart
@@ -109,18 +112,26 @@ def pipeline_run(client: Any, experiment: str, run_name: str, tags: Mapping[str,
     close_stale_runs(client, exp)
     run = client.create_run(exp, run_name=run_name, tags={**tags, KIND: "pipeline", HEARTBEAT: str(time.time())})
     run_id = run.info.run_id
-    status = "KILLED"  # unless it ends or fails: Ctrl-C, SIGTERM (Prefect's TerminationSignal), SystemExit
+    with _live(client, run_id, params, lambda status: _terminate_family(client, run_id, status)):
+        yield run_id
+
+
+@contextmanager
+def _live(client: Any, run_id: str, params: Params, end: Callable[[str], None]) -> Iterator[None]:
+    """Log `params` on run `run_id` and beat its heartbeat while the block runs; then `end` it FINISHED, FAILED, or
+    KILLED (Ctrl-C, SIGTERM: Prefect's TerminationSignal, SystemExit)."""
+    status = "KILLED"
     try:
         log_params(client, run_id, flatten(params.model_dump(mode="json", by_alias=True), "."))
         with heartbeat(client, run_id):
-            yield run_id
+            yield
         status = "FINISHED"
     except Exception:
         status = "FAILED"
         raise
     finally:
         try:
-            _terminate_family(client, run_id, status)
+            end(status)
         except Exception as e:  # noqa: BLE001 - the stage's own error matters more; a later run closes this one
             logging.getLogger(__name__).warning(f"MLflow run {run_id} could not be ended {status}: {first_line(e)}")
 
@@ -215,7 +226,7 @@ def child_run(client: Any, parent: str, kind: str, name: str, tags: Mapping[str,
 
 
 @contextmanager
-def tune_run(client: Any, experiment: str, plan: Any, params: Params) -> Iterator[str]:
+def tune_run(client: Any, experiment: str, plan: Plan, params: Params) -> Iterator[str]:
     """The run of the Optuna study of `plan` (reopened when the study resumes) and its id; its trials are its child
     runs. Ended FINISHED, FAILED or KILLED; trial runs are each ended by their own process."""
     exp = experiment_id(client, experiment)
@@ -228,21 +239,11 @@ def tune_run(client: Any, experiment: str, plan: Any, params: Params) -> Iterato
     else:
         tags = {KIND: "tune", "msa.study": plan.study, "msa.study_uid": plan.uid, HEARTBEAT: str(time.time())}
         run_id = client.create_run(exp, run_name=f"tune {plan.study}", tags=tags).info.run_id
-    status = "KILLED"
-    try:
-        log_params(client, run_id, flatten(params.model_dump(mode="json", by_alias=True), "."))
-        with heartbeat(client, run_id):
-            yield run_id
-        status = "FINISHED"
-    except Exception:
-        status = "FAILED"
-        raise
-    finally:
-        with contextlib.suppress(Exception):  # the flow's own error matters more
-            client.set_terminated(run_id, status)
+    with _live(client, run_id, params, lambda status: client.set_terminated(run_id, status)):
+        yield run_id
 
 
-def log_tune(client: Any, run_id: str, result: Any) -> None:
+def log_tune(client: Any, run_id: str, result: TuneResult) -> None:
     """The study's outcome on its run: counts, the best score and values, the report and the tuned params file;
     trial runs a killed process left RUNNING are ended KILLED."""
     states = {t.number: t.state for t in result.trials}
