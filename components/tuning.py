@@ -297,17 +297,23 @@ class _TrialLog:
         tracking.log_tags(self.client, self.run_id, {"msa.trial_state": state})
 
 
+def _monitor(params: Params) -> tuple[str, str, str]:
+    """(head, metric, "min" | "max"): what a trial is scored on, the number training's early stopping watches."""
+    from components.model_store import monitored_head
+    from components.training import build_spec  # torch: only where trials run or are summed up
+
+    spec = build_spec(read_state(params.featurize.out), params.model, params.train)
+    metric, mode = primary_metric(spec.label.kind)
+    return monitored_head(spec), metric, mode
+
+
 @contextmanager
 def _trial_run(
     params: Params, parent_run: str | None, number: int, values: dict[str, Any], retry_of: int | None
 ) -> Iterator[_TrialLog]:
     """The trial's MLflow child run (none when `parent_run` is None), ended FINISHED (completed or pruned) or
     FAILED."""
-    from components.model_store import monitored_head
-    from components.training import build_spec
-
-    spec = build_spec(read_state(params.featurize.out), params.model, params.train)
-    head, (metric, mode) = monitored_head(spec), primary_metric(spec.label.kind)
+    head, metric, mode = _monitor(params)
     if parent_run is None:
         yield _TrialLog(None, None, head, metric, mode)
         return
@@ -334,15 +340,11 @@ def conclude(params: Params, params_file: Path) -> TuneResult:
     """The study as it stands: every trial in `tune.report`, and the best completed trial's values applied to
     `params_file` written as `tune.best` (a params file `msa run --params` and `dvc exp run` take)."""
     study = open_study(params)
-    _, mode = primary_metric(read_state(params.featurize.out).label_kind)
+    head, metric, mode = _monitor(params)
+    monitor = f"valid {head} {metric}"
     trials = [_as_result(t, study) for t in study.get_trials(deepcopy=False)]
     completed = [t for t in trials if t.state == "COMPLETE"]
     best = (min if mode == "min" else max)(completed, key=lambda t: t.value) if completed else None
-    from components.model_store import monitored_head
-    from components.training import build_spec
-
-    spec = build_spec(read_state(params.featurize.out), params.model, params.train)
-    monitor = f"valid {monitored_head(spec)} {primary_metric(spec.label.kind)[0]}"
     result = TuneResult(study=study.study_name, monitor=monitor, direction=study.direction.name.lower(), best=best,
                         trials=trials)  # fmt: skip
     report = {
