@@ -255,8 +255,8 @@ def log_tune(client: Any, run_id: str, result: TuneResult) -> None:
     log_numbers(client, run_id, counts | best)
     if result.best is not None:
         log_tags(client, run_id, {"msa.best_trial": str(result.best.number)})
-    for path in (result.report, result.report.with_suffix(".png"), result.best_params):
-        if path is not None and path.exists():
+    for path in (result.report, result.figure, result.best_params):
+        if path is not None:
             client.log_artifact(run_id, str(path), "tune")
 
 

@@ -71,6 +71,7 @@ class TuneResult:
     trials: list[TrialResult] = field(default_factory=list)
     best_params: Path | None = None
     report: Path | None = None
+    figure: Path | None = None  # every trial's curve and the best so far, beside the report
 
     @property
     def overrides(self) -> list[str]:
@@ -357,8 +358,8 @@ def conclude(params: Params, params_file: Path) -> TuneResult:
         "trials": [asdict(t) for t in trials],
     }
     write_bytes(params.tune.report, (json.dumps(report, indent=2) + "\n").encode())
-    write_bytes(params.tune.report.with_suffix(".png"), _figure_png(study, monitor))
-    result.report = params.tune.report
+    result.report, result.figure = params.tune.report, params.tune.report.with_suffix(".png")
+    write_bytes(result.figure, _figure_png(study, monitor))
     if best is not None:
         write_bytes(params.tune.best, _tuned_params_file(params_file, best, study.study_name).encode())
         result.best_params = params.tune.best
