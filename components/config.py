@@ -74,6 +74,42 @@ Head = Literal["lstm", "textcnn", "han", "image", "audio", "vision", "fusion"]
 Modality = Literal["text", "image", "audio", "vision"]
 
 
+class AudioClipParams(Section):
+    """Frame-level acoustic features of audio clips, with librosa: MFCCs, pitch (YIN) and energy (RMS)."""
+
+    sample_rate: int = Field(16000, ge=4000, le=96000, description="clips are resampled to this rate (Hz)")
+    frame_rate: float = Field(25.0, gt=0, le=200, description="feature frames per second of audio")
+    window: int = Field(1024, ge=256, le=8192, description="analysis window (samples at sample_rate)")
+    n_mfcc: int = Field(13, ge=1, le=64, description="MFCCs per frame")
+    fmin: float = Field(65.0, gt=0, description="lowest pitch searched (Hz)")
+    fmax: float = Field(500.0, gt=0, description="highest pitch searched (Hz)")
+
+    @model_validator(mode="after")
+    def _pitch_range(self) -> AudioClipParams:
+        if not self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError(f"need fmin < fmax <= sample_rate / 2; got {self.fmin}, {self.fmax}, {self.sample_rate}")
+        # YIN compares each window with itself shifted by up to one period: two periods of fmin must fit.
+        if self.window < 2 * self.sample_rate / self.fmin + 2:
+            raise ValueError(f"window {self.window} is too short for fmin {self.fmin} Hz at {self.sample_rate} Hz")
+        return self
+
+    @property
+    def dim(self) -> int:
+        return self.n_mfcc + 2  # MFCCs, log2 pitch, energy (dB)
+
+
+class VideoClipParams(Section):
+    """Per-frame visual features of video clips: frames sampled at a fixed rate, each the grey center square as a
+    grid x grid thumbnail (no face model works offline from its wheel; see README, "Raw media")."""
+
+    frame_rate: float = Field(5.0, gt=0, le=60, description="frames sampled per second of video")
+    grid: int = Field(16, ge=2, le=64, description="each sampled frame becomes grid x grid grey values")
+
+    @property
+    def dim(self) -> int:
+        return self.grid * self.grid
+
+
 class FeaturizeParams(Section):
     out: Path = Field(Path("data/features"), description="feature directory")
     text_model: str = Field(
@@ -88,6 +124,9 @@ class FeaturizeParams(Section):
     sequence_max_len: int | None = Field(None, ge=1, description="frames per sequence; null: the manifest's max_len")
     batch_size: int = Field(64, ge=1, description="texts per transformer forward pass")
     device: str = Field("auto", description="device for the transformer: auto, cpu, cuda or mps")
+    audio_clips: AudioClipParams = AudioClipParams()
+    video_clips: VideoClipParams = VideoClipParams()
+    workers: int | None = Field(None, ge=1, description="processes extracting clip features; null: one per core")
 
 
 class TextCNNParams(Section):
@@ -301,10 +340,20 @@ class ServeParams(Section):
         4_194_304, ge=1, description="width x height, read from the image header before anything is decoded"
     )
     max_frames: int = Field(1000, ge=1, description="frames per audio or vision sequence")
+    max_clip_bytes: int = Field(
+        8_000_000, ge=1, description="per audio or video clip (audio_base64, video_base64); base64 text may be 4/3"
+    )
+    max_clip_seconds: float = Field(
+        60.0, gt=0, description="per clip, from its header before decoding, and enforced again while decoding"
+    )
 
     @property
     def max_base64_chars(self) -> int:
         return 4 * -(-self.max_image_bytes // 3)
+
+    @property
+    def max_clip_base64_chars(self) -> int:
+        return 4 * -(-self.max_clip_bytes // 3)
 
 
 class StageTimeouts(Section):
@@ -470,6 +519,7 @@ RUNTIME_SETTINGS = frozenset(
         "featurize.out",
         "featurize.batch_size",
         "featurize.device",
+        "featurize.workers",
         "train.out",
         "train.device",
         "evaluate.headline",

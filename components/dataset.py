@@ -1,10 +1,18 @@
 """The canonical dataset directory, the data contract every stage reads.
 
     manifest.yaml      name, version, label kind, modalities and their feature dimensions
-    samples.parquet    id, split, text, label, image, seq_index (one row per sample)
+    samples.parquet    id, split, text, label, image, seq_index (one row per sample); audio and video too when a
+                       modality comes from clips
     images/            PNG/JPEG files, referenced from `image` by a path relative to the dataset root
     sequences/         <modality>.safetensors with `features` [N, T, D] float32 and `lengths` [N] int64,
                        row `seq_index` of each belongs to the sample (audio and vision share the index)
+    audio/             WAV/FLAC clips, referenced from `audio` (relative path), for `audio: {source: clips}`
+    video/             MP4/WebM clips, referenced from `video`, for `vision: {source: clips}`; a sample without
+                       an audio file but with a video gets its audio features from the video's soundtrack
+
+A sequence modality comes either from feature sequences (`sequences/`, the MMSA layout) or from clips, which
+featurize turns into frame features (`components.media`) with the settings recorded in its state, so the served
+model extracts a caller's clip the same way.
 
 No pickle anywhere: parquet, YAML and safetensors cannot execute code when read. `read_dataset` fails only
 when a file cannot be parsed at all; whether the content obeys the contract is `components.validation`'s job.
@@ -35,6 +43,9 @@ SPLITS = ("train", "valid", "test")
 SEQUENCE_MODALITIES = ("audio", "vision")
 MANIFEST, SAMPLES, IMAGES, SEQUENCES = "manifest.yaml", "samples.parquet", "images", "sequences"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Clip columns and folders, and the file types each holds: vision clips are videos, audio clips are sound files.
+CLIP_COLUMNS = ("audio", "video")
+CLIP_SUFFIXES = {"audio": (".wav", ".flac"), "video": (".mp4", ".webm")}
 
 
 class _Strict(BaseModel):
@@ -78,9 +89,30 @@ class ImageSpec(_Strict):
 
 
 class SequenceSpec(_Strict):
-    dim: int = Field(ge=1, description="features per time step")
-    max_len: int = Field(ge=1, description="time steps stored per sample (padded)")
+    source: Literal["clips"] | None = Field(
+        None, description="clips: extracted from the audio/ or video/ files; absent: feature arrays in sequences/"
+    )
+    dim: int | None = Field(None, ge=1, description="features per time step (feature sequences only)")
+    max_len: int = Field(ge=1, description="time steps kept per sample")
     allow_missing: bool = False
+
+    @model_validator(mode="after")
+    def _dim_when_stored(self) -> SequenceSpec:
+        if self.source is None and self.dim is None:
+            raise ValueError("dim is required for feature sequences (or set source: clips)")
+        if self.source == "clips" and self.dim is not None:
+            raise ValueError("dim is decided by the extractor for source: clips; remove it")
+        return self
+
+
+class ClipBounds(_Strict):
+    """What a clip may be before it is decoded: checked by validate, featurize and the served model."""
+
+    max_bytes: int = Field(500_000_000, ge=1, description="per file")
+    max_seconds: float = Field(600.0, gt=0, description="per clip, from the header and again while decoding")
+    min_sample_rate: int = Field(8000, ge=1, description="audio streams below this rate (Hz) are refused")
+    max_sample_rate: int = Field(192_000, ge=1)
+    max_pixels: int = Field(1920 * 1080, ge=1, description="video width x height")
 
 
 class Modalities(_Strict):
@@ -101,7 +133,13 @@ class Modalities(_Strict):
 
     @property
     def sequences(self) -> dict[str, SequenceSpec]:
-        return {m: getattr(self, m) for m in SEQUENCE_MODALITIES if getattr(self, m) is not None}
+        """The modalities stored as feature arrays in sequences/."""
+        return {m: s for m in SEQUENCE_MODALITIES if (s := getattr(self, m)) is not None and s.source is None}
+
+    @property
+    def clips(self) -> dict[str, SequenceSpec]:
+        """The modalities extracted from audio/ and video/ files."""
+        return {m: s for m in SEQUENCE_MODALITIES if (s := getattr(self, m)) is not None and s.source == "clips"}
 
 
 class Manifest(_Strict):
@@ -112,6 +150,11 @@ class Manifest(_Strict):
     source: str | None = None
     label: LabelSpec
     modalities: Modalities
+    clip_bounds: ClipBounds | None = Field(None, description="bounds on clips; absent: the defaults")
+
+    @property
+    def clips(self) -> ClipBounds:
+        return self.clip_bounds or ClipBounds()
 
 
 @dataclass(frozen=True)
@@ -134,9 +177,23 @@ class Dataset:
             raise ValueError("dataset was not read from disk, so its images have no location")
         return self.root / relative
 
+    def clip_files(self, modality: str) -> list[Path | None]:
+        """Per sample, the file `modality`'s features are extracted from, or None: vision from `video`; audio from
+        `audio`, else from the soundtrack of `video`."""
+        if self.root is None:
+            raise ValueError("dataset was not read from disk, so its clips have no location")
+        columns = ("video",) if modality == "vision" else ("audio", "video")
+        files: list[Path | None] = []
+        for row in zip(*(self.samples[c] if c in self.samples else [None] * len(self.samples) for c in columns)):
+            relative = next((value for value in row if not is_null(value)), None)
+            files.append(None if relative is None else self.root / relative)
+        return files
 
-def samples_schema(label: RegressionLabel | ClassificationLabel) -> pa.Schema:
-    label_type = pa.float64() if label.kind == "regression" else pa.string()
+
+def samples_schema(manifest: Manifest) -> pa.Schema:
+    label_type = pa.float64() if manifest.label.kind == "regression" else pa.string()
+    # Clip columns only where clips are declared: a dataset without clips keeps its bytes (and its DVC hash).
+    clips = [pa.field(c, pa.string()) for c in CLIP_COLUMNS] if manifest.modalities.clips else []
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
@@ -145,6 +202,7 @@ def samples_schema(label: RegressionLabel | ClassificationLabel) -> pa.Schema:
             pa.field("label", label_type),
             pa.field("image", pa.string()),
             pa.field("seq_index", pa.int64()),
+            *clips,
         ]
     )
 
@@ -155,14 +213,15 @@ def write_dataset(
     samples: pd.DataFrame,
     sequences: Mapping[str, SequenceArray] | None = None,
     images: Mapping[str, bytes | Path] | None = None,
+    clips: Mapping[str, bytes | Path] | None = None,
 ) -> Path:
     """Write a dataset atomically: it appears complete at `path`, or an existing one stays untouched.
 
-    `images` maps each path used in the `image` column to its bytes or to a file to copy. The output is a
-    pure function of the inputs (no timestamps, no library metadata beyond the file formats'), so the same
-    inputs give byte-identical files and a stable DVC hash.
+    `images` maps each path used in the `image` column to its bytes or to a file to copy; `clips` likewise for
+    the `audio` and `video` columns. The output is a pure function of the inputs (no timestamps, no library
+    metadata beyond the file formats'), so the same inputs give byte-identical files and a stable DVC hash.
     """
-    schema = samples_schema(manifest.label)
+    schema = samples_schema(manifest)
     frame = samples.reindex(columns=schema.names)
     # No pandas metadata: it records the pandas version, which would change the bytes (and the DVC hash).
     table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False).replace_schema_metadata(None)
@@ -171,12 +230,16 @@ def write_dataset(
     for name in images or {}:
         if problem := image_path_problem(name):
             raise ValueError(f"image path {name!r} must be a relative path inside {IMAGES}/ ({problem})")
+    for name in clips or {}:
+        if not any(clip_path_problem(name, column) is None for column in CLIP_COLUMNS):
+            raise ValueError(f"clip path {name!r} must be a relative path inside audio/ or video/")
+    files = {**(images or {}), **(clips or {})}
     with replace_directory(path, marker=MANIFEST) as staging:
         write_bytes(staging / MANIFEST, manifest_yaml.encode("utf-8"))
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
         write_bytes(staging / SAMPLES, buffer.getvalue())
-        for name, content in sorted((images or {}).items()):
+        for name, content in sorted(files.items()):
             write_bytes(staging / name, content.read_bytes() if isinstance(content, Path) else content)
         for modality, seq in sorted((sequences or {}).items()):
             arrays = {
@@ -195,11 +258,24 @@ def is_null(value: object) -> bool:
 def image_path_problem(relative: str) -> str | None:
     """Why an `image` value cannot name a file of this dataset, or None: images live inside `images/`, never
     absolute and never climbing out. Lexical on purpose: DVC's symlink cache links are the dataset's own files."""
+    return _inside_problem(relative, IMAGES)
+
+
+def clip_path_problem(relative: str, column: str) -> str | None:
+    """Why an `audio` or `video` value cannot name a clip of this dataset, or None (as `image_path_problem`)."""
+    if problem := _inside_problem(relative, column):
+        return problem
+    if not relative.lower().endswith(CLIP_SUFFIXES[column]):
+        return f"not a {' or '.join(CLIP_SUFFIXES[column])} file: {relative}"
+    return None
+
+
+def _inside_problem(relative: str, folder: str) -> str | None:
     posix = PurePosixPath(relative)
     if any(p.is_absolute() or p.drive or p.root or ".." in p.parts for p in (posix, PureWindowsPath(relative))):
         return f"path escapes the dataset root: {relative}"
-    if posix.parts[:1] != (IMAGES,) or len(posix.parts) < 2:
-        return f"not under {IMAGES}/: {relative}"
+    if posix.parts[:1] != (folder,) or len(posix.parts) < 2:
+        return f"not under {folder}/: {relative}"
     return None
 
 

@@ -11,6 +11,10 @@ or shows a neutral pattern:
 - audio (8 prosody-like features per frame): a rising or falling pitch contour with more or less energy;
 - vision (12 action-unit-like features per frame): smile (AU6, AU12) or frown (AU4, AU15) intensities.
 
+With `media`, audio and vision are clips instead of feature arrays, so the raw path (decoding, extraction) is
+exercised: a WAV of a voiced sound whose pitch rises or falls and whose energy swells or drops, and an MP4 of a
+face whose mouth curves up or down and whose brows rise or knit while the expression shows.
+
 When the text is explicit, each other modality carries the polarity with probability 0.35; otherwise with 0.55,
 and at least one does. So text alone can get about 70% of the signs, each other modality about 75%, and only
 their combination gets nearly all of them. Noise on every modality keeps it from being trivial.
@@ -22,6 +26,7 @@ parquet without timestamps. The data is synthetic and says so in its manifest.
 from __future__ import annotations
 
 import io
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +44,10 @@ from components.dataset import (
     carve_splits,
     write_dataset,
 )
+
+MEDIA_VERSION = "1"  # bump whenever the clips' bytes change
+SAMPLE_RATE, VIDEO_FPS, VIDEO_SIZE = 16000, 10, 64
+CLIP_SECONDS = (1.0, 2.0)
 
 VERSION = "1"  # bump whenever the generator's output changes
 IMAGE_SIZE = 32
@@ -77,13 +86,14 @@ FILLERS = (
 )  # fmt: skip
 
 
-def generate_demo(out: str | Path, size: int = 1000, seed: int = 0) -> Path:
-    """Write the synthetic dataset to `out` (atomically) and return the path."""
+def generate_demo(out: str | Path, size: int = 1000, seed: int = 0, *, media: bool = False) -> Path:
+    """Write the synthetic dataset to `out` (atomically) and return the path; with `media`, audio and vision are
+    WAV and MP4 clips under audio/ and video/."""
     if size < 30:
         raise ValueError(f"demo size must be at least 30 so that every split has samples, got {size}")
     rng = np.random.default_rng(seed)
     ids = [f"demo-{i:05d}" for i in range(size)]
-    texts, labels, images = [], [], {}
+    texts, labels, images, clips = [], [], {}, {}
     audio = np.zeros((size, MAX_LEN, AUDIO_DIM), dtype=np.float32)
     vision = np.zeros((size, MAX_LEN, VISION_DIM), dtype=np.float32)
     audio_len = np.zeros(size, dtype=np.int64)
@@ -100,8 +110,15 @@ def generate_demo(out: str | Path, size: int = 1000, seed: int = 0) -> Path:
         labels.append(round(polarity * strength, 1) if polarity else 0.0)
         shown = {m: (polarity if m in carried else 0) for m in OTHER_MODALITIES}
         images[f"images/{sample_id}.png"] = _image(rng, shown["image"], strength)
-        audio_len[i] = _audio(rng, shown["audio"], strength, audio[i])
-        vision_len[i] = _vision(rng, shown["vision"], strength, vision[i])
+        if media:
+            seconds = float(np.round(rng.uniform(*CLIP_SECONDS), 1))
+            clips[f"audio/{sample_id}.wav"] = _audio_clip(rng, shown["audio"], strength, seconds)
+            clips[f"video/{sample_id}.mp4"] = _video_clip(rng, shown["vision"], strength, seconds)
+        else:
+            audio_len[i] = _audio(rng, shown["audio"], strength, audio[i])
+            vision_len[i] = _vision(rng, shown["vision"], strength, vision[i])
+    if media:
+        return _write_media_demo(out, size, seed, ids, texts, labels, images, clips)
 
     # Audio and vision come from the same clip, so they share its length.
     vision_len[:] = audio_len
@@ -136,6 +153,114 @@ def generate_demo(out: str | Path, size: int = 1000, seed: int = 0) -> Path:
     )
     sequences = {"audio": SequenceArray(audio, audio_len), "vision": SequenceArray(vision, vision_len)}
     return write_dataset(out, manifest, samples, sequences, images)
+
+
+def _write_media_demo(
+    out: str | Path, size: int, seed: int, ids: list[str], texts: list[str], labels: list[float],
+    images: dict[str, bytes], clips: dict[str, bytes],
+) -> Path:  # fmt: skip
+    samples = pd.DataFrame(
+        {
+            "id": ids,
+            "split": carve_splits(size, seed=seed, fractions={"valid": 0.15, "test": 0.15}),
+            "text": texts,
+            "label": np.asarray(labels, dtype=np.float64),
+            "image": list(images),
+            "seq_index": pd.array([None] * size, dtype="Int64"),
+            "audio": [name for name in clips if name.startswith("audio/")],
+            "video": [name for name in clips if name.startswith("video/")],
+        }
+    )
+    frames = int(CLIP_SECONDS[1] * 25) + 1  # featurize.audio_clips.frame_rate's default, 25 per second
+    manifest = Manifest(
+        name="msa-demo-media",
+        version=f"{VERSION}.{MEDIA_VERSION}",
+        synthetic=True,
+        description=(
+            f"SYNTHETIC multimodal sentiment data with raw clips from `msa data demo --media --size {size} --seed "
+            f"{seed}`: movie-review utterances, face-like images, WAV clips whose pitch and energy and MP4 clips "
+            "whose faces carry the sentiment, with labels that need the modalities together. Not real data; for "
+            "demos and tests only."
+        ),
+        source="components/demo.py",
+        label=RegressionLabel(min=-3.0, max=3.0),
+        modalities=Modalities(
+            text=TextSpec(),
+            image=ImageSpec(height=IMAGE_SIZE, width=IMAGE_SIZE),
+            audio=SequenceSpec(source="clips", max_len=frames),
+            vision=SequenceSpec(source="clips", max_len=int(CLIP_SECONDS[1] * 5) + 1),
+        ),
+    )
+    return write_dataset(out, manifest, samples, images=images, clips=clips)
+
+
+def _audio_clip(rng: np.random.Generator, polarity: int, strength: float, seconds: float) -> bytes:
+    """16-bit mono WAV: a voiced sound (five harmonics, four syllables a second) whose pitch glides up for a
+    positive speaker and down for a negative one, louder or quieter, with breath noise."""
+    n = int(seconds * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    tau = np.linspace(-1.0, 1.0, n)
+    base = rng.uniform(110.0, 220.0)
+    slope = polarity * strength * 0.12 if polarity else rng.normal(0.0, 0.02)
+    f0 = base * 2.0 ** (slope * tau)  # up to a third of an octave each way
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
+    syllables = 0.55 + 0.45 * np.abs(np.sin(2 * np.pi * rng.uniform(3.0, 5.0) * t + rng.uniform(0, np.pi)))
+    gain_db = polarity * strength * 2.5 + rng.normal(0.0, 1.5)
+    signal = 0.12 * 10 ** (gain_db / 20) * voice * syllables + rng.normal(0.0, 0.004, n)
+    pcm = np.clip(signal * 32767, -32768, 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
+def _video_clip(rng: np.random.Generator, polarity: int, strength: float, seconds: float) -> bytes:
+    """An H.264 MP4 of a grey face that smiles with raised brows (positive) or frowns with knitted brows
+    (negative) during a window of the clip, and keeps a flat mouth otherwise; it drifts a little."""
+    import av
+
+    n = int(seconds * VIDEO_FPS)
+    start = int(rng.integers(0, max(1, n // 2)))
+    window = range(start, start + max(3, n // 2))
+    cx, cy = (VIDEO_SIZE // 2 + int(v) for v in rng.integers(-4, 5, size=2))
+    drift = rng.normal(0.0, 0.6, size=(n, 2)).cumsum(0).round().astype(int)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=VIDEO_FPS, options={"threads": "1", "preset": "fast"})
+        stream.width = stream.height = VIDEO_SIZE
+        stream.pix_fmt = "yuv420p"
+        for i in range(n):
+            shown = polarity if i in window else 0
+            face = _face(cx + drift[i, 0], cy + drift[i, 1], shown, strength)
+            noisy = np.asarray(face, np.float64) + rng.normal(0.0, 6.0, size=(VIDEO_SIZE, VIDEO_SIZE))
+            frame = av.VideoFrame.from_ndarray(np.clip(noisy, 0, 255).astype(np.uint8), format="gray")
+            container.mux(stream.encode(frame.reformat(format="yuv420p")))
+        container.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+def _face(cx: int, cy: int, polarity: int, strength: float) -> Image.Image:
+    img = Image.new("L", (VIDEO_SIZE, VIDEO_SIZE), 40)
+    draw = ImageDraw.Draw(img)
+    draw.ellipse([cx - 22, cy - 26, cx + 22, cy + 26], fill=170)
+    ink, bend = 20, int(round(2 + 2.5 * strength))
+    for side in (-1, 1):
+        ex = cx + side * 9
+        draw.ellipse([ex - 3, cy - 9, ex + 3, cy - 4], fill=ink)
+        # Brows: raised and level when positive; knitted (inner end low) when negative.
+        inner, outer = (cy - 16, cy - 16) if polarity > 0 else (cy - 10, cy - 15) if polarity < 0 else (cy - 13, cy - 13)
+        draw.line([cx + side * 4, inner, cx + side * 14, outer], fill=ink, width=2)
+    if polarity > 0:
+        draw.arc([cx - 12, cy + 8 - bend, cx + 12, cy + 8 + bend], 0, 180, fill=ink, width=3)
+    elif polarity < 0:
+        draw.arc([cx - 12, cy + 12 - bend, cx + 12, cy + 12 + bend], 180, 360, fill=ink, width=3)
+    else:
+        draw.line([cx - 10, cy + 12, cx + 10, cy + 12], fill=ink, width=3)
+    return img
 
 
 def _carrying_modalities(rng: np.random.Generator, kind: str) -> list[str]:

@@ -13,6 +13,9 @@ hidden states are precomputed once (float16) for training with a frozen encoder.
 
 Images are kept as resized uint8 pixels (4x smaller than float32); the model normalizes them with the train
 statistics recorded here. Sequences are standardized with train statistics here, padded or truncated, and masked.
+A sequence modality declared `source: clips` is first extracted from the dataset's audio or video files
+(`components.media`, in parallel processes); the extraction settings are part of the state, so the served model
+extracts a caller's clip exactly so.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from components.atomic import replace_directory, write_json
-from components.config import FeaturizeParams, Section, runtime_keys
-from components.dataset import SPLITS, Dataset, read_dataset, read_manifest
+from components.config import AudioClipParams, FeaturizeParams, Section, VideoClipParams, runtime_keys
+from components.dataset import SPLITS, Dataset, Manifest, read_dataset, read_manifest
 from components.errors import DataError, first_line
 from components.images import ImageProblem, fit, open_image
 from components.lineage import tree_digest
@@ -42,6 +45,7 @@ FEATURES = "features.safetensors"
 STATE = "featurizer.json"
 # Settings that decide only where features go and how fast they are computed, not what they are.
 _NOT_IN_KEY = runtime_keys("featurize")
+_CLIP_SETTINGS = {"audio": "audio_clips", "vision": "video_clips"}
 _SENTENCE = re.compile(r"[^.!?]+[.!?]*|[.!?]+")
 
 
@@ -65,6 +69,7 @@ class SequenceState(Section):
     max_len: int
     mean: list[float]
     std: list[float]
+    clips: AudioClipParams | VideoClipParams | None = None  # how frames are extracted from a clip; None: given
 
 
 class FeaturizerState(Section):
@@ -99,7 +104,7 @@ def featurize(raw: str | Path, params: FeaturizeParams, *, progress: bool = True
     raw, out = Path(raw), Path(params.out)
     manifest = read_manifest(raw)
     text_path = resolve_text_model(params.text_model) if manifest.modalities.text else None
-    key = content_key(raw, params, text_path)
+    key = content_key(raw, params, text_path, manifest)
     if is_current(out, key):
         return FeaturizeResult(out, read_state(out), cached=True, seconds=time.perf_counter() - start)
 
@@ -116,7 +121,12 @@ def featurize(raw: str | Path, params: FeaturizeParams, *, progress: bool = True
         state["image"] = _image_features(dataset, params.image_size, train, tensors)
     for modality, spec in manifest.modalities.sequences.items():
         max_len = params.sequence_max_len or spec.max_len
-        state[modality] = _sequence_features(dataset, modality, max_len, train, tensors)
+        sequences = _stored_sequences(dataset, modality, max_len)
+        state[modality] = _sequence_features(*sequences, modality, train, tensors, where=raw / "sequences")
+    extracted = _clip_sequences(dataset, params, progress) if manifest.modalities.clips else {}
+    for modality, sequences in extracted.items():
+        settings = clip_settings(params, modality)
+        state[modality] = _sequence_features(*sequences, modality, train, tensors, where=raw, clips=settings)
     featurizer = FeaturizerState(
         key=key,
         dataset=manifest.name,
@@ -171,9 +181,12 @@ def _sha256(file: Path) -> str | None:
         return None
 
 
-def content_key(raw: Path, params: FeaturizeParams, text_path: Path | None) -> str:
+def content_key(raw: Path, params: FeaturizeParams, text_path: Path | None, manifest: Manifest | None = None) -> str:
     digest = hashlib.sha256(f"featurizer {FEATURIZER_VERSION}\n".encode())
-    settings = params.model_dump(mode="json", exclude=_NOT_IN_KEY)
+    clips = (manifest or read_manifest(raw)).modalities.clips
+    # Extraction settings count only where clips are extracted: they change nothing else.
+    unused = {name for modality, name in _CLIP_SETTINGS.items() if modality not in clips}
+    settings = params.model_dump(mode="json", exclude=_NOT_IN_KEY | unused)
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for label, root in (("dataset", raw), ("text model", text_path)):
         if root is not None:
@@ -338,26 +351,78 @@ def _image_features(dataset: Dataset, size: int, train: np.ndarray, tensors: dic
     return ImageState(size=size, mean=tuple(mean.round(6)), std=tuple(np.maximum(std, 1e-3).round(6)))
 
 
-def _sequence_features(
-    dataset: Dataset, modality: str, max_len: int, train: np.ndarray, tensors: dict[str, np.ndarray]
-) -> SequenceState:
+def clip_settings(params: FeaturizeParams, modality: str) -> AudioClipParams | VideoClipParams:
+    """How `modality`'s frames are extracted from clips."""
+    return getattr(params, _CLIP_SETTINGS[modality])
+
+
+def _stored_sequences(dataset: Dataset, modality: str, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sample, the stored frames [N, max_len, D] (padded or cut), their count, and whether it has any."""
     arrays = dataset.sequences[modality]
     index = dataset.samples["seq_index"]
     present = index.notna().to_numpy()
     rows = index.fillna(0).to_numpy(np.int64)
-    n, dim = len(index), arrays.features.shape[2]
     t = min(max_len, arrays.features.shape[1])
-    features = np.zeros((n, max_len, dim), np.float32)
+    features = np.zeros((len(index), max_len, arrays.features.shape[2]), np.float32)
     features[present, :t] = arrays.features[rows[present], :t]
-    lengths = np.where(present, np.minimum(arrays.lengths[rows], max_len), 0)
+    return features, np.where(present, np.minimum(arrays.lengths[rows], max_len), 0), present
+
+
+def _clip_sequences(
+    dataset: Dataset, params: FeaturizeParams, progress: bool
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """As `_stored_sequences` for every modality extracted from clips: all clips in one pool of `params.workers`
+    processes (each pays the libraries' imports once)."""
+    from components.media import ClipJob, ClipProblem, extract_many
+
+    jobs, owners = [], []
+    for modality in dataset.manifest.modalities.clips:
+        kind = "vision" if modality == "vision" else "audio"
+        for i, file in enumerate(dataset.clip_files(modality)):
+            if file is not None:
+                jobs.append(ClipJob(file, kind, clip_settings(params, modality), dataset.manifest.clips))
+                owners.append((modality, i))
+    results = extract_many(jobs, workers=params.workers, progress=progress)
+    n = len(dataset.samples)
+    out = {}
+    for modality, spec in dataset.manifest.modalities.clips.items():
+        dim = clip_settings(params, modality).dim
+        max_len = params.sequence_max_len or spec.max_len
+        out[modality] = (np.zeros((n, max_len, dim), np.float32), np.zeros(n, np.int64))
+    for job, (modality, i), result in zip(jobs, owners, results, strict=True):
+        if isinstance(result, ClipProblem):
+            raise DataError(job.source, str(result), sample_id=dataset.samples["id"].iloc[i])
+        features, lengths = out[modality]
+        kept = result[: features.shape[1]]
+        features[i, : len(kept)], lengths[i] = kept, len(kept)
+    return {modality: (features, lengths, lengths > 0) for modality, (features, lengths) in out.items()}
+
+
+def _sequence_features(
+    features: np.ndarray,
+    lengths: np.ndarray,
+    present: np.ndarray,
+    modality: str,
+    train: np.ndarray,
+    tensors: dict[str, np.ndarray],
+    *,
+    where: Path,
+    clips: AudioClipParams | VideoClipParams | None = None,
+) -> SequenceState:
+    """Standardize frames [N, T, D] with the statistics of the train split's real frames, into `tensors`."""
+    n, max_len, dim = features.shape
     mask = np.arange(max_len)[None, :] < lengths[:, None]
     frames = features[mask & train[:, None]].astype(np.float64)
     if not len(frames):
-        raise DataError(dataset.root / "sequences", f"no train sample has {modality} frames: statistics undefined")
+        raise DataError(where, f"no train sample has {modality} frames: statistics undefined")
     mean, std = frames.mean(0), frames.std(0)
     std = np.where(std < 1e-6, 1.0, std)  # a constant feature stays constant (zero) instead of exploding
     state = SequenceState(
-        dim=dim, max_len=max_len, mean=mean.astype(np.float32).tolist(), std=std.astype(np.float32).tolist()
+        dim=dim,
+        max_len=max_len,
+        mean=mean.astype(np.float32).tolist(),
+        std=std.astype(np.float32).tolist(),
+        clips=clips,
     )
     features = standardize(features, mask, state)
     tensors |= {f"{modality}.features": features, f"{modality}.mask": mask, f"{modality}.present": present}

@@ -1,0 +1,244 @@
+"""Audio and video clips to frame features: the one extraction featurize and the served model share.
+
+Decoding is PyAV's (FFmpeg, with its codecs inside the wheel). A clip is bounded before anything is decoded: its
+bytes, then the container header's duration, sample rate and frame size; decoding stops as soon as it yields more
+than the allowed seconds, since a header can lie. Only the demuxers of the accepted formats are ever used, picked
+from the file's leading bytes: FFmpeg left to probe would also open playlists (HLS) that reference other files.
+
+Audio: librosa's MFCCs, pitch (YIN) and RMS energy per frame: the prosody (pitch contour, loudness) and the
+spectral envelope that sentiment models use. openSMILE's eGeMAPS would be the field's other standard, but its
+licence forbids commercial use without a paid one; librosa is ISC. Video: frames sampled at a fixed rate, each the
+grey center square as a small thumbnail (`VideoClipParams`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from components.config import AudioClipParams, VideoClipParams
+from components.dataset import ClipBounds
+
+Kind = Literal["audio", "vision"]
+# Leading bytes -> FFmpeg demuxer: the formats a clip may be in, and nothing else.
+_AUDIO_FORMATS = {"wav": "WAV", "flac": "FLAC"}
+_VIDEO_FORMATS = {"mov": "MP4", "matroska": "WebM"}
+
+
+class ClipProblem(ValueError):
+    """Why bytes are not a usable clip; the message names the rule and never echoes the bytes."""
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    """One clip to extract: a file or its bytes, and what to extract from it."""
+
+    source: Path | bytes
+    kind: Kind
+    settings: AudioClipParams | VideoClipParams
+    bounds: ClipBounds
+
+
+def extract(job: ClipJob) -> np.ndarray:
+    """Frame features [T, D] float32 of one clip, or ClipProblem."""
+    data = _read(job.source, job.bounds.max_bytes)
+    if job.kind == "audio":
+        return audio_features(decode_audio(data, job.settings.sample_rate, job.bounds), job.settings)
+    return video_features(data, job.settings, job.bounds)
+
+
+def extract_many(
+    jobs: Sequence[ClipJob], *, workers: int | None = None, progress: bool = False, desc: str = "clips"
+) -> list[np.ndarray | ClipProblem]:
+    """`extract` over `jobs`, in `workers` processes (default: one per core), in order; a clip that cannot be used
+    gives its ClipProblem in its place, so the caller names the sample."""
+    from tqdm.auto import tqdm
+
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    bar = tqdm(total=len(jobs), desc=desc, unit="clip", disable=None if progress else True, leave=False)
+    with bar:
+        if workers == 1:
+            results = []
+            for job in jobs:
+                results.append(_safe_extract(job))
+                bar.update()
+            return results
+        # spawn, not fork: the caller may hold torch's thread pools, which a forked child would inherit locked.
+        import multiprocessing
+
+        chunk = max(1, min(32, len(jobs) // (workers * 4)))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
+            results = []
+            for result in pool.map(_safe_extract, jobs, chunksize=chunk):
+                results.append(result)
+                bar.update()
+            return results
+
+
+def _one_thread() -> None:
+    """Each worker process is one core's worth: BLAS and FFmpeg stay single-threaded."""
+    os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+
+
+def _safe_extract(job: ClipJob) -> np.ndarray | ClipProblem:
+    try:
+        return extract(job)
+    except ClipProblem as e:
+        return e
+
+
+def _read(source: Path | bytes, max_bytes: int) -> bytes:
+    if isinstance(source, bytes):
+        size = len(source)
+    else:
+        try:
+            size = source.stat().st_size
+        except OSError as e:
+            raise ClipProblem(f"cannot read the clip: {e.strerror or e}") from None
+    if size > max_bytes:
+        raise ClipProblem(f"clip is {size} bytes, more than the {max_bytes} allowed")
+    if isinstance(source, bytes):
+        return source
+    try:
+        return source.read_bytes()
+    except OSError as e:
+        raise ClipProblem(f"cannot read the clip: {e.strerror or e}") from None
+
+
+def sniff(data: bytes) -> str | None:
+    """The FFmpeg demuxer for `data` by its leading bytes, or None when it is none of WAV, FLAC, MP4, WebM."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return "wav"
+    if data[:4] == b"fLaC":
+        return "flac"
+    if data[4:8] == b"ftyp":
+        return "mov"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    return None
+
+
+def _open(data: bytes, formats: dict[str, str]):
+    import av
+
+    demuxer = sniff(data)
+    if demuxer not in formats:
+        raise ClipProblem(f"not a {' or '.join(formats.values())} file")
+    try:
+        return av.open(io.BytesIO(data), format=demuxer)
+    except av.FFmpegError as e:
+        raise ClipProblem(f"clip does not open ({type(e).__name__}: {e})") from None
+
+
+def _header_seconds(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def clip_seconds(data: bytes) -> float | None:
+    """The duration a clip's header states, or None when it states none (for reports; nothing is decoded)."""
+    with _open(data, _AUDIO_FORMATS | _VIDEO_FORMATS) as container:
+        return container.duration / 1_000_000 if container.duration is not None else None
+
+
+def decode_audio(data: bytes, sample_rate: int, bounds: ClipBounds) -> np.ndarray:
+    """The first audio stream of `data` as mono float32 at `sample_rate`: WAV and FLAC files, or an MP4/WebM
+    video's soundtrack."""
+    import av
+
+    with _open(data, _AUDIO_FORMATS | _VIDEO_FORMATS) as container:
+        if not container.streams.audio:
+            raise ClipProblem("clip has no audio stream")
+        stream = container.streams.audio[0]
+        if not bounds.min_sample_rate <= (stream.rate or 0) <= bounds.max_sample_rate:
+            raise ClipProblem(f"audio sample rate {stream.rate} Hz is outside [{bounds.min_sample_rate}, "
+                              f"{bounds.max_sample_rate}]")  # fmt: skip
+        _check_seconds(_header_seconds(container, stream), bounds)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        limit = int(bounds.max_seconds * sample_rate) + sample_rate  # a second of slack for codec padding
+        chunks, total = [], 0
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+                    total += chunks[-1].size
+                if total > limit:
+                    raise ClipProblem(f"clip decodes to more than the {bounds.max_seconds:g} s allowed")
+            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+        except av.FFmpegError as e:
+            raise ClipProblem(f"audio does not decode ({type(e).__name__}: {e})") from None
+    if not chunks or not sum(c.size for c in chunks):
+        raise ClipProblem("clip has no audio samples")
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def _check_seconds(seconds: float | None, bounds: ClipBounds) -> None:
+    if seconds is not None and seconds > bounds.max_seconds:
+        raise ClipProblem(f"clip lasts {seconds:.1f} s, more than the {bounds.max_seconds:g} s allowed")
+
+
+def audio_features(signal: np.ndarray, settings: AudioClipParams) -> np.ndarray:
+    """Per frame: `n_mfcc` MFCCs, log2 of the YIN pitch (Hz) and RMS energy in dB; [T, n_mfcc + 2] float32 with
+    T = 1 + samples // hop (frames centered on hop multiples, as librosa frames them)."""
+    import librosa
+
+    sr, n_fft = settings.sample_rate, settings.window
+    hop = max(1, round(sr / settings.frame_rate))
+    if signal.size < n_fft:  # a clip shorter than one window is one frame of it
+        signal = np.pad(signal, (0, n_fft - signal.size))
+    mfcc = librosa.feature.mfcc(y=signal, sr=sr, n_mfcc=settings.n_mfcc, n_fft=n_fft, hop_length=hop)
+    pitch = librosa.yin(signal, fmin=settings.fmin, fmax=settings.fmax, sr=sr, frame_length=n_fft, hop_length=hop)
+    rms = librosa.feature.rms(y=signal, frame_length=n_fft, hop_length=hop)[0]
+    return np.column_stack([mfcc.T, np.log2(pitch), 20 * np.log10(rms + 1e-5)]).astype(np.float32)
+
+
+def video_features(data: bytes, settings: VideoClipParams, bounds: ClipBounds) -> np.ndarray:
+    """Frames sampled every 1 / `frame_rate` s, each the grey center square as grid x grid values in [0, 1]:
+    [T, grid * grid] float32."""
+    import av
+
+    grid, step = settings.grid, 1.0 / settings.frame_rate
+    with _open(data, _VIDEO_FORMATS) as container:
+        if not container.streams.video:
+            raise ClipProblem("clip has no video stream")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > bounds.max_pixels:
+            raise ClipProblem(f"video is {width}x{height} pixels, more than the {bounds.max_pixels} allowed")
+        _check_seconds(_header_seconds(container, stream), bounds)
+        frames, due = [], 0.0
+        try:
+            for frame in container.decode(stream):
+                t = float(frame.time) if frame.time is not None else due
+                if t > bounds.max_seconds + step:
+                    raise ClipProblem(f"clip decodes to more than the {bounds.max_seconds:g} s allowed")
+                if t + 1e-6 < due:
+                    continue
+                frames.append(_thumbnail(frame, grid))
+                while due <= t + 1e-6:
+                    due += step
+        except av.FFmpegError as e:
+            raise ClipProblem(f"video does not decode ({type(e).__name__}: {e})") from None
+    if not frames:
+        raise ClipProblem("clip has no video frames")
+    return np.stack(frames)
+
+
+def _thumbnail(frame, grid: int) -> np.ndarray:
+    """The grey center square of `frame`, scaled to grid x grid by FFmpeg (area averaging), flattened in [0, 1]."""
+    w, h = frame.width, frame.height
+    scale = grid / min(w, h)
+    scaled_w, scaled_h = max(grid, round(w * scale)), max(grid, round(h * scale))
+    grey = frame.reformat(width=scaled_w, height=scaled_h, format="gray", interpolation="AREA").to_ndarray()
+    top, left = (scaled_h - grid) // 2, (scaled_w - grid) // 2
+    return (grey[top : top + grid, left : left + grid].astype(np.float32) / 255.0).reshape(-1)
