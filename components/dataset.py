@@ -183,8 +183,10 @@ class Dataset:
         if self.root is None:
             raise ValueError("dataset was not read from disk, so its clips have no location")
         columns = ("video",) if modality == "vision" else ("audio", "video")
+        n = len(self.samples)
+        cells = [self.samples[c].tolist() if c in self.samples else [None] * n for c in columns]
         files: list[Path | None] = []
-        for row in zip(*(self.samples[c] if c in self.samples else [None] * len(self.samples) for c in columns)):
+        for row in zip(*cells, strict=True):
             relative = next((value for value in row if not is_null(value)), None)
             files.append(None if relative is None else self.root / relative)
         return files

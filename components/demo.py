@@ -252,7 +252,7 @@ def _face(cx: int, cy: int, polarity: int, strength: float) -> Image.Image:
         ex = cx + side * 9
         draw.ellipse([ex - 3, cy - 9, ex + 3, cy - 4], fill=ink)
         # Brows: raised and level when positive; knitted (inner end low) when negative.
-        inner, outer = (cy - 16, cy - 16) if polarity > 0 else (cy - 10, cy - 15) if polarity < 0 else (cy - 13, cy - 13)
+        inner, outer = {1: (cy - 16, cy - 16), -1: (cy - 10, cy - 15), 0: (cy - 13, cy - 13)}[polarity]
         draw.line([cx + side * 4, inner, cx + side * 14, outer], fill=ink, width=2)
     if polarity > 0:
         draw.arc([cx - 12, cy + 8 - bend, cx + 12, cy + 8 + bend], 0, 180, fill=ink, width=3)

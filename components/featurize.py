@@ -373,14 +373,15 @@ def _clip_sequences(
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """As `_stored_sequences` for every modality extracted from clips: all clips in one pool of `params.workers`
     processes (each pays the libraries' imports once)."""
-    from components.media import ClipJob, ClipProblem, extract_many
+    from components.media import ClipJob, ClipProblem, NoAudioStream, extract_many
 
     jobs, owners = [], []
     for modality in dataset.manifest.modalities.clips:
         kind = "vision" if modality == "vision" else "audio"
         for i, file in enumerate(dataset.clip_files(modality)):
             if file is not None:
-                jobs.append(ClipJob(file, kind, clip_settings(params, modality), dataset.manifest.clips))
+                column = file.relative_to(dataset.root).parts[0]  # audio/ or video/, as the contract has it
+                jobs.append(ClipJob(file, kind, clip_settings(params, modality), dataset.manifest.clips, column))
                 owners.append((modality, i))
     results = extract_many(jobs, workers=params.workers, progress=progress)
     n = len(dataset.samples)
@@ -390,6 +391,8 @@ def _clip_sequences(
         max_len = params.sequence_max_len or spec.max_len
         out[modality] = (np.zeros((n, max_len, dim), np.float32), np.zeros(n, np.int64))
     for job, (modality, i), result in zip(jobs, owners, results, strict=True):
+        if isinstance(result, NoAudioStream) and dataset.manifest.modalities.clips[modality].allow_missing:
+            continue  # a silent video, where audio may be missing: the sample has no audio
         if isinstance(result, ClipProblem):
             raise DataError(job.source, str(result), sample_id=dataset.samples["id"].iloc[i])
         features, lengths = out[modality]

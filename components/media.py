@@ -30,10 +30,16 @@ Kind = Literal["audio", "vision"]
 # Leading bytes -> FFmpeg demuxer: the formats a clip may be in, and nothing else.
 _AUDIO_FORMATS = {"wav": "WAV", "flac": "FLAC"}
 _VIDEO_FORMATS = {"mov": "MP4", "matroska": "WebM"}
+# Below this many clips one process is faster: a pool first starts a fork server that imports the libraries (~5 s).
+POOL_MIN_CLIPS = 64
 
 
 class ClipProblem(ValueError):
     """Why bytes are not a usable clip; the message names the rule and never echoes the bytes."""
+
+
+class NoAudioStream(ClipProblem):
+    """A clip without sound: a video's missing soundtrack may mean "no audio" rather than a broken file."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +50,15 @@ class ClipJob:
     kind: Kind
     settings: AudioClipParams | VideoClipParams
     bounds: ClipBounds
+    column: Literal["audio", "video"] = "audio"  # what the source is: an audio clip, or a video (its soundtrack)
 
 
 def extract(job: ClipJob) -> np.ndarray:
     """Frame features [T, D] float32 of one clip, or ClipProblem."""
     data = _read(job.source, job.bounds.max_bytes)
     if job.kind == "audio":
-        return audio_features(decode_audio(data, job.settings.sample_rate, job.bounds), job.settings)
+        formats = _AUDIO_FORMATS if job.column == "audio" else _VIDEO_FORMATS
+        return audio_features(decode_audio(data, job.settings.sample_rate, job.bounds, formats), job.settings)
     return video_features(data, job.settings, job.bounds)
 
 
@@ -62,6 +70,8 @@ def extract_many(
     from tqdm.auto import tqdm
 
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    if len(jobs) < POOL_MIN_CLIPS:
+        workers = 1
     bar = tqdm(total=len(jobs), desc=desc, unit="clip", disable=None if progress else True, leave=False)
     with bar:
         if workers == 1:
@@ -70,11 +80,8 @@ def extract_many(
                 results.append(_safe_extract(job))
                 bar.update()
             return results
-        # spawn, not fork: the caller may hold torch's thread pools, which a forked child would inherit locked.
-        import multiprocessing
-
         chunk = max(1, min(32, len(jobs) // (workers * 4)))
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
+        with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
             results = []
             for result in pool.map(_safe_extract, jobs, chunksize=chunk):
                 results.append(result)
@@ -82,9 +89,23 @@ def extract_many(
             return results
 
 
-def _one_thread() -> None:
-    """Each worker process is one core's worth: BLAS and FFmpeg stay single-threaded."""
-    os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+def _pool_context():
+    """Workers forked from a fork server that has imported and warmed the extraction libraries once
+    (`components.clip_worker`), so no worker pays their seconds of imports again. Not a plain fork: the caller
+    may hold torch's thread pools, which a forked child would inherit locked. Spawn where there is no fork server
+    (Windows)."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["components.clip_worker"])
+    return context
+
+
+def warm_up() -> None:
+    """Import and run the audio path once: librosa's imports and first calls take seconds, better paid at load."""
+    audio_features(np.zeros(4096, np.float32), AudioClipParams())
 
 
 def _safe_extract(job: ClipJob) -> np.ndarray | ClipProblem:
@@ -130,11 +151,16 @@ def _open(data: bytes, formats: dict[str, str]):
 
     demuxer = sniff(data)
     if demuxer not in formats:
-        raise ClipProblem(f"not a {' or '.join(formats.values())} file")
+        raise ClipProblem(f"not in {' or '.join(formats.values())} format")
     try:
         return av.open(io.BytesIO(data), format=demuxer)
     except av.FFmpegError as e:
-        raise ClipProblem(f"clip does not open ({type(e).__name__}: {e})") from None
+        raise ClipProblem(f"clip does not open ({_reason(e)})") from None
+
+
+def _reason(error: Exception) -> str:
+    """FFmpeg's words for what went wrong, without its error number or the (nameless) file."""
+    return getattr(error, "strerror", None) or type(error).__name__
 
 
 def _header_seconds(container, stream) -> float | None:
@@ -145,20 +171,30 @@ def _header_seconds(container, stream) -> float | None:
     return None
 
 
-def clip_seconds(data: bytes) -> float | None:
-    """The duration a clip's header states, or None when it states none (for reports; nothing is decoded)."""
-    with _open(data, _AUDIO_FORMATS | _VIDEO_FORMATS) as container:
-        return container.duration / 1_000_000 if container.duration is not None else None
+def check_clip(data: bytes, column: str, bounds: ClipBounds, *, soundtrack: bool = False) -> None:
+    """ClipProblem unless `data` is a usable clip for the `audio` or `video` column: the right format, within
+    `bounds`, and decoding to the end; a video whose `soundtrack` gives the sample's audio must have one that does.
+    Decoding only: features are featurize's."""
+    if len(data) > bounds.max_bytes:
+        raise ClipProblem(f"clip is {len(data)} bytes, more than the {bounds.max_bytes} allowed")
+    if column == "audio":
+        decode_audio(data, 16000, bounds)
+        return
+    _decode_frames(data, 1.0, bounds, lambda frame: None)
+    if soundtrack:  # NoAudioStream for a silent video: the caller knows whether the sample may lack audio
+        decode_audio(data, 16000, bounds, _VIDEO_FORMATS)
 
 
-def decode_audio(data: bytes, sample_rate: int, bounds: ClipBounds) -> np.ndarray:
-    """The first audio stream of `data` as mono float32 at `sample_rate`: WAV and FLAC files, or an MP4/WebM
-    video's soundtrack."""
+def decode_audio(
+    data: bytes, sample_rate: int, bounds: ClipBounds, formats: dict[str, str] = _AUDIO_FORMATS
+) -> np.ndarray:
+    """The first audio stream of `data` as mono float32 at `sample_rate`: a WAV or FLAC file, or with the video
+    `formats` an MP4/WebM video's soundtrack."""
     import av
 
-    with _open(data, _AUDIO_FORMATS | _VIDEO_FORMATS) as container:
+    with _open(data, formats) as container:
         if not container.streams.audio:
-            raise ClipProblem("clip has no audio stream")
+            raise NoAudioStream("clip has no audio stream")
         stream = container.streams.audio[0]
         if not bounds.min_sample_rate <= (stream.rate or 0) <= bounds.max_sample_rate:
             raise ClipProblem(f"audio sample rate {stream.rate} Hz is outside [{bounds.min_sample_rate}, "
@@ -176,7 +212,7 @@ def decode_audio(data: bytes, sample_rate: int, bounds: ClipBounds) -> np.ndarra
                     raise ClipProblem(f"clip decodes to more than the {bounds.max_seconds:g} s allowed")
             chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
         except av.FFmpegError as e:
-            raise ClipProblem(f"audio does not decode ({type(e).__name__}: {e})") from None
+            raise ClipProblem(f"audio does not decode ({_reason(e)})") from None
     if not chunks or not sum(c.size for c in chunks):
         raise ClipProblem("clip has no audio samples")
     return np.concatenate(chunks).astype(np.float32, copy=False)
@@ -205,9 +241,15 @@ def audio_features(signal: np.ndarray, settings: AudioClipParams) -> np.ndarray:
 def video_features(data: bytes, settings: VideoClipParams, bounds: ClipBounds) -> np.ndarray:
     """Frames sampled every 1 / `frame_rate` s, each the grey center square as grid x grid values in [0, 1]:
     [T, grid * grid] float32."""
+    frames = _decode_frames(data, settings.frame_rate, bounds, lambda frame: _thumbnail(frame, settings.grid))
+    return np.stack(frames)
+
+
+def _decode_frames(data: bytes, frame_rate: float, bounds: ClipBounds, sample) -> list:
+    """`sample(frame)` for the frames due every 1 / `frame_rate` s of the first video stream, decoding them all."""
     import av
 
-    grid, step = settings.grid, 1.0 / settings.frame_rate
+    step = 1.0 / frame_rate
     with _open(data, _VIDEO_FORMATS) as container:
         if not container.streams.video:
             raise ClipProblem("clip has no video stream")
@@ -216,7 +258,7 @@ def video_features(data: bytes, settings: VideoClipParams, bounds: ClipBounds) -
         if width * height > bounds.max_pixels:
             raise ClipProblem(f"video is {width}x{height} pixels, more than the {bounds.max_pixels} allowed")
         _check_seconds(_header_seconds(container, stream), bounds)
-        frames, due = [], 0.0
+        sampled, due = [], 0.0
         try:
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else due
@@ -224,14 +266,14 @@ def video_features(data: bytes, settings: VideoClipParams, bounds: ClipBounds) -
                     raise ClipProblem(f"clip decodes to more than the {bounds.max_seconds:g} s allowed")
                 if t + 1e-6 < due:
                     continue
-                frames.append(_thumbnail(frame, grid))
+                sampled.append(sample(frame))
                 while due <= t + 1e-6:
                     due += step
         except av.FFmpegError as e:
-            raise ClipProblem(f"video does not decode ({type(e).__name__}: {e})") from None
-    if not frames:
+            raise ClipProblem(f"video does not decode ({_reason(e)})") from None
+    if not sampled:
         raise ClipProblem("clip has no video frames")
-    return np.stack(frames)
+    return sampled
 
 
 def _thumbnail(frame, grid: int) -> np.ndarray:

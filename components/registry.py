@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 import yaml
@@ -37,6 +37,9 @@ from components.errors import TrackingError
 from components.lineage import Lineage, lineage
 from components.metrics import is_better, metrics_for, primary_metric
 from components.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from components.featurize import FeaturizerState
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 PIP_REQUIREMENTS = (
@@ -168,7 +171,7 @@ def register(
             variant=served["path"] if served else None,
         )
         example = raw_frame(dataset, "test", limit=2, inline_images=True).drop(columns=["id", "label"])
-        signature = model_signature(card.spec)
+        signature = model_signature(card.spec, state)
         _check_compatible(client, name, signature)  # the gate's inputs before anything is written
         champion = _champion(client, name)
         champion_score = None
@@ -404,8 +407,9 @@ def registered_with_same_lineage(params: Params, ours: Lineage | None = None) ->
     return None
 
 
-def model_signature(spec: ModelSpec) -> Any:
-    """Inputs: the raw columns of the model's modalities (text required); outputs: score and class."""
+def model_signature(spec: ModelSpec, state: FeaturizerState | None = None) -> Any:
+    """Inputs: the raw columns of the model's modalities (text required); outputs: score and class. A modality
+    `state` (the featurizer's) says was extracted from clips takes clip files instead of frames."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
@@ -420,9 +424,16 @@ def model_signature(spec: ModelSpec) -> Any:
     # Frames are typed `Any`: MLflow's enforcement of Array(Array(double)) builds a Series per frame (~130 us each,
     # twice), so an oversized request would cost a minute before the model could refuse it. `Predictor` checks
     # the frames' count and shape itself, before converting a number.
+    clips = {m for m in SEQUENCE_MODALITIES if state is not None and (s := getattr(state, m)) and s.clips}
     for m in SEQUENCE_MODALITIES:
-        if getattr(spec, m) is not None:
+        if getattr(spec, m) is not None and m not in clips:
             columns.append(ColSpec(AnyType(), m, required=False))
+    # Clips: vision from a video; audio from an audio clip, or from a video's soundtrack.
+    for column in (["audio"] if "audio" in clips else []) + (["video"] if clips else []):
+        columns += [
+            ColSpec(DataType.string, column, required=False),
+            ColSpec(DataType.string, f"{column}_base64", required=False),
+        ]
     outputs = Schema([ColSpec(DataType.double, "score"), ColSpec(DataType.string, "class")])
     return ModelSignature(inputs=Schema(columns), outputs=outputs)
 

@@ -13,6 +13,12 @@ Input columns (a pandas DataFrame, one row per sample; a column for a modality t
     image        string, path of a PNG/JPEG file, or null: read only by `msa predict` on a local file, inside its
                  image root; the served model refuses it (it opens no path a caller names)
     audio        frames [T][D] of numbers, or null          (likewise vision)
+A model whose audio or vision features were extracted from clips (`source: clips`) takes clips instead of frames:
+    audio_base64 string, a WAV/FLAC file, base64-encoded, or null
+    video_base64 string, an MP4/WebM file, base64-encoded, or null: gives vision, and audio when no audio clip is
+                 sent and the video has a soundtrack
+    audio, video string, path of such a file: like `image`, read only by `msa predict` inside its root
+and extracts their features with the settings featurize used (`components.media`).
 Every value is bounded (the package's `limits.json`, from params.yaml's `serve`) and checked before decoding.
 Output columns: `score` (regression: the fused sentiment score; classification: the predicted class's
 probability) and `class` (regression: positive for score >= 0, else negative, as Acc-2 counts it).
@@ -36,7 +42,7 @@ import pandas as pd
 
 from components.atomic import replace_directory, write_json, write_text
 from components.config import ServeParams
-from components.dataset import SEQUENCE_MODALITIES, Dataset, is_null
+from components.dataset import SEQUENCE_MODALITIES, ClipBounds, Dataset, is_null
 from components.errors import DataError, TrainingError, UntrustedModelError, first_line
 from components.featurize import STATE, FeaturizerState, encode_texts, load_tokenizer, read_state, standardize
 from components.images import ImageProblem, fit, open_image
@@ -129,6 +135,16 @@ class Predictor:
             raise DataError(root, f"not a readable model package ({type(e).__name__}: {e})") from None
         self.spec = spec
         self.head = monitored_head(spec)
+        self.clip_bounds = ClipBounds(max_bytes=self.limits.max_clip_bytes, max_seconds=self.limits.max_clip_seconds)
+        if self.clip_modalities:
+            from components.media import warm_up
+
+            warm_up()  # librosa's imports take seconds: at load, not in the first caller's request
+
+    @property
+    def clip_modalities(self) -> list[str]:
+        """The modalities whose frames this model extracts from clips."""
+        return [m for m in SEQUENCE_MODALITIES if getattr(self.spec, m) is not None and _clips(self.state, m)]
 
     @property
     def modalities(self) -> list[str]:
@@ -148,10 +164,11 @@ class Predictor:
                 raise DataError(INPUT, f"{len(frame)} rows in one request; at most {self.limits.max_rows} "
                                 "(serve.max_rows)")  # fmt: skip
             columns = _columns(frame)
-            for i, value in enumerate(columns.get("image", ())):
-                if not is_null(value):
-                    raise DataError(INPUT, "the served model opens no file paths: send the image as image_base64",
-                                    row=i + 1)  # fmt: skip
+            for column in ("image", *(("audio", "video") if self.clip_modalities else ())):
+                for i, value in enumerate(columns.get(column, ())):
+                    if not is_null(value):
+                        raise DataError(INPUT, f"the served model opens no file paths: send the {column} as "
+                                        f"{column}_base64", row=i + 1)  # fmt: skip
             return self._score(columns, len(frame), INPUT, None)
         except DataError as e:
             # The scoring server answers an MlflowException with a 400 and its message; any other exception with
@@ -230,7 +247,11 @@ class Predictor:
             frames = np.zeros((n, state.max_len, state.dim), np.float32)
             mask = np.zeros((n, state.max_len), bool)
             for i, value in enumerate(rows.get(modality, [None] * n)):
-                sequence = _frames(value, state.dim, modality, limits.max_frames, source, first_row + i + 1)
+                row = first_row + i + 1
+                if state.clips is not None:
+                    sequence = self._clip_frames(modality, rows, i, image_root, source, row)
+                else:
+                    sequence = _frames(value, state.dim, modality, limits.max_frames, source, row)
                 kept = sequence[: state.max_len]
                 frames[i, : len(kept)], mask[i, : len(kept)] = kept, True
             out |= {
@@ -245,6 +266,51 @@ class Predictor:
                 source, f"no input for any of the model's modalities ({', '.join(self.modalities)})", row=row
             )
         return out
+
+    def _clip_frames(
+        self, modality: str, rows: dict[str, list], i: int, root: Path | None, source: Path, row: int
+    ) -> np.ndarray:
+        """Frames of row `i`'s clip for `modality`, extracted as featurize extracted them; [0, dim] without one.
+        Vision comes from the video; audio from the audio clip, else from the video's soundtrack if it has one."""
+        from components.media import ClipJob, ClipProblem, NoAudioStream, extract
+
+        state = getattr(self.state, modality)
+        kind = "vision" if modality == "vision" else "audio"
+        column = "video"
+        try:
+            data = None
+            if kind == "audio":
+                column, data = "audio", self._clip_bytes(rows, "audio", i, root)
+            if data is None:
+                column, data = "video", self._clip_bytes(rows, "video", i, root)
+            if data is None:
+                return np.zeros((0, state.dim), np.float32)
+            try:
+                return extract(ClipJob(data, kind, state.clips, self.clip_bounds, column))
+            except NoAudioStream:
+                if column == "video":  # a silent video: the sample has no audio, as a dataset row without a clip
+                    return np.zeros((0, state.dim), np.float32)
+                raise
+        except ClipProblem as e:
+            raise DataError(source, f"{modality} from the {column} clip: {e}", row=row) from None
+
+    def _clip_bytes(self, rows: dict[str, list], column: str, i: int, root: Path | None) -> bytes | None:
+        """Row `i`'s `column` clip: inline (`<column>_base64`) wins over a path; None when it has neither."""
+        from components.media import ClipProblem
+
+        limits = self.limits
+        inline = rows.get(f"{column}_base64", [None] * (i + 1))[i]
+        path = rows.get(column, [None] * (i + 1))[i]
+        if not is_null(inline):
+            return _decode_base64(inline, f"{column}_base64", limits.max_clip_base64_chars, ClipProblem,
+                                  f"serve.max_clip_bytes {limits.max_clip_bytes} as base64")  # fmt: skip
+        if is_null(path):
+            return None
+        if root is None:
+            raise ClipProblem(f"{column} paths are not read here: send the clip as {column}_base64")
+        if not isinstance(path, str):
+            raise ClipProblem(f"{column} must be a path to a clip file (or send {column}_base64)")
+        return _read_confined(path, root, limits.max_clip_bytes, column, ClipProblem, "serve.max_clip_bytes")
 
     def _decide(self, outputs: np.ndarray) -> pd.DataFrame:
         if self.spec.label.kind == "regression":
@@ -262,8 +328,8 @@ class Predictor:
 def raw_frame(dataset: Dataset, split: str, *, limit: int | None = None, inline_images: bool = False) -> pd.DataFrame:
     """One split of a canonical dataset as the model's raw input rows, with `id` and `label` columns in front.
 
-    Images are absolute paths, or with `inline_images` the files themselves (`image_base64`), e.g. for an input
-    example that must work where the dataset is not.
+    Images and clips are absolute paths, or with `inline_images` the files themselves (`image_base64`,
+    `audio_base64`, `video_base64`), e.g. for an input example that must work where the dataset is not.
     """
     samples = dataset.samples[dataset.samples["split"] == split].head(limit).reset_index(drop=True)
     frame = pd.DataFrame({"id": samples["id"], "label": samples["label"]})
@@ -273,15 +339,26 @@ def raw_frame(dataset: Dataset, split: str, *, limit: int | None = None, inline_
     if modalities.image is not None:
         paths = [None if is_null(p) else dataset.image_path(p) for p in samples["image"]]
         if inline_images:
-            frame["image_base64"] = [None if p is None else base64.b64encode(p.read_bytes()).decode() for p in paths]
+            frame["image_base64"] = [None if p is None else _base64(p) for p in paths]
         else:
             frame["image"] = [None if p is None else str(p) for p in paths]
+    clips = [c for c in ("audio", "video") if dataset.manifest.modalities.clips and c in samples]
+    for column in clips:  # as files: vision from the video, audio from the audio clip (or the video's soundtrack)
+        paths = [None if is_null(p) else dataset.root / p for p in samples[column]]
+        if inline_images:
+            frame[f"{column}_base64"] = [None if p is None else _base64(p) for p in paths]
+        else:
+            frame[column] = [None if p is None else str(p) for p in paths]
     for modality, arrays in dataset.sequences.items():
         frame[modality] = [
             None if is_null(i) else arrays.features[int(i), : int(arrays.lengths[int(i)])].tolist()
             for i in samples["seq_index"]
         ]
     return frame
+
+
+def _base64(file: Path) -> str:
+    return base64.b64encode(file.read_bytes()).decode()
 
 
 def _read_limits(root: Path) -> ServeParams:
@@ -302,37 +379,47 @@ def _image_bytes(data: Any, path: Any, image_root: Path | None, limits: ServePar
     cell of a binary column and so cannot pass null, and rows without an image are normal.
     """
     if not is_null(data):
-        if not isinstance(data, str | bytes):
-            raise ImageProblem("image_base64 must be base64 text")
-        if len(data) > limits.max_base64_chars:
-            raise ImageProblem(f"image_base64 has {len(data)} characters; at most {limits.max_base64_chars} "
-                               f"(serve.max_image_bytes {limits.max_image_bytes} as base64)")  # fmt: skip
-        try:
-            return base64.b64decode(data, validate=True)
-        except (TypeError, ValueError):
-            raise ImageProblem("image_base64 is not base64 text") from None
+        return _decode_base64(data, "image_base64", limits.max_base64_chars, ImageProblem,
+                              f"serve.max_image_bytes {limits.max_image_bytes} as base64")  # fmt: skip
     if is_null(path):
         return None
     if image_root is None:
         raise ImageProblem("image paths are not read here: send the image as image_base64")
-    return _read_confined(str(path), image_root, limits.max_image_bytes)
+    return _read_confined(str(path), image_root, limits.max_image_bytes, "image", ImageProblem, "serve.max_image_bytes")
 
 
-def _read_confined(value: str, root: Path, max_bytes: int) -> bytes:
+def _decode_base64(data: Any, column: str, max_chars: int, problem: type[ValueError], bound: str) -> bytes:
+    """The bytes of an inline file, its length checked before anything is decoded."""
+    if not isinstance(data, str | bytes):
+        raise problem(f"{column} must be base64 text")
+    if len(data) > max_chars:
+        raise problem(f"{column} has {len(data)} characters; at most {max_chars} ({bound})")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (TypeError, ValueError):
+        raise problem(f"{column} is not base64 text") from None
+
+
+def _read_confined(value: str, root: Path, max_bytes: int, what: str, problem: type[ValueError], bound: str) -> bytes:
     """The file `value` names (relative to `root`), if it resolves inside `root` once symlinks are followed."""
     root = root.resolve()
     path = (root / value).resolve()  # an absolute `value` replaces root here, and is then checked like any other
     if not path.is_relative_to(root):
-        raise ImageProblem(f"image path {value} leaves the image root {root} (--image-root widens it)")
+        raise problem(f"{what} path {value} leaves the image root {root} (--image-root widens it)")
     try:
         size = path.stat().st_size
         if not path.is_file():
-            raise ImageProblem(f"image path {value} is not a file")
+            raise problem(f"{what} path {value} is not a file")
         if size > max_bytes:
-            raise ImageProblem(f"image is {size} bytes, more than the {max_bytes} allowed (serve.max_image_bytes)")
+            raise problem(f"{what} is {size} bytes, more than the {max_bytes} allowed ({bound})")
         return path.read_bytes()
     except OSError as e:
-        raise ImageProblem(f"cannot read image {value}: {e.strerror or e}") from None
+        raise problem(f"cannot read {what} {value}: {e.strerror or e}") from None
+
+
+def _clips(state: FeaturizerState, modality: str) -> bool:
+    sequence = getattr(state, modality)
+    return sequence is not None and sequence.clips is not None
 
 
 def _frames(value: Any, dim: int, modality: str, max_frames: int, source: Path, row: int) -> np.ndarray:
@@ -403,8 +490,11 @@ def read_inputs(path: str | Path) -> pd.DataFrame:
 
 
 def _json_cell(value: Any, path: Path, row: int, column: str) -> Any:
+    """A CSV cell of frames as JSON; any other text stays as it is (a clip model's `audio` is a file path)."""
     if is_null(value):
         return None
+    if not value.lstrip().startswith("["):
+        return value
     try:
         return json.loads(value)
     except json.JSONDecodeError:

@@ -27,10 +27,12 @@ import pandas as pd
 from components.atomic import replace_directory, write_json
 from components.config import ValidateParams
 from components.dataset import (
+    CLIP_COLUMNS,
     SPLITS,
     Manifest,
     SequenceArray,
     SequenceSpec,
+    clip_path_problem,
     image_path_problem,
     is_null,
     read_dataset,
@@ -40,13 +42,14 @@ REQUIRED_COLUMNS = ("id", "split", "text", "label", "image", "seq_index")
 DATA_DOCS_INDEX = "index.html"  # GX's site entry page: also what shows that a Data Docs directory is ours to replace
 OK = "ok"
 # Derived columns; their values are reasons written for people, shown unquoted in the summary.
-ID_SPLITS, IMAGE_CHECK, SEQUENCE_CHECK, LEAKAGE_SPLITS = (
+ID_SPLITS, IMAGE_CHECK, SEQUENCE_CHECK, CLIP_CHECK, LEAKAGE_SPLITS = (
     "id_split_count",
     "image_check",
     "sequence_check",
+    "clip_check",
     "leakage_split_count",
 )
-REASON_COLUMNS, COUNT_COLUMNS = (IMAGE_CHECK, SEQUENCE_CHECK), (ID_SPLITS, LEAKAGE_SPLITS)
+REASON_COLUMNS, COUNT_COLUMNS = (IMAGE_CHECK, SEQUENCE_CHECK, CLIP_CHECK), (ID_SPLITS, LEAKAGE_SPLITS)
 _SITE = "validation"
 _SHOWN_VALUE_CHARS = 60
 
@@ -174,8 +177,12 @@ def build_frame(
     specs = manifest.modalities.sequences
     if specs and seq_index is not None:
         frame[SEQUENCE_CHECK] = pd.Series(sequence_checks(seq_index, specs, sequences), dtype=object)
+    clip_digests: list[str | None] = [None] * n
+    if manifest.modalities.clips:
+        checks, clip_digests = clip_checks(root, manifest, frame)
+        frame[CLIP_CHECK] = pd.Series(checks, dtype=object)
     if has("split"):
-        keys = content_keys(texts, image_digests, seq_index, specs, sequences)
+        keys = content_keys(texts, image_digests, seq_index, specs, sequences, clip_digests)
         frame[LEAKAGE_SPLITS] = splits_per_key(pd.Series(keys, dtype=object), frame["split"])
     return frame
 
@@ -233,6 +240,56 @@ def image_checks(root: Path, images: pd.Series) -> tuple[list[str | None], list[
         result, digest = cache[value]
         checks.append(result)
         digests.append(digest)
+    return checks, digests
+
+
+def clip_checks(root: Path, manifest: Manifest, frame: pd.DataFrame) -> tuple[list[str | None], list[str | None]]:
+    """Per row: "ok" or why its clips are unusable (a path outside audio/ or video/, a missing file, a wrong format,
+    over the manifest's `clip_bounds`, not decoding to the end, a required clip absent), and a SHA-256 over its
+    clips' bytes; None where a row has no clip and needs none."""
+    from components.media import ClipProblem, NoAudioStream, check_clip  # PyAV: only when a dataset has clips
+
+    clips = manifest.modalities.clips
+    bounds = manifest.clips
+    columns = {c: frame[c].tolist() if c in frame.columns else [None] * len(frame) for c in CLIP_COLUMNS}
+    checks: list[str | None] = []
+    digests: list[str | None] = []
+    for i in range(len(frame)):
+        audio, video = columns["audio"][i], columns["video"][i]
+        problems, digest = [], hashlib.sha256()
+        needs = {"audio": "audio" in clips and is_null(audio) and is_null(video), "video": "vision" in clips}
+        for modality, spec in clips.items():
+            if not spec.allow_missing and (is_null(video) if modality == "vision" else needs["audio"]):
+                problems.append(f"no {'video' if modality == 'vision' else 'audio or video'} clip for {modality}")
+        for column, value in (("audio", audio), ("video", video)):
+            if is_null(value):
+                continue
+            if not isinstance(value, str):
+                problems.append(f"not a path: {value!r}")
+                continue
+            if problem := clip_path_problem(value, column):
+                problems.append(problem)
+                continue
+            try:
+                data = (root / value).read_bytes()
+                soundtrack = column == "video" and "audio" in clips and is_null(audio)
+                check_clip(data, column, bounds, soundtrack=soundtrack)
+            except FileNotFoundError:
+                problems.append(f"missing file {value}")
+                continue
+            except OSError as e:
+                problems.append(f"cannot read {value}: {e.strerror or e}")
+                continue
+            except NoAudioStream:
+                if not clips["audio"].allow_missing:
+                    problems.append(f"{value}: no soundtrack, and no audio clip for audio")
+            except ClipProblem as e:
+                problems.append(f"{value}: {e}")
+                continue
+            digest.update(hashlib.sha256(data).digest())
+        present = not (is_null(audio) and is_null(video))
+        checks.append("; ".join(problems) if problems else (OK if present else None))
+        digests.append(digest.hexdigest() if present and not problems else None)
     return checks, digests
 
 
@@ -295,8 +352,10 @@ def content_keys(
     seq_index: tuple[np.ndarray, np.ndarray] | None,
     specs: Mapping[str, SequenceSpec],
     sequences: Mapping[str, SequenceArray],
+    clip_digests: Sequence[str | None] = (),
 ) -> list[str | None]:
-    """Per row: a hash of its content (normalised text, image bytes, its sequence rows); None with no content.
+    """Per row: a hash of its content (normalised text, image bytes, its sequence rows, its clips' bytes); None
+    with no content.
 
     Rows with equal keys hold the same sample, whatever their ids: in different splits, that is leakage.
     """
@@ -308,6 +367,8 @@ def content_keys(
             parts.append(b"text:" + normalise_text(text).encode("utf-8"))
         if image_digests[i] is not None:
             parts.append(b"image:" + image_digests[i].encode("ascii"))
+        if i < len(clip_digests) and clip_digests[i] is not None:
+            parts.append(b"clips:" + clip_digests[i].encode("ascii"))
         row = int(seq_index[0][i]) if seq_index is not None and seq_index[1][i] else -1
         for modality, array in sorted(usable.items()):
             if 0 <= row < array.features.shape[0]:
@@ -348,7 +409,8 @@ def plan_expectations(
     has = frame.columns.__contains__
     modalities = manifest.modalities
     label = manifest.label
-    required = {"column_set": list(REQUIRED_COLUMNS), "exact_match": False}
+    clip_columns = list(CLIP_COLUMNS) if modalities.clips else []
+    required = {"column_set": [*REQUIRED_COLUMNS, *clip_columns], "exact_match": False}
     rules = [Rule("required columns present", "ExpectTableColumnsToMatchSet", required)]
 
     def add(column: str, rule: str, expectation: str, problem: str | None = None, **kwargs: Any) -> None:
@@ -357,7 +419,7 @@ def plan_expectations(
 
     # Types. Value rules below need the right type to be meaningful, so they run only where it holds.
     string_types = ["str"]
-    for column in ("id", "split", "text", "image"):
+    for column in ("id", "split", "text", "image", *clip_columns):
         add(column, f"{column} is a string", "ExpectColumnValuesToBeInTypeList", type_list=string_types)
     if label.kind == "regression":
         add("label", "label is a float (regression)", "ExpectColumnValuesToBeInTypeList", type_list=_FLOATS)
@@ -427,6 +489,19 @@ def plan_expectations(
         add(SEQUENCE_CHECK, "sequences fit the manifest and are finite", "ExpectColumnValuesToBeInSet", value_set=[OK])
     else:
         add("seq_index", "no seq_index without audio or vision", "ExpectColumnValuesToBeNull")
+
+    # Clips: each present, inside the dataset, decodable, within the manifest's bounds.
+    if modalities.clips:
+        bounds = manifest.clips
+        add(
+            CLIP_CHECK,
+            f"clips exist and decode within clip_bounds (up to {bounds.max_seconds:g} s each)",
+            "ExpectColumnValuesToBeInSet",
+            value_set=[OK],
+        )
+    else:
+        for column in CLIP_COLUMNS:
+            add(column, f"no {column} clip without a modality from clips", "ExpectColumnValuesToBeNull")
 
     # Leakage: the same content in several splits.
     add(

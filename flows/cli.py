@@ -24,7 +24,8 @@ from components.dataset import MANIFEST, SPLITS, read_dataset
 from components.demo import generate_demo
 from components.errors import TrackingError, UserError
 from components.featurize import featurize as featurize_dataset
-from components.importers import import_image_text_csv, import_mmsa, import_text_tsv
+from components.importers import import_clips_csv, import_image_text_csv, import_mmsa, import_text_tsv
+from components.importers.clips import MAX_LEN_AUDIO, MAX_LEN_VISION
 from components.validation import validate_dataset  # Great Expectations itself is imported only when validating
 
 try:
@@ -100,13 +101,17 @@ def _writing_dataset(out_dir: Path | None, params: Path) -> Iterator[Path]:
 def data_demo(
     size: Annotated[int | None, typer.Option(min=30, help="Number of samples (default: data.demo.size).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: data.demo.seed).")] = None,
+    media: Annotated[
+        bool, typer.Option("--media", help="Audio and vision as WAV and MP4 clips instead of feature sequences.")
+    ] = False,
     out_dir: OutOpt = None,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Write the deterministic SYNTHETIC demo dataset (byte-identical for the same size and seed)."""
     demo = load_params(params).data.demo
     with _writing_dataset(out_dir, params) as path:
-        generate_demo(path, size=demo.size if size is None else size, seed=demo.seed if seed is None else seed)
+        size, seed = demo.size if size is None else size, demo.seed if seed is None else seed
+        generate_demo(path, size=size, seed=seed, media=media)
 
 
 @import_app.command("mmsa")
@@ -157,6 +162,43 @@ def import_csv_command(
             file, path, image_root=image_root, name=name, task=task,  # type: ignore[arg-type]
             classes=[c.strip() for c in classes.split(",")] if classes else None,
             label_min=label_min, label_max=label_max, seed=seed, valid_frac=valid_frac, test_frac=test_frac,
+        )  # fmt: skip
+
+
+@import_app.command("clips")
+def import_clips_command(
+    file: Annotated[
+        Path, typer.Argument(help="CSV with columns id, text, label, audio and/or video, and optional split.")
+    ],
+    media_root: Annotated[Path, typer.Option(help="Directory the CSV's audio and video paths are relative to.")],
+    task: Annotated[
+        str, typer.Option(help="auto, regression or classification (auto: classification if a label is not a number).")
+    ] = "auto",
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names (default: the labels seen).")] = None,
+    max_len_audio: Annotated[
+        int, typer.Option(min=1, help="Audio frames kept per sample (25 a second at featurize's default).")
+    ] = MAX_LEN_AUDIO,
+    max_len_vision: Annotated[
+        int, typer.Option(min=1, help="Video frames kept per sample (5 a second at featurize's default).")
+    ] = MAX_LEN_VISION,
+    name: NameOpt = None,
+    label_min: LabelMin = -3.0,
+    label_max: LabelMax = 3.0,
+    seed: SeedOpt = 0,
+    valid_frac: ValidFrac = 0.1,
+    test_frac: TestFrac = 0.1,
+    out_dir: OutOpt = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Import utterance clips (MMSA-FET label.csv style): WAV/FLAC audio and MP4/WebM video, copied as they are."""
+    if task not in ("auto", "regression", "classification"):
+        raise typer.BadParameter(f"{task!r} is not one of auto, regression, classification", param_hint="--task")
+    with _writing_dataset(out_dir, params) as path:
+        import_clips_csv(
+            file, path, media_root=media_root, name=name, task=task,  # type: ignore[arg-type]
+            classes=[c.strip() for c in classes.split(",")] if classes else None,
+            label_min=label_min, label_max=label_max, seed=seed, valid_frac=valid_frac, test_frac=test_frac,
+            max_len_audio=max_len_audio, max_len_vision=max_len_vision,
         )  # fmt: skip
 
 

@@ -221,3 +221,36 @@ def served_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path
         code_paths=[str(Path(components.__file__).parent)], signature=model_signature(read_card(out).spec),
     )  # fmt: skip
     return root / "pyfunc"
+
+
+CLIP_SERVE_LIMITS = {"max_rows": 8, "max_clip_bytes": 60_000, "max_clip_seconds": 3.0}
+
+
+@pytest.fixture(scope="session")
+def served_clip_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> tuple[Path, Path]:
+    """The media demo (WAV and MP4 clips) trained briefly with the tiny text model and saved as an MLflow pyfunc
+    directory as registration logs it; (the pyfunc directory, the dataset)."""
+    import mlflow
+
+    import components
+    from components.config import FeaturizeParams, ModelParams, ServeParams, TrainParams
+    from components.demo import generate_demo
+    from components.featurize import featurize, read_state
+    from components.model_store import read_card
+    from components.registry import model_signature
+    from components.serving import package_model
+    from components.training import train
+
+    root = tmp_path_factory.mktemp("served-clips")
+    raw = generate_demo(root / "raw", size=30, seed=3, media=True)
+    settings = FeaturizeParams(out=root / "features", text_model=str(tiny_text_model), image_size=8, workers=1)
+    features = featurize(raw, settings, progress=False).out
+    model = ModelParams(hidden=8, dropout=0.0, textcnn={"feature_maps": 4, "dropout": 0.0})
+    out = train(features, model, TrainParams(out=root / "models", epochs=1, batch_size=8), progress=False).out
+    package = package_model(out, features, root / "package", ServeParams(**CLIP_SERVE_LIMITS))
+    signature = model_signature(read_card(out).spec, read_state(features))
+    mlflow.pyfunc.save_model(
+        str(root / "pyfunc"), loader_module="components.serving", data_path=str(package),
+        code_paths=[str(Path(components.__file__).parent)], signature=signature,
+    )  # fmt: skip
+    return root / "pyfunc", raw
