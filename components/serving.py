@@ -280,9 +280,11 @@ class Predictor:
         try:
             data = None
             if kind == "audio":
-                column, data = "audio", self._clip_bytes(rows, "audio", i, root)
+                column = "audio"
+                data = self._clip_bytes(rows, column, i, root)
             if data is None:
-                column, data = "video", self._clip_bytes(rows, "video", i, root)
+                column = "video"
+                data = self._clip_bytes(rows, column, i, root)
             if data is None:
                 return np.zeros((0, state.dim), np.float32)
             try:
@@ -405,7 +407,8 @@ def _read_confined(value: str, root: Path, max_bytes: int, what: str, problem: t
     root = root.resolve()
     path = (root / value).resolve()  # an absolute `value` replaces root here, and is then checked like any other
     if not path.is_relative_to(root):
-        raise problem(f"{what} path {value} leaves the image root {root} (--image-root widens it)")
+        flag = "image" if what == "image" else "media"
+        raise problem(f"{what} path {value} leaves the {flag} root {root} (--{flag}-root widens it)")
     try:
         size = path.stat().st_size
         if not path.is_file():

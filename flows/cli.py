@@ -417,7 +417,11 @@ def predict(
     ] = None,
     image_root: Annotated[
         Path | None,
-        typer.Option(help="Directory the `image` paths must resolve inside (default: the input file's directory)."),
+        typer.Option(
+            "--image-root",
+            "--media-root",
+            help="Directory the image, audio and video paths must resolve inside (default: the input's directory).",
+        ),
     ] = None,
     trust_model: Annotated[
         bool,
@@ -428,7 +432,8 @@ def predict(
     ] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """Score raw inputs (text, image file or path, audio/vision frames) with a registered or logged model."""
+    """Score raw inputs (text, image file or path, audio/vision frames or clip files) with a registered or logged
+    model."""
     from components.serving import predict_file
     from components.tracking import connected
 

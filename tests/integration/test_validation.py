@@ -271,3 +271,36 @@ def test_leakage_tolerance_lets_a_few_repeats_pass(make_dataset, params):
 
     assert report.success, report.summary()
     assert "2 rows within tolerance" in report.summary()
+
+
+def test_clips_are_checked_present_inside_decodable_and_within_bounds(params, tmp_path):
+    """Each broken clip fails the clip rule naming its sample and what is wrong; a good media dataset passes."""
+    import shutil
+
+    from components.demo import generate_demo
+
+    good = generate_demo(tmp_path / "good", size=30, seed=1, media=True)
+    assert validate_dataset(good, params).success
+    raw = Path(shutil.copytree(good, tmp_path / "raw"))
+    samples = pd.read_parquet(raw / SAMPLES)
+    (raw / "video" / "demo-00001.mp4").write_bytes((raw / "video" / "demo-00001.mp4").read_bytes()[:500])
+    (raw / "audio" / "demo-00002.wav").write_bytes(b"RIFF....WAVEnot really")
+    (raw / "audio" / "demo-00003.wav").unlink()
+    samples.loc[4, "audio"] = "../../outside.wav"
+    samples.loc[5, "video"] = None  # vision from clips, not allowed missing
+    samples.loc[6, "audio"] = "audio/demo-00006.mp3"
+    samples.to_parquet(raw / SAMPLES)
+    manifest = (raw / "manifest.yaml").read_text()
+    (raw / "manifest.yaml").write_text(manifest + "clip_bounds:\n  max_seconds: 1.5\n")
+
+    report = validate_dataset(raw, params.model_copy(update={"examples": 50}))
+    found = failure(report, "clips exist and decode")
+    reasons = {example["id"]: example["value"] for example in found.examples}
+    assert "video/demo-00001.mp4: " in reasons["demo-00001"]
+    assert "audio/demo-00002.wav: " in reasons["demo-00002"]
+    assert "missing file audio/demo-00003.wav" in reasons["demo-00003"]
+    assert "path escapes the dataset root: ../../outside.wav" in reasons["demo-00004"]
+    assert "no video clip for vision" in reasons["demo-00005"]
+    assert "not a .wav or .flac file: audio/demo-00006.mp3" in reasons["demo-00006"]
+    too_long = [i for i, value in reasons.items() if "more than the 1.5 s allowed" in value]
+    assert too_long and found.unexpected_count == len(reasons)

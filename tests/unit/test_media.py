@@ -1,0 +1,191 @@
+"""Clips to frame features: what the extraction measures, the bounds checked before and while decoding, the formats
+accepted, soundtracks, the media demo's determinism, and featurize over clips (cache, errors, the pool)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components import media
+from components.config import AudioClipParams, FeaturizeParams, VideoClipParams
+from components.dataset import ClipBounds, read_dataset
+from components.demo import _audio_clip, _video_clip, generate_demo
+from components.errors import DataError
+from components.featurize import featurize, load_features
+from components.media import ClipJob, ClipProblem, NoAudioStream, extract, extract_many
+
+AUDIO, VIDEO, BOUNDS = AudioClipParams(), VideoClipParams(), ClipBounds()
+
+
+def wav(seconds: float, rate: int = 16000, hz: float = 200.0) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((0.3 * np.sin(2 * np.pi * hz * t) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def mp4_with_sound(seconds: float = 1.0, size: int = 32) -> bytes:
+    """An MP4 with an H.264 picture and an AAC soundtrack (a 220 Hz tone)."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=10, options={"threads": "1"})
+        video.width = video.height = size
+        video.pix_fmt = "yuv420p"
+        audio = container.add_stream("aac", rate=16000, layout="mono")
+        for i in range(int(seconds * 10)):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size), 20 * i % 255, np.uint8), format="gray")
+            container.mux(video.encode(frame.reformat(format="yuv420p")))
+        tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * 16000)) / 16000)).astype(np.float32)
+        for start in range(0, len(tone), 1024):
+            chunk = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="flt", layout="mono")
+            chunk.sample_rate = 16000
+            container.mux(audio.encode(chunk))
+        container.mux(video.encode(None))
+        container.mux(audio.encode(None))
+    return buffer.getvalue()
+
+
+def slope(values: np.ndarray) -> float:
+    return float(np.polyfit(np.arange(len(values)), values, 1)[0])
+
+
+@pytest.mark.parametrize("polarity", [1, -1])
+def test_audio_features_follow_the_pitch_contour_and_energy_the_demo_encodes(polarity):
+    rng = np.random.default_rng(0)
+    frames = extract(ClipJob(_audio_clip(rng, polarity, 3.0, 1.5), "audio", AUDIO, BOUNDS))
+    hop = AUDIO.sample_rate / AUDIO.frame_rate
+    assert frames.shape == (1 + int(1.5 * AUDIO.sample_rate // hop), AUDIO.n_mfcc + 2)
+    assert frames.dtype == np.float32 and np.isfinite(frames).all()
+    log_pitch = frames[2:-2, AUDIO.n_mfcc]  # the edges' windows are half padding
+    assert np.sign(slope(log_pitch)) == polarity  # the pitch glides up for a positive speaker, down for a negative
+
+
+def test_a_pure_tone_has_its_pitch():
+    frames = extract(ClipJob(wav(0.5, hz=200.0), "audio", AUDIO, BOUNDS))
+    assert np.median(2 ** frames[:, AUDIO.n_mfcc]) == pytest.approx(200.0, rel=0.02)
+
+
+def test_video_features_are_thumbnails_sampled_at_the_frame_rate():
+    rng = np.random.default_rng(0)
+    frames = extract(ClipJob(_video_clip(rng, 1, 2.0, 2.0), "vision", VIDEO, BOUNDS, "video"))
+    assert frames.shape == (int(2.0 * VIDEO.frame_rate), VIDEO.grid**2)
+    assert frames.min() >= 0.0 and frames.max() <= 1.0
+
+
+def test_the_face_shows_its_expression_in_the_thumbnails():
+    """Smiling and frowning faces differ where the mouth is: what a vision encoder can learn from."""
+    smile, frown = (
+        extract(ClipJob(_video_clip(np.random.default_rng(1), p, 3.0, 1.0), "vision", VIDEO, BOUNDS, "video"))
+        for p in (1, -1)
+    )
+    assert np.abs(smile - frown).max() > 0.2
+
+
+def test_a_videos_soundtrack_gives_audio_and_a_silent_video_has_none():
+    frames = extract(ClipJob(mp4_with_sound(), "audio", AUDIO, BOUNDS, "video"))
+    assert np.median(2 ** frames[2:-2, AUDIO.n_mfcc]) == pytest.approx(220.0, rel=0.03)
+    silent = _video_clip(np.random.default_rng(0), 1, 1.0, 1.0)
+    with pytest.raises(NoAudioStream):
+        extract(ClipJob(silent, "audio", AUDIO, BOUNDS, "video"))
+
+
+CLIP_PROBLEMS = [  # (id, data, kind, column, bounds, message)
+    ("text", b"hello, not a clip at all", "audio", "audio", BOUNDS, "not in WAV or FLAC format"),
+    # FFmpeg would follow a playlist's references to other files (or URLs): never probed, refused by its bytes.
+    ("playlist", b"#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n", "audio", "audio", BOUNDS, "not in WAV or FLAC"),
+    ("video-as-audio-clip", mp4_with_sound(), "audio", "audio", BOUNDS, "not in WAV or FLAC format"),
+    ("wav-as-video", wav(0.2), "vision", "video", BOUNDS, "not in MP4 or WebM format"),
+    ("too-many-bytes", wav(1.0), "audio", "audio", ClipBounds(max_bytes=1000), "more than the 1000 allowed"),
+    ("too-long", wav(2.0), "audio", "audio", ClipBounds(max_seconds=1.5), "clip lasts 2.0 s, more than the 1.5 s"),
+    ("rate-too-low", wav(0.2, rate=4000), "audio", "audio", BOUNDS, r"sample rate 4000 Hz is outside \[8000"),
+    ("truncated-wav-header", wav(0.2)[:20], "audio", "audio", BOUNDS, "clip"),
+    ("too-many-pixels", mp4_with_sound(size=64), "vision", "video", ClipBounds(max_pixels=1000), "64x64 pixels"),
+    ("truncated-mp4", mp4_with_sound()[:400], "vision", "video", BOUNDS, ""),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("data", "kind", "column", "bounds", "message"), [c[1:] for c in CLIP_PROBLEMS],
+                         ids=[c[0] for c in CLIP_PROBLEMS])  # fmt: skip
+def test_a_bad_clip_is_a_clip_problem_naming_the_rule(data, kind, column, bounds, message):
+    settings = AUDIO if kind == "audio" else VIDEO
+    with pytest.raises(ClipProblem, match=message):
+        extract(ClipJob(data, kind, settings, bounds, column))
+
+
+@pytest.mark.parametrize("kind", ["audio", "vision"])
+def test_a_clip_whose_header_states_no_duration_is_bounded_while_decoding(kind, monkeypatch):
+    """Streamed WebM, for one, states no duration: decoding stops once past the bound."""
+    monkeypatch.setattr(media, "_header_seconds", lambda container, stream: None)
+    settings, column = (AUDIO, "audio") if kind == "audio" else (VIDEO, "video")
+    data = wav(3.0) if kind == "audio" else mp4_with_sound(seconds=3.0)
+    with pytest.raises(ClipProblem, match="decodes to more than the 1 s allowed"):
+        extract(ClipJob(data, kind, settings, ClipBounds(max_seconds=1.0), column))
+
+
+def test_the_media_demo_is_byte_identical_for_the_same_seed(tmp_path):
+    def digest(root: Path) -> str:
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        return hashlib.sha256(b"".join(str(p.relative_to(root)).encode() + p.read_bytes() for p in files)).hexdigest()
+
+    first = generate_demo(tmp_path / "a", size=30, seed=4, media=True)
+    assert digest(first) == digest(generate_demo(tmp_path / "b", size=30, seed=4, media=True))
+    assert digest(first) != digest(generate_demo(tmp_path / "c", size=30, seed=5, media=True))
+    dataset = read_dataset(first)
+    assert set(dataset.manifest.modalities.clips) == {"audio", "vision"} and not dataset.sequences
+    assert all(p is not None and p.suffix == ".wav" for p in dataset.clip_files("audio"))
+    assert all(p is not None and p.suffix == ".mp4" for p in dataset.clip_files("vision"))
+
+
+@pytest.fixture(scope="module")
+def media_demo(tmp_path_factory) -> Path:
+    return generate_demo(tmp_path_factory.mktemp("media") / "raw", size=30, seed=2, media=True)
+
+
+def test_featurize_extracts_clips_records_how_and_keeps_unchanged_features(media_demo, tmp_path, tiny_text_model):
+    params = FeaturizeParams(out=tmp_path / "features", text_model=str(tiny_text_model), workers=1)
+    result = featurize(media_demo, params, progress=False)
+    tensors, state = load_features(result.out)
+    assert state.audio.clips == AUDIO and state.vision.clips == VIDEO
+    assert tensors["audio.features"].shape == (30, state.audio.max_len, AUDIO.n_mfcc + 2)
+    assert tensors["vision.features"].shape == (30, state.vision.max_len, VIDEO.grid**2)
+    assert tensors["audio.present"].all() and tensors["vision.mask"].any(1).all()
+    assert featurize(media_demo, params, progress=False).cached
+    # Extraction settings are part of the key where clips are extracted.
+    coarser = params.model_copy(update={"video_clips": VideoClipParams(grid=8)})
+    again = featurize(media_demo, coarser, progress=False)
+    assert not again.cached and again.state.vision.dim == 64
+
+
+def test_a_broken_clip_stops_featurize_naming_the_file_and_sample(media_demo, tmp_path, tiny_text_model):
+    import shutil
+
+    raw = Path(shutil.copytree(media_demo, tmp_path / "raw"))
+    (raw / "video" / "demo-00007.mp4").write_bytes(b"not a video")
+    params = FeaturizeParams(out=tmp_path / "features", text_model=str(tiny_text_model), workers=1)
+    with pytest.raises(DataError, match=r"demo-00007\.mp4 \(id demo-00007\): not in MP4 or WebM format"):
+        featurize(raw, params, progress=False)
+    assert not (tmp_path / "features").exists()
+
+
+def test_the_process_pool_extracts_what_one_process_does(media_demo, monkeypatch):
+    dataset = read_dataset(media_demo)
+    jobs = [ClipJob(p, "audio", AUDIO, BOUNDS) for p in dataset.clip_files("audio")[:6]]
+    jobs += [ClipJob(p, "vision", VIDEO, BOUNDS, "video") for p in dataset.clip_files("vision")[:6]]
+    jobs.append(ClipJob(b"broken", "audio", AUDIO, BOUNDS))
+    alone = extract_many(jobs, workers=1)
+    monkeypatch.setattr(media, "POOL_MIN_CLIPS", 0)
+    pooled = extract_many(jobs, workers=2)
+    for a, b in zip(alone[:-1], pooled[:-1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)  # BLAS threads sum in another order
+    assert isinstance(pooled[-1], ClipProblem) and str(pooled[-1]) == str(alone[-1])
