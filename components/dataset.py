@@ -114,6 +114,12 @@ class ClipBounds(_Strict):
     max_sample_rate: int = Field(192_000, ge=1)
     max_pixels: int = Field(1920 * 1080, ge=1, description="video width x height")
 
+    @model_validator(mode="after")
+    def _rates_ordered(self) -> ClipBounds:
+        if self.min_sample_rate > self.max_sample_rate:
+            raise ValueError(f"min_sample_rate {self.min_sample_rate} exceeds max_sample_rate {self.max_sample_rate}")
+        return self
+
 
 class Modalities(_Strict):
     text: TextSpec | None = None

@@ -86,6 +86,11 @@ class FeaturizerState(Section):
     audio: SequenceState | None = None
     vision: SequenceState | None = None
 
+    @property
+    def clip_modalities(self) -> list[str]:
+        """The sequence modalities whose frames are extracted from clips."""
+        return [m for m in ("audio", "vision") if (s := getattr(self, m)) is not None and s.clips is not None]
+
 
 @dataclass(frozen=True)
 class FeaturizeResult:
@@ -187,6 +192,12 @@ def content_key(raw: Path, params: FeaturizeParams, text_path: Path | None, mani
     # Extraction settings count only where clips are extracted: they change nothing else.
     unused = {name for modality, name in _CLIP_SETTINGS.items() if modality not in clips}
     settings = params.model_dump(mode="json", exclude=_NOT_IN_KEY | unused)
+    if clips:  # the extraction code and the decoders' and librosa's versions decide the frames too
+        from importlib.metadata import version
+
+        from components.media import EXTRACTOR_VERSION
+
+        settings["extractor"] = [EXTRACTOR_VERSION, version("av"), version("librosa")]
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for label, root in (("dataset", raw), ("text model", text_path)):
         if root is not None:

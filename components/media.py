@@ -32,6 +32,8 @@ _AUDIO_FORMATS = {"wav": "WAV", "flac": "FLAC"}
 _VIDEO_FORMATS = {"mov": "MP4", "matroska": "WebM"}
 # Below this many clips one process is faster: a pool first starts a fork server that imports the libraries (~5 s).
 POOL_MIN_CLIPS = 64
+EXTRACTOR_VERSION = "1"  # bump when the features of the same clip and settings change (featurize's content key)
+MAX_FPS = 120  # decoded video frames allowed per second of max_seconds, whatever the timestamps say
 
 
 class ClipProblem(ValueError):
@@ -55,7 +57,7 @@ class ClipJob:
 
 def extract(job: ClipJob) -> np.ndarray:
     """Frame features [T, D] float32 of one clip, or ClipProblem."""
-    data = _read(job.source, job.bounds.max_bytes)
+    data = read_clip(job.source, job.bounds.max_bytes)
     if job.kind == "audio":
         formats = _AUDIO_FORMATS if job.column == "audio" else _VIDEO_FORMATS
         return audio_features(decode_audio(data, job.settings.sample_rate, job.bounds, formats), job.settings)
@@ -75,10 +77,13 @@ def extract_many(
     bar = tqdm(total=len(jobs), desc=desc, unit="clip", disable=None if progress else True, leave=False)
     with bar:
         if workers == 1:
+            from threadpoolctl import threadpool_limits
+
             results = []
-            for job in jobs:
-                results.append(_safe_extract(job))
-                bar.update()
+            with threadpool_limits(1):  # as each pool worker: the same sums, so `workers` changes no feature
+                for job in jobs:
+                    results.append(_safe_extract(job))
+                    bar.update()
             return results
         chunk = max(1, min(32, len(jobs) // (workers * 4)))
         with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
@@ -115,22 +120,20 @@ def _safe_extract(job: ClipJob) -> np.ndarray | ClipProblem:
         return e
 
 
-def _read(source: Path | bytes, max_bytes: int) -> bytes:
-    if isinstance(source, bytes):
-        size = len(source)
-    else:
+def read_clip(source: Path | bytes, max_bytes: int) -> bytes:
+    """The clip's bytes: at most `max_bytes`, and from a file only when it is a regular one (a FIFO or a device
+    would state size 0 and never end)."""
+    if not isinstance(source, bytes):
         try:
-            size = source.stat().st_size
+            if not source.is_file():
+                raise ClipProblem("not a regular file")
+            with source.open("rb") as f:
+                source = f.read(max_bytes + 1)  # one byte over tells "too big" without reading the rest
         except OSError as e:
             raise ClipProblem(f"cannot read the clip: {e.strerror or e}") from None
-    if size > max_bytes:
-        raise ClipProblem(f"clip is {size} bytes, more than the {max_bytes} allowed")
-    if isinstance(source, bytes):
-        return source
-    try:
-        return source.read_bytes()
-    except OSError as e:
-        raise ClipProblem(f"cannot read the clip: {e.strerror or e}") from None
+    if len(source) > max_bytes:
+        raise ClipProblem(f"clip is more than the {max_bytes} bytes allowed")
+    return source
 
 
 def sniff(data: bytes) -> str | None:
@@ -152,9 +155,9 @@ def _open(data: bytes, formats: dict[str, str]):
     demuxer = sniff(data)
     if demuxer not in formats:
         raise ClipProblem(f"not in {' or '.join(formats.values())} format")
-    try:
-        return av.open(io.BytesIO(data), format=demuxer)
-    except av.FFmpegError as e:
+    try:  # metadata (tags) as text with replacement characters: a Latin-1 tag is no reason to refuse a clip
+        return av.open(io.BytesIO(data), format=demuxer, metadata_errors="replace")
+    except (av.FFmpegError, ValueError) as e:
         raise ClipProblem(f"clip does not open ({_reason(e)})") from None
 
 
@@ -175,8 +178,6 @@ def check_clip(data: bytes, column: str, bounds: ClipBounds, *, soundtrack: bool
     """ClipProblem unless `data` is a usable clip for the `audio` or `video` column: the right format, within
     `bounds`, and decoding to the end; a video whose `soundtrack` gives the sample's audio must have one that does.
     Decoding only: features are featurize's."""
-    if len(data) > bounds.max_bytes:
-        raise ClipProblem(f"clip is {len(data)} bytes, more than the {bounds.max_bytes} allowed")
     if column == "audio":
         decode_audio(data, 16000, bounds)
         return
@@ -211,11 +212,16 @@ def decode_audio(
                 if total > limit:
                     raise ClipProblem(f"clip decodes to more than the {bounds.max_seconds:g} s allowed")
             chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-        except av.FFmpegError as e:
+        except ClipProblem:
+            raise
+        except (av.FFmpegError, ValueError) as e:  # ValueError: the resampler, when the rate or layout changes
             raise ClipProblem(f"audio does not decode ({_reason(e)})") from None
     if not chunks or not sum(c.size for c in chunks):
         raise ClipProblem("clip has no audio samples")
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+    signal = np.concatenate(chunks).astype(np.float32, copy=False)
+    if not np.isfinite(signal).all():  # float WAVs can hold NaN or infinity
+        raise ClipProblem("audio has NaN or infinite samples")
+    return signal
 
 
 def _check_seconds(seconds: float | None, bounds: ClipBounds) -> None:
@@ -258,18 +264,27 @@ def _decode_frames(data: bytes, frame_rate: float, bounds: ClipBounds, sample) -
         if width * height > bounds.max_pixels:
             raise ClipProblem(f"video is {width}x{height} pixels, more than the {bounds.max_pixels} allowed")
         _check_seconds(_header_seconds(container, stream), bounds)
-        sampled, due = [], 0.0
+        # The decoder itself refuses larger frames (the stream may change its size after the header), and decodes
+        # on one thread: a worker is one core's worth.
+        stream.codec_context.options = {"max_pixels": str(bounds.max_pixels)}
+        stream.codec_context.thread_count = 1
+        max_frames = int(bounds.max_seconds * MAX_FPS) + 1  # timestamps can stand still or run backwards
+        sampled, due, start = [], 0.0, None
         try:
-            for frame in container.decode(stream):
+            for count, frame in enumerate(container.decode(stream), start=1):
                 t = float(frame.time) if frame.time is not None else due
-                if t > bounds.max_seconds + step:
+                start = t if start is None else start
+                t -= start  # from the first frame: a clip cut from a longer recording starts late
+                if t > bounds.max_seconds + step or count > max_frames:
                     raise ClipProblem(f"clip decodes to more than the {bounds.max_seconds:g} s allowed")
                 if t + 1e-6 < due:
                     continue
                 sampled.append(sample(frame))
                 while due <= t + 1e-6:
                     due += step
-        except av.FFmpegError as e:
+        except ClipProblem:
+            raise
+        except (av.FFmpegError, ValueError) as e:
             raise ClipProblem(f"video does not decode ({_reason(e)})") from None
     if not sampled:
         raise ClipProblem("clip has no video frames")

@@ -45,6 +45,7 @@ CHALLENGER, CHAMPION = "challenger", "champion"
 PIP_REQUIREMENTS = (
     "torch", "transformers", "safetensors", "onnxruntime", "numpy", "pandas", "pillow", "pydantic", "pyyaml"
 )  # fmt: skip
+CLIP_REQUIREMENTS = ("av", "librosa", "threadpoolctl")  # a model that extracts features from clips
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a logged model: the versions made from it (what the UI reads)
 
 
@@ -171,6 +172,10 @@ def register(
             variant=served["path"] if served else None,
         )
         example = raw_frame(dataset, "test", limit=2, inline_images=True).drop(columns=["id", "label"])
+        # An example the served model would refuse is no example: clips over the serving bound stay out of it.
+        too_big = [c for c in ("audio_base64", "video_base64") if c in example and _longest(example[c]) > 
+                   params.serve.max_clip_base64_chars]  # fmt: skip
+        example = example.drop(columns=too_big)
         signature = model_signature(card.spec, state)
         _check_compatible(client, name, signature)  # the gate's inputs before anything is written
         champion = _champion(client, name)
@@ -197,7 +202,7 @@ def register(
                 code_paths=[str(Path(__file__).parent)],
                 signature=signature,
                 input_example=example,
-                pip_requirements=_pip_requirements(),
+                pip_requirements=_pip_requirements(clips=bool(state.clip_modalities)),
             )
             gate_tags = {
                 "msa.metric": f"test {head} {metric}",
@@ -424,7 +429,7 @@ def model_signature(spec: ModelSpec, state: FeaturizerState | None = None) -> An
     # Frames are typed `Any`: MLflow's enforcement of Array(Array(double)) builds a Series per frame (~130 us each,
     # twice), so an oversized request would cost a minute before the model could refuse it. `Predictor` checks
     # the frames' count and shape itself, before converting a number.
-    clips = {m for m in SEQUENCE_MODALITIES if state is not None and (s := getattr(state, m)) and s.clips}
+    clips = set(state.clip_modalities) if state is not None else set()
     for m in SEQUENCE_MODALITIES:
         if getattr(spec, m) is not None and m not in clips:
             columns.append(ColSpec(AnyType(), m, required=False))
@@ -682,11 +687,15 @@ def _discard(client: Any, name: str, version: str, model_id: str) -> str:
         return f"version {version} could not be deleted or tagged: delete it by hand"
 
 
-def _pip_requirements() -> list[str]:
+def _longest(column: pd.Series) -> int:
+    return max((len(value) for value in column if isinstance(value, str)), default=0)
+
+
+def _pip_requirements(*, clips: bool = False) -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for package in PIP_REQUIREMENTS:
+    for package in PIP_REQUIREMENTS + (CLIP_REQUIREMENTS if clips else ()):
         try:
             pins.append(f"{package}=={version(package).split('+')[0]}")
         except PackageNotFoundError:

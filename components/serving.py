@@ -144,7 +144,7 @@ class Predictor:
     @property
     def clip_modalities(self) -> list[str]:
         """The modalities whose frames this model extracts from clips."""
-        return [m for m in SEQUENCE_MODALITIES if getattr(self.spec, m) is not None and _clips(self.state, m)]
+        return [m for m in self.state.clip_modalities if getattr(self.spec, m) is not None]
 
     @property
     def modalities(self) -> list[str]:
@@ -164,7 +164,9 @@ class Predictor:
                 raise DataError(INPUT, f"{len(frame)} rows in one request; at most {self.limits.max_rows} "
                                 "(serve.max_rows)")  # fmt: skip
             columns = _columns(frame)
-            for column in ("image", *(("audio", "video") if self.clip_modalities else ())):
+            # Path columns: `image`; `audio` where audio comes from clips (else it holds frames); `video` for any clips.
+            clips = self.clip_modalities
+            for column in ("image", *(["audio"] if "audio" in clips else []), *(["video"] if clips else [])):
                 for i, value in enumerate(columns.get(column, ())):
                     if not is_null(value):
                         raise DataError(INPUT, f"the served model opens no file paths: send the {column} as "
@@ -418,11 +420,6 @@ def _read_confined(value: str, root: Path, max_bytes: int, what: str, problem: t
         return path.read_bytes()
     except OSError as e:
         raise problem(f"cannot read {what} {value}: {e.strerror or e}") from None
-
-
-def _clips(state: FeaturizerState, modality: str) -> bool:
-    sequence = getattr(state, modality)
-    return sequence is not None and sequence.clips is not None
 
 
 def _frames(value: Any, dim: int, modality: str, max_frames: int, source: Path, row: int) -> np.ndarray:

@@ -247,7 +247,7 @@ def clip_checks(root: Path, manifest: Manifest, frame: pd.DataFrame) -> tuple[li
     """Per row: "ok" or why its clips are unusable (a path outside audio/ or video/, a missing file, a wrong format,
     over the manifest's `clip_bounds`, not decoding to the end, a required clip absent), and a SHA-256 over its
     clips' bytes; None where a row has no clip and needs none."""
-    from components.media import ClipProblem, NoAudioStream, check_clip  # PyAV: only when a dataset has clips
+    from components.media import ClipProblem, NoAudioStream, check_clip, read_clip  # PyAV: only with clips
 
     clips = manifest.modalities.clips
     bounds = manifest.clips
@@ -270,16 +270,13 @@ def clip_checks(root: Path, manifest: Manifest, frame: pd.DataFrame) -> tuple[li
             if problem := clip_path_problem(value, column):
                 problems.append(problem)
                 continue
-            try:
-                data = (root / value).read_bytes()
-                soundtrack = column == "video" and "audio" in clips and is_null(audio)
-                check_clip(data, column, bounds, soundtrack=soundtrack)
-            except FileNotFoundError:
+            if not (root / value).exists():
                 problems.append(f"missing file {value}")
                 continue
-            except OSError as e:
-                problems.append(f"cannot read {value}: {e.strerror or e}")
-                continue
+            try:
+                data = read_clip(root / value, bounds.max_bytes)
+                soundtrack = column == "video" and "audio" in clips and is_null(audio)
+                check_clip(data, column, bounds, soundtrack=soundtrack)
             except NoAudioStream:
                 if not clips["audio"].allow_missing:
                     problems.append(f"{value}: no soundtrack, and no audio clip for audio")

@@ -106,7 +106,7 @@ CLIP_PROBLEMS = [  # (id, data, kind, column, bounds, message)
     ("playlist", b"#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n", "audio", "audio", BOUNDS, "not in WAV or FLAC"),
     ("video-as-audio-clip", mp4_with_sound(), "audio", "audio", BOUNDS, "not in WAV or FLAC format"),
     ("wav-as-video", wav(0.2), "vision", "video", BOUNDS, "not in MP4 or WebM format"),
-    ("too-many-bytes", wav(1.0), "audio", "audio", ClipBounds(max_bytes=1000), "more than the 1000 allowed"),
+    ("too-many-bytes", wav(1.0), "audio", "audio", ClipBounds(max_bytes=1000), "more than the 1000 bytes allowed"),
     ("too-long", wav(2.0), "audio", "audio", ClipBounds(max_seconds=1.5), "clip lasts 2.0 s, more than the 1.5 s"),
     ("rate-too-low", wav(0.2, rate=4000), "audio", "audio", BOUNDS, r"sample rate 4000 Hz is outside \[8000"),
     ("truncated-wav-header", wav(0.2)[:20], "audio", "audio", BOUNDS, "clip"),
@@ -187,5 +187,22 @@ def test_the_process_pool_extracts_what_one_process_does(media_demo, monkeypatch
     monkeypatch.setattr(media, "POOL_MIN_CLIPS", 0)
     pooled = extract_many(jobs, workers=2)
     for a, b in zip(alone[:-1], pooled[:-1], strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)  # BLAS threads sum in another order
+        np.testing.assert_array_equal(a, b)  # one BLAS thread either way: `featurize.workers` is speed only
     assert isinstance(pooled[-1], ClipProblem) and str(pooled[-1]) == str(alone[-1])
+
+
+def test_a_video_is_bounded_by_its_frame_count_whatever_its_timestamps(monkeypatch):
+    """Timestamps can stand still or run backwards: at most max_seconds x MAX_FPS frames are decoded."""
+    monkeypatch.setattr(media, "MAX_FPS", 2)  # 1 s allows 3 frames; the clip has 10
+    clip = _video_clip(np.random.default_rng(0), 1, 2.0, 1.0)
+    with pytest.raises(ClipProblem, match="decodes to more than the 1 s allowed"):
+        extract(ClipJob(clip, "vision", VIDEO, ClipBounds(max_seconds=1.0), "video"))
+
+
+def test_a_clip_file_is_read_only_when_regular(tmp_path):
+    import os
+
+    fifo = tmp_path / "clip.wav"
+    os.mkfifo(fifo)  # would state size 0 and block forever
+    with pytest.raises(ClipProblem, match="not a regular file"):
+        extract(ClipJob(fifo, "audio", AUDIO, BOUNDS))
