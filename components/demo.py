@@ -119,81 +119,50 @@ def generate_demo(out: str | Path, size: int = 1000, seed: int = 0, *, media: bo
         else:
             audio_len[i] = _audio(rng, shown["audio"], strength, audio[i])
             vision_len[i] = _vision(rng, shown["vision"], strength, vision[i])
+    samples = pd.DataFrame(
+        {
+            "id": ids,
+            "split": carve_splits(size, seed=seed, fractions={"valid": 0.15, "test": 0.15}),
+            "text": texts,
+            "label": np.asarray(labels, dtype=np.float64),
+            "image": list(images),
+            "seq_index": pd.array([None] * size if media else range(size), dtype="Int64"),
+        }
+    )
     if media:
-        return _write_media_demo(out, size, seed, ids, texts, labels, images, clips)
-
-    # Audio and vision come from the same clip, so they share its length.
-    vision_len[:] = audio_len
-    vision[np.arange(MAX_LEN)[None, :] >= vision_len[:, None]] = 0.0
-    samples = pd.DataFrame(
-        {
-            "id": ids,
-            "split": carve_splits(size, seed=seed, fractions={"valid": 0.15, "test": 0.15}),
-            "text": texts,
-            "label": np.asarray(labels, dtype=np.float64),
-            "image": list(images),
-            "seq_index": pd.array(range(size), dtype="Int64"),
-        }
-    )
+        samples["audio"] = [name for name in clips if name.startswith("audio/")]
+        samples["video"] = [name for name in clips if name.startswith("video/")]
+        # Frames kept: the longest clip at featurize's default rates (audio 25 frames a second, video 5).
+        audio_spec = SequenceSpec(source="clips", max_len=int(CLIP_SECONDS[1] * 25) + 1)
+        vision_spec = SequenceSpec(source="clips", max_len=int(CLIP_SECONDS[1] * 5) + 1)
+        signals, sequences = "WAV clips of pitch and energy and MP4 clips of faces", {}
+    else:
+        # Audio and vision come from the same clip, so they share its length.
+        vision_len[:] = audio_len
+        vision[np.arange(MAX_LEN)[None, :] >= vision_len[:, None]] = 0.0
+        audio_spec = SequenceSpec(dim=AUDIO_DIM, max_len=MAX_LEN)
+        vision_spec = SequenceSpec(dim=VISION_DIM, max_len=MAX_LEN)
+        signals = "prosody/action-unit sequences"
+        sequences = {"audio": SequenceArray(audio, audio_len), "vision": SequenceArray(vision, vision_len)}
     manifest = Manifest(
-        name="msa-demo",
-        version=VERSION,
+        name="msa-demo-media" if media else "msa-demo",
+        version=f"{VERSION}.{MEDIA_VERSION}" if media else VERSION,
         synthetic=True,
         description=(
-            f"SYNTHETIC multimodal sentiment data from `msa data demo --size {size} --seed {seed}`: movie-review "
-            "utterances, face-like images and prosody/action-unit sequences whose labels need the modalities "
-            "together. Not real data; for demos and tests only."
+            f"SYNTHETIC multimodal sentiment data from `msa data demo{' --media' if media else ''} --size {size} "
+            f"--seed {seed}`: movie-review utterances, face-like images and {signals} whose labels need the "
+            "modalities together. Not real data; for demos and tests only."
         ),
         source="components/demo.py",
         label=RegressionLabel(min=-3.0, max=3.0),
         modalities=Modalities(
             text=TextSpec(),
             image=ImageSpec(height=IMAGE_SIZE, width=IMAGE_SIZE),
-            audio=SequenceSpec(dim=AUDIO_DIM, max_len=MAX_LEN),
-            vision=SequenceSpec(dim=VISION_DIM, max_len=MAX_LEN),
+            audio=audio_spec,
+            vision=vision_spec,
         ),
     )
-    sequences = {"audio": SequenceArray(audio, audio_len), "vision": SequenceArray(vision, vision_len)}
-    return write_dataset(out, manifest, samples, sequences, images)
-
-
-def _write_media_demo(
-    out: str | Path, size: int, seed: int, ids: list[str], texts: list[str], labels: list[float],
-    images: dict[str, bytes], clips: dict[str, bytes],
-) -> Path:  # fmt: skip
-    samples = pd.DataFrame(
-        {
-            "id": ids,
-            "split": carve_splits(size, seed=seed, fractions={"valid": 0.15, "test": 0.15}),
-            "text": texts,
-            "label": np.asarray(labels, dtype=np.float64),
-            "image": list(images),
-            "seq_index": pd.array([None] * size, dtype="Int64"),
-            "audio": [name for name in clips if name.startswith("audio/")],
-            "video": [name for name in clips if name.startswith("video/")],
-        }
-    )
-    frames = int(CLIP_SECONDS[1] * 25) + 1  # featurize.audio_clips.frame_rate's default, 25 per second
-    manifest = Manifest(
-        name="msa-demo-media",
-        version=f"{VERSION}.{MEDIA_VERSION}",
-        synthetic=True,
-        description=(
-            f"SYNTHETIC multimodal sentiment data with raw clips from `msa data demo --media --size {size} --seed "
-            f"{seed}`: movie-review utterances, face-like images, WAV clips whose pitch and energy and MP4 clips "
-            "whose faces carry the sentiment, with labels that need the modalities together. Not real data; for "
-            "demos and tests only."
-        ),
-        source="components/demo.py",
-        label=RegressionLabel(min=-3.0, max=3.0),
-        modalities=Modalities(
-            text=TextSpec(),
-            image=ImageSpec(height=IMAGE_SIZE, width=IMAGE_SIZE),
-            audio=SequenceSpec(source="clips", max_len=frames),
-            vision=SequenceSpec(source="clips", max_len=int(CLIP_SECONDS[1] * 5) + 1),
-        ),
-    )
-    return write_dataset(out, manifest, samples, images=images, clips=clips)
+    return write_dataset(out, manifest, samples, sequences, images, clips)
 
 
 def _audio_clip(rng: np.random.Generator, polarity: int, strength: float, seconds: float) -> bytes:
@@ -210,12 +179,17 @@ def _audio_clip(rng: np.random.Generator, polarity: int, strength: float, second
     syllables = 0.55 + 0.45 * np.abs(np.sin(2 * np.pi * rng.uniform(3.0, 5.0) * t + rng.uniform(0, np.pi)))
     gain_db = polarity * strength * 2.5 + rng.normal(0.0, 1.5)
     signal = 0.12 * 10 ** (gain_db / 20) * voice * syllables + rng.normal(0.0, 0.004, n)
-    pcm = np.clip(signal * 32767, -32768, 32767).astype("<i2")
+    return wav_bytes(signal, SAMPLE_RATE)
+
+
+def wav_bytes(signal: np.ndarray, rate: int) -> bytes:
+    """`signal` (floats in [-1, 1]) as a 16-bit mono WAV file."""
+    pcm = np.clip(np.asarray(signal) * 32767, -32768, 32767).astype("<i2")
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
+        out.setframerate(rate)
         out.writeframes(pcm.tobytes())
     return buffer.getvalue()
 

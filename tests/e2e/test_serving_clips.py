@@ -4,9 +4,7 @@ gives for the same files by path; and a stranger's clip is bounded and never nam
 from __future__ import annotations
 
 import base64
-import io
 import json
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pandas as pd
 import pytest
 
 from components.dataset import is_null, read_dataset
+from components.demo import wav_bytes
 from components.serving import raw_frame
 from tests.conftest import CLIP_SERVE_LIMITS
 from tests.e2e.servers import free_port, serving
@@ -25,13 +24,7 @@ pytestmark = pytest.mark.e2e
 
 
 def wav(seconds: float, rate: int = 16000) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(np.zeros(int(seconds * rate), "<i2").tobytes())
-    return buffer.getvalue()
+    return wav_bytes(np.zeros(int(seconds * rate)), rate)
 
 
 def mp4() -> bytes:

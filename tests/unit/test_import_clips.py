@@ -3,15 +3,14 @@ confined to --media-root, and bad rows refused with one line naming the file, ro
 
 from __future__ import annotations
 
-import io
 import re
-import wave
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from components import demo
 from components.dataset import SPLITS, read_dataset
 from components.demo import _video_clip
 from components.errors import ConfigError, DataError
@@ -20,14 +19,7 @@ from tests.hardening import guarded, msa
 
 
 def wav_bytes(seconds: float = 0.2, rate: int = 16_000, seed: int = 0) -> bytes:
-    pcm = (np.random.default_rng(seed).normal(0.0, 0.1, int(seconds * rate)) * 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(pcm.tobytes())
-    return buffer.getvalue()
+    return demo.wav_bytes(np.random.default_rng(seed).normal(0.0, 0.1, int(seconds * rate)), rate)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 from components import media
 from components.config import AudioClipParams, FeaturizeParams, VideoClipParams
 from components.dataset import ClipBounds, read_dataset
-from components.demo import _audio_clip, _video_clip, generate_demo
+from components.demo import _audio_clip, _video_clip, generate_demo, wav_bytes
 from components.errors import DataError
 from components.featurize import featurize, load_features
 from components.media import ClipJob, ClipProblem, NoAudioStream, extract, extract_many
@@ -23,14 +22,7 @@ AUDIO, VIDEO, BOUNDS = AudioClipParams(), VideoClipParams(), ClipBounds()
 
 
 def wav(seconds: float, rate: int = 16000, hz: float = 200.0) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes((0.3 * np.sin(2 * np.pi * hz * t) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
+    return wav_bytes(0.3 * np.sin(2 * np.pi * hz * np.arange(int(seconds * rate)) / rate), rate)
 
 
 def mp4_with_sound(seconds: float = 1.0, size: int = 32) -> bytes:
