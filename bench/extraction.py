@@ -23,7 +23,10 @@ defaults featurize uses. Contenders, per kind (audio, video), on the same files:
 The first call of each path is made before any timing (librosa's lazy imports and numba cost seconds; they go to
 whichever path runs first) and shown on its own. Library alone and ours, 1 process, take turns per block of
 `--block` clips (which one goes first alternates), so that load from other work on a shared machine hits both
-alike; each contender's time is summed over the round; then the pool. `--rounds` rounds (the kinds' order
+alike; each contender's time is summed over the round; then the pool. Each `extract_many` call has ~10-15 ms of
+its own (the progress bar, entering the one-BLAS-thread limit), which featurize pays once: blocks of 50 clips keep
+it to 4 calls per kind and round (with blocks of 10, 20 calls cost video, at ~7 ms a clip, about
+0.1x). `--rounds` rounds (the kinds' order
 alternating); rows are medians over rounds, ratios medians of per-round ratios against the library alone in the
 same round; the "all" rows are the sums of the audio and video times per round. Media seconds are the clips'
 durations from their headers. Every clip's features from ours (both ways) must equal the library's (np.allclose;
@@ -33,7 +36,7 @@ Also measured: the whole `featurize()` of the dataset (fresh out dir; workers=N,
 bundled MiniLM, its load included, images, the clip pool, standardization and writing), then `featurize()` again
 with unchanged inputs: the cache hit (goal < 1 s), three times.
 
-    python bench/extraction.py [--size 200] [--rounds 3] [--block 10] [--workers N] [--seed 0]
+    python bench/extraction.py [--size 200] [--rounds 3] [--block 50] [--workers N] [--seed 0]
 """
 
 # Spawn workers import this script again (as __mp_main__): the heavy imports (featurize, torch) stay in main().
@@ -130,7 +133,7 @@ def same_features(name: str, files: list[Path], got: list, want: list[np.ndarray
 def main(
     size: Annotated[int, typer.Option(min=30, help="Demo samples: this many WAV and this many MP4 clips.")] = 200,
     rounds: Annotated[int, typer.Option(min=1, help="Rounds of all the extraction contenders.")] = 3,
-    block: Annotated[int, typer.Option(min=1, help="Clips per turn of library alone and ours, 1 process.")] = 10,
+    block: Annotated[int, typer.Option(min=1, help="Clips per turn of library alone and ours, 1 process.")] = 50,
     workers: Annotated[int, typer.Option(min=1, help="Processes of the pool rows and featurize.")] = CORES,
     seed: Annotated[int, typer.Option(help="Demo seed.")] = 0,
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = RESULTS,
