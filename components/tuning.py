@@ -11,7 +11,7 @@ an SQLite file on one machine, the team's PostgreSQL when trials run on several.
 works on the same study, so several `msa tune` (or runs of the tune deployment) share the work, and a study that
 was killed resumes: finished trials count, a running trial whose heartbeat went silent (`tune.heartbeat`) is failed
 and retried with the same values, and the retry continues the checkpoint its training left (a trial's directory is
-named by its values, so the retry finds it).
+named by the trial it retries, so the retry finds it and no other trial shares it).
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ class Plan:
     study: str
     uid: str  # tells this study from an earlier one of the same name (a deleted storage): keys its MLflow run
     todo: int  # trials still to run for the study to have `tune.trials` finished ones (completed or pruned)
+    drawn: int  # trials the study holds, in any state: this run's first sampler slot, so no slot draws twice
 
 
 def plan(params: Params) -> Plan:
@@ -163,7 +164,8 @@ def plan(params: Params) -> Plan:
             "or search space: its trials would not compare with new ones. Name another tune.study (or delete that one)"
         )
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-    return Plan(study.study_name, study.user_attrs[UID], max(0, params.tune.trials - finished))
+    drawn = len(study.get_trials(deepcopy=False))
+    return Plan(study.study_name, study.user_attrs[UID], max(0, params.tune.trials - finished), drawn)
 
 
 def fingerprint(params: Params) -> str:
@@ -210,10 +212,10 @@ def _current(params: Params, key: str) -> Any:
     return node
 
 
-def trial_dir(params: Params, study: str, values: dict[str, Any]) -> Path:
-    """Where a trial with these values trains: named by them, so a retried trial continues its checkpoint."""
-    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
-    return params.tune.out / study / f"trial-{digest}"
+def trial_dir(params: Params, study: str, origin: int) -> Path:
+    """Where trial `origin` and its retries train: a retry continues its checkpoint, and no other trial writes there
+    (not even one that drew the same values)."""
+    return params.tune.out / study / f"trial-{origin}"
 
 
 def run_trial(params: Params, slot: int, parent_run: str | None = None, *, threads: int | None = None) -> TrialResult:
@@ -235,8 +237,9 @@ def run_trial(params: Params, slot: int, parent_run: str | None = None, *, threa
         ran.append(trial.number)
         values = suggest(trial, params.tune.space, params)
         tried = with_overrides(params, values)
-        settings = tried.train.model_copy(update={"seeds": 1, "out": trial_dir(params, study.study_name, values)})
         retry_of = study.get_trials(deepcopy=False)[trial.number].system_attrs.get("failed_trial")
+        out = trial_dir(params, study.study_name, trial.number if retry_of is None else retry_of)
+        settings = tried.train.model_copy(update={"seeds": 1, "out": out})
         with _trial_run(params, parent_run, trial.number, values, retry_of) as log:
 
             def on_epoch(record: dict, improved: bool) -> None:
@@ -257,7 +260,8 @@ def run_trial(params: Params, slot: int, parent_run: str | None = None, *, threa
     study.optimize(objective, n_trials=1, catch=(TrainingError,))
     result = _as_result(study.get_trials(deepcopy=False)[ran[0]], study)
     if result.state in ("COMPLETE", "PRUNED"):  # nothing will continue it: its checkpoint and model are of no use
-        shutil.rmtree(trial_dir(params, study.study_name, result.values), ignore_errors=True)
+        origin = result.number if result.retry_of is None else result.retry_of
+        shutil.rmtree(trial_dir(params, study.study_name, origin), ignore_errors=True)
     return result
 
 

@@ -48,7 +48,8 @@ def tune(params: str = "params.yaml", trials: int | None = None) -> tuning.TuneR
     experiment = p.registry.experiment or read_state(p.featurize.out).dataset
     with tracking.connected(p.registry) as client, tracking.tune_run(client, experiment, plan, p) as run_id:
         logger.info(f"study {plan.study}: {plan.todo} trials to run, {p.tune.concurrency} at once; MLflow run {run_id}")
-        slots = list(range(p.tune.trials - plan.todo, p.tune.trials))  # seeds the trials' samplers: one each
+        # Seeds the trials' samplers, one each: a resumed study's new slots never repeat the draws of earlier runs.
+        slots = list(range(plan.drawn, plan.drawn + plan.todo))
         with _api_for_trial_processes():
             _run_trials(p, slots, run_id)
         result = tuning.conclude(p, Path(params))

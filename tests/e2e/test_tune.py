@@ -74,7 +74,11 @@ def test_tune_runs_trials_concurrently_and_a_killed_study_resumes(tiny_project: 
 
     trials = _trials(storage)
     finished = [t for t in trials if t.state in FINISHED]
-    assert len(finished) == 4  # tune.trials finished trials over both runs: the resumed run ran only what was missing
+    states = "\n".join(f"{t.number} {t.state.name} {t.system_attrs} {t.params}" for t in trials)
+    assert len(finished) == 4, f"{states}\n{second.stdout[-6000:]}"  # tune.trials finished over both runs
+    # The resumed run's samplers are seeded apart from the first run's: no new trial redraws earlier values.
+    drawn = [tuple(sorted(t.params.items())) for t in trials if "failed_trial" not in t.system_attrs]
+    assert len(set(drawn)) == len(drawn), states
     for number, params in killed.items():  # each killed trial failed, and a retry ran its values again
         assert trials[number].state == optuna.trial.TrialState.FAIL
         assert any(t.system_attrs.get("failed_trial") == number and t.params == params for t in finished)

@@ -133,7 +133,8 @@ def test_tuning_never_reads_the_test_split(trained, tmp_path: Path, monkeypatch:
     # The study as it stands: its report, and the params file with the best trial's values.
     params = _tune_params(tmp_path, trained.features, "clean")
     assert plan(params).todo == 0
-    assert plan(params.model_copy(update={"tune": params.tune.model_copy(update={"trials": 3})})).todo == 1
+    more = plan(params.model_copy(update={"tune": params.tune.model_copy(update={"trials": 3})}))
+    assert (more.todo, more.drawn) == (1, 2)  # the next sampler slot is 2: slots 0 and 1 have drawn already
     longer = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 4})})
     with pytest.raises(ConfigError, match="was started with other data, settings or search space"):
         plan(longer)  # its trials would not compare with the ones already there
