@@ -26,6 +26,7 @@ from components.errors import TrackingError, UserError
 from components.featurize import featurize as featurize_dataset
 from components.importers import import_clips_csv, import_image_text_csv, import_mmsa, import_text_tsv
 from components.importers.clips import MAX_LEN_AUDIO, MAX_LEN_VISION
+from components.importers.labelled_csv import TASKS
 from components.validation import validate_dataset  # Great Expectations itself is imported only when validating
 
 try:
@@ -75,6 +76,27 @@ LabelMax = Annotated[float, typer.Option(help="Highest valid regression label.")
 SeedOpt = Annotated[int, typer.Option(help="Seed of the split made when the input has none.")]
 ValidFrac = Annotated[float, typer.Option(help="Share of samples put in valid when the input has no split.")]
 TestFrac = Annotated[float, typer.Option(help="Share of samples put in test when the input has no split.")]
+
+
+def _task(task: str) -> str:
+    if task not in TASKS:
+        raise typer.BadParameter(f"{task!r} is not one of {', '.join(TASKS)}")
+    return task
+
+
+TaskOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto, regression or classification (auto: classification if a label is not a number).", callback=_task
+    ),
+]
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Comma-separated class names (default: the labels seen).",
+        callback=lambda names: [c.strip() for c in names.split(",")] if names else None,
+    ),
+]
 
 
 @contextmanager
@@ -141,10 +163,8 @@ def import_mmsa_command(
 def import_csv_command(
     file: Annotated[Path, typer.Argument(help="CSV with columns id, text, image, label and optional split.")],
     image_root: Annotated[Path, typer.Option(help="Directory the CSV's image paths are relative to.")],
-    task: Annotated[
-        str, typer.Option(help="auto, regression or classification (auto: classification if a label is not a number).")
-    ] = "auto",
-    classes: Annotated[str | None, typer.Option(help="Comma-separated class names (default: the labels seen).")] = None,
+    task: TaskOpt = "auto",
+    classes: ClassesOpt = None,
     name: NameOpt = None,
     label_min: LabelMin = -3.0,
     label_max: LabelMax = 3.0,
@@ -155,12 +175,10 @@ def import_csv_command(
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Import image-text posts (MVSA / Twitter-2015 style)."""
-    if task not in ("auto", "regression", "classification"):
-        raise typer.BadParameter(f"{task!r} is not one of auto, regression, classification", param_hint="--task")
     with _writing_dataset(out_dir, params) as path:
         import_image_text_csv(
             file, path, image_root=image_root, name=name, task=task,  # type: ignore[arg-type]
-            classes=[c.strip() for c in classes.split(",")] if classes else None,
+            classes=classes,  # type: ignore[arg-type] - the option's callback made it a list
             label_min=label_min, label_max=label_max, seed=seed, valid_frac=valid_frac, test_frac=test_frac,
         )  # fmt: skip
 
@@ -171,10 +189,8 @@ def import_clips_command(
         Path, typer.Argument(help="CSV with columns id, text, label, audio and/or video, and optional split.")
     ],
     media_root: Annotated[Path, typer.Option(help="Directory the CSV's audio and video paths are relative to.")],
-    task: Annotated[
-        str, typer.Option(help="auto, regression or classification (auto: classification if a label is not a number).")
-    ] = "auto",
-    classes: Annotated[str | None, typer.Option(help="Comma-separated class names (default: the labels seen).")] = None,
+    task: TaskOpt = "auto",
+    classes: ClassesOpt = None,
     max_len_audio: Annotated[
         int, typer.Option(min=1, help="Audio frames kept per sample (25 a second at featurize's default).")
     ] = MAX_LEN_AUDIO,
@@ -191,12 +207,10 @@ def import_clips_command(
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Import utterance clips (MMSA-FET label.csv style): WAV/FLAC audio and MP4/WebM video, copied as they are."""
-    if task not in ("auto", "regression", "classification"):
-        raise typer.BadParameter(f"{task!r} is not one of auto, regression, classification", param_hint="--task")
     with _writing_dataset(out_dir, params) as path:
         import_clips_csv(
             file, path, media_root=media_root, name=name, task=task,  # type: ignore[arg-type]
-            classes=[c.strip() for c in classes.split(",")] if classes else None,
+            classes=classes,  # type: ignore[arg-type] - the option's callback made it a list
             label_min=label_min, label_max=label_max, seed=seed, valid_frac=valid_frac, test_frac=test_frac,
             max_len_audio=max_len_audio, max_len_vision=max_len_vision,
         )  # fmt: skip

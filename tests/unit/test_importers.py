@@ -221,6 +221,17 @@ def test_image_text_unsupported_suffix(posts: Path, tmp_path: Path) -> None:
         import_image_text_csv(path, tmp_path / "out", image_root=posts)
 
 
+def test_image_text_ids_alike_in_case_get_their_own_image_and_the_root_must_be_a_directory(
+    posts: Path, tmp_path: Path
+) -> None:
+    path = write_csv(posts, ["id,text,image,label", "Post,hi,img/0.png,1", "post,ho,img/1.png,2"])
+    ds = read_dataset(import_image_text_csv(path, tmp_path / "out", image_root=posts))
+    assert list(ds.samples["image"]) == ["images/Post.png", "images/post-2.png"]  # one file each on a case-blind disk
+    with pytest.raises(DataError, match=r"nowhere: not a directory: --image-root must be"):
+        import_image_text_csv(path, tmp_path / "other", image_root=tmp_path / "nowhere")
+    assert_no_leftovers(tmp_path / "other")
+
+
 def test_failed_import_leaves_existing_dataset_intact(posts: Path, tmp_path: Path) -> None:
     out = import_image_text_csv(write_csv(posts, CSV_LINES), tmp_path / "out", image_root=posts)
     before = tree(out)
