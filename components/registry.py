@@ -579,7 +579,7 @@ def _champion_score(
     if not rescore and tags.get("msa.test_split") == test_split and tags.get("msa.score") not in (None, "none"):
         return float(tags["msa.score"])
     from components.errors import UntrustedModelError
-    from components.serving import load_model, raw_frame
+    from components.serving import dataset_bounds, load_model, raw_frame
 
     with tempfile.TemporaryDirectory(prefix="msa-champion-") as tmp:
         try:
@@ -587,7 +587,10 @@ def _champion_score(
         except UntrustedModelError:
             return None  # not a model this project packaged: its code is not run, and the challenger wins
         frame = raw_frame(dataset, "test")
-        predicted = model.predictor.predict_frame(frame.drop(columns=["id", "label"]), image_root=dataset.root)
+        bounds = dataset_bounds(dataset, frame, model.predictor.limits)  # validated rows, not a stranger's request
+        predicted = model.predictor.predict_frame(
+            frame.drop(columns=["id", "label"]), image_root=dataset.root, bounds=bounds
+        )
     labels = frame["label"].to_numpy()
     if dataset.manifest.label.kind == "regression":
         return float(metrics_for("regression", predicted["score"].to_numpy(), labels)[metric])

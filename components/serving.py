@@ -45,7 +45,7 @@ from components.config import ServeParams
 from components.dataset import SEQUENCE_MODALITIES, ClipBounds, Dataset, is_null
 from components.errors import DataError, TrainingError, UntrustedModelError, first_line
 from components.featurize import STATE, FeaturizerState, encode_texts, load_tokenizer, read_state, standardize
-from components.images import ImageProblem, fit, open_image
+from components.images import DATASET_MAX_PIXELS, ImageProblem, fit, open_image
 from components.model_store import CARD, WEIGHTS, ModelCard, trim_padding
 from components.text_model import resolve_text_model
 from components.textfiles import csv_records, read_utf8
@@ -108,6 +108,38 @@ def package_model(
     return dest
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """What one call may decode: the package's serve limits (for strangers' requests), or a validated dataset's own
+    rules (`dataset_bounds`)."""
+
+    limits: ServeParams
+    clips: ClipBounds
+
+
+def dataset_bounds(dataset: Dataset, frame: pd.DataFrame, packaged: ServeParams) -> Bounds:
+    """Bounds for the rows of a dataset that passed validation (the champion re-scored on a new test split): the
+    dataset's own rules, which validation enforced, or the packaged limits where those are wider. A 10-minute
+    interview is a fine test sample, and a request the server refuses."""
+    manifest = dataset.manifest
+    longest = max((len(t) for t in frame.get("text", ()) if isinstance(t, str)), default=0)
+    max_len = max((s.max_len for s in (manifest.modalities.audio, manifest.modalities.vision) if s), default=0)
+    clips = manifest.clips
+    limits = packaged.model_copy(
+        update={
+            "max_text_chars": max(packaged.max_text_chars, longest),
+            "max_image_bytes": 2**62,  # validation bounds an image's pixels, not its bytes
+            "max_image_pixels": max(packaged.max_image_pixels, DATASET_MAX_PIXELS),
+            "max_frames": max(packaged.max_frames, max_len),
+            "max_clip_bytes": max(packaged.max_clip_bytes, clips.max_bytes),
+            "max_clip_seconds": max(packaged.max_clip_seconds, clips.max_seconds),
+        }
+    )
+    return Bounds(
+        limits, clips.model_copy(update={"max_bytes": limits.max_clip_bytes, "max_seconds": limits.max_clip_seconds})
+    )
+
+
 class Predictor:
     """A packaged model, ready for raw rows; `predict` is what MLflow's pyfunc (the REST scoring server) calls."""
 
@@ -135,7 +167,8 @@ class Predictor:
             raise DataError(root, f"not a readable model package ({type(e).__name__}: {e})") from None
         self.spec = spec
         self.head = monitored_head(spec)
-        self.clip_bounds = ClipBounds(max_bytes=self.limits.max_clip_bytes, max_seconds=self.limits.max_clip_seconds)
+        self.bounds = Bounds(self.limits, ClipBounds(max_bytes=self.limits.max_clip_bytes,
+                                                     max_seconds=self.limits.max_clip_seconds))  # fmt: skip
         if self.clip_modalities:
             from components.media import warm_up
 
@@ -171,7 +204,7 @@ class Predictor:
                     if not is_null(value):
                         raise DataError(INPUT, f"the served model opens no file paths: send the {column} as "
                                         f"{column}_base64", row=i + 1)  # fmt: skip
-            return self._score(columns, len(frame), INPUT, None)
+            return self._score(columns, len(frame), INPUT, None, self.bounds)
         except DataError as e:
             # The scoring server answers an MlflowException with a 400 and its message; any other exception with
             # a 400 that carries the server's stack trace.
@@ -181,13 +214,21 @@ class Predictor:
             raise MlflowException("the model failed on this request; the server's log has the details") from None
 
     def predict_frame(
-        self, frame: pd.DataFrame, *, source: Path = INPUT, image_root: Path | None = None
+        self,
+        frame: pd.DataFrame,
+        *,
+        source: Path = INPUT,
+        image_root: Path | None = None,
+        bounds: Bounds | None = None,
     ) -> pd.DataFrame:
         """As `predict`, for rows of a local file: errors name `source` and the row, and paths in `image` are read
-        when they resolve (symlinks followed) inside `image_root`; without one, no path is read."""
-        return self._score(_columns(frame), len(frame), source, image_root)
+        when they resolve (symlinks followed) inside `image_root`; without one, no path is read. `bounds`: the
+        packaged ones unless given."""
+        return self._score(_columns(frame), len(frame), source, image_root, bounds or self.bounds)
 
-    def _score(self, columns: dict[str, list], n: int, source: Path, image_root: Path | None) -> pd.DataFrame:
+    def _score(
+        self, columns: dict[str, list], n: int, source: Path, image_root: Path | None, bounds: Bounds
+    ) -> pd.DataFrame:
         import torch
 
         if self.spec.text is not None and "text" not in columns:
@@ -195,7 +236,9 @@ class Predictor:
         scores: list[np.ndarray] = []
         for start in range(0, n, BATCH):
             rows = {c: values[start : start + BATCH] for c, values in columns.items()}
-            batch = trim_padding(self.features(rows, source=source, image_root=image_root, first_row=start))
+            batch = trim_padding(
+                self.features(rows, source=source, image_root=image_root, first_row=start, bounds=bounds)
+            )
             with torch.inference_mode():
                 scores.append(self.model({k: torch.from_numpy(v) for k, v in batch.items()})[self.head].float().numpy())
         return self._decide(np.concatenate(scores) if scores else np.zeros((0,), np.float32))
@@ -207,14 +250,17 @@ class Predictor:
         source: Path = INPUT,
         image_root: Path | None = None,
         first_row: int = 0,
+        bounds: Bounds | None = None,
     ) -> dict[str, np.ndarray]:
         """The model's input tensors for raw `rows` (a frame, or its columns as lists), made exactly as `featurize`
-        made them for training; every value is checked against `self.limits` before it is decoded."""
+        made them for training; every value is checked against `bounds` (the packaged ones unless given) before it
+        is decoded."""
         if isinstance(rows, pd.DataFrame):
             rows = _columns(rows)
         out: dict[str, np.ndarray] = {}
         n = len(next(iter(rows.values()), ()))
-        limits = self.limits
+        bounds = bounds or self.bounds
+        limits = bounds.limits
         present = np.zeros(n, bool)
         if self.spec.text is not None:
             texts = rows["text"]
@@ -251,7 +297,7 @@ class Predictor:
             for i, value in enumerate(rows.get(modality, [None] * n)):
                 row = first_row + i + 1
                 if state.clips is not None:
-                    sequence = self._clip_frames(modality, rows, i, image_root, source, row)
+                    sequence = self._clip_frames(modality, rows, i, image_root, source, row, bounds)
                 else:
                     sequence = _frames(value, state.dim, modality, limits.max_frames, source, row)
                 kept = sequence[: state.max_len]
@@ -270,7 +316,7 @@ class Predictor:
         return out
 
     def _clip_frames(
-        self, modality: str, rows: dict[str, list], i: int, root: Path | None, source: Path, row: int
+        self, modality: str, rows: dict[str, list], i: int, root: Path | None, source: Path, row: int, bounds: Bounds
     ) -> np.ndarray:
         """Frames of row `i`'s clip for `modality`, extracted as featurize extracted them; [0, dim] without one.
         Vision comes from the video; audio from the audio clip, else from the video's soundtrack if it has one."""
@@ -283,14 +329,14 @@ class Predictor:
             data = None
             if kind == "audio":
                 column = "audio"
-                data = self._clip_bytes(rows, column, i, root)
+                data = self._clip_bytes(rows, column, i, root, bounds.limits)
             if data is None:
                 column = "video"
-                data = self._clip_bytes(rows, column, i, root)
+                data = self._clip_bytes(rows, column, i, root, bounds.limits)
             if data is None:
                 return np.zeros((0, state.dim), np.float32)
             try:
-                return extract(ClipJob(data, kind, state.clips, self.clip_bounds, column))
+                return extract(ClipJob(data, kind, state.clips, bounds.clips, column))
             except NoAudioStream:
                 if column == "video":  # a silent video: the sample has no audio, as a dataset row without a clip
                     return np.zeros((0, state.dim), np.float32)
@@ -298,11 +344,12 @@ class Predictor:
         except ClipProblem as e:
             raise DataError(source, f"{modality} from the {column} clip: {e}", row=row) from None
 
-    def _clip_bytes(self, rows: dict[str, list], column: str, i: int, root: Path | None) -> bytes | None:
+    def _clip_bytes(
+        self, rows: dict[str, list], column: str, i: int, root: Path | None, limits: ServeParams
+    ) -> bytes | None:
         """Row `i`'s `column` clip: inline (`<column>_base64`) wins over a path; None when it has neither."""
         from components.media import ClipProblem
 
-        limits = self.limits
         inline = rows.get(f"{column}_base64", [None] * (i + 1))[i]
         path = rows.get(column, [None] * (i + 1))[i]
         if not is_null(inline):

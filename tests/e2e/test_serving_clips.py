@@ -106,3 +106,28 @@ def test_a_bad_clip_is_a_400_that_names_the_rule(server, served_clip_model, chan
     assert status == 400, text
     assert message in model_error(text), text
     assert not any(leak in model_error(text) for leak in LEAKS), text
+
+
+def test_the_gate_reads_a_validated_test_split_by_the_dataset_s_bounds_not_the_served_ones(
+    served_clip_model, tmp_path
+) -> None:
+    """Registration re-scores the champion on a new test split through its pyfunc. Those rows passed validation under
+    the dataset's clip bounds; the served model's tighter bounds are for strangers and must not refuse them."""
+    from components.config import ServeParams
+    from components.errors import DataError
+    from components.serving import Predictor, dataset_bounds, package_model
+
+    pyfunc, raw = served_clip_model
+    strict = ServeParams(**CLIP_SERVE_LIMITS | {"max_clip_seconds": 0.9})  # the demo's clips last 1-2 s
+    built = pyfunc.parent
+    predictor = Predictor(package_model(built / "models", built / "features", tmp_path / "package", strict))
+    dataset = read_dataset(raw)
+    frame = raw_frame(dataset, "test").drop(columns=["id", "label"])
+    with pytest.raises(DataError, match=r"more than the 0.9 s allowed"):
+        predictor.predict_frame(frame, image_root=raw)
+
+    bounds = dataset_bounds(dataset, frame, predictor.limits)
+    assert bounds.clips == dataset.manifest.clips and bounds.limits.max_rows == strict.max_rows
+    scored = predictor.predict_frame(frame, image_root=raw, bounds=bounds)
+    loose = Predictor(package_model(built / "models", built / "features", tmp_path / "loose", ServeParams()))
+    pd.testing.assert_frame_equal(scored, loose.predict_frame(frame, image_root=raw))  # the same model, every row
