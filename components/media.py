@@ -34,6 +34,10 @@ _VIDEO_FORMATS = {"mov": "MP4", "matroska": "WebM"}
 POOL_MIN_CLIPS = 64
 EXTRACTOR_VERSION = "1"  # bump when the features of the same clip and settings change (featurize's content key)
 MAX_FPS = 120  # decoded video frames allowed per second of max_seconds, whatever the timestamps say
+# The codecs a stream may be in, by FFmpeg's codec name: what recorders and phones write. Any other decoder in the
+# wheel (hundreds, some rarely exercised) never sees a stranger's bytes.
+AUDIO_CODECS = ("pcm_*", "flac", "aac", "mp3", "opus", "vorbis", "alac")
+VIDEO_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4")
 
 
 class ClipProblem(ValueError):
@@ -86,7 +90,7 @@ def extract_many(
                     bar.update()
             return results
         chunk = max(1, min(32, len(jobs) // (workers * 4)))
-        with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+        with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_one_blas_thread) as pool:
             results = []
             for result in pool.map(_safe_extract, jobs, chunksize=chunk):
                 results.append(result)
@@ -106,6 +110,14 @@ def _pool_context():
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["components.clip_worker"])
     return context
+
+
+def _one_blas_thread() -> None:
+    """Each pool worker's start: the fork server's preload did this already, but multiprocessing ignores a preload
+    that fails to import, and features must not depend on it."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 def warm_up() -> None:
@@ -197,6 +209,7 @@ def decode_audio(
         if not container.streams.audio:
             raise NoAudioStream("clip has no audio stream")
         stream = container.streams.audio[0]
+        _check_codec(stream, AUDIO_CODECS, "audio")
         if not bounds.min_sample_rate <= (stream.rate or 0) <= bounds.max_sample_rate:
             raise ClipProblem(f"audio sample rate {stream.rate} Hz is outside [{bounds.min_sample_rate}, "
                               f"{bounds.max_sample_rate}]")  # fmt: skip
@@ -222,6 +235,12 @@ def decode_audio(
     if not np.isfinite(signal).all():  # float WAVs can hold NaN or infinity
         raise ClipProblem("audio has NaN or infinite samples")
     return signal
+
+
+def _check_codec(stream, allowed: tuple[str, ...], kind: str) -> None:
+    codec = stream.codec_context.codec.canonical_name
+    if not any(codec == name or (name.endswith("*") and codec.startswith(name[:-1])) for name in allowed):
+        raise ClipProblem(f"{kind} codec '{codec}' is not one of {', '.join(allowed)}")
 
 
 def _check_seconds(seconds: float | None, bounds: ClipBounds) -> None:
@@ -260,6 +279,7 @@ def _decode_frames(data: bytes, frame_rate: float, bounds: ClipBounds, sample) -
         if not container.streams.video:
             raise ClipProblem("clip has no video stream")
         stream = container.streams.video[0]
+        _check_codec(stream, VIDEO_CODECS, "video")
         width, height = stream.codec_context.width, stream.codec_context.height
         if width * height > bounds.max_pixels:
             raise ClipProblem(f"video is {width}x{height} pixels, more than the {bounds.max_pixels} allowed")

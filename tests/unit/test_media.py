@@ -48,6 +48,28 @@ def mp4_with_sound(seconds: float = 1.0, size: int = 32) -> bytes:
     return buffer.getvalue()
 
 
+def encoded(container_format: str, codec: str) -> bytes:
+    """A short clip whose one stream is in `codec`: a sound for an audio codec, a picture for a video one."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container_format) as container:
+        if av.codec.Codec(codec, "w").type == "audio":
+            stream = container.add_stream(codec, rate=16000, layout="mono")
+            samples = (np.zeros((1, 4096)) * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+            frame.sample_rate = 16000
+            container.mux(stream.encode(frame))
+        else:
+            stream = container.add_stream(codec, rate=10)
+            stream.width = stream.height = 16
+            stream.pix_fmt = "yuvj420p"
+            picture = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+            container.mux(stream.encode(picture.reformat(format="yuvj420p")))
+        container.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
 def slope(values: np.ndarray) -> float:
     return float(np.polyfit(np.arange(len(values)), values, 1)[0])
 
@@ -103,7 +125,10 @@ CLIP_PROBLEMS = [  # (id, data, kind, column, bounds, message)
     ("rate-too-low", wav(0.2, rate=4000), "audio", "audio", BOUNDS, r"sample rate 4000 Hz is outside \[8000"),
     ("truncated-wav-header", wav(0.2)[:20], "audio", "audio", BOUNDS, "clip"),
     ("too-many-pixels", mp4_with_sound(size=64), "vision", "video", ClipBounds(max_pixels=1000), "64x64 pixels"),
-    ("truncated-mp4", mp4_with_sound()[:400], "vision", "video", BOUNDS, ""),
+    ("truncated-mp4", mp4_with_sound()[:400], "vision", "video", BOUNDS, "clip does not open"),
+    # Only the codecs recorders write are decoded: the wheel's other decoders never see a stranger's bytes.
+    ("audio-codec", encoded("wav", "adpcm_ms"), "audio", "audio", BOUNDS, "audio codec 'adpcm_ms' is not one of pcm_"),
+    ("video-codec", encoded("mp4", "mjpeg"), "vision", "video", BOUNDS, "video codec 'mjpeg' is not one of h264"),
 ]  # fmt: skip
 
 
