@@ -186,7 +186,10 @@ def import_csv_command(
 @import_app.command("clips")
 def import_clips_command(
     file: Annotated[
-        Path, typer.Argument(help="CSV with columns id, text, label, audio and/or video, and optional split.")
+        Path,
+        typer.Argument(
+            help="CSV with columns id, text, label, audio and/or video, and optional split; or MMSA-FET's label.csv."
+        ),
     ],
     media_root: Annotated[Path, typer.Option(help="Directory the CSV's audio and video paths are relative to.")],
     task: TaskOpt = "auto",

@@ -1,5 +1,6 @@
-"""Import utterance clips (MMSA-FET's label.csv, flattened): a CSV of `id, text, label[, split]` with an `audio`
-and/or a `video` column naming each utterance's WAV/FLAC and MP4/WebM files."""
+"""Import utterance clips: a CSV of `id, text, label[, split]` with an `audio` and/or a `video` column naming each
+utterance's WAV/FLAC and MP4/WebM files; or MMSA-FET's own `label.csv` as it is (`video_id, clip_id, text, label,
+..., mode`, the clips at `Raw/<video_id>/<clip_id>.mp4`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from components.importers.labelled_csv import (
     file_stem,
     labels,
     read_rows,
+    require_columns,
     root_dir,
     with_splits,
 )
@@ -32,6 +34,7 @@ REQUIRED_COLUMNS = ("id", "text", "label")
 MAX_LEN_AUDIO = 500
 MAX_LEN_VISION = 100
 MODALITY = {"audio": "audio", "video": "vision"}  # the modality each clip column feeds
+MMSA_FET_COLUMNS = ("video_id", "clip_id")  # a label.csv with these (and no id) is MMSA-FET's layout
 
 
 def import_clips_csv(
@@ -62,7 +65,10 @@ def import_clips_csv(
     for option, value in (("--max-len-audio", max_len_audio), ("--max-len-vision", max_len_vision)):
         if value < 1:
             raise ConfigError(f"{option} must be at least 1; got {value}")
-    columns, records = read_rows(csv_path, REQUIRED_COLUMNS, any_of=CLIP_COLUMNS)
+    columns, records = read_rows(csv_path)
+    if "id" not in columns and set(MMSA_FET_COLUMNS) <= set(columns):
+        columns, records = _from_mmsa_fet(columns, records)
+    require_columns(csv_path, columns, REQUIRED_COLUMNS, any_of=CLIP_COLUMNS)
     clip_columns = [c for c in CLIP_COLUMNS if c in columns]
     rows, clips, used_stems = [], {}, set()
     root = root_dir(media_root, "--media-root")
@@ -106,3 +112,23 @@ def import_clips_csv(
         ),
     )
     return write_dataset(out, manifest, samples, clips=clips)
+
+
+def _from_mmsa_fet(columns: list[str], rows: list[dict[str, str]]) -> tuple[list[str], list[dict[str, str]]]:
+    """MMSA-FET's label.csv in this importer's columns: the id `<video_id>$_$<clip_id>` (MMSA's own), the video
+    `Raw/<video_id>/<clip_id>.mp4` under the media root (the dataset directory), and the split from `mode`. Its
+    audio is the video's soundtrack; its other columns (label_T, annotation, ...) are left out."""
+    added = [c for c in ("id", "audio", "video") if c not in columns]
+    if "mode" in columns and "split" not in columns:
+        added.append("split")
+    renamed = []
+    for row in rows:
+        video_id, clip_id = row["video_id"].strip(), row["clip_id"].strip()
+        derived = {
+            "id": f"{video_id}$_${clip_id}",
+            "audio": "",  # declares audio: an empty cell takes the video's soundtrack
+            "video": f"Raw/{video_id}/{clip_id}.mp4",
+            "split": row.get("mode", ""),
+        }
+        renamed.append(row | {c: derived[c] for c in added})
+    return [*columns, *added], renamed

@@ -7,7 +7,16 @@ from pathlib import Path
 import pandas as pd
 
 from components.dataset import IMAGE_SUFFIXES, ImageSpec, Manifest, Modalities, TextSpec, write_dataset
-from components.importers.labelled_csv import Task, confined_file, file_stem, labels, read_rows, root_dir, with_splits
+from components.importers.labelled_csv import (
+    Task,
+    confined_file,
+    file_stem,
+    labels,
+    read_rows,
+    require_columns,
+    root_dir,
+    with_splits,
+)
 
 REQUIRED_COLUMNS = ("id", "text", "image", "label")
 
@@ -33,7 +42,8 @@ def import_image_text_csv(
     `split` column the rows are split at random, reproducibly for a given `seed`.
     """
     csv_path = Path(csv_path)
-    columns, records = read_rows(csv_path, REQUIRED_COLUMNS)
+    columns, records = read_rows(csv_path)
+    require_columns(csv_path, columns, REQUIRED_COLUMNS)
     rows, images, used_stems = [], {}, set()
     root = root_dir(image_root, "--image-root")
     for number, record in enumerate(records, start=1):

@@ -22,20 +22,11 @@ Task = Literal["auto", "regression", "classification"]
 TASKS: tuple[Task, ...] = ("auto", "regression", "classification")
 
 
-def read_rows(
-    csv_path: Path, required: tuple[str, ...], any_of: tuple[str, ...] = ()
-) -> tuple[list[str], list[dict[str, str]]]:
-    """The header and each row of `csv_path` by column. A missing `required` column, none of the `any_of` ones, or a
-    row with another number of fields than the header is a DataError naming it."""
+def read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and each row of `csv_path` by column; a row with another number of fields than the header is a
+    DataError naming it."""
     records = list(csv_records(csv_path))
     columns = [c.strip() for c in records[0][1]] if records else []
-    need = f"need {list(required)}" + (f" and at least one of {list(any_of)}" if any_of else "")
-    for column in required:
-        if column not in columns:
-            raise DataError(csv_path, f"missing column '{column}'; found columns {columns}; {need}")
-    if any_of and not set(any_of) & set(columns):
-        missing = " or ".join(f"'{c}'" for c in any_of)
-        raise DataError(csv_path, f"missing column {missing}; found columns {columns}; {need}")
     rows = []
     for number, (_, fields) in enumerate(records[1:], start=1):
         if len(fields) != len(columns):
@@ -44,6 +35,19 @@ def read_rows(
             )
         rows.append(dict(zip(columns, fields, strict=True)))
     return columns, rows
+
+
+def require_columns(
+    csv_path: Path, columns: list[str], required: tuple[str, ...], any_of: tuple[str, ...] = ()
+) -> None:
+    """A DataError naming the first `required` column missing, or all of `any_of` when none is there."""
+    need = f"need {list(required)}" + (f" and at least one of {list(any_of)}" if any_of else "")
+    for column in required:
+        if column not in columns:
+            raise DataError(csv_path, f"missing column '{column}'; found columns {columns}; {need}")
+    if any_of and not set(any_of) & set(columns):
+        missing = " or ".join(f"'{c}'" for c in any_of)
+        raise DataError(csv_path, f"missing column {missing}; found columns {columns}; {need}")
 
 
 def root_dir(path: Path, option: str) -> Path:

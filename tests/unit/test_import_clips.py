@@ -54,6 +54,36 @@ CSV_LINES = [
 ]
 
 
+def test_mmsa_fet_label_csv_imports_as_it_is(tmp_path: Path, mp4: bytes) -> None:
+    """MMSA-FET's dataset directory: label.csv with video_id, clip_id, label_T/A/V, annotation and mode; each clip
+    at Raw/<video_id>/<clip_id>.mp4, its audio the video's soundtrack."""
+    root = tmp_path / "MOSI"
+    for video_id, clip_id in (("03bSnISJMiM", "1"), ("03bSnISJMiM", "2"), ("0h-zjBukYpk", "13")):
+        (root / "Raw" / video_id).mkdir(parents=True, exist_ok=True)
+        (root / "Raw" / video_id / f"{clip_id}.mp4").write_bytes(mp4)
+    path = write_csv(root, [
+        "video_id,clip_id,text,label,label_T,label_A,label_V,annotation,mode",
+        "03bSnISJMiM,1,a lot of sad parts,-0.8,,,,Negative,train",
+        "03bSnISJMiM,2,there is sad parts,-0.6,,,,Negative,valid",
+        "0h-zjBukYpk,13,but it was good,2.4,,,,Positive,test",
+    ])  # fmt: skip
+    ds = read_dataset(import_clips_csv(path, tmp_path / "out", media_root=root))
+    m = ds.manifest
+    assert m.modalities.present == ["text", "audio", "vision"] and m.label.kind == "regression"
+    assert not m.modalities.audio.allow_missing and not m.modalities.vision.allow_missing
+    s = ds.samples
+    assert list(s["id"]) == ["03bSnISJMiM$_$1", "03bSnISJMiM$_$2", "0h-zjBukYpk$_$13"]  # MMSA's own ids
+    assert list(s["split"]) == ["train", "valid", "test"] and list(s["label"]) == [-0.8, -0.6, 2.4]
+    assert s["audio"].isna().all() and list(s["video"]) == [
+        "video/03bSnISJMiM___1.mp4", "video/03bSnISJMiM___2.mp4", "video/0h-zjBukYpk___13.mp4"]  # fmt: skip
+    assert ds.clip_files("audio") == ds.clip_files("vision")  # the soundtrack
+    with pytest.raises(
+        DataError, match=r"row 1 \(id 03bSnISJMiM\$_\$1\): video file not found: .*Raw/03bSnISJMiM/1.mp4"
+    ):
+        (root / "Raw" / "03bSnISJMiM" / "1.mp4").unlink()
+        import_clips_csv(path, tmp_path / "again", media_root=root)
+
+
 def test_clips_import_round_trips(media: Path, tmp_path: Path, mp4: bytes) -> None:
     ds = read_dataset(import_clips_csv(write_csv(media, CSV_LINES), tmp_path / "out", media_root=media))
     m = ds.manifest
