@@ -11,7 +11,9 @@ an SQLite file on one machine, the team's PostgreSQL when trials run on several.
 works on the same study, so several `msa tune` (or runs of the tune deployment) share the work, and a study that
 was killed resumes: finished trials count, a running trial whose heartbeat went silent (`tune.heartbeat`) is failed
 and retried with the same values, and the retry continues the checkpoint its training left (a trial's directory is
-named by the trial it retries, so the retry finds it and no other trial shares it).
+named by the trial it retries, so the retry finds it and no other trial shares it). A trial's sampler is seeded by
+(tune.seed, its trial number): the storage numbers trials uniquely, so no two trials draw alike, whichever run or
+machine draws them, and a fresh study draws the same values again.
 """
 
 from __future__ import annotations
@@ -98,10 +100,9 @@ def study_name(params: Params) -> str:
     return params.tune.study or f"{read_state(params.featurize.out).dataset}-tune"
 
 
-def open_study(params: Params, *, sampler_seed: int | None = None) -> optuna.Study:
+def open_study(params: Params) -> optuna.Study:
     """The study of `params` (created the first time): TPE sampler, median pruner, heartbeat and retry of killed
-    trials. `sampler_seed` gives each concurrent process its own draws (the same seed would propose the same
-    values twice)."""
+    trials."""
     settings = params.tune
     url = storage_url(settings)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # waits out a concurrent writer
@@ -116,8 +117,6 @@ def open_study(params: Params, *, sampler_seed: int | None = None) -> optuna.Stu
                 max_retry=1, inherit_intermediate_values=True
             ),
         )
-        seed = settings.seed if sampler_seed is None else sampler_seed
-        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)  # liar: concurrent trials spread out
     pruner = optuna.pruners.MedianPruner(
         n_startup_trials=settings.pruner.startup_trials, n_warmup_steps=settings.pruner.warmup_epochs
     )
@@ -125,7 +124,8 @@ def open_study(params: Params, *, sampler_seed: int | None = None) -> optuna.Stu
     direction = "minimize" if mode == "min" else "maximize"
     try:
         study = optuna.create_study(
-            study_name=study_name(params), storage=storage, sampler=sampler, pruner=pruner, direction=direction,
+            study_name=study_name(params), storage=storage, sampler=_sampler(settings.seed, 0), pruner=pruner,
+            direction=direction,
             load_if_exists=True,
         )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many types for an unreachable database
@@ -140,12 +140,18 @@ def open_study(params: Params, *, sampler_seed: int | None = None) -> optuna.Stu
     return study
 
 
+def _sampler(seed: int, number: int) -> optuna.samplers.TPESampler:
+    """Trial `number`'s sampler: TPE, seeded by (`seed`, `number`). Its first draws are random and depend on the seed
+    alone, so a seed per trial (not per process) is what keeps trials apart."""
+    state = int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+    return optuna.samplers.TPESampler(seed=state, constant_liar=True)  # liar: concurrent trials spread out
+
+
 @dataclass(frozen=True)
 class Plan:
     study: str
     uid: str  # tells this study from an earlier one of the same name (a deleted storage): keys its MLflow run
     todo: int  # trials still to run for the study to have `tune.trials` finished ones (completed or pruned)
-    drawn: int  # trials the study holds, in any state: this run's first sampler slot, so no slot draws twice
 
 
 def plan(params: Params) -> Plan:
@@ -164,8 +170,7 @@ def plan(params: Params) -> Plan:
             "or search space: its trials would not compare with new ones. Name another tune.study (or delete that one)"
         )
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-    drawn = len(study.get_trials(deepcopy=False))
-    return Plan(study.study_name, study.user_attrs[UID], max(0, params.tune.trials - finished), drawn)
+    return Plan(study.study_name, study.user_attrs[UID], max(0, params.tune.trials - finished))
 
 
 def fingerprint(params: Params) -> str:
@@ -212,15 +217,15 @@ def _current(params: Params, key: str) -> Any:
     return node
 
 
-def trial_dir(params: Params, study: str, origin: int) -> Path:
+def trial_dir(params: Params, study: optuna.Study, origin: int) -> Path:
     """Where trial `origin` and its retries train: a retry continues its checkpoint, and no other trial writes there
-    (not even one that drew the same values)."""
-    return params.tune.out / study / f"trial-{origin}"
+    (nor a trial of a same-named study in another storage: the study's uid tells them apart)."""
+    return params.tune.out / study.study_name / study.user_attrs[UID][:8] / f"trial-{origin}"
 
 
-def run_trial(params: Params, slot: int, parent_run: str | None = None, *, threads: int | None = None) -> TrialResult:
-    """One trial of the study: the next waiting (retried) trial, else new values from the sampler, seeded by
-    (tune.seed, `slot`); logged as a child run of MLflow run `parent_run` (None: not logged).
+def run_trial(params: Params, parent_run: str | None = None, *, threads: int | None = None) -> TrialResult:
+    """One trial of the study: the next waiting (enqueued or retried) trial, else new values from the sampler,
+    seeded by (tune.seed, the trial's number); logged as a child run of MLflow run `parent_run` (None: not logged).
 
     `threads`: torch's intra-op threads (None: the cores over tune.concurrency, so concurrent trials do not fight
     for cores; oversubscribed recurrent layers run many times slower)."""
@@ -229,16 +234,16 @@ def run_trial(params: Params, slot: int, parent_run: str | None = None, *, threa
     from components.training import train
 
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // params.tune.concurrency))
-    seed = int(np.random.SeedSequence([params.tune.seed, slot]).generate_state(1)[0])
-    study = open_study(params, sampler_seed=seed)
+    study = open_study(params)
     ran: list[int] = []  # the number of the trial this process ran
 
     def objective(trial: optuna.Trial) -> float:
         ran.append(trial.number)
+        study.sampler = _sampler(params.tune.seed, trial.number)  # what `suggest` draws with
         values = suggest(trial, params.tune.space, params)
         tried = with_overrides(params, values)
         retry_of = study.get_trials(deepcopy=False)[trial.number].system_attrs.get("failed_trial")
-        out = trial_dir(params, study.study_name, trial.number if retry_of is None else retry_of)
+        out = trial_dir(params, study, trial.number if retry_of is None else retry_of)
         settings = tried.train.model_copy(update={"seeds": 1, "out": out})
         with _trial_run(params, parent_run, trial.number, values, retry_of) as log:
 
@@ -261,7 +266,7 @@ def run_trial(params: Params, slot: int, parent_run: str | None = None, *, threa
     result = _as_result(study.get_trials(deepcopy=False)[ran[0]], study)
     if result.state in ("COMPLETE", "PRUNED"):  # nothing will continue it: its checkpoint and model are of no use
         origin = result.number if result.retry_of is None else result.retry_of
-        shutil.rmtree(trial_dir(params, study.study_name, origin), ignore_errors=True)
+        shutil.rmtree(trial_dir(params, study, origin), ignore_errors=True)
     return result
 
 

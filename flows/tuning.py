@@ -28,8 +28,9 @@ from flows.pipeline import featurize_if_changed
 
 
 @task(name="trial")
-def trial(params: Params, slot: int, run_id: str) -> tuning.TrialResult:
-    result = tuning.run_trial(params, slot, run_id)
+def trial(params: Params, index: int, run_id: str) -> tuning.TrialResult:
+    """The `index`-th trial task of this flow run: distinct inputs, so no task is taken for another's cached run."""
+    result = tuning.run_trial(params, run_id)
     get_run_logger().info(result.summary())
     return result
 
@@ -48,10 +49,8 @@ def tune(params: str = "params.yaml", trials: int | None = None) -> tuning.TuneR
     experiment = p.registry.experiment or read_state(p.featurize.out).dataset
     with tracking.connected(p.registry) as client, tracking.tune_run(client, experiment, plan, p) as run_id:
         logger.info(f"study {plan.study}: {plan.todo} trials to run, {p.tune.concurrency} at once; MLflow run {run_id}")
-        # Seeds the trials' samplers, one each: a resumed study's new slots never repeat the draws of earlier runs.
-        slots = list(range(plan.drawn, plan.drawn + plan.todo))
         with _api_for_trial_processes():
-            _run_trials(p, slots, run_id)
+            _run_trials(p, plan.todo, run_id)
         result = tuning.conclude(p, Path(params))
         tracking.log_tune(client, run_id, result)
     create_markdown_artifact(key="msa-tune", markdown=_markdown(result), description=f"Optuna study {plan.study}")
@@ -59,11 +58,11 @@ def tune(params: str = "params.yaml", trials: int | None = None) -> tuning.TuneR
     return result
 
 
-def _run_trials(p: Params, slots: list[int], run_id: str) -> None:
-    """Trial tasks for `slots`, tune.concurrency at a time. A failure that is not the trial's own (a FAIL state) stops
+def _run_trials(p: Params, todo: int, run_id: str) -> None:
+    """`todo` trial tasks, tune.concurrency at a time. A failure that is not the trial's own (a FAIL state) stops
     new trials and fails the flow once the running ones end: it would fail every trial."""
-    running = [trial.submit(p, slot, run_id) for slot in slots[: p.tune.concurrency]]
-    queued, failed = slots[p.tune.concurrency :], None
+    running = [trial.submit(p, index, run_id) for index in range(min(todo, p.tune.concurrency))]
+    queued, failed = list(range(len(running), todo)), None
     while running:
         done = next(as_completed(running))
         running.remove(done)

@@ -76,7 +76,7 @@ def test_tune_runs_trials_concurrently_and_a_killed_study_resumes(tiny_project: 
     finished = [t for t in trials if t.state in FINISHED]
     states = "\n".join(f"{t.number} {t.state.name} {t.system_attrs} {t.params}" for t in trials)
     assert len(finished) == 4, f"{states}\n{second.stdout[-6000:]}"  # tune.trials finished over both runs
-    # The resumed run's samplers are seeded apart from the first run's: no new trial redraws earlier values.
+    # Each trial's sampler is seeded by its number: no trial of the resumed run redraws the killed run's values.
     drawn = [tuple(sorted(t.params.items())) for t in trials if "failed_trial" not in t.system_attrs]
     assert len(set(drawn)) == len(drawn), states
     for number, params in killed.items():  # each killed trial failed, and a retry ran its values again

@@ -122,7 +122,7 @@ def test_tuning_never_reads_the_test_split(trained, tmp_path: Path, monkeypatch:
     for name, features in (("clean", trained.features), ("poisoned", poisoned)):
         params = _tune_params(tmp_path, features, name)
         assert plan(params).todo == 2
-        results = [run_trial(params, slot, threads=1) for slot in range(2)]
+        results = [run_trial(params, threads=1) for _ in range(2)]
         assert results[0].values == {"train.lr": 0.001, "model.hidden": 8}  # first, the settings as they are
         assert all(r.state == "COMPLETE" and np.isfinite(r.value) for r in results), results
         scores[name] = [(r.values, r.value, r.epochs) for r in results]
@@ -133,8 +133,7 @@ def test_tuning_never_reads_the_test_split(trained, tmp_path: Path, monkeypatch:
     # The study as it stands: its report, and the params file with the best trial's values.
     params = _tune_params(tmp_path, trained.features, "clean")
     assert plan(params).todo == 0
-    more = plan(params.model_copy(update={"tune": params.tune.model_copy(update={"trials": 3})}))
-    assert (more.todo, more.drawn) == (1, 2)  # the next sampler slot is 2: slots 0 and 1 have drawn already
+    assert plan(params.model_copy(update={"tune": params.tune.model_copy(update={"trials": 3})})).todo == 1
     longer = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 4})})
     with pytest.raises(ConfigError, match="was started with other data, settings or search space"):
         plan(longer)  # its trials would not compare with the ones already there
@@ -151,3 +150,7 @@ def test_tuning_never_reads_the_test_split(trained, tmp_path: Path, monkeypatch:
     assert [t["state"] for t in report["trials"]] == ["COMPLETE", "COMPLETE"]
     assert report["monitor"] == "valid fusion mae"
     assert params.tune.report.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+    # A later run's trial: its sampler is seeded by its trial number (2), so it cannot redraw trial 1's values.
+    third = run_trial(params.model_copy(update={"tune": params.tune.model_copy(update={"trials": 3})}), threads=1)
+    assert third.number == 2 and third.values["train.lr"] not in [v["train.lr"] for v, _, _ in scores["clean"]]
