@@ -34,10 +34,15 @@ _VIDEO_FORMATS = {"mov": "MP4", "matroska": "WebM"}
 POOL_MIN_CLIPS = 64
 EXTRACTOR_VERSION = "1"  # bump when the features of the same clip and settings change (featurize's content key)
 MAX_FPS = 120  # decoded video frames allowed per second of max_seconds, whatever the timestamps say
-# The codecs a stream may be in, by FFmpeg's codec name: what recorders and phones write. Any other decoder in the
-# wheel (hundreds, some rarely exercised) never sees a stranger's bytes.
-AUDIO_CODECS = ("pcm_*", "flac", "aac", "mp3", "opus", "vorbis", "alac")
-VIDEO_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4")
+# The codecs a stream may be in, by FFmpeg's codec name: what microphones, recorders, phones and cameras write. Any
+# other decoder in the wheel (hundreds, some rarely exercised) never sees a stranger's bytes.
+_PCM = ("u8", "s16le", "s16be", "s24le", "s24be", "s32le", "s32be", "f32le", "f32be", "f64le", "f64be", "alaw", "mulaw")
+AUDIO_CODECS = (
+    *(f"pcm_{kind}" for kind in _PCM),
+    *("flac", "alac", "aac", "mp3", "opus", "vorbis", "ac3", "eac3", "amr_nb", "amr_wb"),
+    *("adpcm_ima_wav", "adpcm_ms", "gsm_ms"),  # voice recorders' WAVs
+)
+VIDEO_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "h263", "mjpeg", "prores")
 
 
 class ClipProblem(ValueError):
@@ -208,8 +213,7 @@ def decode_audio(
     with _open(data, formats) as container:
         if not container.streams.audio:
             raise NoAudioStream("clip has no audio stream")
-        stream = container.streams.audio[0]
-        _check_codec(stream, AUDIO_CODECS, "audio")
+        stream = _stream(container.streams.audio, AUDIO_CODECS, "audio")
         if not bounds.min_sample_rate <= (stream.rate or 0) <= bounds.max_sample_rate:
             raise ClipProblem(f"audio sample rate {stream.rate} Hz is outside [{bounds.min_sample_rate}, "
                               f"{bounds.max_sample_rate}]")  # fmt: skip
@@ -237,10 +241,18 @@ def decode_audio(
     return signal
 
 
-def _check_codec(stream, allowed: tuple[str, ...], kind: str) -> None:
-    codec = stream.codec_context.codec.canonical_name
-    if not any(codec == name or (name.endswith("*") and codec.startswith(name[:-1])) for name in allowed):
-        raise ClipProblem(f"{kind} codec '{codec}' is not one of {', '.join(allowed)}")
+def _stream(streams, allowed: tuple[str, ...], kind: str):
+    """The first of `streams` in an `allowed` codec (a phone's video may hold a track no decoder here reads before
+    its AAC one); else a ClipProblem naming the codecs found."""
+    found = []
+    for stream in streams:
+        context = stream.codec_context  # None: the wheel has no decoder for this codec
+        codec = context.codec.canonical_name if context is not None else "unknown"
+        if codec in allowed:
+            return stream
+        found.append(codec)
+    raise ClipProblem(f"{kind} codec {' or '.join(repr(c) for c in found)} is not accepted; transcode the clip to "
+                      f"one of {', '.join(c for c in allowed if not c.startswith('pcm_'))} or PCM")  # fmt: skip
 
 
 def _check_seconds(seconds: float | None, bounds: ClipBounds) -> None:
@@ -278,8 +290,7 @@ def _decode_frames(data: bytes, frame_rate: float, bounds: ClipBounds, sample) -
     with _open(data, _VIDEO_FORMATS) as container:
         if not container.streams.video:
             raise ClipProblem("clip has no video stream")
-        stream = container.streams.video[0]
-        _check_codec(stream, VIDEO_CODECS, "video")
+        stream = _stream(container.streams.video, VIDEO_CODECS, "video")
         width, height = stream.codec_context.width, stream.codec_context.height
         if width * height > bounds.max_pixels:
             raise ClipProblem(f"video is {width}x{height} pixels, more than the {bounds.max_pixels} allowed")

@@ -63,9 +63,8 @@ def encoded(container_format: str, codec: str) -> bytes:
         else:
             stream = container.add_stream(codec, rate=10)
             stream.width = stream.height = 16
-            stream.pix_fmt = "yuvj420p"
-            picture = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
-            container.mux(stream.encode(picture.reformat(format="yuvj420p")))
+            stream.pix_fmt = "rgb24"
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")))
         container.mux(stream.encode(None))
     return buffer.getvalue()
 
@@ -127,8 +126,11 @@ CLIP_PROBLEMS = [  # (id, data, kind, column, bounds, message)
     ("too-many-pixels", mp4_with_sound(size=64), "vision", "video", ClipBounds(max_pixels=1000), "64x64 pixels"),
     ("truncated-mp4", mp4_with_sound()[:400], "vision", "video", BOUNDS, "clip does not open"),
     # Only the codecs recorders write are decoded: the wheel's other decoders never see a stranger's bytes.
-    ("audio-codec", encoded("wav", "adpcm_ms"), "audio", "audio", BOUNDS, "audio codec 'adpcm_ms' is not one of pcm_"),
-    ("video-codec", encoded("mp4", "mjpeg"), "vision", "video", BOUNDS, "video codec 'mjpeg' is not one of h264"),
+    ("audio-codec", encoded("wav", "adpcm_yamaha"), "audio", "audio", BOUNDS,
+     "audio codec 'adpcm_yamaha' is not accepted; transcode the clip to one of flac"),
+    ("video-codec", encoded("mov", "png"), "vision", "video", BOUNDS, "video codec 'png' is not accepted; transcode"),
+    ("no-decoder", wav(0.2)[:20] + b"\x34\x12" + wav(0.2)[22:], "audio", "audio", BOUNDS,
+     "audio codec 'unknown' is not accepted"),  # a WAV format tag no decoder here reads
 ]  # fmt: skip
 
 
