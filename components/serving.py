@@ -118,9 +118,10 @@ class Bounds:
 
 
 def dataset_bounds(dataset: Dataset, frame: pd.DataFrame, packaged: ServeParams) -> Bounds:
-    """Bounds for the rows of a dataset that passed validation (the champion re-scored on a new test split): the
-    dataset's own rules, which validation enforced, or the packaged limits where those are wider. A 10-minute
-    interview is a fine test sample, and a request the server refuses."""
+    """Bounds for the rows of a dataset that passed validation (the champion re-scored on a new test split): its
+    clips under its own `clip_bounds` (which validation enforced, sample rates and frame size included), every
+    other bound the packaged one or the dataset's where that is wider. A 10-minute interview is a fine test
+    sample, and a request the server refuses."""
     manifest = dataset.manifest
     longest = max((len(t) for t in frame.get("text", ()) if isinstance(t, str)), default=0)
     max_len = max((s.max_len for s in (manifest.modalities.audio, manifest.modalities.vision) if s), default=0)

@@ -20,11 +20,11 @@ from components.dataset import (
 from components.errors import ConfigError
 from components.importers.labelled_csv import (
     Task,
+    check_table,
     confined_file,
     file_stem,
     labels,
     read_rows,
-    require_columns,
     root_dir,
     with_splits,
 )
@@ -68,13 +68,13 @@ def import_clips_csv(
     columns, records = read_rows(csv_path)
     if "id" not in columns and set(MMSA_FET_COLUMNS) <= set(columns):
         columns, records = _from_mmsa_fet(columns, records)
-    require_columns(csv_path, columns, REQUIRED_COLUMNS, any_of=CLIP_COLUMNS)
+    check_table(csv_path, columns, records, REQUIRED_COLUMNS, any_of=CLIP_COLUMNS)
     clip_columns = [c for c in CLIP_COLUMNS if c in columns]
     rows, clips, used_stems = [], {}, set()
     root = root_dir(media_root, "--media-root")
     for number, record in enumerate(records, start=1):
         row = {**record, **dict.fromkeys(CLIP_COLUMNS)}
-        stem = file_stem(record["id"], used_stems)
+        stem = file_stem(record["id"], used_stems, "clip")
         for column in clip_columns:
             if value := record[column].strip():
                 source = confined_file(

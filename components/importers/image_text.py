@@ -9,11 +9,11 @@ import pandas as pd
 from components.dataset import IMAGE_SUFFIXES, ImageSpec, Manifest, Modalities, TextSpec, write_dataset
 from components.importers.labelled_csv import (
     Task,
+    check_table,
     confined_file,
     file_stem,
     labels,
     read_rows,
-    require_columns,
     root_dir,
     with_splits,
 )
@@ -43,7 +43,7 @@ def import_image_text_csv(
     """
     csv_path = Path(csv_path)
     columns, records = read_rows(csv_path)
-    require_columns(csv_path, columns, REQUIRED_COLUMNS)
+    check_table(csv_path, columns, records, REQUIRED_COLUMNS)
     rows, images, used_stems = [], {}, set()
     root = root_dir(image_root, "--image-root")
     for number, record in enumerate(records, start=1):
@@ -53,7 +53,7 @@ def import_image_text_csv(
                 csv_path, root, value, column="image", option="--image-root", suffixes=IMAGE_SUFFIXES, row=number,
                 sample_id=record["id"],
             )  # fmt: skip
-            image = f"images/{file_stem(record['id'], used_stems)}{source.suffix.lower()}"
+            image = f"images/{file_stem(record['id'], used_stems, 'image')}{source.suffix.lower()}"
             images[image] = source
         rows.append({**record, "image": image})
 

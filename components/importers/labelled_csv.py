@@ -37,10 +37,11 @@ def read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return columns, rows
 
 
-def require_columns(
-    csv_path: Path, columns: list[str], required: tuple[str, ...], any_of: tuple[str, ...] = ()
+def check_table(
+    csv_path: Path, columns: list[str], rows: list[dict], required: tuple[str, ...], any_of: tuple[str, ...] = ()
 ) -> None:
-    """A DataError naming the first `required` column missing, or all of `any_of` when none is there."""
+    """A DataError naming the first `required` column missing, all of `any_of` when none is there, or the lack of any
+    row after the header."""
     need = f"need {list(required)}" + (f" and at least one of {list(any_of)}" if any_of else "")
     for column in required:
         if column not in columns:
@@ -48,6 +49,8 @@ def require_columns(
     if any_of and not set(any_of) & set(columns):
         missing = " or ".join(f"'{c}'" for c in any_of)
         raise DataError(csv_path, f"missing column {missing}; found columns {columns}; {need}")
+    if not rows:
+        raise DataError(csv_path, "no rows after the header: nothing to import")
 
 
 def root_dir(path: Path, option: str) -> Path:
@@ -85,10 +88,10 @@ def confined_file(
     return source
 
 
-def file_stem(sample_id: str, used: set[str]) -> str:
-    """The id made filename-safe, which names the sample's copied files; ids that sanitise alike (or differ only in
-    case, for case-insensitive file systems) get distinct stems."""
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", sample_id).lstrip(".") or "sample"
+def file_stem(sample_id: str, used: set[str], fallback: str) -> str:
+    """The id made filename-safe, which names the sample's copied files (`fallback` for an id with nothing left); ids
+    that sanitise alike (or differ only in case, for case-insensitive file systems) get distinct stems."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", sample_id).lstrip(".") or fallback
     stem, n = base, 1
     while stem.casefold() in used:
         n += 1

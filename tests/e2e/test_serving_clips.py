@@ -109,7 +109,7 @@ def test_a_bad_clip_is_a_400_that_names_the_rule(server, served_clip_model, chan
 
 
 def test_the_gate_reads_a_validated_test_split_by_the_dataset_s_bounds_not_the_served_ones(
-    served_clip_model, tmp_path
+    served_clip_model, tmp_path, monkeypatch
 ) -> None:
     """Registration re-scores the champion on a new test split through its pyfunc. Those rows passed validation under
     the dataset's clip bounds; the served model's tighter bounds are for strangers and must not refuse them."""
@@ -131,3 +131,14 @@ def test_the_gate_reads_a_validated_test_split_by_the_dataset_s_bounds_not_the_s
     scored = predictor.predict_frame(frame, image_root=raw, bounds=bounds)
     loose = Predictor(package_model(built / "models", built / "features", tmp_path / "loose", ServeParams()))
     pd.testing.assert_frame_equal(scored, loose.predict_frame(frame, image_root=raw))  # the same model, every row
+
+    # The gate itself: a champion packaged with those tight bounds, re-scored on this test split, gets its score.
+    from types import SimpleNamespace
+
+    from components import registry, serving
+
+    monkeypatch.setattr(serving, "load_model", lambda uri, scratch: serving.LoadedModel(predictor, None, []))
+    champion = SimpleNamespace(version="1", tags={})
+    score = registry._champion_score(champion, "clips", dataset, "test-split-of-v2", "mae", rescore=False)
+    expected = np.abs(scored["score"].to_numpy() - raw_frame(dataset, "test")["label"].to_numpy()).mean()
+    assert score == pytest.approx(expected)

@@ -193,6 +193,7 @@ def test_bad_clip_rows(media: Path, tmp_path: Path, audio: str, video: str, mess
         ("id,label,audio", r"missing column 'text'"),
         ("id,text,label,image", r"missing column 'audio' or 'video'; found columns .*at least one of \['audio', 'v"),
         ("", r"missing column 'id'"),
+        ("id,text,label,audio", r"no rows after the header: nothing to import"),
     ],
 )
 def test_missing_columns(media: Path, tmp_path: Path, header: str, message: str) -> None:
