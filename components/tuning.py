@@ -124,9 +124,8 @@ def open_study(params: Params) -> optuna.Study:
     direction = "minimize" if mode == "min" else "maximize"
     try:
         study = optuna.create_study(
-            study_name=study_name(params), storage=storage, sampler=_sampler(settings.seed, 0), pruner=pruner,
-            direction=direction,
-            load_if_exists=True,
+            study_name=study_name(params), storage=storage, pruner=pruner, direction=direction, load_if_exists=True,
+            sampler=_sampler(settings.seed, 0),  # a placeholder: each trial draws with its own (`run_trial`)
         )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many types for an unreachable database
         raise ConfigError(
@@ -217,9 +216,11 @@ def _current(params: Params, key: str) -> Any:
     return node
 
 
-def trial_dir(params: Params, study: optuna.Study, origin: int) -> Path:
-    """Where trial `origin` and its retries train: a retry continues its checkpoint, and no other trial writes there
-    (nor a trial of a same-named study in another storage: the study's uid tells them apart)."""
+def trial_dir(params: Params, study: optuna.Study, number: int, retry_of: int | None) -> Path:
+    """Where trial `number` trains: its own directory, or for a retry the one of the trial it retries, whose
+    checkpoint it continues. No other trial writes there (nor a trial of a same-named study in another storage: the
+    study's uid tells them apart)."""
+    origin = number if retry_of is None else retry_of
     return params.tune.out / study.study_name / study.user_attrs[UID][:8] / f"trial-{origin}"
 
 
@@ -243,7 +244,7 @@ def run_trial(params: Params, parent_run: str | None = None, *, threads: int | N
         values = suggest(trial, params.tune.space, params)
         tried = with_overrides(params, values)
         retry_of = study.get_trials(deepcopy=False)[trial.number].system_attrs.get("failed_trial")
-        out = trial_dir(params, study, trial.number if retry_of is None else retry_of)
+        out = trial_dir(params, study, trial.number, retry_of)
         settings = tried.train.model_copy(update={"seeds": 1, "out": out})
         with _trial_run(params, parent_run, trial.number, values, retry_of) as log:
 
@@ -265,8 +266,7 @@ def run_trial(params: Params, parent_run: str | None = None, *, threads: int | N
     study.optimize(objective, n_trials=1, catch=(TrainingError,))
     result = _as_result(study.get_trials(deepcopy=False)[ran[0]], study)
     if result.state in ("COMPLETE", "PRUNED"):  # nothing will continue it: its checkpoint and model are of no use
-        origin = result.number if result.retry_of is None else result.retry_of
-        shutil.rmtree(trial_dir(params, study, origin), ignore_errors=True)
+        shutil.rmtree(trial_dir(params, study, result.number, result.retry_of), ignore_errors=True)
     return result
 
 
