@@ -206,7 +206,10 @@ def _video_clip(rng: np.random.Generator, polarity: int, strength: float, second
     drift = rng.normal(0.0, 0.6, size=(n, 2)).cumsum(0).round().astype(int)
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=VIDEO_FPS, options={"threads": "1", "preset": "fast"})
+        # A constant quantizer: x264's rate control (CRF) gave other bytes for the same frames from one call to the
+        # next, and a dataset version must hash the same for the same seed wherever it is made.
+        stream = container.add_stream("libx264", rate=VIDEO_FPS, options={"threads": "1", "preset": "fast", "qp": "26"})
+        stream.codec_context.thread_count = 1
         stream.width = stream.height = VIDEO_SIZE
         stream.pix_fmt = "yuv420p"
         for i in range(n):
@@ -214,7 +217,9 @@ def _video_clip(rng: np.random.Generator, polarity: int, strength: float, second
             face = _face(cx + drift[i, 0], cy + drift[i, 1], shown, strength)
             noisy = np.asarray(face, np.float64) + rng.normal(0.0, 6.0, size=(VIDEO_SIZE, VIDEO_SIZE))
             frame = av.VideoFrame.from_ndarray(np.clip(noisy, 0, 255).astype(np.uint8), format="gray")
-            container.mux(stream.encode(frame.reformat(format="yuv420p")))
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = i  # timestamps pinned, not left to the encoder to guess
+            container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return buffer.getvalue()
 
