@@ -21,6 +21,7 @@ when a file cannot be parsed at all; whether the content obeys the contract is `
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -73,6 +74,18 @@ class ClassificationLabel(_Strict):
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes repeat: {self.classes}")
         return self
+
+
+def label_range(label_min: float, label_max: float) -> RegressionLabel:
+    """The regression label spec an importer's --label-min and --label-max give, checked before any work: a
+    ConfigError for a range that is empty or not finite (the spec's own check would surface as a traceback)."""
+    if not (math.isfinite(label_min) and math.isfinite(label_max)):
+        raise ConfigError(f"--label-min and --label-max must be finite numbers; got {label_min:g} and {label_max:g}")
+    if not label_min < label_max:
+        raise ConfigError(
+            f"--label-min must be below --label-max; got --label-min {label_min:g} and --label-max {label_max:g}"
+        )
+    return RegressionLabel(min=label_min, max=label_max)
 
 
 LabelSpec = Annotated[RegressionLabel | ClassificationLabel, Field(discriminator="kind")]
@@ -303,12 +316,27 @@ def carve_splits(n: int, *, seed: int, fractions: dict[str, float]) -> list[str]
     return splits.tolist()
 
 
+def dataset_dir(path: str | Path) -> Path:
+    """`path` when it is a directory; else a DataError saying what it is instead (a file named as data.raw or --data
+    would otherwise fail deep in a reader)."""
+    root = Path(path)
+    if root.is_dir():
+        return root
+    if root.exists():
+        raise DataError(
+            root, f"is a file, not a dataset directory: name the directory that holds {MANIFEST} and {SAMPLES}"
+        )
+    raise DataError(root, "no dataset directory here (create one with `msa data demo` or `msa data import`)")
+
+
 def read_manifest(path: str | Path) -> Manifest:
-    file = Path(path) / MANIFEST
+    file = dataset_dir(path) / MANIFEST
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(file, "missing: every dataset directory needs a manifest.yaml") from None
+    except OSError as e:  # a directory named manifest.yaml, no permission, ...
+        raise DataError(file, f"cannot read it: {e.strerror or e}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise DataError(file, yaml_problem(e)) from None
     try:
@@ -319,9 +347,7 @@ def read_manifest(path: str | Path) -> Manifest:
 
 
 def read_dataset(path: str | Path) -> Dataset:
-    root = Path(path)
-    if not root.is_dir():
-        raise DataError(root, "no dataset directory here (create one with `msa data demo` or `msa data import`)")
+    root = dataset_dir(path)
     manifest = read_manifest(root)
     samples_file = root / SAMPLES
     try:

@@ -21,6 +21,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from components.config import Params, result_settings
+from components.dataset import read_manifest
 
 CODE_ROOT = Path(__file__).parent  # the `components` package
 TRAINED_BY = ("components.featurize", "components.training")  # what `msa featurize` and `msa train` call
@@ -45,6 +46,7 @@ class Lineage:
 def lineage(params: Params) -> Lineage:
     # Paths, devices, timeouts and orchestration (config.RUNTIME_SETTINGS) do not change what is trained.
     settings = json.dumps(result_settings(params), sort_keys=True)
+    read_manifest(params.data.raw)  # a dataset directory, or refused at once: hashing a folder that is not one is waste
     return Lineage(
         data=tree_digest(params.data.raw).hexdigest()[:16],
         params=hashlib.sha256(settings.encode()).hexdigest()[:16],

@@ -32,7 +32,12 @@ _AUDIO_FORMATS = {"wav": "WAV", "flac": "FLAC"}
 _VIDEO_FORMATS = {"mov": "MP4", "matroska": "WebM"}
 # Below this many clips one process is faster: a pool first starts a fork server that imports the libraries (~5 s).
 POOL_MIN_CLIPS = 64
-EXTRACTOR_VERSION = "1"  # bump when the features of the same clip and settings change (featurize's content key)
+# Bump when the features of the same clip and settings change (featurize's content key). 2: a clip longer than the
+# frames kept is decoded only that far, which can move the MFCCs' 80 dB floor (set by the loudest kept frame).
+EXTRACTOR_VERSION = "2"
+# Audio decoded past the last frame kept: its window, and frames enough that the feature code's numerics (BLAS and
+# FFT batches) treat the kept frames as they would in the whole clip.
+AUDIO_SPARE_FRAMES = 32
 MAX_FPS = 120  # decoded video frames allowed per second of max_seconds, whatever the timestamps say
 # The codecs a stream may be in, by FFmpeg's codec name: what microphones, recorders, phones and cameras write. Any
 # other decoder in the wheel (hundreds, some rarely exercised) never sees a stranger's bytes.
@@ -62,15 +67,22 @@ class ClipJob:
     settings: AudioClipParams | VideoClipParams
     bounds: ClipBounds
     column: Literal["audio", "video"] = "audio"  # what the source is: an audio clip, or a video (its soundtrack)
+    # Frames kept (the sequence's max_len): decoding stops once they are extracted, the rest would be cut anyway.
+    # None: the whole clip.
+    max_frames: int | None = None
 
 
 def extract(job: ClipJob) -> np.ndarray:
-    """Frame features [T, D] float32 of one clip, or ClipProblem."""
+    """Frame features [T, D] float32 of one clip (T at most `job.max_frames`), or ClipProblem."""
     data = read_clip(job.source, job.bounds.max_bytes)
     if job.kind == "audio":
         formats = _AUDIO_FORMATS if job.column == "audio" else _VIDEO_FORMATS
-        return audio_features(decode_audio(data, job.settings.sample_rate, job.bounds, formats), job.settings)
-    return video_features(data, job.settings, job.bounds)
+        settings, samples = job.settings, None
+        if job.max_frames is not None:  # up to the last kept frame's window, and spare frames
+            samples = (job.max_frames + AUDIO_SPARE_FRAMES) * _hop(settings) + settings.window
+        signal = decode_audio(data, settings.sample_rate, job.bounds, formats, max_samples=samples)
+        return audio_features(signal, settings)[: job.max_frames]
+    return video_features(data, job.settings, job.bounds, max_frames=job.max_frames)
 
 
 def extract_many(
@@ -204,10 +216,16 @@ def check_clip(data: bytes, column: str, bounds: ClipBounds, *, soundtrack: bool
 
 
 def decode_audio(
-    data: bytes, sample_rate: int, bounds: ClipBounds, formats: dict[str, str] = _AUDIO_FORMATS
+    data: bytes,
+    sample_rate: int,
+    bounds: ClipBounds,
+    formats: dict[str, str] = _AUDIO_FORMATS,
+    *,
+    max_samples: int | None = None,
 ) -> np.ndarray:
     """The first audio stream of `data` as mono float32 at `sample_rate`: a WAV or FLAC file, or with the video
-    `formats` an MP4/WebM video's soundtrack."""
+    `formats` an MP4/WebM video's soundtrack. With `max_samples`, decoding stops once that many are out, and the
+    signal is their first `max_samples` (the same ones, whatever the codec's frame size)."""
     import av
 
     with _open(data, formats) as container:
@@ -228,14 +246,17 @@ def decode_audio(
                     total += chunks[-1].size
                 if total > limit:
                     raise ClipProblem(f"clip decodes to more than the {bounds.max_seconds:g} s allowed")
-            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+                if max_samples is not None and total >= max_samples:
+                    break
+            else:  # decoded to the end: what the resampler still holds
+                chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
         except ClipProblem:
             raise
         except (av.FFmpegError, ValueError) as e:  # ValueError: the resampler, when the rate or layout changes
             raise ClipProblem(f"audio does not decode ({_reason(e)})") from None
     if not chunks or not sum(c.size for c in chunks):
         raise ClipProblem("clip has no audio samples")
-    signal = np.concatenate(chunks).astype(np.float32, copy=False)
+    signal = np.concatenate(chunks)[:max_samples].astype(np.float32, copy=False)
     if not np.isfinite(signal).all():  # float WAVs can hold NaN or infinity
         raise ClipProblem("audio has NaN or infinite samples")
     return signal
@@ -265,8 +286,7 @@ def audio_features(signal: np.ndarray, settings: AudioClipParams) -> np.ndarray:
     T = 1 + samples // hop (frames centered on hop multiples, as librosa frames them)."""
     import librosa
 
-    sr, n_fft = settings.sample_rate, settings.window
-    hop = max(1, round(sr / settings.frame_rate))
+    sr, n_fft, hop = settings.sample_rate, settings.window, _hop(settings)
     if signal.size < n_fft:  # a clip shorter than one window is one frame of it
         signal = np.pad(signal, (0, n_fft - signal.size))
     mfcc = librosa.feature.mfcc(y=signal, sr=sr, n_mfcc=settings.n_mfcc, n_fft=n_fft, hop_length=hop)
@@ -275,15 +295,25 @@ def audio_features(signal: np.ndarray, settings: AudioClipParams) -> np.ndarray:
     return np.column_stack([mfcc.T, np.log2(pitch), 20 * np.log10(rms + 1e-5)]).astype(np.float32)
 
 
-def video_features(data: bytes, settings: VideoClipParams, bounds: ClipBounds) -> np.ndarray:
+def _hop(settings: AudioClipParams) -> int:
+    """Samples between the centers of two audio frames."""
+    return max(1, round(settings.sample_rate / settings.frame_rate))
+
+
+def video_features(
+    data: bytes, settings: VideoClipParams, bounds: ClipBounds, *, max_frames: int | None = None
+) -> np.ndarray:
     """Frames sampled every 1 / `frame_rate` s, each the grey center square as grid x grid values in [0, 1]:
-    [T, grid * grid] float32."""
-    frames = _decode_frames(data, settings.frame_rate, bounds, lambda frame: _thumbnail(frame, settings.grid))
+    [T, grid * grid] float32; the first `max_frames` of them when given (nothing after them is decoded)."""
+    frames = _decode_frames(
+        data, settings.frame_rate, bounds, lambda frame: _thumbnail(frame, settings.grid), keep=max_frames
+    )
     return np.stack(frames)
 
 
-def _decode_frames(data: bytes, frame_rate: float, bounds: ClipBounds, sample) -> list:
-    """`sample(frame)` for the frames due every 1 / `frame_rate` s of the first video stream, decoding them all."""
+def _decode_frames(data: bytes, frame_rate: float, bounds: ClipBounds, sample, *, keep: int | None = None) -> list:
+    """`sample(frame)` for the frames due every 1 / `frame_rate` s of the first video stream, decoding them all, or
+    until `keep` are sampled."""
     import av
 
     step = 1.0 / frame_rate
@@ -313,6 +343,8 @@ def _decode_frames(data: bytes, frame_rate: float, bounds: ClipBounds, sample) -
                 sampled.append(sample(frame))
                 while due <= t + 1e-6:
                     due += step
+                if keep is not None and len(sampled) >= keep:
+                    break
         except ClipProblem:
             raise
         except (av.FFmpegError, ValueError) as e:

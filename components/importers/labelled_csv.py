@@ -14,7 +14,7 @@ from typing import Literal
 
 import pandas as pd
 
-from components.dataset import ClassificationLabel, RegressionLabel, carve_splits
+from components.dataset import SPLITS, ClassificationLabel, RegressionLabel, carve_splits, label_range
 from components.errors import DataError
 from components.textfiles import csv_records
 
@@ -40,8 +40,9 @@ def read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
 def check_table(
     csv_path: Path, columns: list[str], rows: list[dict], required: tuple[str, ...], any_of: tuple[str, ...] = ()
 ) -> None:
-    """A DataError naming the first `required` column missing, all of `any_of` when none is there, or the lack of any
-    row after the header."""
+    """A DataError naming the first `required` column missing, all of `any_of` when none is there, the lack of any
+    row after the header, an id that repeats an earlier row's, or a `split` cell other than train, valid or test
+    (written exactly so: a split is never guessed from "TRAIN " or "Valid")."""
     need = f"need {list(required)}" + (f" and at least one of {list(any_of)}" if any_of else "")
     for column in required:
         if column not in columns:
@@ -51,6 +52,16 @@ def check_table(
         raise DataError(csv_path, f"missing column {missing}; found columns {columns}; {need}")
     if not rows:
         raise DataError(csv_path, "no rows after the header: nothing to import")
+    first_row: dict[str, int] = {}
+    for number, row in enumerate(rows, start=1):
+        sample_id = row["id"]
+        if (first := first_row.setdefault(sample_id, number)) != number:
+            raise DataError(csv_path, f"same id as row {first}: ids must be unique", row=number, sample_id=sample_id)
+        if "split" in row and row["split"] not in SPLITS:
+            raise DataError(
+                csv_path, f"split {row['split']!r} is not one of {', '.join(SPLITS)} (lower case, no spaces)",
+                row=number, sample_id=sample_id,
+            )  # fmt: skip
 
 
 def root_dir(path: Path, option: str) -> Path:
@@ -127,7 +138,7 @@ def labels(
             raise DataError(
                 path, f"label '{value}' is not a number (task is regression)", row=number, sample_id=row["id"]
             )
-    return RegressionLabel(min=label_min, max=label_max), [None if v is None else float(v) for v in given]
+    return label_range(label_min, label_max), [None if v is None else float(v) for v in given]
 
 
 def with_splits(

@@ -14,10 +14,10 @@ from components.dataset import (
     SPLITS,
     Manifest,
     Modalities,
-    RegressionLabel,
     SequenceArray,
     SequenceSpec,
     TextSpec,
+    label_range,
     write_dataset,
 )
 from components.errors import DataError
@@ -41,6 +41,7 @@ def import_mmsa(
     replaces them with 0, as MMSA's own loader does for the -inf values in MOSI's audio features.
     """
     pickle_path = Path(pickle_path)
+    label = label_range(label_min, label_max)
     data = _load_trusted_pickle(pickle_path, trust_pickle)
     if not isinstance(data, dict):
         raise DataError(pickle_path, f"expected a dict with keys {list(SPLITS)}, found a {type(data).__name__}")
@@ -73,7 +74,7 @@ def import_mmsa(
         name=name or pickle_path.stem,
         version="1",
         source=pickle_path.name,
-        label=RegressionLabel(min=label_min, max=label_max),
+        label=label,
         modalities=Modalities(text=TextSpec(), **specs),
     )
     return write_dataset(out, manifest, samples, sequences)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.dataset import Manifest, Modalities, RegressionLabel, TextSpec, carve_splits, write_dataset
+from components.dataset import Manifest, Modalities, TextSpec, carve_splits, label_range, write_dataset
 from components.errors import DataError
 from components.textfiles import csv_records
 
@@ -32,6 +32,7 @@ def import_text_tsv(
     Splits without a file of their own are carved from the train file (reproducibly for a given `seed`).
     Ids are `<file's split>-<row index in that file>`, so a carved row keeps the id that points at its source.
     """
+    label = label_range(label_min, label_max)
     files = {"train": Path(train), "valid": valid, "test": test}
     frames = [_read(Path(path), split) for split, path in files.items() if path is not None]
     carve = {"valid": valid_frac, "test": test_frac}
@@ -45,7 +46,7 @@ def import_text_tsv(
         name=name or files["train"].stem,
         version="1",
         source=", ".join(Path(p).name for p in files.values() if p is not None),
-        label=RegressionLabel(min=label_min, max=label_max),
+        label=label,
         modalities=Modalities(text=TextSpec()),
     )
     return write_dataset(out, manifest, samples)
@@ -66,6 +67,8 @@ def _read(path: Path, split: str) -> pd.DataFrame:
         except ValueError:
             raise DataError(path, f"line {line}: label '{fields[1]}' is not a number") from None
         texts.append(fields[0])
+    if not texts:
+        raise DataError(path, "no rows after the header: nothing to import")
     width = max(4, len(str(len(texts) - 1)))
     ids = [f"{split}-{i:0{width}d}" for i in range(len(texts))]
     return pd.DataFrame({"id": ids, "split": split, "text": texts, "label": labels})

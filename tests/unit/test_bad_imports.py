@@ -13,6 +13,7 @@ from tests.hardening import Case, fingerprint, gif, guarded, msa, png
 GOOD_CSV = "id,text,image,label\np1,great day,imgs/a.png,1.5\np2,awful day,imgs/b.png,-2\np3,fine,,0.5\n"
 IMAGES = {"d/imgs/a.png": png(), "d/imgs/b.png": png(color=(1, 2, 3))}
 TSV = "text\tlabel\n" + "".join(f"utterance {i}\t{(-1) ** i * 0.5}\n" for i in range(12))
+REVERSED = "--label-min must be below --label-max; got --label-min 3 and --label-max -3"
 
 
 def csv_case(id: str, csv: str | bytes, message: str, *extra: str, code: int = 1, **kwargs) -> Case:
@@ -54,6 +55,21 @@ CASES = [
         "0.5",
     ),  # fmt: skip
     csv_case("csv-negative-fraction", GOOD_CSV, "split fractions must be between 0 and 1", "--valid-frac", "-0.1"),
+    csv_case("csv-label-range-reversed", GOOD_CSV, REVERSED, "--label-min", "3", "--label-max", "-3"),
+    # the CSV importer: ids unique, splits written exactly as the contract names them
+    csv_case(
+        "csv-duplicate-id",
+        GOOD_CSV + "p4,x,,1\np2,again,,1\n",
+        "posts.csv, row 5 (id p2): same id as row 2: ids must be unique",
+    ),  # fmt: skip
+    csv_case(
+        "csv-split-not-exact",
+        "id,text,image,label,split\np1,a,,1,train\np2,b,,2,TRAIN \n",
+        "posts.csv, row 2 (id p2): split 'TRAIN ' is not one of train, valid, test (lower case, no spaces)",
+    ),  # fmt: skip
+    csv_case(
+        "csv-split-empty", "id,text,image,label,split\np1,a,,1,\np2,b,,2,test\n", "row 1 (id p1): split '' is not"
+    ),
     # the CSV importer: image paths stay inside --image-root and name images
     csv_case(
         "csv-image-dotdot",
@@ -94,6 +110,19 @@ CASES = [
     tsv_case("tsv-label-not-number", "text\tlabel\nhi\tpositive\n", "line 2: label 'positive' is not a number"),
     tsv_case("tsv-bad-utf8", b"text\tlabel\nna\xefve\t1\n", "line 2: byte 0xef is not valid UTF-8"),
     tsv_case("tsv-fractions", TSV, "split fractions must be between 0 and 1", "--test-frac", "1.5"),
+    tsv_case("tsv-label-range-reversed", TSV, REVERSED, "--label-min", "3", "--label-max", "-3"),
+    tsv_case(
+        "tsv-label-range-empty", TSV, "--label-min must be below --label-max", "--label-min", "1", "--label-max=1"
+    ),
+    tsv_case("tsv-label-range-nan", TSV, "--label-min and --label-max must be finite numbers", "--label-max", "nan"),
+    tsv_case("tsv-header-only", "text\tlabel\n", "t/train.tsv: no rows after the header: nothing to import"),
+    Case(
+        "tsv-valid-header-only",
+        ("data", "import", "tsv", "t/train.tsv", "--valid", "t/valid.tsv", "--out", "out"),
+        1,
+        "t/valid.tsv: no rows after the header: nothing to import",
+        {"t/train.tsv": TSV, "t/valid.tsv": "text\tlabel\n"},
+    ),  # fmt: skip
     Case("tsv-missing-file", ("data", "import", "tsv", "nothere.tsv", "--out", "out"), 1, "cannot read the file"),
     # the MMSA importer: pickle only when trusted
     Case(
@@ -109,6 +138,13 @@ CASES = [
         1,
         "m.pkl",
         {"m.pkl": "not a pickle"},
+    ),  # fmt: skip
+    Case(
+        "mmsa-label-range-reversed",
+        ("data", "import", "mmsa", "m.pkl", "--trust-pickle", "--label-min", "1", "--label-max", "-1", "--out", "out"),
+        1,
+        "--label-min must be below --label-max; got --label-min 1 and --label-max -1",
+        {"m.pkl": pickle.dumps({})},
     ),  # fmt: skip
     Case(
         "mmsa-not-a-dict",

@@ -64,3 +64,23 @@ def test_the_repository_params_are_valid() -> None:
     from components.config import load_params
 
     assert load_params(REPO / "params.yaml").serve.max_rows >= 1  # the table fails for its own reasons only
+
+
+@pytest.mark.parametrize("how", ["params", "option"])
+@pytest.mark.parametrize("command", ["validate", "featurize"])
+def test_data_raw_naming_a_file_is_refused_in_one_line(guarded_project: Path, command: str, how: str) -> None:
+    project = guarded_project
+    (project / "notes.txt").write_text("not a dataset")
+    if how == "params":
+        (project / "file.yaml").write_text("data: {raw: notes.txt}\n")
+        args = ("--params", "file.yaml")
+    else:
+        args = ("--data", "notes.txt")
+    before = guarded(project)
+    outcome = msa(command, *args)
+    assert outcome.code == 1, outcome
+    assert outcome.error == (
+        "error: notes.txt: is a file, not a dataset directory: name the directory that holds manifest.yaml and "
+        "samples.parquet"
+    ), outcome.stderr
+    assert guarded(project) == before and not (project / "reports").exists()

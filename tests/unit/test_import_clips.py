@@ -231,13 +231,33 @@ def test_cli_imports_clips(guarded_project: Path, media: Path) -> None:
         (["id,text,label,audio", "a,hi,1,../secret.wav"], "label.csv, row 1 (id a): audio '../secret.wav' is outside"),
         (["id,text,label,audio", "a,hi,1,wav/9.wav"], "label.csv, row 1 (id a): audio file not found"),
         (["id,text,label", "a,hi,1"], "missing column 'audio' or 'video'"),
+        (
+            ["id,text,label,audio", "a,hi,1,wav/0.wav", "b,ho,2,wav/0.wav", "a,hey,0,wav/0.wav"],
+            "label.csv, row 3 (id a): same id as row 1: ids must be unique",
+        ),
+        (
+            ["id,text,label,audio,split", "a,hi,1,wav/0.wav,train", "b,ho,2,wav/0.wav,TRAIN "],
+            "label.csv, row 2 (id b): split 'TRAIN ' is not one of train, valid, test (lower case, no spaces)",
+        ),
+        (["id,text,label,audio,split", "a,hi,1,wav/0.wav,Valid"], "row 1 (id a): split 'Valid' is not one of"),
+        (
+            ["video_id,clip_id,text,label,mode", "v,1,hi,1,train", "v,1,again,2,test"],
+            "label.csv, row 2 (id v$_$1): same id as row 1: ids must be unique",
+        ),
+        (
+            ["id,text,label,audio", "a,hi,1,wav/0.wav"],
+            "--label-min must be below --label-max; got --label-min 3 and --label-max -3",
+        ),
     ],
 )
 def test_cli_bad_import_is_one_line_exit_1(guarded_project: Path, media: Path, lines: list[str], message: str) -> None:
     (media.parent / "secret.wav").write_bytes(wav_bytes())
     write_csv(media, lines)
     before = guarded(guarded_project)
-    outcome = msa("data", "import", "clips", media / "label.csv", "--media-root", media, "--out", "clips")
+    reversed_range = ("--label-min", "3", "--label-max", "-3") if "--label-min" in message else ()
+    outcome = msa(
+        "data", "import", "clips", media / "label.csv", "--media-root", media, "--out", "clips", *reversed_range
+    )
     assert outcome.code == 1, outcome
     assert message in outcome.error and len(outcome.error.splitlines()) == 1, outcome.stderr
     assert "Traceback" not in outcome.stderr + outcome.stdout

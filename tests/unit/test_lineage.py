@@ -205,3 +205,18 @@ def test_matches_needs_every_hash_equal():
         assert not ours.matches(tags | {key: "0" * 16}), f"a different {key}"
         assert not ours.matches({k: v for k, v in tags.items() if k != key}), f"no {key}: a version from before"
     assert not ours.matches({})
+
+
+def test_a_folder_that_is_not_a_dataset_is_refused_before_it_is_hashed(tmp_path, monkeypatch):
+    """A large folder named as data.raw by mistake is refused at once, not hashed whole first."""
+    from components.errors import DataError
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"\xff\xd8" * 1000)
+    monkeypatch.setattr(lineage_module, "tree_digest", lambda *args, **kwargs: pytest.fail("hashed before checked"))
+    with pytest.raises(DataError, match=r"photos/manifest.yaml: missing: every dataset directory needs a manifest"):
+        lineage(settings(photos))
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(DataError, match=r"notes.txt: is a file, not a dataset directory"):
+        lineage(settings(tmp_path / "notes.txt"))

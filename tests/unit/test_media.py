@@ -235,3 +235,73 @@ def test_a_clip_file_is_read_only_when_regular(tmp_path):
     os.mkfifo(fifo)  # would state size 0 and block forever
     with pytest.raises(ClipProblem, match="not a regular file"):
         extract(ClipJob(fifo, "audio", AUDIO, BOUNDS))
+
+
+def decaying_wav(seconds: float, rate: int = 16000) -> bytes:
+    """A tone that only fades: its loudest frame is among the first, so the MFCCs' 80 dB floor is the same whether
+    the clip is decoded whole or cut."""
+    t = np.arange(int(seconds * rate)) / rate
+    return wav_bytes(0.5 * np.exp(-t / 2) * np.sin(2 * np.pi * (180 + 40 * t) * t), rate)
+
+
+@pytest.mark.parametrize(
+    ("kind", "column", "clip", "kept"),
+    [
+        ("audio", "audio", lambda: decaying_wav(8.0), 40),  # 201 frames; 40 kept, 1.6 s
+        ("audio", "audio", lambda: decaying_wav(8.0), 1),
+        ("vision", "video", lambda: _video_clip(np.random.default_rng(3), 1, 1.0, 4.0), 7),  # 20 frames; 7 kept
+        ("audio", "video", lambda: mp4_with_sound(seconds=4.0), 30),  # a soundtrack, cut as a sound file is
+    ],
+    ids=["audio", "audio-one-frame", "video", "soundtrack"],
+)
+def test_a_clip_longer_than_the_frames_kept_is_extracted_only_that_far(kind, column, clip, kept):
+    """featurize keeps max_len frames of a clip: extraction stops there, and those frames are the whole clip's."""
+    data, settings = clip(), (AUDIO if kind == "audio" else VIDEO)
+    whole = extract(ClipJob(data, kind, settings, BOUNDS, column))
+    cut = extract(ClipJob(data, kind, settings, BOUNDS, column, max_frames=kept))
+    assert len(whole) > kept and cut.shape == (kept, whole.shape[1])
+    np.testing.assert_array_equal(cut, whole[:kept])
+
+
+@pytest.mark.parametrize("kind", ["audio", "vision"])
+def test_a_clip_within_the_frames_kept_gives_the_same_bytes(kind):
+    settings, column = (AUDIO, "audio") if kind == "audio" else (VIDEO, "video")
+    data = wav(2.0) if kind == "audio" else _video_clip(np.random.default_rng(0), 1, 2.0, 1.0)
+    whole = extract(ClipJob(data, kind, settings, BOUNDS, column))
+    for kept in (len(whole), len(whole) + 1, 500):
+        assert extract(ClipJob(data, kind, settings, BOUNDS, column, max_frames=kept)).tobytes() == whole.tobytes()
+
+
+def test_decoding_stops_once_the_frames_kept_are_out(monkeypatch):
+    """Past the cut nothing is decoded: a clip that decodes to more than its bounds allow (here: more frames than
+    1 s at MAX_FPS, as a video with standing timestamps would) is not decoded that far."""
+    assert media.decode_audio(wav(6.0), 16000, BOUNDS, max_samples=12_345).shape == (12_345,)
+    monkeypatch.setattr(media, "MAX_FPS", 2)  # 1 s allows 3 decoded frames; the clip has 10, 2 sampled in 3
+    clip = _video_clip(np.random.default_rng(0), 1, 2.0, 1.0)
+    short = ClipBounds(max_seconds=1.0)
+    with pytest.raises(ClipProblem, match="decodes to more than the 1 s allowed"):
+        extract(ClipJob(clip, "vision", VIDEO, short, "video"))
+    assert extract(ClipJob(clip, "vision", VIDEO, short, "video", max_frames=2)).shape == (2, VIDEO.grid**2)
+
+
+def test_featurize_asks_for_no_more_frames_than_it_keeps(media_demo, tmp_path, tiny_text_model, monkeypatch):
+    asked = []
+
+    def stop(jobs, **kwargs):
+        asked.extend({(job.kind, job.max_frames) for job in jobs})
+        raise KeyboardInterrupt  # enough seen: no need to extract
+
+    monkeypatch.setattr(media, "extract_many", stop)
+    manifest = read_dataset(media_demo).manifest
+    params = FeaturizeParams(out=tmp_path / "features", text_model=str(tiny_text_model), workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        featurize(media_demo, params, progress=False)
+    assert sorted(asked) == [
+        ("audio", manifest.modalities.audio.max_len),
+        ("vision", manifest.modalities.vision.max_len),
+    ]
+    asked.clear()
+    with pytest.raises(KeyboardInterrupt):
+        featurize(media_demo, params.model_copy(update={"sequence_max_len": 9}), progress=False)
+    assert sorted(asked) == [("audio", 9), ("vision", 9)]
+    assert not (tmp_path / "features").exists()
