@@ -94,7 +94,7 @@ CASES = [  # (id, changes, what the 400 says)
     ("too-big", {"audio_base64": "A" * 90_000}, "audio_base64 has 90000 characters; at most 80000"),
     ("low-rate", {"audio_base64": b64(wav(0.5, rate=4000))}, "audio sample rate 4000 Hz is outside"),
     ("audio-as-video", {"audio_base64": None, "video_base64": b64(wav(0.5))},
-     "audio from the video clip: not in MP4 or WebM format"),
+     "vision from the video clip: not in MP4 or WebM format"),  # the video's own problem, not its soundtrack's
     ("video-as-audio", {"audio_base64": b64(mp4())}, "audio from the audio clip: not in WAV or FLAC format"),
     ("truncated", {"video_base64": None, "audio_base64": b64(wav(0.5)[:30])}, "audio from the audio clip: "),
 ]  # fmt: skip
