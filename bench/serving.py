@@ -39,7 +39,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import components
+from components import signing
 from components.compression import served_variant
 from components.config import load_params
 from components.dataset import read_dataset
@@ -82,9 +82,9 @@ def main(
             where = None if name == "baseline" else params.compress.out / name
             pack = package_model(params.train.out, params.featurize.out, Path(tmp) / name, params.serve, where)
             predictors[name] = Predictor(pack)
+            signing.sign(pack)  # as registration does: MLflow's loader verifies before it loads
             mlflow.pyfunc.save_model(
                 str(Path(tmp) / f"{name}-pyfunc"), loader_module="components.serving", data_path=str(pack),
-                code_paths=[str(Path(components.__file__).parent)],
                 signature=model_signature(predictors[name].spec), input_example=frame.head(2),
             )  # fmt: skip
             pyfuncs[name] = mlflow.pyfunc.load_model(str(Path(tmp) / f"{name}-pyfunc"))

@@ -38,6 +38,7 @@ metric drops by more than `tolerance` points is measured and reported with kept=
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import math
@@ -211,6 +212,7 @@ def compress(
             if v["kept"]:
                 _write_variant(staging / name, name, spec, card, source, payloads[name], v)
     report = {
+        "model_digest": source,  # the model these scores are of: registration refuses a report of another
         "head": head,
         "metric": metric,
         "tolerance": params.tolerance,
@@ -251,6 +253,13 @@ def load_compressed(path: str | Path, spec: ModelSpec | None = None) -> MultiTas
     try:
         card = json.loads((path / CARD).read_text())
         spec = spec or ModelSpec.model_validate(card["spec"])
+        weights = path / (
+            ONNX_WEIGHTS if card["format"] == "onnx" else INT8_WEIGHTS if card["format"] == "int8" else WEIGHTS
+        )
+        if "sha256" in card and hashlib.sha256(weights.read_bytes()).hexdigest() != card["sha256"]:
+            raise TrainingError(
+                f"{weights}: its bytes differ from what compress recorded (damaged or replaced): run `msa compress`"
+            )
         if card["format"] == "onnx":
             return OnnxModel(path / ONNX_WEIGHTS, spec)
         model = MultiTaskModel(spec, pretrained=False, standalone=True)
@@ -261,6 +270,8 @@ def load_compressed(path: str | Path, spec: ModelSpec | None = None) -> MultiTas
         else:
             state = load_safetensors((path / WEIGHTS).read_bytes())
         model.load_state_dict(state)
+    except TrainingError:
+        raise
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise TrainingError(
             f"{path}: no readable compressed model ({type(e).__name__}: {e}); run `msa compress`"
@@ -417,6 +428,7 @@ def _write_variant(
         "format": variant_format(name),
         "spec": spec.model_dump(mode="json"),
         "model_digest": source,  # the trained model it was made from: packaging refuses a stale variant
+        "sha256": hashlib.sha256(payload[1]).hexdigest(),  # of the weights file: every reader checks it
         "featurizer_key": card.featurizer_key,
         "dataset": card.dataset.model_dump(),
         "sparsity": v["sparsity"],

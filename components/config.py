@@ -346,6 +346,12 @@ class ServeParams(Section):
     max_clip_seconds: float = Field(
         60.0, gt=0, description="per clip, from its header before decoding, and enforced again while decoding"
     )
+    max_request_bytes: int = Field(
+        64_000_000,
+        ge=1,
+        description="one request body to `msa serve`, refused (413) while it arrives; its JSON, CSV or Parquet is "
+        "then measured (rows, depth) before MLflow parses it",
+    )
 
     @property
     def max_base64_chars(self) -> int:

@@ -41,6 +41,7 @@ from components.figures import grid, png
 from components.metrics import classification_metrics, metrics_for, primary_metric
 from components.model_store import (
     Monitor,
+    digest,
     load_for_scoring,
     load_trained,
     model_inputs,
@@ -132,7 +133,8 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
     metrics = _numbers_only(metrics)
     write_json(params.seeds, seeds, nan_as_null=True)
     return EvaluationResult(
-        report=write_json(params.report, metrics, nan_as_null=True),
+        # The digest of the model these scores are of: registration refuses a report of another model.
+        report=write_json(params.report, {"model_digest": digest(model_dir), **metrics}, nan_as_null=True),
         headline=write_json(
             params.headline, select_headline(metrics, kind, card.monitor.head, plotted), nan_as_null=True
         ),

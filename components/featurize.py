@@ -112,6 +112,8 @@ def featurize(raw: str | Path, params: FeaturizeParams, *, progress: bool = True
     key = content_key(raw, params, text_path, manifest)
     if is_current(out, key):
         return FeaturizeResult(out, read_state(out), cached=True, seconds=time.perf_counter() - start)
+    if (problem := _stateless_output(out)) is not None:  # before the work: it could not replace `out` after it
+        raise DataError(out / STATE, problem)
 
     dataset = read_dataset(raw)
     train = (dataset.samples["split"] == "train").to_numpy()
@@ -152,6 +154,8 @@ def load_features(out: str | Path) -> tuple[dict[str, np.ndarray], FeaturizerSta
     """Read what `featurize` wrote (safetensors: no code runs on load)."""
     state = read_state(out)
     file = Path(out) / FEATURES
+    if state.features_sha256 and _sha256(file) != state.features_sha256:
+        raise DataError(file, f"its bytes differ from what featurize recorded in {STATE}: run `msa featurize` again")
     try:
         return load_file(file), state
     except (SafetensorError, OSError) as e:
@@ -162,8 +166,20 @@ def read_state(out: str | Path) -> FeaturizerState:
     """The featurizer state `featurize` wrote to `out`, without the (large) feature arrays."""
     state = _read_state(Path(out))
     if state is None:
-        raise DataError(Path(out) / STATE, "missing or unreadable: run `msa featurize` first")
+        problem = _stateless_output(Path(out)) or "missing or unreadable: run `msa featurize` first"
+        raise DataError(Path(out) / STATE, problem)
     return state
+
+
+def _stateless_output(out: Path) -> str | None:
+    """Why `featurize` cannot rewrite `out` by itself: its featurizer.json is gone but other files are left, so it
+    cannot tell the directory from one it did not write (`dvc repro` keeps it too: the stage's output persists)."""
+    if (out / STATE).exists() or not out.is_dir() or not any(out.iterdir()):
+        return None
+    return (
+        f"missing beside the other files in {out}: remove {out}, then run `msa featurize` (or `dvc repro`) to write "
+        "it again"
+    )
 
 
 def input_key(raw: str | Path, params: FeaturizeParams) -> str:
@@ -387,12 +403,14 @@ def _clip_sequences(
     from components.media import ClipJob, ClipProblem, NoAudioStream, extract_many
 
     jobs, owners = [], []
-    for modality in dataset.manifest.modalities.clips:
+    for modality, spec in dataset.manifest.modalities.clips.items():
         kind = "vision" if modality == "vision" else "audio"
+        settings, max_len = clip_settings(params, modality), params.sequence_max_len or spec.max_len
         for i, file in enumerate(dataset.clip_files(modality)):
             if file is not None:
                 column = file.relative_to(dataset.root).parts[0]  # audio/ or video/, as the contract has it
-                jobs.append(ClipJob(file, kind, clip_settings(params, modality), dataset.manifest.clips, column))
+                # Frames past max_len are cut below: extraction stops there rather than decode the whole clip.
+                jobs.append(ClipJob(file, kind, settings, dataset.manifest.clips, column, max_frames=max_len))
                 owners.append((modality, i))
     results = extract_many(jobs, workers=params.workers, progress=progress)
     n = len(dataset.samples)

@@ -60,13 +60,23 @@ class DatasetRef(Section):
     version: str
 
 
+class TrainedWith(Section):
+    """What else decided the weights, besides the features: the settings (`training.settings_hash`) and the code."""
+
+    settings: str
+    code: str
+
+
 class ModelCard(Section):
-    """What `model.json` holds: enough to rebuild the model and to tell which features it was trained on."""
+    """What `model.json` holds: enough to rebuild the model and to tell which features, settings and code it was
+    trained with (registration checks them against the data and params.yaml it registers under)."""
 
     spec: ModelSpec
     monitor: Monitor
     featurizer_key: str
     dataset: DatasetRef
+    weights_sha256: str = ""  # of model.safetensors: a damaged or replaced file is refused by every reader
+    trained_with: TrainedWith | None = None  # written when training ends; None: a card from before it was recorded
 
 
 def monitored_head(spec: ModelSpec) -> str:
@@ -91,15 +101,39 @@ def read_history(out: str | Path) -> list[dict]:
 
 
 def write_model(out: str | Path, weights: dict[str, torch.Tensor], card: ModelCard) -> None:
-    """The best weights and their card, each replaced atomically (weights first: a card never names missing ones)."""
+    """The best weights and their card, each replaced atomically (weights first: a card never names missing ones);
+    the card records the weights' sha256."""
     from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{WEIGHTS}.tmp"
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, tmp)
+    sha = _sha256(tmp)
     os.replace(tmp, out / WEIGHTS)
-    write_json(out / CARD, card.model_dump(mode="json"))
+    write_json(out / CARD, card.model_copy(update={"weights_sha256": sha}).model_dump(mode="json"))
+
+
+def write_card(out: str | Path, card: ModelCard) -> None:
+    write_json(Path(out) / CARD, card.model_dump(mode="json"))
+
+
+def verified_weights(out: str | Path) -> Path:
+    """`out/model.safetensors`, once its bytes are those the card recorded; TrainingError naming it otherwise."""
+    out = Path(out)
+    card, weights = read_card(out), out / WEIGHTS
+    if not weights.is_file():
+        raise TrainingError(f"{weights}: missing; run `msa train`")
+    if card.weights_sha256 and _sha256(weights) != card.weights_sha256:
+        raise TrainingError(
+            f"{weights}: its bytes differ from what training recorded in {CARD} (damaged or replaced): run `msa train`"
+        )
+    return weights
+
+
+def _sha256(file: Path) -> str:
+    with file.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_history(out: str | Path, history: list[dict]) -> None:
@@ -160,7 +194,7 @@ def load_trained(out: str | Path, *, standalone: bool = False) -> MultiTaskModel
     out = Path(out)
     spec = read_card(out).spec
     try:
-        weights = load_file(out / WEIGHTS)
+        weights = load_file(verified_weights(out))
     except (OSError, ValueError) as e:
         raise TrainingError(
             f"{out / WEIGHTS}: no readable weights ({type(e).__name__}: {e}); run `msa train`"

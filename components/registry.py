@@ -138,12 +138,13 @@ def register(
     """
     import mlflow
 
-    from components import model_store
+    from components import model_store, signing
     from components.compression import served_variant
     from components.featurize import read_state
-    from components.serving import package_model, raw_frame
+    from components.serving import Evidence, package_model, raw_frame, write_evidence
 
-    if model_digest is not None and model_store.digest(params.train.out) != model_digest:
+    trained = verified_outputs(params, context.lineage)
+    if model_digest is not None and trained.model != model_digest:
         raise TrackingError(
             f"{params.train.out} no longer holds the model this run trained and evaluated (digest "
             f"{model_digest[:12]}...): something rewrote it meanwhile. Nothing was registered"
@@ -151,8 +152,7 @@ def register(
     state = read_state(params.featurize.out)
     dataset = read_dataset(params.data.raw)
     card = model_store.read_card(params.train.out)
-    metrics = _read_json(params.evaluate.report, "run `msa evaluate`")
-    compression = _read_json(params.compress.report, "run `msa compress`") if params.compress.report.exists() else {}
+    metrics, compression = trained.evaluation, trained.compression
     robust = robustness_report(params)
     head, (metric, _) = card.monitor.head, primary_metric(state.label_kind)
     if "test" not in metrics or head not in metrics["test"]:
@@ -171,6 +171,16 @@ def register(
             params.serve,
             variant=served["path"] if served else None,
         )
+        write_evidence(
+            package,
+            Evidence(
+                run_id=run_id, metric=f"test {head} {metric}", score=score, test_split=test_split,
+                variant=variant or "baseline", dataset=dataset.manifest.name,
+                dataset_version=dataset.manifest.version, data_hash=trained.lineage.data,
+                params_hash=trained.lineage.params, code_hash=trained.lineage.code,
+            ),
+        )  # fmt: skip
+        signing.sign(package)  # last: the signature covers every file the package holds
         example = raw_frame(dataset, "test", limit=2, inline_images=True).drop(columns=["id", "label"])
         # An example the served model would refuse is no example: clips over the serving bound stay out of it.
         too_big = [c for c in ("audio_base64", "video_base64") if c in example and _longest(example[c]) > 
@@ -197,9 +207,8 @@ def register(
         with mlflow.start_run(run_id=run_id):  # log_model logs into the active run; registration ends the run
             info = mlflow.pyfunc.log_model(
                 name=name,
-                loader_module="components.serving",
+                loader_module="components.serving",  # the installed package's code: none travels with the model
                 data_path=str(package),
-                code_paths=[str(Path(__file__).parent)],
                 signature=signature,
                 input_example=example,
                 pip_requirements=_pip_requirements(clips=bool(state.clip_modalities)),
@@ -316,6 +325,57 @@ def gate(kind: str, score: float, champion: Any, champion_score: float | None, m
         False,
         f"{metric} {score:.4f} does not beat champion v{champion.version}'s {champion_score:.4f} by more than {margin}",
     )
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What registration reads of the stages' outputs, once they are shown to be of one model trained on this data
+    with these settings and this code."""
+
+    model: str  # the trained model's digest
+    lineage: Lineage  # the data, settings and code it was trained on: the version's tags
+    evaluation: dict[str, Any]
+    compression: dict[str, Any]  # {} when compress did not run
+
+
+def verified_outputs(params: Params, ours: Lineage) -> Verified:
+    """The chain from `params.data.raw` to every report: the features are of this data and these featurize
+    settings, the model was trained on those features with these settings and this code, and each report scores
+    that model. A broken link is one line naming the stage to run again; nothing is registered. `ours` is the
+    lineage of the data and settings as they are now (`lineage(params)`)."""
+    from components import model_store
+    from components.featurize import input_key, read_state
+    from components.lineage import trained_code_hash
+    from components.training import settings_hash
+
+    features, out, again = params.featurize.out, params.train.out, "Nothing was registered"
+    state = read_state(features)
+    if state.key != input_key(params.data.raw, params.featurize):
+        raise TrackingError(
+            f"{features} was not made from {params.data.raw} as it is now with these featurize settings: run "
+            f"`msa featurize` and the stages after it (`dvc repro` runs what is stale). {again}"
+        )
+    card = model_store.read_card(out)
+    if card.featurizer_key != state.key:
+        raise TrackingError(f"{out} was trained on other features than {features}: run `msa train`. {again}")
+    made = card.trained_with
+    if made is None or made.settings != settings_hash(params.model, params.train):
+        raise TrackingError(
+            f"{out} was trained with other model or train settings than the params now: run `msa train`. {again}"
+        )
+    if made.code != trained_code_hash():
+        raise TrackingError(
+            f"{out} was trained by other featurize or training code than this: run `msa train`. {again}"
+        )
+    model = model_store.digest(out)
+    evaluation = _read_json(params.evaluate.report, "run `msa evaluate`")
+    compression = _read_json(params.compress.report, "run `msa compress`") if params.compress.report.exists() else {}
+    for report, stage, found in ((params.evaluate.report, "evaluate", evaluation),
+                                 (params.compress.report, "compress", compression)):  # fmt: skip
+        if found and found.get("model_digest") != model:
+            raise TrackingError(f"{report} scores another model than {out}: run `msa {stage}`. {again}")
+    evaluation = {split: heads for split, heads in evaluation.items() if split != "model_digest"}
+    return Verified(model, ours, evaluation, compression)
 
 
 def robustness_report(params: Params) -> dict[str, Any]:
@@ -573,19 +633,28 @@ def _champion(client: Any, name: str) -> Any | None:
 def _champion_score(
     champion: Any, name: str, dataset: Dataset, test_split: str, metric: str, rescore: bool
 ) -> float | None:
-    """The champion's primary test metric on this test split: its recorded score when it was measured on the same
-    split, else measured now through its own pyfunc (a different dataset version has a different test split)."""
-    tags = champion.tags or {}
-    if not rescore and tags.get("msa.test_split") == test_split and tags.get("msa.score") not in (None, "none"):
-        return float(tags["msa.score"])
+    """The champion's primary test metric on this test split: the score registration signed into its package when
+    that was measured on the same split, else measured now through its package (a different dataset version has a
+    different test split). Tags are never read: anyone with registry access can edit them. A champion whose
+    signature fails is re-scored (its package is read as data only: no code of it runs); None for a model this
+    project did not package, whose code is never run, or one that predicts other classes: the challenger wins."""
     from components.errors import UntrustedModelError
     from components.serving import dataset_bounds, load_model, raw_frame
 
+    uri = f"models:/{name}/{champion.version}"
     with tempfile.TemporaryDirectory(prefix="msa-champion-") as tmp:
         try:
-            model = load_model(f"models:/{name}/{champion.version}", Path(tmp))  # untrusted: ours only
-        except UntrustedModelError:
-            return None  # not a model this project packaged: its code is not run, and the challenger wins
+            model = load_model(uri, Path(tmp))
+        except UntrustedModelError as e:
+            try:
+                model = load_model(uri, Path(tmp) / "unverified", verify=False)
+            except UntrustedModelError:
+                return None
+            logging.getLogger(__name__).warning(f"champion v{champion.version} fails verification, re-scored: {e}")
+        evidence = model.evidence
+        measured = evidence is not None and (evidence.test_split, evidence.metric.rsplit(" ", 1)[-1])
+        if not rescore and evidence is not None and measured == (test_split, metric):
+            return evidence.score
         frame = raw_frame(dataset, "test")
         bounds = dataset_bounds(dataset, frame, model.predictor.limits)  # validated rows, not a stranger's request
         predicted = model.predictor.predict_frame(
@@ -596,7 +665,7 @@ def _champion_score(
         return float(metrics_for("regression", predicted["score"].to_numpy(), labels)[metric])
     classes = list(dataset.manifest.label.classes)
     if not set(predicted["class"]) <= set(classes):
-        return None  # the champion predicts other classes: not comparable, the challenger wins
+        return None
     indices = [classes.index(c) for c in predicted["class"]]
     return float(metrics_for("classification", indices, [classes.index(c) for c in labels], classes)[metric])
 

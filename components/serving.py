@@ -27,31 +27,41 @@ probability) and `class` (regression: positive for score >= 0, else negative, as
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import logging
+import os
+import re
 import shutil
+import stat
+import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 
-from components.atomic import replace_directory, write_json, write_text
-from components.config import ServeParams
+from components.atomic import replace_directory, write_json
+from components.config import Section, ServeParams
 from components.dataset import SEQUENCE_MODALITIES, ClipBounds, Dataset, is_null
-from components.errors import DataError, TrainingError, UntrustedModelError, first_line
+from components.errors import DataError, TrainingError, UntrustedModelError, UserError, first_line
 from components.featurize import STATE, FeaturizerState, encode_texts, load_tokenizer, read_state, standardize
 from components.images import DATASET_MAX_PIXELS, ImageProblem, fit, open_image
 from components.model_store import CARD, WEIGHTS, ModelCard, trim_padding
 from components.text_model import resolve_text_model
-from components.textfiles import csv_records, read_utf8
+from components.textfiles import FIELD_LIMIT
 
 TEXT = "text"  # tokenizer and transformer config, inside the package
 LIMITS = "limits.json"  # the input bounds (params.yaml's `serve`) the package enforces
+EVIDENCE = "evidence.json"  # the gate's evidence (`Evidence`), signed with the package
+TRUST_ENV = "MSA_TRUST_MODEL"  # "1": MLflow's loader skips verification (what `--trust-model` means for serving)
 VARIANT = "variant"  # the compressed variant the package serves, as compress wrote it; absent: the torch model
 INPUT = Path("<model input>")  # what errors name when the rows did not come from a file
 BATCH = 64
@@ -269,11 +279,16 @@ class Predictor:
                 if not isinstance(text, str):
                     rule = "text is missing" if is_null(text) else f"text must be a string, got {type(text).__name__}"
                     raise DataError(source, rule, row=first_row + i + 1)
-                if not text.strip():
-                    raise DataError(source, "text is blank", row=first_row + i + 1)
-                if len(text) > limits.max_text_chars:
+                if len(text) > limits.max_text_chars:  # the bound first: the checks below read every character
                     rule = f"text has {len(text)} characters; at most {limits.max_text_chars} (serve.max_text_chars)"
                     raise DataError(source, rule + "; longer text is refused, not cut", row=first_row + i + 1)
+                if "\x00" in text:
+                    raise DataError(source, "text contains a NUL character", row=first_row + i + 1)
+                if not text.strip():
+                    raise DataError(source, "text is blank", row=first_row + i + 1)
+                if not any(c.isprintable() and not c.isspace() for c in text):
+                    rule = "text has no printable character (only control, format or blank characters)"
+                    raise DataError(source, rule, row=first_row + i + 1)
             out |= encode_texts(self.tokenizer, texts, self.state.text)
             present[:] = True
         if self.spec.image is not None:
@@ -289,7 +304,10 @@ class Predictor:
                     raise DataError(source, str(e), row=first_row + i + 1) from None
             out |= {"image.pixels": pixels, "image.present": has}
             present |= has
-        for modality in SEQUENCE_MODALITIES:
+        # Vision first where it comes from clips: a broken video then reads as the video's problem, not as a failed
+        # soundtrack (audio falls back to the video when no audio clip is sent).
+        order = ("vision", "audio") if "vision" in self.clip_modalities else SEQUENCE_MODALITIES
+        for modality in order:
             if getattr(self.spec, modality) is None:
                 continue
             state = getattr(self.state, modality)
@@ -337,7 +355,7 @@ class Predictor:
             if data is None:
                 return np.zeros((0, state.dim), np.float32)
             try:
-                return extract(ClipJob(data, kind, state.clips, bounds.clips, column))
+                return extract(ClipJob(data, kind, state.clips, bounds.clips, column, max_frames=state.max_len))
             except NoAudioStream:
                 if column == "video":  # a silent video: the sample has no audio, as a dataset row without a clip
                     return np.zeros((0, state.dim), np.float32)
@@ -383,20 +401,23 @@ def raw_frame(dataset: Dataset, split: str, *, limit: int | None = None, inline_
     Images and clips are absolute paths, or with `inline_images` the files themselves (`image_base64`,
     `audio_base64`, `video_base64`), e.g. for an input example that must work where the dataset is not.
     """
+    if dataset.root is None:
+        raise ValueError("dataset was not read from disk, so its files have no location")
+    root = dataset.root.absolute()  # a relative root would be joined to the reader's root a second time
     samples = dataset.samples[dataset.samples["split"] == split].head(limit).reset_index(drop=True)
     frame = pd.DataFrame({"id": samples["id"], "label": samples["label"]})
     modalities = dataset.manifest.modalities
     if modalities.text is not None:
         frame["text"] = samples["text"]
     if modalities.image is not None:
-        paths = [None if is_null(p) else dataset.image_path(p) for p in samples["image"]]
+        paths = [None if is_null(p) else root / p for p in samples["image"]]
         if inline_images:
             frame["image_base64"] = [None if p is None else _base64(p) for p in paths]
         else:
             frame["image"] = [None if p is None else str(p) for p in paths]
     clips = [c for c in ("audio", "video") if dataset.manifest.modalities.clips and c in samples]
     for column in clips:  # as files: vision from the video, audio from the audio clip (or the video's soundtrack)
-        paths = [None if is_null(p) else dataset.root / p for p in samples[column]]
+        paths = [None if is_null(p) else root / p for p in samples[column]]
         if inline_images:
             frame[f"{column}_base64"] = [None if p is None else _base64(p) for p in paths]
         else:
@@ -440,14 +461,41 @@ def _image_bytes(data: Any, path: Any, image_root: Path | None, limits: ServePar
     return _read_confined(str(path), image_root, limits.max_image_bytes, "image", ImageProblem, "serve.max_image_bytes")
 
 
+# What `_decode_base64` lets through besides the base64 itself: a data: URI's prefix, and line breaks as the `base64`
+# tool (76 columns, RFC 2045) or a PEM-style encoder (64) writes them, \r\n included.
+_DATA_URI = re.compile(
+    rb"data:(?:image|audio|video)/[a-z0-9.+-]{1,64}(?:;[a-z0-9.+-]{1,64}=[a-z0-9.+-]{1,64}){0,4};base64,", re.IGNORECASE
+)
+_MAX_DATA_URI_PREFIX = 400
+_WHITESPACE = b" \t\n\r\f\v"
+
+
 def _decode_base64(data: Any, column: str, max_chars: int, problem: type[ValueError], bound: str) -> bytes:
-    """The bytes of an inline file, its length checked before anything is decoded."""
+    """The bytes of an inline file, its length checked before anything is decoded.
+
+    Accepted as sent: plain base64, base64 wrapped in lines (ASCII whitespace is dropped), and a data: URI of an
+    image, audio or video type. The text as sent is bounded first (`max_chars` of base64, plus room for a line break
+    every 64 characters and a data: prefix), then its base64 characters against `max_chars` itself, then decoded.
+    """
     if not isinstance(data, str | bytes):
         raise problem(f"{column} must be base64 text")
-    if len(data) > max_chars:
+    slack = 2 * (max_chars // 64 + 1) + _MAX_DATA_URI_PREFIX
+    if len(data) > max_chars + slack:
         raise problem(f"{column} has {len(data)} characters; at most {max_chars} ({bound})")
     try:
-        return base64.b64decode(data, validate=True)
+        text = data.encode("ascii") if isinstance(data, str) else data
+    except UnicodeEncodeError:
+        raise problem(f"{column} is not base64 text") from None
+    if text[:5].lower() == b"data:":
+        prefix = _DATA_URI.match(text, 0, _MAX_DATA_URI_PREFIX)
+        if prefix is None:
+            raise problem(f"{column} is a data: URI but not data:<image|audio|video type>;base64,<base64 text>")
+        text = text[prefix.end() :]
+    text = text.translate(None, _WHITESPACE)
+    if len(text) > max_chars:
+        raise problem(f"{column} has {len(text)} characters; at most {max_chars} ({bound}), line breaks not counted")
+    try:
+        return base64.b64decode(text, validate=True)
     except (TypeError, ValueError):
         raise problem(f"{column} is not base64 text") from None
 
@@ -484,57 +532,356 @@ def _frames(value: Any, dim: int, modality: str, max_frames: int, source: Path, 
         return np.zeros((0, dim), np.float32)
     if any(isinstance(f, str | bytes) or not isinstance(f, Sequence | np.ndarray) or len(f) != dim for f in value):
         raise DataError(source, f"{shape_rule}; the model expects [frames, {dim}]", row=row)
-    try:  # the lengths are checked: one conversion of the whole [frames, dim] block
-        array = np.asarray(value, np.float32)
+    # Every value a number, before numpy converts any: it would read "1" and true as numbers, and a list inside a
+    # frame as another axis. One quick pass over the values' types (a set of one or two).
+    if not (isinstance(value, np.ndarray) and value.dtype.kind in "fiu"):
+        kinds = {type(x) for frame in value for x in frame}
+        if not_numbers := sorted(_json_name(k) for k in kinds if not _is_number(k)):
+            raise DataError(source, f"{shape_rule}; found {not_numbers[0]} where a number belongs", row=row)
+    try:  # the lengths and types are checked: one conversion of the whole [frames, dim] block
+        with np.errstate(over="ignore"):  # a number beyond float32 becomes inf, told apart below
+            array = np.asarray(value, np.float32)
+    except OverflowError:  # an integer beyond any float (10**400)
+        raise DataError(source, _range_rule(modality), row=row) from None
     except (TypeError, ValueError):
         raise DataError(source, shape_rule, row=row) from None
     if array.ndim != 2:
         raise DataError(source, f"{shape_rule}; the model expects [frames, {dim}]", row=row)
     if not np.isfinite(array).all():
+        if np.isfinite(np.asarray(value, np.float64)).all():  # finite as sent: too large for the model's float32
+            raise DataError(source, _range_rule(modality), row=row)
         raise DataError(source, f"{modality} has NaN or infinite values", row=row)
     return array
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_JSON_NAMES = {bool: "true/false", str: "a string", type(None): "null", list: "a list", dict: "an object"}
+
+
+def _is_number(kind: type) -> bool:
+    """Python's and numpy's integers and floats; not bool (an int subclass) nor numpy's bool."""
+    return kind in (int, float) or issubclass(kind, np.integer | np.floating)
+
+
+def _json_name(kind: type) -> str:
+    return _JSON_NAMES.get(kind, f"a {kind.__name__}")
+
+
+def _range_rule(modality: str) -> str:
+    return f"{modality} has a number out of range: frame values are at most {_FLOAT32_MAX:.4g} in magnitude"
+
+
 def _load_pyfunc(data_path: str) -> Predictor:
-    """MLflow's entry point for `loader_module="components.serving"`: the package directory it was logged with."""
+    """MLflow's entry point for `loader_module="components.serving"`: the package directory it was logged with,
+    verified against its signature first (`mlflow models serve` and `mlflow.pyfunc.load_model` come here; the code
+    is this installed module, never a copy from the artifact store). `MSA_TRUST_MODEL=1` skips the check, as
+    `--trust-model` does."""
+    from components import signing
+
+    if os.environ.get(TRUST_ENV) != "1":
+        signing.verify(Path(data_path), str(data_path))
     return Predictor(data_path)
 
 
+class Evidence(Section):
+    """What registration measured and signed into the package (`evidence.json`): the gate reads a champion's score
+    from here, never from a tag anyone with registry access can edit."""
+
+    run_id: str
+    metric: str  # "<split> <head> <metric>"
+    score: float
+    test_split: str  # the fingerprint of the test split the score was measured on
+    variant: str
+    dataset: str
+    dataset_version: str
+    data_hash: str
+    params_hash: str
+    code_hash: str
+
+
+def write_evidence(package: Path, evidence: Evidence) -> None:
+    write_json(package / EVIDENCE, evidence.model_dump(mode="json"))
+
+
+def read_evidence(package: Path) -> Evidence | None:
+    """The package's evidence; None for a package registered before evidence was signed into it."""
+    try:
+        return Evidence.model_validate_json((package / EVIDENCE).read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+CHUNK_ROWS = 1000  # rows `msa predict` reads and scores at a time: its memory is one chunk's, whatever the file's
+CHUNK_BYTES = 1 << 26  # ... and a chunk holds at most about this much of the file's text
+MAX_ROW_BYTES = 1 << 26  # one row (a JSONL line, a CSV record): more than any row within the serve bounds needs
+MAX_COLUMNS = 1000  # distinct columns in one input file; the model reads a handful
+INPUT_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+OUTPUT_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv")
+SYSTEM_DIRS = (Path("/proc"), Path("/sys"), Path("/dev"))  # the kernel's and devices' files: never an output
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")  # the only way a strict-UTF-8 line can hold one
+
+
+@dataclass(frozen=True)
+class InputChunk:
+    """Consecutive rows of an input file: the frame the model scores and each row's number as errors name it."""
+
+    frame: pd.DataFrame
+    rows: list[int]
+
+
+@dataclass(frozen=True)
+class InputSummary:
+    """What the first pass over an input file found: how many rows, and every column any row has (in order)."""
+
+    rows: int
+    columns: list[str]
+
+
 def read_inputs(path: str | Path) -> pd.DataFrame:
-    """Raw input rows from JSONL (one object per line) or CSV (sequences as JSON text); errors name the line."""
+    """All raw input rows of a JSONL (one object per line) or CSV (sequences as JSON text) file at once; errors
+    name the line (JSONL) or data row (CSV). For small files: `msa predict` streams `input_chunks` instead."""
+    frames = [chunk.frame for chunk in input_chunks(path)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def input_chunks(path: str | Path, rows: int | None = None) -> Iterator[InputChunk]:
+    """The input file's rows, `rows` (default CHUNK_ROWS, and at most about CHUNK_BYTES of text) at a time:
+    memory stays that of one chunk however long the file is."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        rows = []
-        for number, line in enumerate(read_utf8(path).splitlines(), start=1):
-            if not line.strip():
-                continue
+    size = rows or CHUNK_ROWS
+    dtype = object if _input_kind(path) == "csv" else None  # CSV cells stay text, as the file has them
+    batch: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    text = 0
+    for number, row, nbytes in _input_rows(path):
+        batch.append(row)
+        numbers.append(number)
+        text += nbytes
+        if len(batch) >= size or text >= CHUNK_BYTES:
+            yield InputChunk(pd.DataFrame(batch, dtype=dtype), numbers)
+            batch, numbers, text = [], [], 0
+    if batch:
+        yield InputChunk(pd.DataFrame(batch, dtype=dtype), numbers)
+
+
+def check_inputs(
+    path: str | Path,
+    *,
+    required: Sequence[str] = (),
+    takes: Sequence[str] | None = None,
+    text: bool = False,
+    max_text_chars: int | None = None,
+) -> InputSummary:
+    """One streaming pass over the whole input file checking every rule that costs no decoding: well-formed rows,
+    valid Unicode, the `required` columns present (`takes`: the columns the model reads, for the message), and
+    with `text` each row's text present, a non-blank string of at most `max_text_chars`. A bad row anywhere is
+    refused before the first row is scored; memory stays that of one row."""
+    path = Path(path)
+    csv_file = _input_kind(path) == "csv"
+    required = list(dict.fromkeys([*required, *(["text"] if text else [])]))
+    seen: dict[str, None] = {}
+    count = 0
+    missing_text: int | None = None  # a row without the key: refused once the file shows the column exists at all
+    for number, row, _ in _input_rows(path):
+        count += 1
+        if not row.keys() <= seen.keys():
+            seen.update(dict.fromkeys(row))
+            if len(seen) > MAX_COLUMNS:
+                raise DataError(path, f"more than {MAX_COLUMNS} distinct columns; the model reads a few", row=number)
+            if csv_file:  # the header names every column: a missing one is known at once
+                _check_required(path, required, seen, takes)
+        if text:
+            if "text" in row:
+                _check_text(row["text"], path, number, max_text_chars)
+            elif missing_text is None:
+                missing_text = number
+    if count == 0:
+        raise DataError(path, "has no rows: nothing to score")
+    _check_required(path, required, seen, takes)
+    if missing_text is not None:
+        raise DataError(path, "text is missing", row=missing_text)
+    return InputSummary(count, list(seen))
+
+
+def _check_required(path: Path, required: list[str], seen: dict[str, None], takes: Sequence[str] | None) -> None:
+    if missing := [c for c in required if c not in seen]:
+        raise DataError(path, f"missing required column(s) {missing}; the model takes {list(takes or required)}")
+
+
+def _check_text(value: Any, path: Path, row: int, max_chars: int | None) -> None:
+    """The model's own rules for a row's text (`Predictor.features`), checked before anything is scored."""
+    if not isinstance(value, str):
+        rule = "text is missing" if is_null(value) else f"text must be a string, got {type(value).__name__}"
+        raise DataError(path, rule, row=row)
+    if not value.strip():
+        raise DataError(path, "text is blank", row=row)
+    if max_chars is not None and len(value) > max_chars:
+        rule = f"text has {len(value)} characters; at most {max_chars} (serve.max_text_chars)"
+        raise DataError(path, rule + "; longer text is refused, not cut", row=row)
+
+
+def _input_kind(path: Path) -> str:
+    kind = INPUT_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(path, "input must be .jsonl or .csv")
+    return kind
+
+
+def _open_input(path: Path) -> BinaryIO:
+    """The input file, opened for reading once symlinks are followed, if it is a regular file: a device
+    (/dev/zero), a FIFO or a directory is refused before a byte is read. Opened without blocking, so a FIFO
+    with no writer cannot hang the check."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise DataError(path, "no such file: --input names a .jsonl or .csv file") from None
+    except OSError as e:
+        raise DataError(path, f"cannot read the file: {e.strerror or e}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DataError(path, f"is {_file_kind(mode)}, not a regular file: --input names a .jsonl or .csv file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character "
+             "device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+class _Lines:
+    """The lines of an input file decoded as strict UTF-8 (a leading BOM dropped), each read with a bound:
+    `pending` counts the bytes read since the caller last reset it, so one row (a JSONL line, a CSV record over
+    several lines) is refused once it passes MAX_ROW_BYTES, before the rest of it is read."""
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        self.file, self.path, self.number, self.pending = file, path, 0, 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            data = self.file.readline(MAX_ROW_BYTES - self.pending + 1)
+        except OSError as e:
+            raise DataError(self.path, f"cannot read the file: {e.strerror or e}") from None
+        if not data:
+            raise StopIteration
+        self.number += 1
+        self.pending += len(data)
+        if self.pending > MAX_ROW_BYTES:
+            raise DataError(self.path, f"line {self.number}: a row longer than {MAX_ROW_BYTES} bytes; no row the "
+                            "model takes is that long")  # fmt: skip
+        if self.number == 1 and data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                self.path,
+                f"line {self.number}: byte 0x{data[e.start]:02x} is not valid UTF-8 ({e.reason}); "
+                "re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+            ) from None
+
+
+def _input_rows(path: Path) -> Iterator[tuple[int, dict[str, Any], int]]:
+    """(row number as errors name it, row, bytes of text) of each row: JSONL rows numbered by their line, CSV rows
+    by their data row. Rows that break a rule of the file's format are refused where they are."""
+    kind = _input_kind(path)
+    with _open_input(path) as file:
+        lines = _Lines(file, path)
+        yield from _jsonl_rows(lines, path) if kind == "jsonl" else _csv_rows(lines, path)
+
+
+def _jsonl_rows(lines: _Lines, path: Path) -> Iterator[tuple[int, dict[str, Any], int]]:
+    for line in lines:
+        number, nbytes, lines.pending = lines.number, lines.pending, 0
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(path, f"not valid JSON: {e.msg}", row=number) from None
+        except ValueError:  # an integer of more digits than Python converts
+            raise DataError(path, "not valid JSON: a number with too many digits to read", row=number) from None
+        except RecursionError:
+            raise DataError(path, "not valid JSON: nested too deeply", row=number) from None
+        if not isinstance(row, dict):
+            raise DataError(path, f"expected a JSON object per line, got {type(row).__name__}", row=number)
+        if len(row) > MAX_COLUMNS:
+            raise DataError(path, f"{len(row)} columns; at most {MAX_COLUMNS}", row=number)
+        if "\\u" in line and _SURROGATE_ESCAPE.search(line):
+            _check_unicode(row, path, number)
+        yield number, row, nbytes
+
+
+def _check_unicode(row: dict[str, Any], path: Path, number: int) -> None:
+    """A JSON escape can spell half of a UTF-16 pair (\\ud800) that no UTF-8 text can hold: refused here rather
+    than failing in the tokenizer or in the written predictions."""
+    rule = "is not valid Unicode: it holds a lone surrogate (a \\ud800-\\udfff escape without its pair)"
+    for key, value in row.items():
+        if _has_surrogate(key):
+            raise DataError(path, f"a column name {rule}", row=number)
+        if _has_surrogate(value):
+            raise DataError(path, f"{key} {rule}", row=number)
+
+
+def _has_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"not valid JSON: {e.msg}", row=number) from None
-            if not isinstance(row, dict):
-                raise DataError(path, f"expected a JSON object per line, got {type(row).__name__}", row=number)
-            rows.append(row)
-        return pd.DataFrame(rows)
-    if suffix == ".csv":
-        records = csv_records(path)
-        _, header = next(records, (1, []))
-        columns = [c.strip() for c in header]
-        rows = []
-        for row, (_, fields) in enumerate(records, start=1):
-            if len(fields) != len(columns):  # an unquoted comma would shift every later column: never guess
-                raise DataError(
-                    path, f"expected {len(columns)} fields ({', '.join(columns)}), found {len(fields)}; "
-                    'quote a field that contains commas ("like, this")', row=row,
-                )  # fmt: skip
-            rows.append([None if v == "" else v for v in fields])
-        frame = pd.DataFrame(rows, columns=columns, dtype=object)
-        for modality in SEQUENCE_MODALITIES:
-            if modality in frame.columns:
-                frame[modality] = [_json_cell(v, path, i + 1, modality) for i, v in enumerate(frame[modality])]
-        return frame
-    raise DataError(path, "input must be .jsonl or .csv")
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+    return False
+
+
+def _csv_rows(lines: _Lines, path: Path) -> Iterator[tuple[int, dict[str, Any], int]]:
+    csv.field_size_limit(FIELD_LIMIT)
+    reader = csv.reader(lines)
+    columns: list[str] | None = None
+    sequences: list[tuple[int, str]] = []
+    row = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(path, f"line {reader.line_num}: not a well-formed row ({e})") from None
+        nbytes, lines.pending = lines.pending, 0
+        if not fields:
+            continue
+        if columns is None:
+            columns = [c.strip() for c in fields]
+            if len(columns) > MAX_COLUMNS:
+                raise DataError(path, f"the header has {len(columns)} columns; at most {MAX_COLUMNS}")
+            if twice := next((c for i, c in enumerate(columns) if c in columns[:i]), None):
+                raise DataError(path, f"the header names column {twice!r} more than once; name each column once")
+            sequences = [(i, c) for i, c in enumerate(columns) if c in SEQUENCE_MODALITIES]
+            continue
+        row += 1
+        if len(fields) != len(columns):  # an unquoted comma would shift every later column: never guess
+            raise DataError(
+                path, f"expected {len(columns)} fields ({', '.join(columns)}), found {len(fields)}; "
+                'quote a field that contains commas ("like, this")', row=row,
+            )  # fmt: skip
+        values: list[Any] = [None if v == "" else v for v in fields]
+        for i, column in sequences:
+            values[i] = _json_cell(values[i], path, row, column)
+        yield row, dict(zip(columns, values, strict=True)), nbytes
 
 
 def _json_cell(value: Any, path: Path, row: int, column: str) -> Any:
@@ -545,7 +892,7 @@ def _json_cell(value: Any, path: Path, row: int, column: str) -> Any:
         return value
     try:
         return json.loads(value)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise DataError(
             path, f"column {column!r} must hold JSON frames such as [[0.1, 0.2], [0.3, 0.4]]", row=row
         ) from None
@@ -561,6 +908,123 @@ class PredictResult:
         return f"predict: {self.rows} rows -> {self.output} ({self.seconds:.1f} s)"
 
 
+def local_model(model_uri: str) -> Path | None:
+    """The local directory `model_uri` names (a path, or a file: URI), to be read in place; None for a URI that
+    MLflow resolves (models:/, runs:/, a remote store)."""
+    parsed = urllib.parse.urlparse(model_uri)
+    if parsed.scheme.lower() == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise UserError(f"{model_uri}: names another machine; a file: URI names a directory on this one "
+                            "(file:///path/to/model)")  # fmt: skip
+        return Path(urllib.request.url2pathname(parsed.path))
+    if not parsed.scheme or Path(model_uri).is_dir():
+        return Path(model_uri)
+    return None
+
+
+def _check_model_dir(path: Path) -> None:
+    """A local model is read where it is, so it must be an MLflow model directory: nothing else is looked at."""
+    rule = "--model names an MLflow model directory, or a models:/ or runs:/ URI"
+    if not path.exists():
+        raise DataError(path, f"no such model directory: {rule}")
+    if not path.is_dir():
+        raise DataError(path, f"is not a directory: {rule}")
+    if not (path / "MLmodel").is_file():
+        raise DataError(path, "no MLmodel file here: not an MLflow model directory")
+
+
+def _check_output(output: Path, input_path: Path) -> None:
+    """Everything that would make writing the predictions fail or harm a file, checked before the model loads."""
+    if output.is_dir():
+        raise DataError(output, "is a directory: --output names the predictions file (.jsonl or .csv)")
+    try:
+        place, target = output.parent.resolve(), output.resolve()
+        same = output.exists() and os.path.samefile(output, input_path)
+        existing = place
+        while not existing.exists():
+            existing = existing.parent
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        raise DataError(output, f"cannot reach where it would go: {getattr(e, 'strerror', None) or e}") from None
+    if same or target == input_path.resolve():
+        raise DataError(output, "is the input file: predictions never overwrite the rows they score")
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise DataError(output, "predictions are written as .jsonl or .csv: name the file so")
+    for system in SYSTEM_DIRS:
+        if place.is_relative_to(system) or target.is_relative_to(system):
+            raise DataError(output, f"is under {system}, the system's own files: write predictions to a directory "
+                            "of yours")  # fmt: skip
+    if not existing.is_dir():
+        raise DataError(output, f"cannot be created under {existing}: it is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(output, f"cannot write in {existing}: permission denied")
+    if output.exists() and not output.is_file():
+        raise DataError(output, "exists and is not a regular file: predictions go to a file of their own")
+    if output.exists() and _tracked_by_git(output):
+        raise DataError(output, "is a file git tracks: predictions never overwrite it; choose another --output name")
+
+
+def _tracked_by_git(path: Path) -> bool:
+    """Whether the repository holding `path` tracks it; False where git is absent or `path` is in no repository."""
+    command = ["git", "-c", "safe.directory=*", "--literal-pathspecs", "-C", str(path.parent), "ls-files",
+               "--error-unmatch", "--", path.name]  # fmt: skip
+    try:
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@contextmanager
+def _staged(output: Path) -> Iterator[Callable[[bytes], None]]:
+    """A writer of the predictions into a temporary file beside `output`, renamed over it once all is written; on
+    any failure the temporary file (and any directory made for it) goes and an older `output` stays as it was."""
+    made = [p for p in (output.parent, *output.parent.parents) if not p.exists()][::-1]
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    except OSError as e:
+        _remove_empty(made)
+        raise DataError(output, f"cannot write the predictions: {e.strerror or e}") from None
+
+    def write(data: bytes) -> None:
+        try:
+            file.write(data)
+        except OSError as e:
+            raise DataError(output, f"cannot write the predictions: {e.strerror or e}") from None
+
+    try:
+        with os.fdopen(fd, "wb") as file:
+            yield write
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        _remove_empty(made)
+        raise
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    for directory in reversed(directories):
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
+def _score_chunk(model: LoadedModel, chunk: InputChunk, source: Path, image_root: Path) -> pd.DataFrame:
+    """Predictions for one chunk; errors name the row's number in the file, not in the chunk."""
+    if not isinstance(model.predictor, Predictor):
+        predictions = model.predictor.predict(chunk.frame)
+        return predictions if isinstance(predictions, pd.DataFrame) else pd.DataFrame(predictions)
+    try:  # ours: errors name this file and row
+        return model.predictor.predict_frame(chunk.frame, source=source, image_root=image_root)
+    except DataError as e:
+        if e.path != source or e.row is None or not 1 <= e.row <= len(chunk.rows):
+            raise
+        raise DataError(e.path, e.rule, row=chunk.rows[e.row - 1], sample_id=e.sample_id) from None
+
+
 def predict_file(
     model_uri: str,
     input_path: str | Path,
@@ -569,8 +1033,14 @@ def predict_file(
     image_root: str | Path | None = None,
     trust_model: bool = False,
 ) -> PredictResult:
-    """Score the raw rows in `input_path` with an MLflow model (e.g. models:/<name>@champion) into `output`
-    (JSONL, or CSV by its suffix; default `<input>.predictions.jsonl`), carrying an `id` column through.
+    """Score the raw rows in `input_path` with an MLflow model (e.g. models:/<name>@champion, a local model
+    directory or its file:// URI, read in place) into `output` (JSONL, or CSV by its suffix; default
+    `<input>.predictions.jsonl`), carrying an `id` column through.
+
+    Bounds come before work: the input must be a regular file and the output a writable place (not a tracked
+    file, not /proc, /sys or /dev) before the model loads; a first streaming pass checks every row's cheap rules
+    before any row is scored; then rows are scored CHUNK_ROWS at a time into a temporary file renamed over
+    `output` at the end, so memory stays bounded and a failure leaves any older `output` as it was.
 
     Paths in `image` are read inside `image_root` (default: the input file's directory). A model this project
     did not package runs its own code when loaded, so it needs `trust_model`.
@@ -578,29 +1048,39 @@ def predict_file(
     start = time.perf_counter()
     input_path = Path(input_path)
     output = Path(output) if output else input_path.with_suffix(".predictions.jsonl")
-    if output.is_dir():
-        raise DataError(output, "is a directory: --output names the predictions file (.jsonl or .csv)")
-    if output.resolve() == input_path.resolve():
-        raise DataError(output, "is the input file: predictions never overwrite the rows they score")
-    if output.suffix.lower() not in (".jsonl", ".json", ".ndjson", ".csv"):
-        raise DataError(output, "predictions are written as .jsonl or .csv: name the file so")
-    frame = read_inputs(input_path)
+    _input_kind(input_path)
+    _open_input(input_path).close()
+    _check_output(output, input_path)
+    local = local_model(model_uri)
+    if local is not None:
+        _check_model_dir(local)
+    root = Path(image_root) if image_root is not None else input_path.parent
+    as_csv = output.suffix.lower() == ".csv"
     with tempfile.TemporaryDirectory(prefix="msa-model-") as tmp:
-        model = load_model(model_uri, Path(tmp), trust_model=trust_model)
-        if missing := [c for c in model.required if c not in frame.columns]:
-            raise DataError(input_path, f"missing required column(s) {missing}; the model takes {model.input_names}")
-        if isinstance(model.predictor, Predictor):  # ours: errors name this file and row
-            root = Path(image_root) if image_root is not None else input_path.parent
-            predictions = model.predictor.predict_frame(frame, source=input_path, image_root=root)
-        else:
-            predictions = model.predictor.predict(frame)
-    if "id" in frame.columns:
-        predictions.insert(0, "id", frame["id"].to_numpy())
-    if output.suffix.lower() == ".csv":
-        write_text(output, predictions.to_csv(index=False))
-    else:
-        write_text(output, predictions.to_json(orient="records", lines=True))
-    return PredictResult(output, len(predictions), time.perf_counter() - start)
+        model = load_model(model_uri if local is None else str(local), Path(tmp), trust_model=trust_model)
+        ours = isinstance(model.predictor, Predictor)
+        summary = check_inputs(
+            input_path,
+            required=model.required,
+            takes=model.input_names,
+            text=ours and model.predictor.spec.text is not None,
+            max_text_chars=model.predictor.limits.max_text_chars if ours else None,
+        )
+        rows = 0
+        with _staged(output) as write:
+            for chunk in input_chunks(input_path):
+                predictions = _score_chunk(model, chunk, input_path, root)
+                if "id" in summary.columns:
+                    ids = chunk.frame["id"].to_numpy() if "id" in chunk.frame.columns else [None] * len(predictions)
+                    predictions.insert(0, "id", ids)
+                if as_csv:
+                    text = predictions.to_csv(index=False, header=rows == 0)
+                else:
+                    text = predictions.to_json(orient="records", lines=True)
+                    text += "" if text.endswith("\n") else "\n"
+                write(text.encode("utf-8"))
+                rows += len(predictions)
+    return PredictResult(output, rows, time.perf_counter() - start)
 
 
 @dataclass(frozen=True)
@@ -608,18 +1088,24 @@ class LoadedModel:
     predictor: Any  # a Predictor (a model this project packaged), or a trusted foreign mlflow.pyfunc model
     input_names: list[str] | None
     required: list[str]
+    path: Path  # the local MLflow model directory
+    evidence: Evidence | None = None  # ours, verified: what registration measured and signed
 
 
-def load_model(model_uri: str, scratch: Path, *, trust_model: bool = False) -> LoadedModel:
+def load_model(model_uri: str, scratch: Path, *, trust_model: bool = False, verify: bool = True) -> LoadedModel:
     """The MLflow model at `model_uri` (a local directory, models:/ or runs:/), downloaded into `scratch`.
 
-    Ours (`loader_module` this module, safetensors and JSON inside) loads through `Predictor`; no code from
-    the model directory runs. Any other model's loader is code shipped with it (e.g. `python_model.pkl`):
-    refused unless `trust_model`.
+    Ours (`loader_module` this module, safetensors and JSON inside) is verified against its signature before a byte
+    of it is read (`components.signing`), then loads through `Predictor`; no code from the model directory runs.
+    Any other model's loader is code shipped with it (e.g. `python_model.pkl`): refused unless `trust_model`, which
+    also loads ours unverified. `verify=False` is for the gate alone: it re-scores a champion whose signature
+    fails, through `Predictor`, which reads only data formats.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
+
+    from components import signing
 
     local = Path(model_uri)
     try:
@@ -635,7 +1121,14 @@ def load_model(model_uri: str, scratch: Path, *, trust_model: bool = False) -> L
     required = [c.name for c in schema.inputs if c.required] if schema is not None else []
     flavor = metadata.flavors.get("python_function", {})
     if flavor.get("loader_module") == __name__ and "data" in flavor:
-        return LoadedModel(Predictor(local / flavor["data"]), names, required)
+        package = local / flavor["data"]
+        if not package.resolve().is_relative_to(local.resolve()):
+            raise UntrustedModelError(f"{model_uri}: its MLmodel points outside the model directory")
+        checked = verify and not trust_model
+        if checked:
+            signing.verify(package, model_uri)
+        evidence = read_evidence(package) if checked else None
+        return LoadedModel(Predictor(package), names, required, local, evidence)
     if not trust_model:
         raise UntrustedModelError(
             f"{model_uri}: not a model this project packaged; loading it runs code shipped inside it "
@@ -643,6 +1136,6 @@ def load_model(model_uri: str, scratch: Path, *, trust_model: bool = False) -> L
             "Pass --trust-model only if you trust whoever wrote it"
         )
     try:
-        return LoadedModel(mlflow.pyfunc.load_model(str(local)), names, required)
+        return LoadedModel(mlflow.pyfunc.load_model(str(local)), names, required, local)
     except MlflowException as e:
         raise DataError(local, f"cannot load the model: {first_line(e)}") from None

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -35,12 +36,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.config import Params, RegisterParams
+from components.dataset import SPLITS
 from components.errors import TrackingError, first_line
 
 if TYPE_CHECKING:  # tuning logs through this module
     from components.tuning import Plan, TuneResult
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# The schemes MLflow keeps runs under (a database's may carry its driver: postgresql+psycopg2).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "file")
 KIND, HEAD, VARIANT = "msa.kind", "msa.head", "msa.variant"  # tags that tell the runs of a pipeline run apart
 HEARTBEAT = "msa.heartbeat"  # unix seconds, refreshed while the run's process lives
 MODEL_DIGEST = "msa.model_digest"  # on the train run: the content hash of its uploaded model/
@@ -75,8 +79,16 @@ def connected(settings: RegisterParams) -> Iterator[Any]:
     from mlflow import MlflowClient
 
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    if (problem := uri_problem(uri)) is not None:  # before MLflow sees it: it creates a database file, and folders
+        raise TrackingError(f"MLFLOW_TRACKING_URI {uri}: {problem}. Nothing was logged or registered.")
+    try:
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+    except Exception as e:  # noqa: BLE001 - MLflow and SQLAlchemy each raise their own
+        raise TrackingError(
+            f"MLFLOW_TRACKING_URI {uri} is not usable: {type(e).__name__}: {first_line(e)}. Nothing was logged or "
+            "registered."
+        ) from None
     try:
         client.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - requests, MLflow and SQLAlchemy each raise their own
@@ -85,6 +97,32 @@ def connected(settings: RegisterParams) -> Iterator[Any]:
             f"{type(e).__name__}: {first_line(e)}. Nothing was logged or registered."
         ) from None
     yield client
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why MLflow must not be handed `uri`, or None: a scheme MLflow has no store for (a typo), or a database or
+    file store in a directory that does not exist, which MLflow would create along with an empty database. Servers
+    (http, https, postgresql, ...) are asked, with retries."""
+    match = re.fullmatch(r"([A-Za-z][A-Za-z0-9+.-]+):(.*)", uri, flags=re.DOTALL)  # not one letter: C:\\ is a drive
+    scheme, rest = (match[1].lower(), match[2]) if match else ("", uri)
+    if scheme and scheme.split("+")[0] not in TRACKING_SCHEMES:
+        return f"unknown scheme '{scheme}'; use http(s)://host:port for a tracking server or {DEFAULT_TRACKING_URI}"
+    if scheme == "sqlite":
+        if not rest.startswith("///"):
+            return "a SQLite URI is sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        path = rest[3:].partition("?")[0]
+        if path in ("", ":memory:"):
+            return f"an in-memory SQLite database keeps nothing; name a file, e.g. {DEFAULT_TRACKING_URI}"
+    elif scheme == "file":
+        path = rest[2:] if rest.startswith("//") else rest
+    elif scheme:
+        return None
+    else:  # a path: MLflow's file store
+        path = uri
+    folder = Path(path).parent
+    if not folder.is_dir():
+        return f"directory '{folder}' does not exist (MLflow would create it); create it or correct the URI"
+    return None
 
 
 def experiment_id(client: Any, name: str) -> str:
@@ -552,7 +590,7 @@ def split_metrics(metrics: Mapping, head: str) -> dict[str, float]:
     return {
         f"{split}_{key}": value
         for split, heads in metrics.items()
-        if head in heads
+        if split in SPLITS and head in heads  # the report also names the model it scored (`model_digest`)
         for key, value in flatten(heads[head], "_").items()
     }
 

@@ -53,6 +53,7 @@ from components.model_store import (
     DatasetRef,
     ModelCard,
     Monitor,
+    TrainedWith,
     evaluate_heads,
     model_inputs,
     monitored_head,
@@ -60,6 +61,7 @@ from components.model_store import (
     remove_seed_models,
     split_rows,
     trim_padding,
+    write_card,
     write_history,
     write_model,
 )
@@ -233,8 +235,19 @@ def train(
     """
     if params.seeds == 1:
         _forget_seeds(Path(params.out))
-        return _train_one(features, model_params, params, resume=resume, progress=progress, on_epoch=on_epoch)
-    return _train_seeds(features, model_params, params, resume=resume, progress=progress, on_epoch=on_epoch)
+        result = _train_one(features, model_params, params, resume=resume, progress=progress, on_epoch=on_epoch)
+    else:
+        result = _train_seeds(features, model_params, params, resume=resume, progress=progress, on_epoch=on_epoch)
+    if _rank() == 0:  # what registration checks params.yaml and the code against
+        trained_with = TrainedWith(settings=settings_hash(model_params, params), code=trained_code_hash())
+        write_card(result.out, read_card(result.out).model_copy(update={"trained_with": trained_with}))
+    return result
+
+
+def settings_hash(model_params: ModelParams, params: TrainParams) -> str:
+    """A hash of the settings that decide what training learns (where it writes and runs left out)."""
+    settings = f"{model_params.model_dump_json()}\0{params.model_dump_json(exclude=_NOT_IN_INPUTS_KEY)}"
+    return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
 def _train_seeds(

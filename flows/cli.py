@@ -55,6 +55,34 @@ class _UserErrorsAsOneLine(TyperGroup):
         except UserError as e:
             err.print(f"error: {e}", style="red", markup=False, soft_wrap=True)
             raise typer.Exit(getattr(e, "exit_code", 1)) from None
+        except KeyboardInterrupt:  # Ctrl-C outside training (which says where it stopped itself)
+            command = ctx.meta.get(_COMMAND, "")
+            what = _WHOLE_OR_NOTHING if command in _FILE_COMMANDS else " before it finished"
+            err.print(f"interrupted: {f'msa {command}'.strip()} stopped{what}", style="red", markup=False)
+            raise typer.Exit(130) from None  # the shell's convention for a run ended by SIGINT
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """As click's, noting the full name of the command invoked (`data import csv`) for the interrupt line."""
+        name, command, rest = super().resolve_command(ctx, args)
+        words, leaf = [name or ""], command
+        for word in rest:
+            if not hasattr(leaf, "get_command") or (leaf := leaf.get_command(ctx, word)) is None:  # not a group
+                break
+            words.append(word)
+        ctx.meta[_COMMAND] = " ".join(words)
+        return name, command, rest
+
+
+_COMMAND = "msa.command"  # ctx.meta key: the subcommand being run
+# Commands whose every output is written to a temporary name and renamed into place (components.atomic): Ctrl-C
+# leaves each file whole, old or new. The others (train, register, run, ...) promise nothing here.
+_FILE_COMMANDS = (
+    "data demo", "data import mmsa", "data import csv", "data import clips", "data import tsv", "validate",
+    "featurize", "evaluate", "robustness", "compress",
+)  # fmt: skip
+_WHOLE_OR_NOTHING = "; each file it writes is replaced whole or not at all, so nothing half-written was kept"
 
 
 app = typer.Typer(
@@ -425,10 +453,11 @@ def register(
 
 @app.command()
 def predict(
-    model: Annotated[str, typer.Option(help="MLflow model URI, e.g. models:/msa-demo@champion, or a local model dir.")],
-    input_file: Annotated[
-        Path, typer.Option("--input", exists=True, dir_okay=False, help="JSONL or CSV of raw inputs, one per row.")
+    model: Annotated[
+        str,
+        typer.Option(help="MLflow model URI, e.g. models:/msa-demo@champion, or a local model dir (or file:// URI)."),
     ],
+    input_file: Annotated[Path, typer.Option("--input", help="JSONL or CSV of raw inputs, one per row.")],
     output: Annotated[
         Path | None, typer.Option(help="Where predictions go: .jsonl or .csv (default: <input>.predictions.jsonl).")
     ] = None,
@@ -451,14 +480,53 @@ def predict(
 ) -> None:
     """Score raw inputs (text, image file or path, audio/vision frames or clip files) with a registered or logged
     model."""
-    from components.serving import predict_file
+    from components.serving import local_model, predict_file
     from components.tracking import connected
 
     settings = load_params(params).registry if params.exists() else RegisterParams()
-    # A downloaded or saved model directory needs no tracking server; a models:/ or runs:/ URI does.
-    with nullcontext() if Path(model).is_dir() else connected(settings):
+    # A local model directory (a path or a file:// URI, read in place) needs no tracking server; models:/ or runs:/ do.
+    with nullcontext() if local_model(model) is not None else connected(settings):
         result = predict_file(model, input_file, output, image_root=image_root, trust_model=trust_model)
     out.print(result.summary(), markup=False)
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str, typer.Argument(help="MLflow model URI, e.g. models:/msa-demo@champion, or a local model dir.")
+    ],
+    host: Annotated[
+        str, typer.Option("--host", "-h", help="Address to listen on; another than loopback lets others in.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0: any free one).")] = 5001,
+    trust_model: Annotated[
+        bool,
+        typer.Option(
+            "--trust-model",
+            help="Load a model this project did not package (or ours unverified). Its loader runs code: only if you "
+            "trust it.",
+        ),
+    ] = False,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Serve a model over REST with MLflow's scoring server (POST /invocations; /ping, /health, /version), each
+    request's size and shape measured before MLflow parses it. Ctrl-C stops."""
+    import tempfile
+
+    from components.serve_guard import guarded_app, run_server
+    from components.serving import local_model
+    from components.tracking import connected
+
+    settings = load_params(params).registry if params.exists() else RegisterParams()
+    with tempfile.TemporaryDirectory(prefix="msa-serve-") as scratch:
+        with nullcontext() if local_model(model) is not None else connected(settings):
+            scoring = guarded_app(model, Path(scratch), trust_model=trust_model)
+
+        def ready(url: str) -> None:
+            out.print(f"serve: {model} at {url}/invocations (Ctrl-C stops)", markup=False)
+
+        run_server(scoring, host, port, on_ready=ready)
+    out.print("serve: stopped", markup=False)
 
 
 if __name__ == "__main__":  # `python -m flows.cli`, as dvc.yaml runs the stages

@@ -176,6 +176,10 @@ def pytest_configure(config: pytest.Config) -> None:
     home = Path(tempfile.mkdtemp(prefix="msa-prefect-home-"))
     config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
     os.environ["PREFECT_HOME"] = str(home)
+    # The key registration signs with, and that loaders trust, is made on first use under here: never ~/.config.
+    os.environ["XDG_CONFIG_HOME"] = str(home / "config")
+    for name in ("MSA_SIGNING_KEY", "MSA_TRUSTED_KEYS", "MSA_TRUST_MODEL"):
+        os.environ.pop(name, None)
     # Several `msa run` of one test may each start an ephemeral server on the new database at the same time.
     os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
     # The tiny models train many times faster on one thread than on two busy cores (measured 12x); set before torch
@@ -198,9 +202,7 @@ SERVE_LIMITS = {
 def served_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> Path:
     """The tiny model trained, packaged with small input bounds (SERVE_LIMITS) and saved as an MLflow pyfunc
     directory exactly as registration logs it: what `mlflow models serve -m` and `msa predict --model` take."""
-    import mlflow
 
-    import components
     from components.config import FeaturizeParams, ModelParams, ServeParams, TrainParams
     from components.featurize import featurize
     from components.model_store import read_card
@@ -216,11 +218,19 @@ def served_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path
     model = ModelParams(hidden=8, dropout=0.0, textcnn={"feature_maps": 4, "dropout": 0.0})
     out = train(features, model, TrainParams(out=root / "models", epochs=2, batch_size=4), progress=False).out
     package = package_model(out, features, root / "package", ServeParams(**SERVE_LIMITS))
-    mlflow.pyfunc.save_model(
-        str(root / "pyfunc"), loader_module="components.serving", data_path=str(package),
-        code_paths=[str(Path(components.__file__).parent)], signature=model_signature(read_card(out).spec),
-    )  # fmt: skip
-    return root / "pyfunc"
+    return save_signed(package, root / "pyfunc", model_signature(read_card(out).spec))
+
+
+def save_signed(package: Path, dest: Path, signature: object) -> Path:
+    """`package` signed with this session's key and saved as an MLflow pyfunc directory, as registration logs it
+    (the loader is the installed `components.serving`; no code travels with the model)."""
+    import mlflow
+
+    from components import signing
+
+    signing.sign(package)
+    mlflow.pyfunc.save_model(str(dest), loader_module="components.serving", data_path=str(package), signature=signature)
+    return dest
 
 
 CLIP_SERVE_LIMITS = {"max_rows": 8, "max_clip_bytes": 60_000, "max_clip_seconds": 3.0}
@@ -230,9 +240,7 @@ CLIP_SERVE_LIMITS = {"max_rows": 8, "max_clip_bytes": 60_000, "max_clip_seconds"
 def served_clip_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> tuple[Path, Path]:
     """The media demo (WAV and MP4 clips) trained briefly with the tiny text model and saved as an MLflow pyfunc
     directory as registration logs it; (the pyfunc directory, the dataset)."""
-    import mlflow
 
-    import components
     from components.config import FeaturizeParams, ModelParams, ServeParams, TrainParams
     from components.demo import generate_demo
     from components.featurize import featurize, read_state
@@ -249,8 +257,4 @@ def served_clip_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model:
     out = train(features, model, TrainParams(out=root / "models", epochs=1, batch_size=8), progress=False).out
     package = package_model(out, features, root / "package", ServeParams(**CLIP_SERVE_LIMITS))
     signature = model_signature(read_card(out).spec, read_state(features))
-    mlflow.pyfunc.save_model(
-        str(root / "pyfunc"), loader_module="components.serving", data_path=str(package),
-        code_paths=[str(Path(components.__file__).parent)], signature=signature,
-    )  # fmt: skip
-    return root / "pyfunc", raw
+    return save_signed(package, root / "pyfunc", signature), raw

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from components.compression import served_variant
 from components.config import CompressParams, load_params
 from components.dataset import read_dataset
-from components.errors import TrackingError
+from components.errors import TrackingError, UntrustedModelError
 from components.serving import raw_frame
 from tests.e2e.conftest import working_directory
 from tests.integration.shell import BIN, run
@@ -172,8 +172,15 @@ def test_corrupt_model_artifact_is_a_clear_error(tiny_project, mlflow_server, cl
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     source = tmp_path / "rows.jsonl"
     source.write_text(json.dumps({"text": "it was good"}) + "\n")
+    assert not list(local.rglob("*.py")), "no code travels with the model: the installed package loads it"
     result = msa(tiny_project, mlflow_server, "predict", "--model", str(local), "--input", str(source), check=False)
-    assert result.returncode == 1 and "not a readable model package" in result.stderr
+    changed = f"package/{weights.relative_to(local / 'data' / 'package')} was changed after signing"
+    assert result.returncode == 1 and changed in result.stderr and len(result.stderr.splitlines()) == 1
+    with pytest.raises(UntrustedModelError, match=changed):  # MLflow's own loader (`mlflow models serve`) too
+        mlflow.pyfunc.load_model(str(local))
+    trusted = msa(tiny_project, mlflow_server, "predict", "--model", str(local), "--input", str(source),
+                  "--trust-model", check=False)  # fmt: skip
+    assert trusted.returncode == 1 and "not a readable model package" in trusted.stderr
 
 
 def test_unreachable_server_fails_fast_and_registers_nothing(tiny_project, client):

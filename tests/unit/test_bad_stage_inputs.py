@@ -11,7 +11,7 @@ import yaml
 
 from components.featurize import FEATURES
 from tests.conftest import tiny_dataset
-from tests.hardening import gif, guarded, msa, png_claiming
+from tests.hardening import fingerprint, gif, guarded, msa, png_claiming
 
 
 def image(name: str, content: bytes) -> Callable:
@@ -106,7 +106,13 @@ def test_a_damaged_features_file_is_rebuilt_not_kept(featurized: Path) -> None:
     intact = features.read_bytes()
     features.write_bytes(intact[: len(intact) // 2])  # as `truncate -s` leaves it
     before = guarded(featurized)
-    assert_refused(msa("train"), f"{features.relative_to(featurized)}: damaged or unreadable")
+    differ = f"{features.relative_to(featurized)}: its bytes differ from what featurize recorded in featurizer.json"
+    assert_refused(msa("train"), differ)
+    assert guarded(featurized) == before
+    flipped = bytearray(intact)
+    flipped[-1] ^= 0x01  # one bit of the last tensor: still a readable file, with another number in it
+    features.write_bytes(bytes(flipped))
+    assert_refused(msa("train"), differ)
     assert guarded(featurized) == before
     outcome = msa("featurize")
     assert outcome.code == 0 and "wrote" in outcome.stdout and features.read_bytes() == intact
@@ -135,3 +141,26 @@ def test_later_stages_name_what_is_missing_or_impossible(featurized, command, se
 def test_train_without_features_says_what_to_run(project) -> None:
     project()
     assert_refused(msa("train"), "run `msa featurize` first")
+
+
+def test_a_deleted_featurizer_state_says_what_rewrites_the_features(featurized: Path) -> None:
+    """featurizer.json gone, features.safetensors left: `msa featurize` alone cannot replace a directory without it
+    (nor `dvc repro`: the stage's output persists), so every reader says to remove the directory first, and featurize
+    says so before its work."""
+    import shutil
+
+    features = featurized / "data" / "features"
+    (features / "featurizer.json").unlink()
+    before = guarded(featurized) | fingerprint(features)
+    message = (
+        "error: data/features/featurizer.json: missing beside the other files in data/features: remove data/features, "
+        "then run `msa featurize` (or `dvc repro`) to write it again"
+    )
+    for command in ("train", "featurize"):
+        outcome = msa(command)
+        assert_refused(outcome, message)
+        assert outcome.error == message
+    assert guarded(featurized) | fingerprint(features) == before
+    shutil.rmtree(features)  # as the message says
+    outcome = msa("featurize")
+    assert outcome.code == 0 and "wrote" in outcome.stdout and (features / "featurizer.json").is_file()

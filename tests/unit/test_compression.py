@@ -12,7 +12,7 @@ from components.compression import compress, load_compressed, prune_model, prune
 from components.config import CompressParams, ModelParams, TrainParams
 from components.dataset import SPLITS
 from components.featurize import load_features
-from components.model_store import evaluate_heads, load_trained
+from components.model_store import digest, evaluate_heads, load_trained
 from components.training import train
 from tests.conftest import Trained
 
@@ -43,7 +43,8 @@ def outputs_on_test(model: torch.nn.Module, features: Path) -> dict[str, torch.T
 
 def test_report_layout_and_variants_written(trained, tmp_path):
     report = run(trained, tmp_path)
-    assert report.keys() == {"head", "metric", "tolerance", "split", "baseline", "variants"}
+    assert report.keys() == {"model_digest", "head", "metric", "tolerance", "split", "baseline", "variants"}
+    assert report["model_digest"] == digest(trained.model)
     assert (report["head"], report["metric"], report["split"]) == ("fusion", "acc2", "test")
     assert report["baseline"].keys() == MEASURED
     assert list(report["variants"]) == ["int8", "prune_unstructured", "prune_structured", "onnx_fp32", "onnx_int8"]

@@ -27,7 +27,7 @@ from components.dataset import (
 from components.errors import DataError, TrainingError
 from components.evaluation import evaluate
 from components.featurize import featurize, load_features
-from components.model_store import CARD, HISTORY, load_trained, predict
+from components.model_store import CARD, HISTORY, digest, load_trained, predict
 from components.training import train
 from flows.cli import app
 from tests.conftest import TWO_CLASS_MANIFEST, two_classes
@@ -71,6 +71,7 @@ def test_report_matches_metrics_computed_by_hand(trained, tmp_path):
     result = evaluate(trained.features, trained.model, params, progress=False)
 
     metrics = json.loads(params.report.read_text())
+    assert metrics.pop("model_digest") == digest(trained.model)  # the report names the model it scored
     assert list(metrics) == ["valid", "test"] and result.metrics == metrics
     assert all(list(metrics[split]) == HEADS for split in metrics)
     assert numbers_only(metrics)
@@ -172,6 +173,7 @@ def test_classification_labels_get_per_class_metrics_and_named_confusion(make_da
     result = evaluate(features, model, params, progress=False)
 
     metrics = json.loads(params.report.read_text())
+    assert metrics.pop("model_digest") == digest(model)
     assert numbers_only(metrics) and "confusion_matrix" not in metrics["test"]["fusion"]
     headline = json.loads(params.headline.read_text())
     assert list(headline["test"]["fusion"]) == ["accuracy", "f1_weighted", "f1_macro"]

@@ -41,6 +41,17 @@ def test_layout_round_trips_through_load_trained(trained):
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_weights_that_differ_from_their_card_are_refused(trained, tmp_path):
+    card = model_store.read_card(trained.model)
+    assert len(card.weights_sha256) == 64 and card.trained_with is not None
+    copy = Path(shutil.copytree(trained.model, tmp_path / "copy"))
+    weights = bytearray((copy / model_store.WEIGHTS).read_bytes())
+    weights[-1] ^= 0x01  # one bit of one weight: a file safetensors still reads
+    (copy / model_store.WEIGHTS).write_bytes(bytes(weights))
+    with pytest.raises(TrainingError, match="model.safetensors: its bytes differ from what training recorded"):
+        model_store.load_trained(copy)
+
+
 def test_the_text_model_is_recorded_by_name_not_by_where_it_lies(trained):
     card = (trained.model / model_store.CARD).read_text()
     encoder = model_store.read_card(trained.model).spec.text.encoder
