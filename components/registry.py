@@ -476,7 +476,7 @@ def model_signature(spec: ModelSpec, state: FeaturizerState | None = None) -> An
     """Inputs: the raw columns of the model's modalities (text required); outputs: score and class. A modality
     `state` (the featurizer's) says was extracted from clips takes clip files instead of frames."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
+    from mlflow.types.schema import ColSpec, DataType, Schema
 
     columns = []
     if spec.text is not None:
@@ -486,13 +486,15 @@ def model_signature(spec: ModelSpec, state: FeaturizerState | None = None) -> An
             ColSpec(DataType.string, "image", required=False),
             ColSpec(DataType.string, "image_base64", required=False),
         ]
-    # Frames are typed `Any`: MLflow's enforcement of Array(Array(double)) builds a Series per frame (~130 us each,
-    # twice), so an oversized request would cost a minute before the model could refuse it. `Predictor` checks
-    # the frames' count and shape itself, before converting a number.
+    # Frames are typed as optional strings, not Array(Array(double)): MLflow's enforcement of that builds a Series
+    # per frame (~130 us each, twice), so an oversized request would cost a minute before the model could refuse it.
+    # MLflow passes an object column of a string type through unchecked and unconverted, so JSON lists of frames
+    # reach the model as sent, and CSV (which MLflow reads with the signature's pandas types: `Any` has none) carries
+    # them as JSON text. `Predictor` checks the frames' count and shape itself, before converting a number.
     clips = set(state.clip_modalities) if state is not None else set()
     for m in SEQUENCE_MODALITIES:
         if getattr(spec, m) is not None and m not in clips:
-            columns.append(ColSpec(AnyType(), m, required=False))
+            columns.append(ColSpec(DataType.string, m, required=False))
     # Clips: vision from a video; audio from an audio clip, or from a video's soundtrack.
     for column in (["audio"] if "audio" in clips else []) + (["video"] if clips else []):
         columns += [
@@ -798,10 +800,19 @@ def _data_dvc_md5(path: Path = Path("data.dvc")) -> str:
         return "unknown"
 
 
+_FRAME_TYPES = ("array", "any", "string")  # a sequence column's type: older versions, then `Any`, now string
+
+
 def _contract(schema: list[dict]) -> list[dict]:
-    """What a caller must send: frames typed Array(Array(double)) by older versions and `Any` now are one contract
-    (the same JSON is accepted; only where it is checked moved into the model)."""
-    return [{**c, "type": "any"} if c["type"] == "array" and c["name"] in SEQUENCE_MODALITIES else c for c in schema]
+    """What a caller must send: frames typed Array(Array(double)) by older versions, `Any` by later ones and an
+    optional string now are one contract (the same JSON is accepted; only where it is checked moved into the
+    model), compared by name and whether required, not by the array's item types."""
+    return [
+        {"name": c["name"], "type": "frames", "required": c.get("required", True)}
+        if c.get("name") in SEQUENCE_MODALITIES and c.get("type") in _FRAME_TYPES
+        else c
+        for c in schema
+    ]
 
 
 def _columns(schema: list[dict]) -> str:

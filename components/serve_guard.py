@@ -20,6 +20,8 @@ Where each bound lives, and why:
 
 Refusals are MLflow's envelope, `{"error_code": "BAD_REQUEST", "message": ...}`, naming the bound and nothing about
 the server. A content type MLflow does not take reaches MLflow (its own 415), under the byte bound like any body.
+MLflow's own JSON errors can carry a `stack_trace` (a bad CSV body's 400 does: the server's paths and code); the
+guard holds each JSON error response (at most `MAX_ERROR_BYTES`) and passes it on without that field.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ MAX_DEPTH = 64  # JSON nesting: a request is {"dataframe_split": {"data": [[cell
 MAX_COLUMNS = 64  # columns (keys of a row, fields of a CSV line); at least the model's own inputs
 CHUNK = 1 << 20  # bytes scanned at once: the scan's memory is a few times this, whatever the body
 THREAD_OVER = 256 * 1024  # bodies larger than this are scanned off the event loop (/ping answers meanwhile)
+MAX_ERROR_BYTES = 1 << 20  # a JSON error response held to drop its stack trace; MLflow's are a few KB
 
 JSON, CSV, PARQUET = "application/json", "text/csv", "application/vnd.apache.parquet"  # what MLflow takes
 
@@ -272,12 +275,16 @@ def check_parquet(body: bytes, bounds: RequestBounds) -> None:
 
 class RequestGuard:
     """ASGI middleware: reads each request's body under `bounds.max_bytes` (and `body_timeout` seconds), measures
-    it (`check_body`), and hands the app the same bytes, or answers the refusal itself."""
+    it (`check_body`), and hands the app the same bytes, or answers the refusal itself. The app's JSON errors
+    reach the client without a stack trace (`WithoutStackTrace`)."""
 
-    def __init__(self, app: ASGIApp, bounds: RequestBounds, *, body_timeout: float = 60.0) -> None:
+    def __init__(
+        self, app: ASGIApp, bounds: RequestBounds, *, body_timeout: float = 60.0, max_error_bytes: int = MAX_ERROR_BYTES
+    ) -> None:
         self.app = app
         self.bounds = bounds
         self.body_timeout = body_timeout
+        self.max_error_bytes = max_error_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -310,7 +317,7 @@ class RequestGuard:
             body = b""
             return message
 
-        await self.app(scope, replay, send)
+        await self.app(scope, replay, WithoutStackTrace(send, self.max_error_bytes))
 
     async def _read(self, scope: Scope, receive: Receive) -> bytes | None:
         limit = self.bounds.max_bytes
@@ -360,6 +367,68 @@ async def refuse(send: Send, status: int, message: str, *, close: bool = False) 
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": content})
+
+
+class WithoutStackTrace:
+    """The app's `send`, passing every response on as it comes except a JSON error (status >= 400, content type
+    application/json): that one is held until its last part and sent without the `stack_trace` field (with its
+    Content-Length fixed). One over `MAX_ERROR_BYTES` is replaced by a message that says only its status."""
+
+    def __init__(self, send: Send, max_bytes: int = MAX_ERROR_BYTES) -> None:
+        self.send = send
+        self.max_bytes = max_bytes
+        self.start: Message | None = None  # the held response's start, while one is held
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start" and message.get("status", 200) >= 400 and _json_response(message):
+            self.start = message
+            return
+        if self.start is None or kind != "http.response.body":
+            await self.send(message)
+            return
+        part = message.get("body", b"")
+        self.size += len(part)
+        if self.size <= self.max_bytes:
+            self.parts.append(part)
+        else:
+            self.parts.clear()  # too large to pass on checked: the rest is dropped as it comes
+        if not message.get("more_body", False):
+            start, self.start = self.start, None
+            await self._send_held(start, b"".join(self.parts), self.size > self.max_bytes)
+
+    async def _send_held(self, start: Message, body: bytes, too_large: bool) -> None:
+        status = int(start["status"])
+        if too_large:
+            code = "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"
+            body = json.dumps({"error_code": code, "message": f"the request failed ({status})"}).encode()
+        else:
+            body = _without_stack_trace(body)
+        headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.send({**start, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _json_response(start: Message) -> bool:
+    for key, value in start.get("headers", ()):
+        if key.lower() == b"content-type":
+            return value.split(b";")[0].strip().lower() == JSON.encode()
+    return False
+
+
+def _without_stack_trace(body: bytes) -> bytes:
+    """`body` as it is, or, where it is a JSON object with a `stack_trace`, re-encoded without it."""
+    try:
+        content = json.loads(body)
+    except (ValueError, RecursionError):
+        return body  # not JSON (MLflow's 504 says so in plain words): nothing to take out
+    if not isinstance(content, dict) or "stack_trace" not in content:
+        return body
+    del content["stack_trace"]
+    return json.dumps(content).encode()
 
 
 # ---------------------------------------------------------------------------------------------- the server

@@ -520,9 +520,16 @@ def _read_confined(value: str, root: Path, max_bytes: int, what: str, problem: t
 
 def _frames(value: Any, dim: int, modality: str, max_frames: int, source: Path, row: int) -> np.ndarray:
     """Frames [T, dim] of one sample's sequence; an absent sequence is [0, dim]. Sizes are checked before any
-    number is converted, so an oversized sequence costs nothing to refuse."""
+    number is converted, so an oversized sequence costs nothing to refuse. A string holding the frames as JSON
+    (a CSV cell) is read as `msa predict` reads CSV, after its length is checked against what `max_frames`
+    frames of `dim` numbers take."""
     if value is None or (not isinstance(value, Sequence | np.ndarray) and is_null(value)):
         return np.zeros((0, dim), np.float32)
+    if isinstance(value, str):
+        if len(value) > (most := _max_frames_chars(max_frames, dim)):
+            rule = f"{modality} has {len(value)} characters of JSON frames; at most {most} for {max_frames} frames"
+            raise DataError(source, rule + " (serve.max_frames)", row=row)
+        value = _json_cell(value, source, row, modality)  # text that is not a JSON list stays text: refused below
     shape_rule = f"{modality} must be a list of frames of {dim} numbers each"
     if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
         raise DataError(source, shape_rule, row=row)
@@ -556,6 +563,12 @@ def _frames(value: Any, dim: int, modality: str, max_frames: int, source: Path, 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _JSON_NAMES = {bool: "true/false", str: "a string", type(None): "null", list: "a list", dict: "an object"}
+_NUMBER_CHARS = 32  # a JSON number as written (repr of a float: at most 24) with its comma and spaces
+
+
+def _max_frames_chars(max_frames: int, dim: int) -> int:
+    """The longest JSON text of `max_frames` frames of `dim` numbers each: the bound on a frames cell's length."""
+    return 2 + max_frames * (dim * _NUMBER_CHARS + 4)
 
 
 def _is_number(kind: type) -> bool:

@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 from components.dataset import Dataset, read_dataset
+from components.model_store import digest
 from tests.integration.shell import BIN, run
 
 pytestmark = pytest.mark.integration
@@ -50,6 +51,7 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     assert "train: 2 epochs" in first.stdout
     assert (project / "models/trained/model.safetensors").is_file()
     metrics = json.loads((project / "reports/evaluation.json").read_text())
+    assert metrics.pop("model_digest") == digest(project / "models/trained")
     assert set(metrics) == {"valid", "test"} and {"lstm", "image", "fusion"} <= set(metrics["test"])
     headline = json.loads((project / "metrics/evaluate.json").read_text())
     assert headline["test"]["fusion"]["mae"] == round(metrics["test"]["fusion"]["mae"], 4)

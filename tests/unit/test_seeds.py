@@ -9,7 +9,7 @@ import pytest
 
 from components.config import EvaluateParams, ModelParams, TrainParams
 from components.evaluation import evaluate
-from components.model_store import MODEL_FILES, SEEDS, read_card, seed_dirs
+from components.model_store import HISTORY, SEEDS, WEIGHTS, read_card, seed_dirs
 from components.training import train
 
 MODEL = ModelParams(hidden=8, dropout=0.0, textcnn={"feature_maps": 4, "dropout": 0.0})
@@ -27,7 +27,10 @@ def test_the_best_seed_on_valid_is_the_model_and_evaluate_reports_every_seed(tra
     valid = {int(s): v for s, v in record["valid"].items()}
     assert record["chosen"] == result.seed == min(valid, key=valid.get)  # MAE: lower is better; never test
     chosen = seed_dirs(out)[result.seed]
-    assert all((out / name).read_bytes() == (chosen / name).read_bytes() for name in MODEL_FILES)
+    assert all((out / name).read_bytes() == (chosen / name).read_bytes() for name in (WEIGHTS, HISTORY))
+    # The card is the chosen seed's, with what training was given (all seeds) recorded once it ended.
+    assert read_card(out).model_copy(update={"trained_with": None}) == read_card(chosen)
+    assert read_card(out).trained_with is not None
     assert read_card(out).monitor.value == pytest.approx(min(valid.values()))
     assert "best of 3 seeds: seed" in result.summary()
     # Each seed is its own training: a seed trained alone gives the same weights.

@@ -16,7 +16,15 @@ import pytest
 
 from components.config import ServeParams
 from components.errors import ConfigError
-from components.serve_guard import Refused, RequestBounds, RequestGuard, check_csv, check_json, listen
+from components.serve_guard import (
+    MAX_ERROR_BYTES,
+    Refused,
+    RequestBounds,
+    RequestGuard,
+    check_csv,
+    check_json,
+    listen,
+)
 
 BOUNDS = RequestBounds(max_bytes=4_500, max_rows=8, max_columns=10, max_depth=64, max_containers=200)
 
@@ -294,14 +302,60 @@ def test_with_mlflows_own_app_the_formats_and_statuses_are_mlflows() -> None:
                 await post("/invocations", content=nested(100), headers={"content-type": "application/json"}),
                 await post("/invocations", content=b"text", headers={"content-type": "text/plain"}),
                 await post("/invocations", content=b"x" * 5000, headers={"content-type": "text/plain"}),
+                await post("/invocations", content=b'text\n"never closed', headers={"content-type": "text/csv"}),
             ]
 
-    ping, good, deep, plain, large = asyncio.run(requests())
+    ping, good, deep, plain, large, bad_csv = asyncio.run(requests())
     assert ping.status_code == 200
     assert good.status_code == 200 and good.json() == {"predictions": [{"score": 11.0}, {"score": 11.0}]}
     assert deep.status_code == 400 and deep.json()["message"] == "the JSON is nested 100 levels deep; at most 64"
     assert plain.status_code == 415 and "content types" in plain.text  # MLflow's own answer
     assert large.status_code == 413
+    # MLflow's answer to a CSV pandas cannot read carries a stack trace (server paths): the guard drops it
+    assert bad_csv.status_code == 400 and bad_csv.json()["message"].startswith("Failed to parse input as a Pandas")
+    assert "stack_trace" not in bad_csv.json() and ".py" not in bad_csv.text and "Traceback" not in bad_csv.text
+    assert int(bad_csv.headers["content-length"]) == len(bad_csv.content)
+
+
+def answered_by(status: int, content_type: bytes, parts: list[bytes], *, max_bytes: int = MAX_ERROR_BYTES):
+    """(status, headers, body) the client gets when the app behind the guard answers `parts` with `status`."""
+
+    async def app(scope, receive, send) -> None:
+        await receive()
+        headers = [(b"content-type", content_type), (b"content-length", str(sum(map(len, parts))).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        for i, part in enumerate(parts):
+            await send({"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1})
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/invocations", "headers": []}
+    asyncio.run(RequestGuard(app, BOUNDS, max_error_bytes=max_bytes)(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body
+
+
+def test_a_stack_trace_in_an_error_from_the_app_is_dropped() -> None:
+    error = {"error_code": "BAD_REQUEST", "message": "Failed to parse input", "stack_trace": "File /srv/app.py"}
+    text = json.dumps(error).encode()
+    status, headers, body = answered_by(400, b"application/json; charset=utf-8", [text[:20], text[20:]])
+    assert status == 400 and json.loads(body) == {"error_code": "BAD_REQUEST", "message": "Failed to parse input"}
+    assert headers[b"content-length"] == str(len(body)).encode() and headers[b"content-type"].startswith(b"appl")
+
+    for answer in [(200, b"application/json", [text]), (400, b"text/plain", [text]), (504, b"application/json",
+                   [b"Request processing time exceeded limit"]), (500, b"application/json", [b"[1, 2]"])]:  # fmt: skip
+        assert answered_by(*answer)[2] == b"".join(answer[2])  # not a JSON error object: passed on as it is
+
+    status, headers, body = answered_by(400, b"application/json", [text[:40], text[40:]], max_bytes=50)
+    assert status == 400 and json.loads(body) == {"error_code": "BAD_REQUEST", "message": "the request failed (400)"}
+    assert headers[b"content-length"] == str(len(body)).encode()
 
 
 def test_a_port_in_use_is_one_line() -> None:

@@ -225,23 +225,46 @@ def test_a_csv_request_scores_as_json(predictor) -> None:
     pd.testing.assert_frame_equal(predictor.predict(from_csv), predictor.predict(rows))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MLflow's scoring server parses text/csv with pd.read_csv(dtype=schema.pandas_types()), which raises for "
-    "the signature's AnyType frame columns (audio, vision) before the model is called",
-)
 def test_the_scoring_server_answers_csv_as_json(served_model, monkeypatch) -> None:
+    """MLflow reads `text/csv` with the signature's pandas types and passes a string column through unconverted:
+    frames sent as JSON lists (split or records) and as JSON text in a CSV cell score alike."""
     import mlflow
     from fastapi.testclient import TestClient
     from mlflow.pyfunc import scoring_server
 
     monkeypatch.setenv("MSA_TRUST_MODEL", "1")  # the test fixture's package is not signed
     client = TestClient(scoring_server.init(mlflow.pyfunc.load_model(str(served_model))))
-    rows = pd.DataFrame([good(audio=None), good(text="sample number 4 was bad", image_base64=None)])
-    rows = rows.drop(columns=["audio"])
-    body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
-    as_json = client.post("/invocations", json=body)
+    records = [good(), good(text="sample number 4 was bad", image_base64=None, audio=None)]
+    rows = pd.DataFrame(records)
+    split = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+    as_json = client.post("/invocations", json=split)
     assert as_json.status_code == 200, as_json.text
-    as_csv = client.post("/invocations", content=rows.to_csv(index=False), headers={"Content-Type": "text/csv"})
+    as_records = client.post("/invocations", json={"dataframe_records": records})
+    assert as_records.status_code == 200, as_records.text
+    csv_rows = rows.assign(audio=[json.dumps(FRAMES), None])
+    as_csv = client.post("/invocations", content=csv_rows.to_csv(index=False), headers={"Content-Type": "text/csv"})
     assert as_csv.status_code == 200, as_csv.text[-300:]
-    assert as_csv.json() == as_json.json()
+    assert as_csv.json() == as_records.json() == as_json.json()
+    no_frames = client.post("/invocations", json={"dataframe_records": [good(audio=None)]})
+    assert no_frames.json()["predictions"][0] != as_json.json()["predictions"][0]  # the frames were read
+
+    # A frames cell over its length bound is refused before it is parsed; text that is not JSON is not frames.
+    long = "[" + ", ".join(["[0.1, 0.2, 0.3]"] * 5000) + "]"
+    for cell, message in [(long, "row 1: audio has 85000 characters of JSON frames; at most 1602 for 16 frames"),
+                          ("[[0.1, 0.2", "row 1: column 'audio' must hold JSON frames such as"),
+                          ("loud", "row 1: audio must be a list of frames of 3 numbers each")]:  # fmt: skip
+        body = pd.DataFrame([good(audio=cell)]).to_csv(index=False)
+        refused = client.post("/invocations", content=body, headers={"Content-Type": "text/csv"})
+        assert refused.status_code == 400 and message in refused.json()["message"], refused.text[-300:]
+
+
+def test_a_frames_cell_is_bounded_before_json_parses_it() -> None:
+    from components.serving import _frames, _max_frames_chars
+
+    read = _frames(json.dumps(FRAMES), 3, "audio", 16, Path("<in>"), 1)
+    np.testing.assert_allclose(read, np.asarray(FRAMES, np.float32))
+    deep = "[" * (_max_frames_chars(16, 3) + 1)
+    with pytest.raises(DataError, match=r"row 2: audio has 1603 characters of JSON frames; at most 1602"):
+        _frames(deep, 3, "audio", 16, Path("<in>"), 2)
+    with pytest.raises(DataError, match="must hold JSON frames"):
+        _frames(deep[:-1], 3, "audio", 16, Path("<in>"), 2)  # within the bound: json's RecursionError, one line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -117,6 +118,9 @@ def test_tuning_never_reads_the_test_split(trained, tmp_path: Path, monkeypatch:
         elif name == "image.pixels":
             values[test] = 255 - values[test]
     save_file(arrays, poisoned / "features.safetensors")
+    state = json.loads((poisoned / "featurizer.json").read_text())  # the poisoned file, recorded as featurize would
+    state["features_sha256"] = hashlib.sha256((poisoned / "features.safetensors").read_bytes()).hexdigest()
+    (poisoned / "featurizer.json").write_text(json.dumps(state))
 
     scores = {}
     for name, features in (("clean", trained.features), ("poisoned", poisoned)):
