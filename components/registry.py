@@ -40,6 +40,7 @@ from components.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from components.featurize import FeaturizerState
+    from components.serving import Evidence
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 PIP_REQUIREMENTS = (
@@ -128,6 +129,7 @@ def register(
     *,
     model_digest: str | None = None,
     force_gate_rescore: bool = False,
+    verified: Verified | None = None,
 ) -> Registration:
     """Log the model and its card into the pipeline run `run_id`, register a version and apply the gate.
 
@@ -143,7 +145,7 @@ def register(
     from components.featurize import read_state
     from components.serving import Evidence, package_model, raw_frame, write_evidence
 
-    trained = verified_outputs(params, context.lineage)
+    trained = verified or verified_outputs(params, context.lineage)
     if model_digest is not None and trained.model != model_digest:
         raise TrackingError(
             f"{params.train.out} no longer holds the model this run trained and evaluated (digest "
@@ -162,6 +164,7 @@ def register(
     served = compression["variants"][variant] if variant else None
     score = float(served["metrics"][metric] if served else metrics["test"][head][metric])
     name, test_split = context.model_name, context.tags["msa.test_split"]
+    robust_tag = robustness_tag(dataset, robust) if robust else "none"
 
     with tempfile.TemporaryDirectory(prefix="msa-package-") as tmp:
         package = package_model(
@@ -177,7 +180,8 @@ def register(
                 run_id=run_id, metric=f"test {head} {metric}", score=score, test_split=test_split,
                 variant=variant or "baseline", dataset=dataset.manifest.name,
                 dataset_version=dataset.manifest.version, data_hash=trained.lineage.data,
-                params_hash=trained.lineage.params, code_hash=trained.lineage.code,
+                params_hash=trained.lineage.params, code_hash=trained.lineage.code, robustness=robust_tag,
+                robust=_finite(tracking.robustness_metrics(robust, head, state.label_kind)) if robust else {},
             ),
         )  # fmt: skip
         signing.sign(package)  # last: the signature covers every file the package holds
@@ -189,15 +193,12 @@ def register(
         signature = model_signature(card.spec, state)
         _check_compatible(client, name, signature)  # the gate's inputs before anything is written
         champion = _champion(client, name)
-        champion_score = None
+        champion_score, evidence = None, None
         if champion is not None:
-            champion_score = _champion_score(champion, name, dataset, test_split, metric, force_gate_rescore)
+            champion_score, evidence = _champion_score(champion, name, dataset, test_split, metric, force_gate_rescore)
         promoted, decision = gate(state.label_kind, score, champion, champion_score, params.registry.margin)
-        robust_tag = robustness_tag(dataset, robust) if robust else "none"
         if params.registry.robustness is not None:
-            holds, why = robustness_gate(
-                params.registry.robustness, robust, head, robust_tag, champion, _run_metrics(client, champion)
-            )
+            holds, why = robustness_gate(params.registry.robustness, robust, head, robust_tag, champion, evidence)
             promoted, decision = promoted and holds, decision + why
         seeds = _read_json(params.evaluate.seeds, "run `msa evaluate`") if params.evaluate.seeds.is_file() else {}
         text = model_card(
@@ -259,11 +260,12 @@ def record_and_register(
     from components.model_store import read_card, read_history
 
     context = run_context(params)
+    verified = verified_outputs(params, context.lineage)  # before the tracking store is even opened
     if not force and (same := registered_with_same_lineage(params, context.lineage)) is not None:
         return same
     card, history = read_card(params.train.out), read_history(params.train.out)
-    metrics = _read_json(params.evaluate.report, "run `msa evaluate`")
-    robust = robustness_report(params)  # checked before anything is logged
+    metrics = verified.evaluation
+    robust = robustness_report(params)
     with (
         tracking.connected(params.registry) as client,
         tracking.pipeline_run(client, context.experiment, run_name(), context.tags, params) as run_id,
@@ -287,10 +289,10 @@ def record_and_register(
         r = params.robustness
         if robust:
             tracking.log_robustness(client, run_id, card.spec, robust, r.report, r.plots, r.figure)
-        if params.compress.report.exists():
-            report = _read_json(params.compress.report, "run `msa compress`")
-            tracking.log_compression(client, run_id, report, params.compress.report, params.compress.tolerance)
-        return register(client, params, run_id, context, force_gate_rescore=force_gate_rescore)
+        if verified.compression:
+            c = params.compress
+            tracking.log_compression(client, run_id, verified.compression, c.report, c.tolerance)
+        return register(client, params, run_id, context, force_gate_rescore=force_gate_rescore, verified=verified)
 
 
 def _seed_record(params: Params) -> dict:
@@ -406,10 +408,11 @@ def robustness_gate(
     head: str,
     tag: str,
     champion: Any,
-    champion_metrics: Mapping[str, float],
+    evidence: Evidence | None,
 ) -> tuple[bool, str]:
     """(holds?, why, to append to the clean gate's decision): under `condition`'s perturbation and severity, the
-    challenger's robustness metric of `head` may be at most `max_drop` points below the champion's."""
+    challenger's robustness metric of `head` may be at most `max_drop` points below the champion's, as the
+    champion's verified package records it (`evidence`: None when it has none or fails verification)."""
     from components.robustness import severity_key
 
     name, severity, metric = condition.perturbation, severity_key(condition.severity), report["metric"]
@@ -424,8 +427,8 @@ def robustness_gate(
         )
     if champion is None:
         return True, ""
-    theirs = champion_metrics.get(f"robust_{name}_{severity}_{metric}")
-    if theirs is None or (champion.tags or {}).get("msa.robustness") != tag:
+    theirs = evidence.robust.get(f"robust_{name}_{severity}_{metric}") if evidence is not None else None
+    if theirs is None or evidence is None or evidence.robustness != tag:
         return True, f"; robustness condition not applied: champion v{champion.version} has no {setting} score on {tag}"
     drop = 100 * (theirs - ours)
     if drop > condition.max_drop:
@@ -438,10 +441,6 @@ def robustness_gate(
         f"; under {setting}: {100 * (ours - theirs):+.1f} points against champion v{champion.version} "
         f"(register.robustness allows -{condition.max_drop})",
     )
-
-
-def _run_metrics(client: Any, version: Any) -> dict[str, float]:
-    return dict(client.get_run(version.run_id).data.metrics) if version is not None and version.run_id else {}
 
 
 def split_fingerprint(dataset: Dataset, split: str) -> str:
@@ -634,12 +633,13 @@ def _champion(client: Any, name: str) -> Any | None:
 
 def _champion_score(
     champion: Any, name: str, dataset: Dataset, test_split: str, metric: str, rescore: bool
-) -> float | None:
+) -> tuple[float | None, Evidence | None]:
     """The champion's primary test metric on this test split: the score registration signed into its package when
     that was measured on the same split, else measured now through its package (a different dataset version has a
     different test split). Tags are never read: anyone with registry access can edit them. A champion whose
     signature fails is re-scored (its package is read as data only: no code of it runs); None for a model this
-    project did not package, whose code is never run, or one that predicts other classes: the challenger wins."""
+    project did not package, whose code is never run, or one that predicts other classes: the challenger wins.
+    Also the champion's evidence, when its package is verified."""
     from components.errors import UntrustedModelError
     from components.serving import dataset_bounds, load_model, raw_frame
 
@@ -651,12 +651,12 @@ def _champion_score(
             try:
                 model = load_model(uri, Path(tmp) / "unverified", verify=False)
             except UntrustedModelError:
-                return None
+                return None, None
             logging.getLogger(__name__).warning(f"champion v{champion.version} fails verification, re-scored: {e}")
         evidence = model.evidence
         measured = evidence is not None and (evidence.test_split, evidence.metric.rsplit(" ", 1)[-1])
         if not rescore and evidence is not None and measured == (test_split, metric):
-            return evidence.score
+            return evidence.score, evidence
         frame = raw_frame(dataset, "test")
         bounds = dataset_bounds(dataset, frame, model.predictor.limits)  # validated rows, not a stranger's request
         predicted = model.predictor.predict_frame(
@@ -664,12 +664,13 @@ def _champion_score(
         )
     labels = frame["label"].to_numpy()
     if dataset.manifest.label.kind == "regression":
-        return float(metrics_for("regression", predicted["score"].to_numpy(), labels)[metric])
+        return float(metrics_for("regression", predicted["score"].to_numpy(), labels)[metric]), evidence
     classes = list(dataset.manifest.label.classes)
     if not set(predicted["class"]) <= set(classes):
-        return None
+        return None, evidence
     indices = [classes.index(c) for c in predicted["class"]]
-    return float(metrics_for("classification", indices, [classes.index(c) for c in labels], classes)[metric])
+    truth = [classes.index(c) for c in labels]
+    return float(metrics_for("classification", indices, truth, classes)[metric]), evidence
 
 
 def _check_compatible(client: Any, name: str, signature: Any) -> None:
@@ -759,6 +760,10 @@ def _discard(client: Any, name: str, version: str, model_id: str) -> str:
         return f"version {version} could not be deleted and is tagged msa.status=failed"
     except Exception:  # noqa: BLE001
         return f"version {version} could not be deleted or tagged: delete it by hand"
+
+
+def _finite(numbers: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in numbers.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
 def _longest(column: pd.Series) -> int:

@@ -610,6 +610,8 @@ class Evidence(Section):
     data_hash: str
     params_hash: str
     code_hash: str
+    robustness: str = "none"  # what the robust scores were measured on (registry.robustness_tag)
+    robust: dict[str, float] = {}  # robust_<perturbation>_<severity>_<metric> of the served head
 
 
 def write_evidence(package: Path, evidence: Evidence) -> None:

@@ -140,6 +140,6 @@ def test_the_gate_reads_a_validated_test_split_by_the_dataset_s_bounds_not_the_s
     loaded = serving.LoadedModel(predictor, None, [], served_clip_model[0])
     monkeypatch.setattr(serving, "load_model", lambda uri, scratch, **_: loaded)
     champion = SimpleNamespace(version="1", tags={})
-    score = registry._champion_score(champion, "clips", dataset, "test-split-of-v2", "mae", rescore=False)
+    score, _ = registry._champion_score(champion, "clips", dataset, "test-split-of-v2", "mae", rescore=False)
     expected = np.abs(scored["score"].to_numpy() - raw_frame(dataset, "test")["label"].to_numpy()).mean()
     assert score == pytest.approx(expected)
