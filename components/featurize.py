@@ -154,6 +154,8 @@ def load_features(out: str | Path) -> tuple[dict[str, np.ndarray], FeaturizerSta
     """Read what `featurize` wrote (safetensors: no code runs on load)."""
     state = read_state(out)
     file = Path(out) / FEATURES
+    if not file.is_file():
+        raise DataError(file, f"missing beside {STATE}: run `msa featurize` again")
     if state.features_sha256 and _sha256(file) != state.features_sha256:
         raise DataError(file, f"its bytes differ from what featurize recorded in {STATE}: run `msa featurize` again")
     try:

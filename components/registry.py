@@ -33,7 +33,7 @@ import yaml
 from components import tracking
 from components.config import Params, RobustnessGate
 from components.dataset import SEQUENCE_MODALITIES, Dataset, read_dataset, read_manifest
-from components.errors import TrackingError
+from components.errors import DataError, TrackingError, TrainingError
 from components.lineage import Lineage, lineage
 from components.metrics import is_better, metrics_for, primary_metric
 from components.models.spec import ModelSpec
@@ -155,7 +155,7 @@ def register(
     dataset = read_dataset(params.data.raw)
     card = model_store.read_card(params.train.out)
     metrics, compression = trained.evaluation, trained.compression
-    robust = robustness_report(params)
+    robust = robustness_report(params, trained.model)
     head, (metric, _) = card.monitor.head, primary_metric(state.label_kind)
     if "test" not in metrics or head not in metrics["test"]:
         raise TrackingError(f"{params.evaluate.report}: no test metrics for head {head!r}: evaluate the test split")
@@ -265,7 +265,7 @@ def record_and_register(
         return same
     card, history = read_card(params.train.out), read_history(params.train.out)
     metrics = verified.evaluation
-    robust = robustness_report(params)
+    robust = robustness_report(params, verified.model)
     with (
         tracking.connected(params.registry) as client,
         tracking.pipeline_run(client, context.experiment, run_name(), context.tags, params) as run_id,
@@ -380,16 +380,15 @@ def verified_outputs(params: Params, ours: Lineage) -> Verified:
     return Verified(model, ours, evaluation, compression)
 
 
-def robustness_report(params: Params) -> dict[str, Any]:
-    """The robustness report of the model in train.out ({} when there is none and the gate does not ask for one);
-    a report of another model is refused: its scores would be logged and gated on as this model's."""
-    from components import model_store
-
+def robustness_report(params: Params, model: str) -> dict[str, Any]:
+    """The robustness report of the model in train.out, whose digest is `model` ({} when there is none and the
+    gate does not ask for one); a report of another model is refused: its scores would be logged and gated on as
+    this model's."""
     path = params.robustness.report
     if not path.exists() and params.registry.robustness is None:
         return {}
     report = _read_json(path, "run `msa robustness`")
-    if report.get("model_digest") != model_store.digest(params.train.out):
+    if report.get("model_digest") != model:
         raise TrackingError(
             f"{path} scores another model than {params.train.out}: run `msa robustness`. Nothing was registered"
         )
@@ -645,6 +644,7 @@ def _champion_score(
 
     uri = f"models:/{name}/{champion.version}"
     with tempfile.TemporaryDirectory(prefix="msa-champion-") as tmp:
+        log = logging.getLogger(__name__)
         try:
             model = load_model(uri, Path(tmp))
         except UntrustedModelError as e:
@@ -652,8 +652,14 @@ def _champion_score(
                 model = load_model(uri, Path(tmp) / "unverified", verify=False)
             except UntrustedModelError:
                 return None, None
-            logging.getLogger(__name__).warning(f"champion v{champion.version} fails verification, re-scored: {e}")
+            log.warning(f"champion v{champion.version} fails verification, re-scored: {e}")
+        except (DataError, TrainingError) as e:  # an unreadable champion must not block every later registration
+            log.warning(f"champion v{champion.version} cannot be loaded ({e}): the challenger is scored alone")
+            return None, None
         evidence = model.evidence
+        if evidence is not None and evidence.run_id != champion.run_id:  # another version's evidence, copied here
+            log.warning(f"champion v{champion.version} carries the evidence of run {evidence.run_id}: re-scored")
+            evidence = None
         measured = evidence is not None and (evidence.test_split, evidence.metric.rsplit(" ", 1)[-1])
         if not rescore and evidence is not None and measured == (test_split, metric):
             return evidence.score, evidence

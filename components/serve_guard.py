@@ -441,19 +441,15 @@ def guarded_app(model_uri: str, scratch: Path, *, trust_model: bool = False) -> 
     from mlflow.models import Model
     from mlflow.pyfunc import PyFuncModel, scoring_server
 
-    from components.serving import Predictor, load_model
+    from components.serving import load_model
 
     loaded = load_model(model_uri, scratch, trust_model=trust_model)
     if isinstance(loaded.predictor, PyFuncModel):  # a model someone else packaged, trusted: MLflow loaded it
         model, limits = loaded.predictor, ServeParams()
     else:  # ours: the Predictor load_model built from the verified directory, in MLflow's wrapper
-        meta = Model.load(Path(loaded.path) / "MLmodel")
-        flavor = meta.flavors["python_function"]
-        model = PyFuncModel(
-            model_meta=meta, model_impl=loaded.predictor, predict_fn=flavor.get("predict_fn", "predict"),
-            model_id=meta.model_id,
-        )  # fmt: skip
-        limits = loaded.predictor.limits if isinstance(loaded.predictor, Predictor) else ServeParams()
+        meta = Model.load(Path(loaded.path) / "MLmodel")  # for the signature only: the rest is not signed
+        model = PyFuncModel(model_meta=meta, model_impl=loaded.predictor, predict_fn="predict", model_id=meta.model_id)
+        limits = loaded.predictor.limits
     bounds = RequestBounds.of(limits, len(loaded.input_names or ()))
     return RequestGuard(
         scoring_server.init(model), bounds, body_timeout=float(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())

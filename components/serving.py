@@ -112,7 +112,9 @@ def package_model(
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staging / WEIGHTS)
         else:
             shutil.copytree(variant, staging / VARIANT)
-        write_json(staging / CARD, card.model_copy(update={"spec": spec}).model_dump(mode="json"))
+        # The trained weights' digest describes another file than the package's: the signature covers these.
+        packaged = card.model_copy(update={"spec": spec, "weights_sha256": ""})
+        write_json(staging / CARD, packaged.model_dump(mode="json"))
         write_json(staging / STATE, state.model_dump(mode="json", exclude={"ids", "features_sha256"}))
         write_json(staging / LIMITS, (limits or ServeParams()).model_dump(mode="json"))
     return dest
@@ -276,19 +278,7 @@ class Predictor:
         if self.spec.text is not None:
             texts = rows["text"]
             for i, text in enumerate(texts):
-                if not isinstance(text, str):
-                    rule = "text is missing" if is_null(text) else f"text must be a string, got {type(text).__name__}"
-                    raise DataError(source, rule, row=first_row + i + 1)
-                if len(text) > limits.max_text_chars:  # the bound first: the checks below read every character
-                    rule = f"text has {len(text)} characters; at most {limits.max_text_chars} (serve.max_text_chars)"
-                    raise DataError(source, rule + "; longer text is refused, not cut", row=first_row + i + 1)
-                if "\x00" in text:
-                    raise DataError(source, "text contains a NUL character", row=first_row + i + 1)
-                if not text.strip():
-                    raise DataError(source, "text is blank", row=first_row + i + 1)
-                if not any(c.isprintable() and not c.isspace() for c in text):
-                    rule = "text has no printable character (only control, format or blank characters)"
-                    raise DataError(source, rule, row=first_row + i + 1)
+                check_text(text, source, first_row + i + 1, limits.max_text_chars)
             out |= encode_texts(self.tokenizer, texts, self.state.text)
             present[:] = True
         if self.spec.image is not None:
@@ -652,13 +642,6 @@ class InputSummary:
     columns: list[str]
 
 
-def read_inputs(path: str | Path) -> pd.DataFrame:
-    """All raw input rows of a JSONL (one object per line) or CSV (sequences as JSON text) file at once; errors
-    name the line (JSONL) or data row (CSV). For small files: `msa predict` streams `input_chunks` instead."""
-    frames = [chunk.frame for chunk in input_chunks(path)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
 def input_chunks(path: str | Path, rows: int | None = None) -> Iterator[InputChunk]:
     """The input file's rows, `rows` (default CHUNK_ROWS, and at most about CHUNK_BYTES of text) at a time:
     memory stays that of one chunk however long the file is."""
@@ -707,7 +690,7 @@ def check_inputs(
                 _check_required(path, required, seen, takes)
         if text:
             if "text" in row:
-                _check_text(row["text"], path, number, max_text_chars)
+                check_text(row["text"], path, number, max_text_chars)
             elif missing_text is None:
                 missing_text = number
     if count == 0:
@@ -723,16 +706,20 @@ def _check_required(path: Path, required: list[str], seen: dict[str, None], take
         raise DataError(path, f"missing required column(s) {missing}; the model takes {list(takes or required)}")
 
 
-def _check_text(value: Any, path: Path, row: int, max_chars: int | None) -> None:
-    """The model's own rules for a row's text (`Predictor.features`), checked before anything is scored."""
+def check_text(value: Any, path: Path, row: int, max_chars: int | None) -> None:
+    """The model's rules for a row's text: what `Predictor.features` checks, and `msa predict` before it scores."""
     if not isinstance(value, str):
         rule = "text is missing" if is_null(value) else f"text must be a string, got {type(value).__name__}"
         raise DataError(path, rule, row=row)
-    if not value.strip():
-        raise DataError(path, "text is blank", row=row)
-    if max_chars is not None and len(value) > max_chars:
+    if max_chars is not None and len(value) > max_chars:  # the bound first: the checks below read every character
         rule = f"text has {len(value)} characters; at most {max_chars} (serve.max_text_chars)"
         raise DataError(path, rule + "; longer text is refused, not cut", row=row)
+    if "\x00" in value:
+        raise DataError(path, "text contains a NUL character", row=row)
+    if not value.strip():
+        raise DataError(path, "text is blank", row=row)
+    if not any(c.isprintable() and not c.isspace() for c in value):
+        raise DataError(path, "text has no printable character (only control, format or blank characters)", row=row)
 
 
 def _input_kind(path: Path) -> str:
@@ -980,7 +967,8 @@ def _check_output(output: Path, input_path: Path) -> None:
 
 def _tracked_by_git(path: Path) -> bool:
     """Whether the repository holding `path` tracks it; False where git is absent or `path` is in no repository."""
-    command = ["git", "-c", "safe.directory=*", "--literal-pathspecs", "-C", str(path.parent), "ls-files",
+    # No safe.directory override, and no fsmonitor: a repository someone else owns runs none of its hooks here.
+    command = ["git", "-c", "core.fsmonitor=false", "--literal-pathspecs", "-C", str(path.parent), "ls-files",
                "--error-unmatch", "--", path.name]  # fmt: skip
     try:
         done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False)
@@ -1135,7 +1123,7 @@ def load_model(model_uri: str, scratch: Path, *, trust_model: bool = False, veri
     names = schema.input_names() if schema is not None else None
     required = [c.name for c in schema.inputs if c.required] if schema is not None else []
     flavor = metadata.flavors.get("python_function", {})
-    if flavor.get("loader_module") == __name__ and "data" in flavor:
+    if flavor.get("loader_module") == __name__ and "data" in flavor and not flavor.get("code"):
         package = local / flavor["data"]
         if not package.resolve().is_relative_to(local.resolve()):
             raise UntrustedModelError(f"{model_uri}: its MLmodel points outside the model directory")

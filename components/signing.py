@@ -10,12 +10,16 @@ Keys, for one person and for the tests: `MSA_SIGNING_KEY` names a PEM private ke
 key is `$XDG_CONFIG_HOME/msa/signing-key.pem` (default `~/.config/msa/`), made on first use, readable by its owner
 only. A loader trusts that key's public half and every PEM public key in `MSA_TRUSTED_KEYS` (paths separated by
 `os.pathsep`): a teammate's key, or the team's registration key on a serving host. Teams that would rather hold no
-key sign keylessly with Sigstore (`model_signing sign sigstore`; see the docs' "Signing" guide).
+key sign keylessly with Sigstore (`model_signing sign sigstore`; see the README's "Signed models").
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from components.errors import UntrustedModelError
@@ -34,6 +38,10 @@ def signing_key() -> Path:
     path = _config_dir() / "signing-key.pem"
     if not path.is_file():
         _make_key(path)
+        logging.getLogger(__name__).warning(
+            f"made a signing key at {path}: the models it signs load where it, or its public half in "
+            f"${TRUSTED_ENV}, is; give workers one key with ${KEY_ENV}"
+        )
     return path
 
 
@@ -106,24 +114,21 @@ def _why(problems: list[str], package: Path) -> str:
     return "signed by a key this machine does not trust, or the signature is damaged"
 
 
-class _public_keys:
+@contextmanager
+def _public_keys() -> Iterator[list[Path]]:
     """The trusted PEM public keys as files (the library reads paths): ours, written to a temporary file, and
     every file in $MSA_TRUSTED_KEYS."""
-
-    def __enter__(self) -> list[Path]:
-        import tempfile
-
-        self._tmp = tempfile.TemporaryDirectory(prefix="msa-keys-")
-        keys = [Path(p) for p in os.environ.get(TRUSTED_ENV, "").split(os.pathsep) if p]
-        ours = Path(os.environ[KEY_ENV]) if os.environ.get(KEY_ENV) else _config_dir() / "signing-key.pem"
+    keys = [Path(p) for p in os.environ.get(TRUSTED_ENV, "").split(os.pathsep) if p]
+    ours = Path(os.environ[KEY_ENV]) if os.environ.get(KEY_ENV) else _config_dir() / "signing-key.pem"
+    with tempfile.TemporaryDirectory(prefix="msa-keys-") as tmp:
         if ours.is_file():
-            own = Path(self._tmp.name) / "own.pub.pem"
-            own.write_bytes(public_key(ours))
-            keys.insert(0, own)
-        return [k for k in keys if k.is_file()]
-
-    def __exit__(self, *exc: object) -> None:
-        self._tmp.cleanup()
+            try:
+                own = Path(tmp) / "own.pub.pem"
+                own.write_bytes(public_key(ours))
+                keys.insert(0, own)
+            except (ValueError, TypeError) as e:  # encrypted, or not a PEM private key
+                raise UntrustedModelError(f"{ours}: not a readable PEM private key ({e})") from None
+        yield [k for k in keys if k.is_file()]
 
 
 def _config_dir() -> Path:

@@ -33,7 +33,7 @@ def champion(served_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def score(served_model: Path, split: str, *, tags: dict[str, str] | None = None, rescore: bool = False):
-    version = SimpleNamespace(version="1", tags=tags or {})
+    version = SimpleNamespace(version="1", run_id="r1", tags=tags or {})
     dataset = read_dataset(served_model.parent / "raw")
     return registry._champion_score(version, "gate", dataset, split, "mae", rescore)
 
@@ -47,6 +47,14 @@ def test_another_split_or_rescore_measures_the_champion_again(champion, served_m
     measured, evidence = score(served_model, "fingerprint-of-a-new-version")
     assert measured != 0.5 and 0 < measured < 6 and evidence is not None
     assert score(served_model, SPLIT, rescore=True)[0] == pytest.approx(measured)
+
+
+def test_evidence_of_another_run_is_not_this_champion_s(champion, served_model):
+    version = SimpleNamespace(version="1", run_id="r2", tags={})  # r1's package, registered again as r2's
+    value, evidence = registry._champion_score(
+        version, "gate", read_dataset(served_model.parent / "raw"), SPLIT, "mae", False
+    )
+    assert evidence is None and value != 0.5
 
 
 def test_evidence_edited_in_the_store_fails_verification_and_the_champion_is_re_scored(champion, served_model, caplog):

@@ -14,6 +14,7 @@ from components.config import ConfigError, Params, RobustnessGate, RobustnessPar
 from components.model_store import evaluate_split
 from components.registry import _robustness_section, robustness_gate
 from components.robustness import HEADS, robustness
+from components.serving import Evidence
 from components.tracking import robustness_metrics
 
 SETTINGS = {
@@ -147,7 +148,15 @@ def test_the_model_card_has_a_row_per_perturbation() -> None:
     assert "- skipped: image_blur: the model has no image" in lines
 
 
-CHAMPION = SimpleNamespace(version="3", tags={"msa.robustness": "test:abc:seed0"})
+CHAMPION = SimpleNamespace(version="3", tags={"msa.robustness": "an edited tag: never read"})
+
+
+def evidence(robust: dict[str, float], measured_on: str = "test:abc:seed0") -> Evidence:
+    """What the champion's verified package records of its robustness."""
+    return Evidence(
+        run_id="r3", metric="test fusion mae", score=0.5, test_split="abc", variant="baseline", dataset="d",
+        dataset_version="1", data_hash="d", params_hash="p", code_hash="c", robustness=measured_on, robust=robust,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -159,17 +168,19 @@ CHAMPION = SimpleNamespace(version="3", tags={"msa.robustness": "test:abc:seed0"
 )
 def test_the_gate_bounds_the_loss_under_a_named_perturbation(champion_score, holds, says) -> None:
     condition = RobustnessGate(perturbation="missing_text", severity=1.0, max_drop=2.0)
-    metrics = {"robust_missing_text_1_acc2": champion_score}
-    ok, why = robustness_gate(condition, REPORT, "fusion", "test:abc:seed0", CHAMPION, metrics)
+    signed = evidence({"robust_missing_text_1_acc2": champion_score})
+    ok, why = robustness_gate(condition, REPORT, "fusion", "test:abc:seed0", CHAMPION, signed)
     assert ok is holds and says in why
 
 
 def test_the_gate_condition_needs_a_comparable_champion_and_a_scored_setting() -> None:
     condition = RobustnessGate(perturbation="missing_text", severity=1.0, max_drop=2.0)
-    metrics = {"robust_missing_text_1_acc2": 0.99}
-    assert robustness_gate(condition, REPORT, "fusion", "t", None, {}) == (True, "")  # the first model
+    metrics = evidence({"robust_missing_text_1_acc2": 0.99})
+    assert robustness_gate(condition, REPORT, "fusion", "t", None, None) == (True, "")  # the first model
     ok, why = robustness_gate(condition, REPORT, "fusion", "test:other:seed0", CHAMPION, metrics)
     assert ok and "not applied: champion v3 has no missing_text 1 score on test:other:seed0" in why
+    ok, why = robustness_gate(condition, REPORT, "fusion", "test:abc:seed0", CHAMPION, None)  # failed verification
+    assert ok and "not applied: champion v3 has no missing_text 1 score" in why
     unscored = RobustnessGate(perturbation="missing_text", severity=0.25, max_drop=2.0)
     with pytest.raises(Exception, match="asks for missing_text 0.25, which the robustness report has no"):
         robustness_gate(unscored, REPORT, "fusion", "t", CHAMPION, metrics)
