@@ -103,15 +103,18 @@ def _why(problems: list[str], package: Path) -> str:
     """One line from the library's reasons: the file that differs, when one does."""
     import re
 
-    for pattern, how in ((r"Hash mismatch for '([^']+)'", "was changed after signing"),
-                         (r"Extra files found in model '[^']*': ([^\"\],]+)", "was added after signing"),
-                         (r"Missing files in model '[^']*': ([^\"\],]+)", "is missing (it was signed)")):  # fmt: skip
+    # The reasons come as the repr of a list, where a quote is escaped (\\') when a digest's bytes hold a ".
+    q, names, model = r"\\?'", r"([^\"'\\\],]+)", r"in model \\?'[^'\\]*\\?'"
+    for pattern, how in ((rf"Hash mismatch for {q}([^'\\]+){q}", "was changed after signing"),
+                         (rf"Extra files found {model}: {names}", "was added after signing"),
+                         (rf"Missing files {model}: {names}", "is missing (it was signed)")):  # fmt: skip
         for problem in problems:
             if found := re.search(pattern, problem):
                 return f"{package.name}/{found.group(1).strip()} {how}"
     if not problems:
         return f"no trusted public key (set ${TRUSTED_ENV} or ${KEY_ENV})"
-    return "signed by a key this machine does not trust, or the signature is damaged"
+    reason = problems[0].splitlines()[0][:160] if problems[0].strip() else "no reason given"
+    return f"signed by a key this machine does not trust, or the signature is damaged ({reason})"
 
 
 @contextmanager
