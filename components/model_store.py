@@ -16,6 +16,7 @@ is refused instead of evaluated and registered.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -343,7 +344,10 @@ def evaluate_split(features: str | Path, out: str | Path, split: str) -> dict[st
 
 
 def publish(out: str | Path, client: Any, run_id: str) -> str:
-    """Upload the trained model's files as artifacts `model/` of run `run_id`; returns their digest."""
+    """Upload the trained model's files as artifacts `model/<digest>/` of run `run_id`; returns their digest.
+
+    Each upload goes to a path of its own: a worker killed in the middle of one leaves the previous upload, which
+    its recorded digest still describes, whole (a replacement resumes from it)."""
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="msa-publish-") as tmp:
         staged = Path(tmp) / MODEL_ARTIFACTS
@@ -352,8 +356,21 @@ def publish(out: str | Path, client: Any, run_id: str) -> str:
             (staged / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(out / name, staged / name)  # a snapshot: training may write the next epoch meanwhile
         value = digest(staged)
-        client.log_artifacts(run_id, str(staged), MODEL_ARTIFACTS)
+        client.log_artifacts(run_id, str(staged), _uploaded(value))
     return value
+
+
+def discard(client: Any, run_id: str, value: str) -> None:
+    """Remove an earlier upload (`publish` returned `value`) once a newer one is recorded; where the artifact store
+    cannot delete, it stays."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    with contextlib.suppress(Exception):
+        get_artifact_repository(client.get_run(run_id).info.artifact_uri).delete_artifacts(_uploaded(value))
+
+
+def _uploaded(value: str) -> str:
+    return f"{MODEL_ARTIFACTS}/{value[:16]}"
 
 
 def publish_checkpoint(out: str | Path, client: Any, run_id: str) -> int:
@@ -379,7 +396,7 @@ def fetch(client: Any, run_id: str, out: str | Path, expected: str) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".msa-fetch-", dir=out) as tmp:
-        local = Path(client.download_artifacts(run_id, MODEL_ARTIFACTS, tmp))
+        local = Path(client.download_artifacts(run_id, _uploaded(expected), tmp))
         got = digest(local)
         if got != expected:
             raise TrainingError(

@@ -348,6 +348,7 @@ class TrainingLog:
             log_params(client, run_id, head_params(spec, head))
         self.monitor = None
         self.uploaded, self.upload_seconds = 0, 0.0  # sent to the artifact store by this process, and the time it took
+        self.published: str | None = None  # the digest of this process's last model upload
 
     def watch(self) -> None:
         """Sample CPU, memory, disk, network (and GPU, with nvidia-ml-py) into the train run until `close`."""
@@ -394,7 +395,7 @@ class TrainingLog:
         self.log_epoch(record)
         started = time.perf_counter()
         if improved:
-            self.client.set_tag(self.run_id, MODEL_DIGEST, model_store.publish(self.out, self.client, self.run_id))
+            self._record(model_store.publish(self.out, self.client, self.run_id))
             self.uploaded += model_store.model_bytes(self.out)
         self.uploaded += model_store.publish_checkpoint(self.out, self.client, self.run_id)
         self.upload_seconds += time.perf_counter() - started
@@ -413,13 +414,22 @@ class TrainingLog:
             log_tags(self.client, run_id, {"msa.chosen": str(seed == chosen).lower()})
             self.client.set_terminated(run_id, "FINISHED")
 
+    def _record(self, value: str) -> None:
+        """`value` is the model a replacement resumes from and the pipeline checks: the upload before it can go."""
+        from components import model_store
+
+        self.client.set_tag(self.run_id, MODEL_DIGEST, value)
+        if self.published not in (None, value):
+            model_store.discard(self.client, self.run_id, self.published)
+        self.published = value
+
     def finish(self, summary: Mapping[str, float] | None = None) -> str:
         """Upload the final model (with the whole history) and return its digest, the pipeline's to check."""
         from components import model_store
 
         started = time.perf_counter()
         value = model_store.publish(self.out, self.client, self.run_id)
-        self.client.set_tag(self.run_id, MODEL_DIGEST, value)
+        self._record(value)
         self.uploaded += model_store.model_bytes(self.out)
         self.upload_seconds += time.perf_counter() - started
         exchange = {"uploaded_mb": self.uploaded / 1e6, "upload_seconds": self.upload_seconds}

@@ -79,10 +79,24 @@ def test_a_model_published_to_a_run_is_fetched_and_checked(trained, client, tmp_
     assert sorted(p.name for p in fetched.iterdir()) == sorted(model_store.MODEL_FILES), "no staging left behind"
 
 
+def test_each_upload_has_its_own_path_and_an_older_one_goes_once_a_newer_is_recorded(trained, client, tmp_path):
+    """A worker killed while uploading a better model leaves the upload its recorded digest names whole."""
+    run = run_id(client)
+    first = model_store.publish(trained.model, client, run)
+    better = Path(shutil.copytree(trained.model, tmp_path / "better"))
+    (better / model_store.HISTORY).write_text((better / model_store.HISTORY).read_text() + " ")
+    second = model_store.publish(better, client, run)  # as if the worker died before recording it
+    assert model_store.digest(model_store.fetch(client, run, tmp_path / "a", first)) == first
+    model_store.discard(client, run, first)  # the newer one recorded: the older goes
+    assert [a.path for a in client.list_artifacts(run, "model")] == [f"model/{second[:16]}"]
+    assert model_store.digest(model_store.fetch(client, run, tmp_path / "b", second)) == second
+
+
 def test_a_corrupted_download_is_refused_and_nothing_is_replaced(trained, client, tmp_path):
     run = run_id(client)
     recorded = model_store.publish(trained.model, client, run)
-    stored = Path(client.get_run(run).info.artifact_uri.removeprefix("file://")) / "model" / model_store.WEIGHTS
+    artifacts = Path(client.get_run(run).info.artifact_uri.removeprefix("file://"))
+    stored = artifacts / "model" / recorded[:16] / model_store.WEIGHTS
     stored.write_bytes(stored.read_bytes()[:-10] + b"0123456789")  # the artifact store holds other bytes now
 
     out = shutil.copytree(trained.model, tmp_path / "pipeline-models")
