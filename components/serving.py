@@ -27,7 +27,6 @@ probability) and `class` (regression: positive for score >= 0, else negative, as
 from __future__ import annotations
 
 import base64
-import csv
 import json
 import logging
 import os
@@ -56,7 +55,7 @@ from components.featurize import STATE, FeaturizerState, encode_texts, load_toke
 from components.images import DATASET_MAX_PIXELS, ImageProblem, fit, open_image
 from components.model_store import CARD, WEIGHTS, ModelCard, trim_padding
 from components.text_model import resolve_text_model
-from components.textfiles import FIELD_LIMIT
+from components.textfiles import csv_rows
 
 TEXT = "text"  # tokenizer and transformer config, inside the package
 LIMITS = "limits.json"  # the input bounds (params.yaml's `serve`) the package enforces
@@ -851,21 +850,11 @@ def _has_surrogate(value: Any) -> bool:
 
 
 def _csv_rows(lines: _Lines, path: Path) -> Iterator[tuple[int, dict[str, Any], int]]:
-    csv.field_size_limit(FIELD_LIMIT)
-    reader = csv.reader(lines)
     columns: list[str] | None = None
     sequences: list[tuple[int, str]] = []
     row = 0
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise DataError(path, f"line {reader.line_num}: not a well-formed row ({e})") from None
+    for _, fields in csv_rows(lines, path):
         nbytes, lines.pending = lines.pending, 0
-        if not fields:
-            continue
         if columns is None:
             columns = [c.strip() for c in fields]
             if len(columns) > MAX_COLUMNS:

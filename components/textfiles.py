@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from components.errors import DataError, first_line
@@ -39,8 +39,14 @@ def read_utf8(path: Path) -> str:
 def csv_records(path: Path, **dialect: object) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of each row of a CSV/TSV file read as strict UTF-8, blank lines skipped; a malformed
     row is a DataError naming its line."""
+    return csv_rows(io.StringIO(read_utf8(path), newline=""), path, **dialect)
+
+
+def csv_rows(lines: Iterable[str], path: Path, **dialect: object) -> Iterator[tuple[int, list[str]]]:
+    """`csv_records` over lines as they come (a file streamed in chunks): (line number, fields), blank rows
+    skipped, a malformed row a DataError naming `path` and its line."""
     csv.field_size_limit(FIELD_LIMIT)
-    reader = csv.reader(io.StringIO(read_utf8(path), newline=""), **dialect)  # type: ignore[arg-type]
+    reader = csv.reader(lines, **dialect)  # type: ignore[arg-type]
     while True:
         try:
             fields = next(reader)
