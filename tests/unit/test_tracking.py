@@ -92,7 +92,7 @@ def test_a_damaged_upload_is_not_resumed_and_a_lost_attempt_writes_only_into_its
         first = tracking.TrainingLog(client, parent, spec, trained.model)
         first.on_epoch(model_store.read_history(trained.model)[0], improved=True)
         stored = Path(client.get_run(first.run_id).info.artifact_uri.removeprefix("file://")) / "model"
-        (stored / model_store.WEIGHTS).write_bytes(b"killed mid-upload")
+        (stored / first.published[:16] / model_store.WEIGHTS).write_bytes(b"damaged in the store")
 
         second = tracking.TrainingLog(client, parent, spec, trained.model.parent / "empty", attempt=2)
         assert second.run_id != first.run_id
