@@ -64,6 +64,7 @@ from components.config import ONNX_VARIANTS, CompressParams, CompressVariant, Co
 from components.devices import pick_device
 from components.errors import TrainingError
 from components.featurize import load_features
+from components.lineage import file_sha256
 from components.metrics import metrics_for
 from components.model_store import (
     CARD,
@@ -256,7 +257,7 @@ def load_compressed(path: str | Path, spec: ModelSpec | None = None) -> MultiTas
         weights = path / (
             ONNX_WEIGHTS if card["format"] == "onnx" else INT8_WEIGHTS if card["format"] == "int8" else WEIGHTS
         )
-        if "sha256" in card and hashlib.sha256(weights.read_bytes()).hexdigest() != card["sha256"]:
+        if "sha256" in card and file_sha256(weights) != card["sha256"]:
             raise TrainingError(
                 f"{weights}: its bytes differ from what compress recorded (damaged or replaced): run `msa compress`"
             )

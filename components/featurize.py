@@ -37,7 +37,7 @@ from components.config import AudioClipParams, FeaturizeParams, Section, VideoCl
 from components.dataset import SPLITS, Dataset, Manifest, read_dataset, read_manifest
 from components.errors import DataError, first_line
 from components.images import ImageProblem, fit, open_image
-from components.lineage import tree_digest
+from components.lineage import file_sha256, tree_digest
 from components.text_model import resolve_text_model
 
 FEATURIZER_VERSION = "4"  # bump when the output of this module changes for the same inputs
@@ -198,8 +198,7 @@ def is_current(out: str | Path, key: str) -> bool:
 
 def _sha256(file: Path) -> str | None:
     try:
-        with file.open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return file_sha256(file)
     except OSError:
         return None
 

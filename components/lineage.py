@@ -70,6 +70,12 @@ def tree_digest(root: str | Path, pattern: str = "*", digest: hashlib._Hash | No
     return digest
 
 
+def file_sha256(file: str | Path) -> str:
+    """The sha256 of one file's bytes, hex: what a producer records and its readers check."""
+    with Path(file).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def code_digest(files: list[str], repo: Path) -> hashlib._Hash:
     """A sha256 of each file's path and syntax tree without docstrings: comments and docstrings do not count."""
     digest = hashlib.sha256()

@@ -32,6 +32,7 @@ from components.atomic import write_json
 from components.config import Section
 from components.dataset import SEQUENCE_MODALITIES, SPLITS
 from components.errors import TrainingError
+from components.lineage import file_sha256
 from components.metrics import metrics_for
 from components.models import MultiTaskModel
 from components.models.spec import ModelSpec
@@ -110,7 +111,7 @@ def write_model(out: str | Path, weights: dict[str, torch.Tensor], card: ModelCa
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{WEIGHTS}.tmp"
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, tmp)
-    sha = _sha256(tmp)
+    sha = file_sha256(tmp)
     os.replace(tmp, out / WEIGHTS)
     write_json(out / CARD, card.model_copy(update={"weights_sha256": sha}).model_dump(mode="json"))
 
@@ -125,16 +126,11 @@ def verified_weights(out: str | Path) -> Path:
     card, weights = read_card(out), out / WEIGHTS
     if not weights.is_file():
         raise TrainingError(f"{weights}: missing; run `msa train`")
-    if card.weights_sha256 and _sha256(weights) != card.weights_sha256:
+    if card.weights_sha256 and file_sha256(weights) != card.weights_sha256:
         raise TrainingError(
             f"{weights}: its bytes differ from what training recorded in {CARD} (damaged or replaced): run `msa train`"
         )
     return weights
-
-
-def _sha256(file: Path) -> str:
-    with file.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_history(out: str | Path, history: list[dict]) -> None:
