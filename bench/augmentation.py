@@ -27,6 +27,7 @@ from typing import Annotated
 import numpy as np
 import torch
 import typer
+from _support.machine import this_machine
 from mosi_text import CONFIGS, MOSI, SPLIT_SEED, VALID_FRAC
 from rich.console import Console
 from rich.table import Table
@@ -88,9 +89,15 @@ def main(
                     print(f"{name}: {trained.summary()}")
     print_table(runs)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(
-        json.dumps({"augment": {k: v.model_dump() for k, v in AUGMENT.items()}, "runs": runs}, indent=2) + "\n"
-    )
+    machine = this_machine()
+    result = {
+        "machine": machine.summary,
+        "date": machine.date,
+        "machine_details": machine.details,
+        "augment": {k: v.model_dump() for k, v in AUGMENT.items()},
+        "runs": runs,
+    }
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {json_path}")
 
 

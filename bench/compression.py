@@ -20,6 +20,7 @@ from typing import Annotated
 
 import torch
 import typer
+from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
@@ -80,9 +81,11 @@ def main(
         f"targets: int8 >= 3x smaller, >= 1.5x faster at batch 1, drop <= 1 point; pruning within 1 point"
     )
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    machine = this_machine()
     settings = {"threads": threads, "latency_runs": latency_runs, "throughput_batch": params.throughput_batch,
                 "sparsity": params.sparsity, "finetune_epochs": params.finetune_epochs,
-                "seconds": result.seconds}  # fmt: skip
+                "seconds": result.seconds, "machine": machine.summary, "date": machine.date,
+                "machine_details": machine.details}  # fmt: skip
     json_path.write_text(json.dumps({"settings": settings, "rows": rows, "report": report}, indent=2) + "\n")
     print(f"wrote {json_path}")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
@@ -98,8 +99,16 @@ def main(
             fmt(r["validate_ms_per_sample"], ".2f"), fmt(r["validate_per_sample_vs_smallest"], ".2f"),
         )  # fmt: skip
     Console(width=140).print(table)
+    machine = this_machine()
+    settings = {
+        "sizes": sizes,
+        "mosi": str(mosi) if mosi.is_dir() else None,
+        "machine": machine.summary,
+        "date": machine.date,
+        "machine_details": machine.details,
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
+    RESULTS.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 
 

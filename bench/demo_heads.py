@@ -28,6 +28,7 @@ from typing import Annotated
 
 import torch
 import typer
+from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
@@ -138,7 +139,15 @@ def main(
             f"{summary['fusion_margin_over_single_task_points']:+.1f} Acc-2 points"
         )
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"summary": summary, "runs": runs}, indent=2) + "\n")
+    machine = this_machine()
+    result = {
+        "machine": machine.summary,
+        "date": machine.date,
+        "machine_details": machine.details,
+        "summary": summary,
+        "runs": runs,
+    }
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {json_path}")
 
 

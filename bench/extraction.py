@@ -56,6 +56,7 @@ import av
 import librosa
 import numpy as np
 import typer
+from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
@@ -288,8 +289,12 @@ def main(
     )
 
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    machine = this_machine()
     result = {
         "settings": {
+            "machine": machine.summary,
+            "date": machine.date,
+            "machine_details": machine.details,
             "size": size,
             "seed": seed,
             "rounds": rounds,

@@ -49,6 +49,7 @@ import pandas as pd
 import torch
 import typer
 import yaml
+from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
@@ -260,8 +261,12 @@ def main(
     print(f"first featurize() of {raw} into a copy of {features}: cached={first.cached} ({first_wall:.2f} s)")
 
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    machine = this_machine()
     result = {
         "settings": {
+            "machine": machine.summary,
+            "date": machine.date,
+            "machine_details": machine.details,
             "texts": n,
             "source": source,
             "batch_size": batch_size,

@@ -34,6 +34,7 @@ from typing import Annotated
 import numpy as np
 import torch
 import typer
+from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
@@ -179,7 +180,11 @@ def main(
     means = summarize(rows)
     print_table(rows, means, len(seeds) > 1)
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    machine = this_machine()
     report = {
+        "machine": machine.summary,
+        "date": machine.date,
+        "machine_details": machine.details,
         "data": {"mosi": str(mosi), "valid_frac": VALID_FRAC, "split_seed": SPLIT_SEED, "test": "dev.tsv"},
         "references": REFERENCES,
         "selection": SELECTION,

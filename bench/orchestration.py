@@ -38,6 +38,7 @@ from typing import Annotated
 
 import typer
 import yaml
+from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
@@ -190,9 +191,11 @@ def main(
     )
     print(f"forced: {forced['outcome']}\nunchanged: {skipped['outcome']}")
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    machine = this_machine()
     run_settings = {"epochs": settings["train"]["epochs"], "finetune_epochs": settings["compress"]["finetune_epochs"],
                     "latency_runs": settings["compress"]["latency_runs"], "threads": threads,
-                    "order": "direct, msa run --force, msa run"}  # fmt: skip
+                    "order": "direct, msa run --force, msa run", "machine": machine.summary, "date": machine.date,
+                    "machine_details": machine.details}  # fmt: skip
     result = {
         "settings": run_settings,
         "rows": rows,

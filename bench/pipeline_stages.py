@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
@@ -76,8 +77,9 @@ def run_stage(name: str, p: Params) -> dict:
     compress(p.featurize.out, p.train.out, p.compress, p.train, progress=False)
     headline = json.loads(Path(p.compress.headline).read_text())
     report = json.loads(Path(p.compress.report).read_text())
-    drops = {name: v["drop_points"] for name, v in report["variants"].items()}
-    return {"headline": {n: {k: v for k, v in h.items() if k != "faster"} for n, h in headline.items()}, "drop": drops}
+    changes = {name: v["change"] for name, v in report["variants"].items()}  # variant - uncompressed, signed
+    return {"headline": {n: {k: v for k, v in h.items() if k != "faster"} for n, h in headline.items()},
+            "change": changes}  # fmt: skip
 
 
 def main(
@@ -125,7 +127,10 @@ def main(
             Console().print(f"{name}: {measured[name]['wall_s']:.1f} s", highlight=False)
 
     runs = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    runs[label] = {"torch_import_s": imports, "threads": torch.get_num_threads(), "epochs": epochs, "stages": measured}
+    machine = this_machine()
+    runs[label] = {"machine": machine.summary, "date": machine.date, "machine_details": machine.details,
+                   "torch_import_s": imports, "threads": torch.get_num_threads(), "epochs": epochs,
+                   "stages": measured}  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(runs, indent=2) + "\n")
 

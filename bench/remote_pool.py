@@ -37,6 +37,7 @@ from typing import Annotated
 
 import typer
 import yaml
+from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
@@ -233,8 +234,16 @@ def main(
         "dispatch and polling included)"
     )
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"settings": {"size": size, "threads": threads, "epochs": epochs},
-                                     "results": results, "summary": summary}, indent=2))  # fmt: skip
+    machine = this_machine()  # torch's threads here are this process's; the stages ran with --threads
+    settings = {
+        "size": size,
+        "threads": threads,
+        "epochs": epochs,
+        "machine": machine.summary,
+        "date": machine.date,
+        "machine_details": machine.details,
+    }
+    json_path.write_text(json.dumps({"settings": settings, "results": results, "summary": summary}, indent=2) + "\n")
     console.print(f"-> {json_path}")
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 import typer
+from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
@@ -187,9 +188,11 @@ def main(
         "batch 64 over adjacent rounds; Acc-2 and MAE: pyfunc scores on the whole test split"
     )
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    machine = this_machine()
     settings = {
         "rows": n, "block": block, "batch": m, "rounds": rounds, "warmup": warmup, "threads": threads,
         "images": "base64", "mlflow": mlflow.__version__, "torch": torch.__version__, "goals": GOALS,
+        "machine": machine.summary, "date": machine.date, "machine_details": machine.details,
     }  # fmt: skip
     json_path.write_text(json.dumps({"settings": settings, "rows": results, "goals": goals}, indent=2) + "\n")
     print(f"wrote {json_path}")

@@ -38,6 +38,7 @@ from typing import Annotated
 import torch
 import torch.utils.deterministic
 import typer
+from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
@@ -266,7 +267,9 @@ def main(
             )  # fmt: skip
         Console(width=160).print(table)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    settings = {"epochs": epochs, "rounds": rounds, "batch_size": params.batch_size, "threads": torch.get_num_threads()}
+    machine = this_machine()
+    settings = {"epochs": epochs, "rounds": rounds, "batch_size": params.batch_size, "threads": torch.get_num_threads(),
+                "machine": machine.summary, "date": machine.date, "machine_details": machine.details}  # fmt: skip
     json_path.write_text(json.dumps({"settings": settings, "rows": rows, "determinism": attribution}, indent=2) + "\n")
     print(f"wrote {json_path}")
 

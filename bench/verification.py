@@ -17,7 +17,6 @@ The table gives medians and the ratio of the two in this one run (`verify / load
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
@@ -73,9 +73,10 @@ def main(
     for row in rows:
         table.add_row(row["contender"], f"{row['median_s']:.3f}", f"{row['x_load']:.2f}")
     Console().print(table)
+    machine = this_machine()
     settings = {
         "rounds": rounds, "variant": variant or "baseline", "package_bytes": size, "files": files,
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "date": time.strftime("%Y-%m-%d"),
+        "machine": machine.summary, "date": machine.date, "machine_details": machine.details,
     }  # fmt: skip
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")

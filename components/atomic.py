@@ -16,12 +16,40 @@ from typing import Any
 from components.errors import DataError
 
 
+def _read_umask() -> int:
+    """The process's umask, read once at import: from /proc where Linux shows it (no change to the process), else by
+    the os.umask round-trip, done here while importing and not later, when another thread may be creating files."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+# What open() would give a new file: mkstemp creates its file 0600, which left every report, model and tuned
+# params file this project writes unreadable to the user's group (a shared runner, a web server serving reports).
+FILE_MODE = 0o666 & ~UMASK
+
+
+def chmod_new(fd: int) -> None:
+    """Give a file made by tempfile.mkstemp the mode the user's umask gives any new file."""
+    os.fchmod(fd, FILE_MODE)
+
+
 def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    """Write to a temporary file beside `path`, fsync it, then rename it over `path`; its mode is what the user's
+    umask gives a new file (as with open()), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        chmod_new(fd)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

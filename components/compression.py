@@ -31,8 +31,12 @@ Timing feeds every model what the served model gets: each batch cut to its longe
 Files: `<out>/<variant>/` for each kept variant (model.json + weights: int8 as a torch state dict read back with
 `torch.load(weights_only=True)`, pruned models as safetensors, ONNX variants as `model.onnx`); `report`, every
 measurement of the baseline and of each variant; `headline`, the DVC metrics `dvc exp show` compares (per variant:
-how many times smaller and faster at batch 1 than the baseline, and the metric's drop in points). A variant whose
-metric drops by more than `tolerance` points is measured and reported with kept=false, and not written.
+how many times smaller and faster at batch 1 than the baseline, and the metric's change). A variant whose metric
+is more than `tolerance` points worse is measured and reported with kept=false, and not written.
+
+Every change here, as everywhere in this project, is the variant's value minus the uncompressed model's, signed (a
+variant that loses accuracy has a negative change), in points (100 x the metric) except for mae, which is in its own
+units (a worse mae has a positive change): `change_unit` in the report says which.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ from tqdm.auto import tqdm
 
 from components.atomic import replace_directory, write_json
 from components.config import ONNX_VARIANTS, CompressParams, CompressVariant, ConfigError, TrainParams
-from components.devices import pick_device
+from components.devices import cpu_threads, pick_device
 from components.errors import TrainingError
 from components.featurize import load_features
 from components.lineage import file_sha256
@@ -113,19 +117,33 @@ class CompressionResult:
             ratios = versus_baseline(self.baseline, v)
             parts.append(
                 f"{name} {ratios['smaller']:.2f}x smaller, {ratios['faster']:.2f}x faster, {self.metric} "
-                f"{-v['drop_points']:+.2f} pts ({'kept' if v['kept'] else 'dropped'})"
+                f"{format_change(self.metric, v['change'])} ({'kept' if v['kept'] else 'dropped'})"
             )
         return f"compress: {'; '.join(parts)} -> {self.report}, {self.headline} ({self.seconds:.1f} s)"
 
 
 def versus_baseline(baseline: dict, variant: dict) -> dict[str, float]:
     """A variant's headline (short keys: they are `dvc exp show`'s column names): how many times smaller than the
-    baseline and faster at batch 1 (medians), and how many points of the metric it loses."""
+    baseline and faster at batch 1 (medians), and the metric's change (variant - baseline, see `change`)."""
     return {
         "smaller": round(baseline["size_bytes"] / variant["size_bytes"], 4),
         "faster": round(baseline["latency_ms_p50"] / variant["latency_ms_p50"], 4),
-        "drop": round(variant["drop_points"], 4),
+        "change": round(variant["change"], 4),
     }
+
+
+def change_unit(metric: str) -> str:
+    """The unit of a change of `metric`: points (100 x the metric) but for mae, which is in the labels' units."""
+    return "mae" if metric in LOWER_IS_BETTER else "points"
+
+
+def change(metric: str, reference: float, value: float) -> float:
+    """`value` - `reference`, signed, in points (100 x) except for mae (own units): the project's one convention."""
+    return value - reference if metric in LOWER_IS_BETTER else 100.0 * (value - reference)
+
+
+def format_change(metric: str, value: float) -> str:
+    return f"{value:+.4f}" if metric in LOWER_IS_BETTER else f"{value:+.2f} points"
 
 
 def compress(
@@ -137,6 +155,18 @@ def compress(
     progress: bool = True,
 ) -> CompressionResult:
     """Build, score and time every variant in `params.variants`; write the kept ones and the report."""
+    with cpu_threads(params.threads):
+        return _compress(features, model_dir, params, train, progress=progress)
+
+
+def _compress(
+    features: str | Path,
+    model_dir: str | Path,
+    params: CompressParams,
+    train: TrainParams,
+    *,
+    progress: bool = True,
+) -> CompressionResult:
     start = time.perf_counter()
     model_dir = Path(model_dir)
     arrays, _ = load_features(features)
@@ -159,7 +189,10 @@ def compress(
         raise ConfigError(f"compress.metric {metric!r} is not one of {sorted(scores['baseline'])}")
     models: dict[str, nn.Module] = {"baseline": baseline}
     onnx = _onnx_payloads(baseline, {k: v[test_rows[:4]] for k, v in served.items()}, params.variants)
+    # Each variant's own work (build, fine-tune, score, its timed passes) and when it began: its MLflow run's span.
+    started, spent = {}, dict.fromkeys(params.variants, 0.0)
     for name in params.variants:
+        started[name], begin = time.time(), time.perf_counter()
         if name == "int8":
             models[name] = quantize_int8(baseline)
         elif name in ONNX_VARIANTS:
@@ -171,10 +204,14 @@ def compress(
                 _finetune(pruned, training, train_rows, train, params.finetune_epochs, f"fine-tune {name}", progress)
             _make_permanent(pruned)
             models[name] = _standalone_copy(baseline, pruned)
+        spent[name] += time.perf_counter() - begin
 
     payloads = {n: (ONNX_WEIGHTS, onnx[n]) if n in onnx else _serialize(n, model) for n, model in models.items()}
-    outputs |= {name: predict(models[name], served, test_rows, CPU) for name in params.variants}
-    scores |= {name: _head_metrics(outputs[name], labels, spec, head) for name in params.variants}
+    for name in params.variants:
+        begin = time.perf_counter()
+        outputs[name] = predict(models[name], served, test_rows, CPU)
+        scores[name] = _head_metrics(outputs[name], labels, spec, head)
+        spent[name] += time.perf_counter() - begin
     timings = _timings(models, served, test_rows, params)
 
     measured = {}
@@ -190,9 +227,11 @@ def compress(
             "metrics": scores[name],
         }
     base = measured.pop("baseline")
+    base.pop("seconds_timed")
     out = Path(params.out)
     variants = {}
     for name, m in measured.items():
+        timed = m.pop("seconds_timed")
         drop = _drop_points(metric, base["metrics"][metric], m["metrics"][metric])
         kept = drop <= params.tolerance  # False for a NaN drop
         pruning = name.startswith("prune")
@@ -200,11 +239,13 @@ def compress(
             **m,
             "delta": {k: v - base["metrics"][k] for k, v in m["metrics"].items()},
             "max_abs_diff": _max_abs_diff(outputs[name], outputs["baseline"]),
-            "drop_points": drop,
+            "change": change(metric, base["metrics"][metric], m["metrics"][metric]),  # signed: variant - baseline
             "kept": kept,
             "path": str(out / name) if kept else None,
             "sparsity": _sparsity(models[name], structured=name == "prune_structured") if pruning else 0.0,
             "finetune_epochs": params.finetune_epochs if pruning else 0,
+            "started": started[name],  # unix seconds
+            "seconds": spent[name] + timed,
         }
 
     card, source = read_card(model_dir), digest(model_dir)
@@ -217,6 +258,7 @@ def compress(
         "head": head,
         "metric": metric,
         "tolerance": params.tolerance,
+        "change_unit": change_unit(metric),  # of each variant's `change`: variant - baseline, signed
         "split": "test",
         "baseline": base,
         "variants": variants,
@@ -453,7 +495,8 @@ def _max_abs_diff(outputs: dict, baseline: dict) -> float:
 
 
 def _drop_points(metric: str, baseline: float, value: float) -> float:
-    """How much worse `value` is, in percentage points (positive = worse)."""
+    """How much worse `value` is, in percentage points (positive = worse): what `tolerance` limits, and no more than
+    that (what is reported is the signed `change`)."""
     worse = value - baseline if metric in LOWER_IS_BETTER else baseline - value
     return 100.0 * worse
 
@@ -483,16 +526,6 @@ def _weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             yield f"{name}.{attr}", p.detach()
 
 
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _timings(
     models: dict[str, nn.Module], tensors: dict[str, torch.Tensor], rows: torch.Tensor, params: CompressParams
 ) -> dict[str, dict[str, float]]:
@@ -507,7 +540,7 @@ def _timings(
     ]
     batch_rows = rows[torch.arange(params.throughput_batch) % len(rows)]
     batch = trim_padding({k: v[batch_rows] for k, v in tensors.items()})
-    with _threads(params.threads):
+    with cpu_threads(params.threads):
         latency = _round_robin(models, singles, WARMUP)
         batched = _round_robin(models, [batch] * max(3, params.latency_runs // 10), 1)  # a pass is 64 samples
     return {
@@ -515,6 +548,7 @@ def _timings(
             "latency_ms_p50": 1000 * statistics.median(latency[name]),
             "latency_ms_p95": 1000 * float(np.percentile(latency[name], 95)),
             "throughput_per_s": params.throughput_batch / statistics.median(batched[name]),
+            "seconds_timed": sum(latency[name]) + sum(batched[name]),
         }
         for name in models
     }

@@ -20,6 +20,7 @@ from components.textfiles import yaml_problem
 
 DEFAULT_PARAMS = Path("params.yaml")
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+THREADS_HELP = "CPU threads of torch: the numbers repeat to the last bit only at the same count (speed only on GPU)"
 
 
 class Section(BaseModel):
@@ -122,8 +123,10 @@ class FeaturizeParams(Section):
     max_sentence_tokens: int = Field(32, ge=1, description="tokens per sentence seen by HAN")
     image_size: int = Field(32, ge=8, description="images are resized to image_size x image_size")
     sequence_max_len: int | None = Field(None, ge=1, description="frames per sequence; null: the manifest's max_len")
+    # Not speed only: a batch is padded to its longest text, and other shapes round the states differently.
     batch_size: int = Field(64, ge=1, description="texts per transformer forward pass")
     device: str = Field("auto", description="device for the transformer: auto, cpu, cuda or mps")
+    threads: int = Field(1, ge=1, description=THREADS_HELP)
     audio_clips: AudioClipParams = AudioClipParams()
     video_clips: VideoClipParams = VideoClipParams()
     workers: int | None = Field(None, ge=1, description="processes extracting clip features; null: one per core")
@@ -180,6 +183,7 @@ class TrainParams(Section):
         1, ge=1, description="trainings with seeds seed, seed+1, ...: the best on valid is the model, all are reported"
     )
     device: str = Field("auto", description="auto (cuda, mps, cpu), or a torch device string")
+    threads: int = Field(1, ge=1, description=THREADS_HELP)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 (or fp16) autocast on CUDA, fp32 elsewhere"
     )
@@ -206,6 +210,7 @@ class EvaluateParams(Section):
         ("valid", "test"), min_length=1, description="splits to score; plots show test, or valid without test"
     )
     device: str = Field("auto", description="auto (cuda, mps, cpu), or a torch device string")
+    threads: int = Field(1, ge=1, description=THREADS_HELP)
 
     @field_validator("splits")
     @classmethod
@@ -261,6 +266,7 @@ class RobustnessParams(Section):
         default_factory=_default_perturbations, description="perturbation -> severities"
     )
     device: str = Field("auto", description="auto (cuda, mps, cpu), or a torch device string")
+    threads: int = Field(1, ge=1, description=THREADS_HELP)
 
     @field_validator("perturbations")
     @classmethod
@@ -304,7 +310,7 @@ class CompressParams(Section):
     finetune_epochs: int = Field(2, ge=0, description="epochs of fine-tuning after pruning, masks held; 0: none")
     latency_runs: int = Field(50, ge=1, description="single-sample forward passes timed per variant")
     throughput_batch: int = Field(64, ge=1, description="batch size of the throughput measurement")
-    threads: int = Field(1, ge=1, description="CPU threads (torch's and ONNX Runtime's) while timing")
+    threads: int = Field(1, ge=1, description=f"{THREADS_HELP}; ONNX Runtime's too, while timing")
 
 
 class RegisterParams(Section):
@@ -523,7 +529,6 @@ RUNTIME_SETTINGS = frozenset(
         "validate.report",
         "validate.data_docs",
         "featurize.out",
-        "featurize.batch_size",
         "featurize.device",
         "featurize.workers",
         "train.out",

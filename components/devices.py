@@ -1,6 +1,9 @@
-"""Where tensors run: one rule for every stage (cuda, then mps, then cpu)."""
+"""Where tensors run: one rule for every stage (cuda, then mps, then cpu), and how many CPU threads they use."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -25,6 +28,34 @@ def pick_device(name: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads held at `n` for a stage's work, whatever the machine's core count or load.
+
+    A sum or a matrix product split over 2 threads rounds differently from one over 1, so a stage that recorded
+    its numbers at `n` threads reproduces them to the last bit only at `n` threads: the count is a setting of each
+    stage (`<stage>.threads`), never taken from the machine. Set per calling thread: Prefect runs tasks in threads.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def describe(device: torch.device, amp: torch.dtype | None = None) -> str:
+    """What a stage runs on, said once when it starts: "cpu, 1 thread (AVX2)", "cuda:0, NVIDIA H100, bf16"."""
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index}, {torch.cuda.get_device_name(index)}, {precision}"
+    if device.type == "cpu":
+        threads, isa = torch.get_num_threads(), torch.backends.cpu.get_cpu_capability()
+        return f"cpu, {threads} thread{'s' if threads > 1 else ''} ({isa}), {precision}"
+    return f"{device}, {precision}"
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from components.atomic import replace_directory, write_bytes, write_json, write_text
 from components.config import EvaluateParams
+from components.devices import cpu_threads
 from components.errors import DataError, TrainingError
 from components.featurize import FEATURES
 from components.figures import grid, png
@@ -103,6 +104,11 @@ def evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progres
     Raises DataError for a split without samples, TrainingError for a missing or unreadable model, or one trained
     on other features, ConfigError for an unavailable device.
     """
+    with cpu_threads(params.threads):
+        return _evaluate(features, model_dir, params, progress=progress)
+
+
+def _evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progress: bool = True) -> EvaluationResult:
     start = time.perf_counter()
     features, model_dir = Path(features), Path(model_dir)
     model, card, arrays, state, device = load_for_scoring(model_dir, features, params.device, "evaluate.device")

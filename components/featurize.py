@@ -35,6 +35,7 @@ from safetensors.numpy import load_file, save_file
 from components.atomic import replace_directory, write_json
 from components.config import AudioClipParams, FeaturizeParams, Section, VideoClipParams, runtime_keys
 from components.dataset import SPLITS, Dataset, Manifest, read_dataset, read_manifest
+from components.devices import cpu_threads
 from components.errors import DataError, first_line
 from components.images import ImageProblem, fit, open_image
 from components.lineage import file_sha256, tree_digest
@@ -105,6 +106,11 @@ class FeaturizeResult:
 
 
 def featurize(raw: str | Path, params: FeaturizeParams, *, progress: bool = True) -> FeaturizeResult:
+    with cpu_threads(params.threads):
+        return _featurize(raw, params, progress=progress)
+
+
+def _featurize(raw: str | Path, params: FeaturizeParams, *, progress: bool = True) -> FeaturizeResult:
     start = time.perf_counter()
     raw, out = Path(raw), Path(params.out)
     manifest = read_manifest(raw)

@@ -63,6 +63,8 @@ class Registration:
     promoted: bool
     decision: str
     variant: str  # what the version serves: "baseline" (the uncompressed torch model) or a compress variant
+    url: str = ""  # the run in the MLflow UI, in its model-training view
+    runs_url: str = ""  # the experiment's runs table there
 
     registered: ClassVar[bool] = True
 
@@ -70,6 +72,7 @@ class Registration:
         return (
             f"register: run {self.run_id} in experiment '{self.experiment}'; {self.name} version {self.version} is "
             f"{CHALLENGER}{f' and {CHAMPION}' if self.promoted else ''} ({self.decision}); it serves {self.variant}"
+            + (f"\n  MLflow: {self.url}" if self.url else "")
         )
 
 
@@ -245,6 +248,8 @@ def register(
         promoted=promoted,
         decision=decision,
         variant=variant or "baseline",
+        url=tracking.ui_url(experiment_id := client.get_run(run_id).info.experiment_id, run_id),
+        runs_url=tracking.ui_url(experiment_id),
     )
 
 
@@ -271,7 +276,7 @@ def record_and_register(
         tracking.pipeline_run(client, context.experiment, run_name(), context.tags, params) as run_id,
     ):
         record_validation(client, params, run_id, context)
-        log = tracking.TrainingLog(client, run_id, card.spec, params.train.out)
+        log = tracking.TrainingLog(client, run_id, card.spec, params.train.out, params=params)
         for record in history:
             log.log_epoch(record)
         e = params.evaluate
@@ -429,17 +434,16 @@ def robustness_gate(
     theirs = evidence.robust.get(f"robust_{name}_{severity}_{metric}") if evidence is not None else None
     if theirs is None or evidence is None or evidence.robustness != tag:
         return True, f"; robustness condition not applied: champion v{champion.version} has no {setting} score on {tag}"
-    drop = 100 * (theirs - ours)
-    if drop > condition.max_drop:
-        return False, (
-            f"; but under {setting} its {metric} {100 * ours:.1f} is {drop:.1f} points below champion "
-            f"v{champion.version}'s (register.robustness allows {condition.max_drop})"
-        )
-    return (
-        True,
-        f"; under {setting}: {100 * (ours - theirs):+.1f} points against champion v{champion.version} "
-        f"(register.robustness allows -{condition.max_drop})",
+    # The change is challenger - champion in points, signed (negative: the challenger scores lower), as every
+    # change this project reports; register.robustness.max_drop is the largest loss it allows, i.e. down to -max_drop.
+    change = 100 * (ours - theirs)
+    said = (
+        f"under {setting} its {metric} {100 * ours:.1f}, change {change:+.1f} points against champion "
+        f"v{champion.version}'s {100 * theirs:.1f} (register.robustness allows down to -{condition.max_drop})"
     )
+    if -change > condition.max_drop:
+        return False, f"; but {said}"
+    return True, f"; {said}"
 
 
 def split_fingerprint(dataset: Dataset, split: str) -> str:
@@ -537,15 +541,18 @@ def model_card(
         lines += ["", f"## Compression (test split, {compression.get('metric')} of `{head}`)", ""]
         serving = "the uncompressed model" if served == "baseline" else f"`{served}`"
         lines += [f"This version serves {serving} (register.variant).", ""]
+        # variant - uncompressed, signed (negative: it scores lower), in the report's change_unit
+        unit = compression.get("change_unit", "points")
+        change_head = f"change ({unit}, vs uncompressed)"
         lines += [
-            "| variant | size MB | non-zero params | p50 ms (batch 1) | per s (batch 64) | drop (points) | kept |",
+            f"| variant | size MB | non-zero params | p50 ms (batch 1) | per s (batch 64) | {change_head} | kept |",
             "|---|---|---|---|---|---|---|",
         ]
         rows = {"uncompressed": compression["baseline"], **compression.get("variants", {})}
         for variant, f in rows.items():
             lines.append(
                 f"| {variant} | {f['size_bytes'] / 1e6:.1f} | {f['nonzero_params']:,} | {f['latency_ms_p50']:.1f} | "
-                f"{f['throughput_per_s']:.0f} | {_fmt(f.get('drop_points', 0.0))} | {f.get('kept', True)} |"
+                f"{f['throughput_per_s']:.0f} | {_signed(f.get('change'), unit, variant)} | {f.get('kept', True)} |"
             )
     if robust:
         lines += ["", *_robustness_section(robust, head)]
@@ -597,17 +604,17 @@ def _seeds_lines(seeds: Mapping[str, Any], head: str) -> list[str]:
 
 
 def _robustness_section(report: Mapping[str, Any], head: str) -> list[str]:
-    """The monitored head's robustness metric under each perturbation, in points, and its drop at the middle
-    severity: what the model loses when its inputs are noisy or missing."""
+    """The monitored head's robustness metric under each perturbation, in points, and its change at the middle
+    severity (perturbed - clean, signed: negative is what the model loses when its inputs are noisy or missing)."""
     metric = report["metric"]
     clean = report["clean"][head][metric]
     lines = [
         f"## Robustness ({report['split']} split, {metric} of `{head}` in points, clean {100 * clean:.1f})",
         "",
         "Inputs perturbed at each severity (components/perturbations.py, seed "
-        f"{report['seed']}); the drop is at the middle severity.",
+        f"{report['seed']}); the change is perturbed - clean at the middle severity (negative: a loss).",
         "",
-        "| perturbation | severities: score | drop (points) |",
+        "| perturbation | severities: score | change (points) |",
         "|---|---|---|",
     ]
     for name, entry in report["perturbations"].items():
@@ -615,8 +622,8 @@ def _robustness_section(report: Mapping[str, Any], head: str) -> list[str]:
         scores = {s: v.get(head, {}).get(metric) for s, v in severities.items()}
         middle = scores[list(scores)[len(scores) // 2]]
         cells = ", ".join(f"{s}: {'n/a' if v is None else f'{100 * v:.1f}'}" for s, v in scores.items())
-        drop = "n/a" if middle is None else f"{100 * (clean - middle):.1f}"
-        lines.append(f"| {name} | {cells} | {drop} |")
+        change = "n/a" if middle is None else f"{100 * (middle - clean):+.1f}"
+        lines.append(f"| {name} | {cells} | {change} |")
     lines += [f"- skipped: {why}" for why in report.get("skipped", [])]
     return lines
 
@@ -828,6 +835,15 @@ def _contract(schema: list[dict]) -> list[dict]:
 
 def _columns(schema: list[dict]) -> str:
     return "[" + ", ".join(f"{c.get('name')}{'' if c.get('required', True) else '?'}" for c in schema) + "]"
+
+
+def _signed(value: Any, unit: str, variant: str = "") -> str:
+    """A change (new - reference) with its sign: +0.00 points, -0.0123 mae; the reference row itself shows none."""
+    if variant == "uncompressed":
+        return "(reference)"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:+.2f}" if unit == "points" else f"{value:+.4f}"
 
 
 def _fmt(value: Any) -> str:

@@ -33,6 +33,7 @@ from components import perturbations
 from components.atomic import replace_directory, write_bytes, write_json
 from components.config import ConfigError, Head, RobustnessParams
 from components.dataset import SPLITS, read_dataset
+from components.devices import cpu_threads
 from components.errors import DataError
 from components.featurize import FEATURES, FeaturizerState, encode_texts, load_tokenizer
 from components.metrics import metrics_for
@@ -101,7 +102,8 @@ class RobustnessResult:
             middle = list(severities)[len(severities) // 2]
             value = severities[middle].get(self.head, {}).get(self.metric)
             if value is not None:
-                worst.append((value, f"{name} {middle} {100 * value:.1f}"))
+                # change = perturbed - clean, signed, in points: the project's one convention for every change
+                worst.append((value, f"{name} {middle} {100 * value:.1f} ({100 * (value - clean):+.1f} points)"))
         lowest = ", ".join(text for _, text in sorted(worst)[:3])
         text = (
             f"robustness: {self.split} {self.head} {self.metric} clean {100 * clean:.1f}; lowest at middle severity: "
@@ -119,6 +121,13 @@ def robustness(
     Raises DataError for an empty split or features of another dataset, TrainingError for a missing model or one
     trained on other features, ConfigError for an unknown metric or an unavailable device.
     """
+    with cpu_threads(params.threads):
+        return _robustness(raw, features, model_dir, params, progress=progress)
+
+
+def _robustness(
+    raw: str | Path, features: str | Path, model_dir: str | Path, params: RobustnessParams, *, progress: bool = True
+) -> RobustnessResult:
     start = time.perf_counter()
     from tqdm.auto import tqdm
 

@@ -23,6 +23,7 @@ The tracking URI is MLflow's own setting: `MLFLOW_TRACKING_URI`, else `sqlite://
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,8 +51,15 @@ KIND, HEAD, VARIANT = "msa.kind", "msa.head", "msa.variant"  # tags that tell th
 HEARTBEAT = "msa.heartbeat"  # unix seconds, refreshed while the run's process lives
 MODEL_DIGEST = "msa.model_digest"  # on the train run: the content hash of its uploaded model/
 PARENT = "mlflow.parentRunId"
-# The MLflow 3 UI opens experiments of this kind in its model-training view rather than the GenAI one.
+# What kind of experiment this is, for the MLflow UI's experiment-kind selector (and Databricks). MLflow 3.17's UI does
+# not pick its view from it: with workflow-based navigation on (always, in open-source MLflow) it reads the view from
+# the link's `workflowType` query, else from the browser's last choice, else the GenAI one. So every link this project
+# prints carries WORKFLOW (ui_url).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+WORKFLOW = "workflowType=machine_learning"
+UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves a database or file store
+# Where a run comes from, as MLflow's fluent start_run records it: copied onto every child run.
+SOURCE_TAGS = ("mlflow.user", "mlflow.source.")
 HEARTBEAT_EVERY_S = 30
 STALE_AFTER_S = 300  # a RUNNING pipeline run whose heartbeat is this old has lost its process
 VARIANT_RUN_NAMES = {
@@ -125,6 +134,42 @@ def uri_problem(uri: str) -> str | None:
     return None
 
 
+def ui_url(experiment: str, run: str | None = None, *, tab: str | None = None) -> str:
+    """The MLflow UI's page of an experiment (its runs table) or of one of its runs, in the model-training view.
+
+    On the tracking server when MLFLOW_TRACKING_URI names one, else where `mlflow ui` serves by default."""
+    uri = tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT
+    page = f"/experiments/{experiment}" + (f"/runs/{run}" if run else "") + (f"/{tab}" if tab else "")
+    return f"{base}/#{page}?{WORKFLOW}"
+
+
+def model_url(name: str) -> str:
+    """The MLflow UI's page of a registered model (its versions and aliases)."""
+    uri = tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT
+    return f"{base}/#/models/{name}?{WORKFLOW}"
+
+
+def source_tags() -> dict[str, str]:
+    """`mlflow.user`, `mlflow.source.name`/`type` and the git commit, branch and repository URL, as MLflow's fluent
+    start_run records them (its run-context providers), except that git is asked about the working directory (the
+    project) rather than about the entry point's file: `msa` lies in a git-ignored virtual environment, or outside
+    the repository in an image, where MLflow finds no commit."""
+    from mlflow.tracking.context.git_context import GitRunContext
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils import git_utils
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL
+
+    here = os.getcwd()
+    git = {
+        MLFLOW_GIT_COMMIT: git_utils.get_git_commit(here),
+        MLFLOW_GIT_BRANCH: git_utils.get_git_branch(here),
+        MLFLOW_GIT_REPO_URL: git_utils.get_git_repo_url(here),  # credentials stripped
+    }
+    return resolve_tags({k: v for k, v in git.items() if v}, ignore=[GitRunContext])
+
+
 def experiment_id(client: Any, name: str) -> str:
     """The experiment `name`, created in the model-training view if it does not exist yet."""
     from mlflow.exceptions import MlflowException
@@ -148,7 +193,8 @@ def pipeline_run(client: Any, experiment: str, run_name: str, tags: Mapping[str,
     """
     exp = experiment_id(client, experiment)
     close_stale_runs(client, exp)
-    run = client.create_run(exp, run_name=run_name, tags={**tags, KIND: "pipeline", HEARTBEAT: str(time.time())})
+    tags = {**source_tags(), **tags, KIND: "pipeline", HEARTBEAT: str(time.time())}
+    run = client.create_run(exp, run_name=run_name, tags=tags)
     run_id = run.info.run_id
     with _live(client, run_id, params, lambda status: _terminate_family(client, run_id, status)):
         yield run_id
@@ -246,19 +292,38 @@ def child_runs(client: Any, parent: str, kind: str) -> list[Any]:
     )
 
 
-def child_run(client: Any, parent: str, kind: str, name: str, tags: Mapping[str, str] | None = None) -> str:
-    """The id of `parent`'s child run of `kind` named `name`: the existing one (reopened if a killed worker left
-    it ended), else a new one. Its tags are the parent's lineage tags plus `tags`."""
+def child_run(
+    client: Any,
+    parent: str,
+    kind: str,
+    name: str,
+    tags: Mapping[str, str] | None = None,
+    *,
+    reopen: bool = True,
+    start_time: int | None = None,
+) -> str:
+    """The id of `parent`'s child run of `kind` named `name`: the existing one (reopened, unless not `reopen`, if a
+    killed worker left it ended), else a new one starting at `start_time` (ms; now when None). Its tags are the
+    parent's lineage and source tags plus `tags`.
+
+    Results logged into a run after its work ended (a head's test metrics) do not reopen it: a run lasts as long
+    as its own work."""
     for run in child_runs(client, parent, kind):
         if run.info.run_name == name:
-            if run.info.status != "RUNNING":
+            if reopen and run.info.status != "RUNNING":
                 client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id
     parent_run = client.get_run(parent)
-    inherited = {k: v for k, v in parent_run.data.tags.items() if not k.startswith("mlflow.") and k != HEARTBEAT}
-    inherited.pop(KIND, None)
+    inherited = {
+        k: v
+        for k, v in parent_run.data.tags.items()
+        if (k.startswith(SOURCE_TAGS) or not k.startswith("mlflow.")) and k not in (HEARTBEAT, KIND)
+    }
     run = client.create_run(
-        parent_run.info.experiment_id, run_name=name, tags={**inherited, **(tags or {}), PARENT: parent, KIND: kind}
+        parent_run.info.experiment_id,
+        start_time=start_time,
+        run_name=name,
+        tags={**inherited, **(tags or {}), PARENT: parent, KIND: kind},
     )
     return run.info.run_id
 
@@ -275,7 +340,8 @@ def tune_run(client: Any, experiment: str, plan: Plan, params: Params) -> Iterat
         run_id = runs[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
-        tags = {KIND: "tune", "msa.study": plan.study, "msa.study_uid": plan.uid, HEARTBEAT: str(time.time())}
+        tags = {**source_tags(), KIND: "tune", "msa.study": plan.study, "msa.study_uid": plan.uid}
+        tags[HEARTBEAT] = str(time.time())
         run_id = client.create_run(exp, run_name=f"tune {plan.study}", tags=tags).info.run_id
     with _live(client, run_id, params, lambda status: client.set_terminated(run_id, status)):
         yield run_id
@@ -302,27 +368,76 @@ def log_tune(client: Any, run_id: str, result: TuneResult) -> None:
 
 
 def log_dataset(client: Any, run_id: str, dataset: Any, digest: str, source: Mapping[str, str]) -> None:
-    """The dataset as the run's input: its name, `digest` (DVC's md5 of data/raw) and where to get it."""
+    """The dataset as the run's input, as `mlflow.log_input` logs an MLflow dataset: built from its samples table
+    (MLflow's schema and profile of it, with the dataset's version, splits and modalities), named like the dataset,
+    its digest `digest` (DVC's md5 of data/raw, or the lineage's data hash) and its source where to get it."""
+    from mlflow.data.pandas_dataset import PandasDataset
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     samples = dataset.samples
-    entity = Dataset(
-        name=dataset.manifest.name,
-        digest=digest[:12],  # what the runs table's Dataset column has room for; `source` holds all of it
-        source_type="dvc",
-        source=json.dumps(dict(source)),
-        schema=json.dumps({"columns": list(samples.columns)}),
-        profile=json.dumps(
-            {
-                "version": dataset.manifest.version,
-                "samples": len(samples),
-                "splits": {str(k): int(v) for k, v in samples["split"].value_counts().items()},
-                "modalities": list(dataset.manifest.modalities.present),
-            }
-        ),
-    )
+    source_of = _dataset_source()(source)
+    with warnings.catch_warnings():  # its hint about integer columns is for model signatures, not datasets
+        warnings.simplefilter("ignore", UserWarning)
+        logged = PandasDataset(samples, source_of, targets="label", name=dataset.manifest.name, digest=digest)
+        entity = logged._to_mlflow_entity()  # what mlflow.log_input sends
+    profile = {
+        **json.loads(entity.profile),
+        "version": dataset.manifest.version,
+        "splits": {str(k): int(v) for k, v in samples["split"].value_counts().items()},
+        "modalities": list(dataset.manifest.modalities.present),
+    }
+    entity = Dataset(entity.name, entity.digest, entity.source_type, entity.source, entity.schema, json.dumps(profile))
     context = InputTag(key="mlflow.data.context", value="training")
     client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=[context])])
+
+
+def copy_inputs(client: Any, source_run: str, run_ids: Iterable[str]) -> None:
+    """The datasets run `source_run` took as inputs (the pipeline run's, logged by validate), as inputs of each of
+    `run_ids` too: a train or head run shows what it was trained on, from whichever machine trains."""
+    from mlflow.entities import DatasetInput
+
+    inputs = client.get_run(source_run).inputs
+    datasets = [DatasetInput(d.dataset, d.tags) for d in (inputs.dataset_inputs if inputs else [])]
+    if datasets:
+        for run_id in run_ids:
+            client.log_inputs(run_id, datasets=datasets)
+
+
+@functools.cache
+def _dataset_source() -> type:
+    """The dataset source class of a DVC-tracked dataset (defined on first use: MLflow is imported late)."""
+    from mlflow.data.dataset_source import DatasetSource
+
+    class DvcSource(DatasetSource):
+        """A dataset DVC tracks: its path in the repository, data.dvc's md5 (what `dvc pull` fetches at that
+        commit) and the git commit."""
+
+        def __init__(self, where: Mapping[str, str]) -> None:
+            self.where = dict(where)
+
+        @staticmethod
+        def _get_source_type() -> str:
+            return "dvc"
+
+        def load(self, dst_path: str | None = None) -> str:
+            raise NotImplementedError("`dvc pull` at the recorded git commit fetches this dataset")
+
+        @staticmethod
+        def _can_resolve(raw_source: Any) -> bool:
+            return False
+
+        @classmethod
+        def _resolve(cls, raw_source: Any) -> Any:
+            raise NotImplementedError
+
+        def to_dict(self) -> dict[str, str]:
+            return self.where
+
+        @classmethod
+        def from_dict(cls, source_dict: dict) -> Any:
+            return cls(source_dict)
+
+    return DvcSource
 
 
 def log_validation(client: Any, run_id: str, report: Mapping[str, Any], report_path: Path) -> None:
@@ -335,17 +450,26 @@ class TrainingLog:
 
     Works from any machine that reaches the tracking server: it creates (or, for a retried flow run on a fresh
     worker, finds) the runs under `parent`, uploads the checkpoint after every epoch and the model when it improves.
+    The train run carries the training settings (`train.*`, `model.*`: those of `params`, else the pipeline run's);
+    each head's run its own (`head_params`) and the dataset, the pipeline run's input. The heads are trained together,
+    by one loss: their runs last from the start of training to the end of its last epoch.
     """
 
-    def __init__(self, client: Any, parent: str, spec: Any, out: Path, attempt: int = 1) -> None:
+    def __init__(
+        self, client: Any, parent: str, spec: Any, out: Path, attempt: int = 1, params: Params | None = None
+    ) -> None:
         from components.model_store import monitored_head
 
         self.client, self.parent, self.spec, self.out = client, parent, spec, Path(out)
         self.run_id, self.attempt = child_run(client, parent, "train", train_run_name(attempt)), attempt
         self.heads = {h: child_run(client, parent, "head", h, {HEAD: h}) for h in spec.heads}
         self.monitored = monitored_head(spec)
+        log_params(client, self.run_id, training_params(client, parent, params))
         for head, run_id in self.heads.items():
             log_params(client, run_id, head_params(spec, head))
+        fresh = [r for r in (self.run_id, *self.heads.values()) if not client.get_run(r).inputs.dataset_inputs]
+        copy_inputs(client, parent, fresh)
+        self.trained_until: int | None = None  # ms: when the last epoch this process trained ended
         self.monitor = None
         self.uploaded, self.upload_seconds = 0, 0.0  # sent to the artifact store by this process, and the time it took
         self.published: str | None = None  # the digest of this process's last model upload
@@ -378,6 +502,7 @@ class TrainingLog:
     def log_epoch(self, record: dict) -> None:
         """One epoch's curves: every head's on its run, the monitored head's on the parent too."""
         epoch, when = record["epoch"], int(time.time() * 1000)
+        self.trained_until = when
         for head, run_id in self.heads.items():
             log_numbers(self.client, run_id, epoch_metrics(record, head), step=epoch, when=when)
         log_numbers(self.client, self.parent, epoch_metrics(record, self.monitored), step=epoch, when=when)
@@ -437,15 +562,17 @@ class TrainingLog:
         return value
 
     def close(self, status: str) -> None:
+        """End the train run, and the head runs when their last epoch ended (evaluate adds their metrics later
+        without reopening them)."""
         if self.monitor is not None:
             self.monitor.finish()
+        trained = self.trained_until if status == "FINISHED" else None
         for run_id in self.heads.values():
-            if status != "FINISHED":  # the heads stay open for evaluate's metrics when training succeeded
-                self.client.set_terminated(run_id, status)
+            self.client.set_terminated(run_id, status, end_time=trained)
         self.client.set_terminated(self.run_id, status)
 
 
-def seed_run(client: Any, parent: str, seed: int, attempt: int | None = None) -> str:
+def seed_run(client: Any, parent: str, seed: int, attempt: int | None = None, *, reopen: bool = True) -> str:
     """The child run of one seed of a multi-seed training (train.seeds): its curves, then its test metrics. Each
     training attempt has its own (a replacement worker trains every seed again); `attempt` None: the latest."""
     if attempt is None:
@@ -454,7 +581,7 @@ def seed_run(client: Any, parent: str, seed: int, attempt: int | None = None) ->
             return runs[-1].info.run_id
         attempt = 1
     name = f"seed {seed}" if attempt == 1 else f"seed {seed} (attempt {attempt})"
-    return child_run(client, parent, "seed", name, {"msa.seed": str(seed)})
+    return child_run(client, parent, "seed", name, {"msa.seed": str(seed)}, reopen=reopen)
 
 
 def trained_model_digest(client: Any, parent: str) -> tuple[str, str]:
@@ -483,16 +610,13 @@ def log_evaluation(
 
     several = bool(seeds and seeds.get("seeds"))
     for head in spec.heads:
-        run_id = child_run(client, parent, "head", head, {HEAD: head})  # opened, with its params, by training
+        run_id = child_run(client, parent, "head", head, {HEAD: head}, reopen=False)  # training's, ended
         log_numbers(client, run_id, split_metrics(metrics, head) | (seed_metrics(seeds, head) if several else {}))
-        client.set_terminated(run_id, "FINISHED")
     head = monitored_head(spec)
     log_numbers(client, parent, split_metrics(metrics, head) | (seed_metrics(seeds, head) if several else {}))
     if several:
         for seed, run in seeds["runs"].items():
-            run_id = seed_run(client, parent, int(seed))
-            log_numbers(client, run_id, split_metrics(run, head))
-            client.set_terminated(run_id, "FINISHED")
+            log_numbers(client, seed_run(client, parent, int(seed), reopen=False), split_metrics(run, head))
     if seeds_report is not None and Path(seeds_report).is_file():
         client.log_artifact(parent, str(seeds_report), "reports")
     client.log_artifact(parent, str(report), "reports")
@@ -510,9 +634,8 @@ def log_robustness(
 
     kind = spec.label.kind
     for head in spec.heads:
-        run_id = child_run(client, parent, "head", head, {HEAD: head})  # opened by training, ended by evaluate
+        run_id = child_run(client, parent, "head", head, {HEAD: head}, reopen=False)  # training's, ended
         log_numbers(client, run_id, robustness_metrics(report, head, kind))
-        client.set_terminated(run_id, "FINISHED")  # child_run reopened it
     log_numbers(client, parent, robustness_metrics(report, monitored_head(spec), kind))
     client.log_artifact(parent, str(report_path), "reports")
     if Path(plots).is_dir():
@@ -536,16 +659,19 @@ def robustness_metrics(report: Mapping, head: str, kind: str) -> dict[str, float
     }
 
 
-def start_variant_runs(client: Any, parent: str, variants: Iterable[str]) -> None:
-    """Open a run per compression variant when compression starts, so that its duration is the stage's."""
-    for variant in variants:
-        child_run(client, parent, "variant", VARIANT_RUN_NAMES.get(variant, variant), {VARIANT: variant})
+def log_compression(
+    client: Any, parent: str, report: Mapping, report_path: Path, tolerance: float, *, started: float | None = None
+) -> None:
+    """A run per variant with its settings and measurements; the uncompressed model's measurements on the parent.
 
-
-def log_compression(client: Any, parent: str, report: Mapping, report_path: Path, tolerance: float) -> None:
-    """A run per variant with its settings and measurements; the uncompressed model's measurements on the parent."""
+    A variant's run lasts as long as its own work: the `seconds` compress records for it (building, fine-tuning,
+    scoring and timing it), from its `started` (unix seconds) or else ending now. A report without them (an older
+    one) spans the stage from `started` (the stage's start), or none."""
+    now = time.time()
     for variant, figures in report.get("variants", {}).items():
-        run_id = child_run(client, parent, "variant", VARIANT_RUN_NAMES.get(variant, variant), {VARIANT: variant})
+        span = variant_span(figures, started, now)
+        name = VARIANT_RUN_NAMES.get(variant, variant)
+        run_id = child_run(client, parent, "variant", name, {VARIANT: variant}, start_time=span[0])
         client.set_tag(run_id, "msa.kept", str(figures["kept"]))
         settings = {
             "variant": variant,
@@ -557,13 +683,30 @@ def log_compression(client: Any, parent: str, report: Mapping, report_path: Path
         }
         log_params(client, run_id, settings)
         log_numbers(client, run_id, compression_metrics(figures))
-        client.set_terminated(run_id, "FINISHED")
+        client.set_terminated(run_id, "FINISHED", end_time=span[1])
     if "baseline" in report:
         log_numbers(client, parent, compression_metrics(report["baseline"]))
     client.log_artifact(parent, str(report_path), "reports")
 
 
+def variant_span(figures: Mapping, stage_started: float | None, now: float) -> tuple[int, int]:
+    """(start, end) in ms of a variant's run: its own `seconds` of work, else the stage's."""
+    seconds = figures.get("seconds")
+    if isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0:
+        begin = figures.get("started")
+        begin = float(begin) if isinstance(begin, int | float) else now - seconds
+        return int(begin * 1000), int((begin + seconds) * 1000)
+    return int((now if stage_started is None else stage_started) * 1000), int(now * 1000)
+
+
 # --- what is logged ---------------------------------------------------------------------------------------------------
+
+
+def training_params(client: Any, parent: str, params: Params | None = None) -> dict[str, Any]:
+    """The training settings, `train.*` and `model.*` as the pipeline run names them: those of `params`, else the
+    pipeline run `parent`'s."""
+    flat = flatten(params.model_dump(mode="json", by_alias=True), ".") if params else client.get_run(parent).data.params
+    return {k: v for k, v in flat.items() if k.startswith(("train.", "model."))}
 
 
 def head_params(spec: Any, head: str) -> dict[str, Any]:

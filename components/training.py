@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -39,7 +40,7 @@ from components.atomic import write_bytes
 from components.augmentation import augment, enabled
 from components.config import ConfigError, ModelParams, TrainParams, runtime_keys
 from components.dataset import SPLITS
-from components.devices import autocast_dtype, pick_device
+from components.devices import autocast_dtype, cpu_threads, describe, pick_device
 from components.errors import TrainingError, TrainingInterrupted
 from components.featurize import FeaturizerState, load_features, read_state
 from components.lineage import trained_code_hash
@@ -68,6 +69,7 @@ from components.model_store import (
 from components.models import MultiTaskModel
 from components.models.spec import ImageSpec, LabelSpec, ModelSpec, SequenceSpec, TextSpec
 
+log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict, bool], None]  # (the epoch's history record, whether the best model improved)
 # Where the model goes and which device trains it do not decide what a checkpoint continues.
 _NOT_IN_INPUTS_KEY = runtime_keys("train")
@@ -233,11 +235,12 @@ def train(
     own checkpoint (each resumes on its own); the one with the best monitored valid metric is copied to `out` (never
     chosen on test) and `out/seeds.json` names it. `on_epoch` records then carry their `seed`.
     """
-    if params.seeds == 1:
-        _forget_seeds(Path(params.out))
-        result = _train_one(features, model_params, params, resume=resume, progress=progress, on_epoch=on_epoch)
-    else:
-        result = _train_seeds(features, model_params, params, resume=resume, progress=progress, on_epoch=on_epoch)
+    with cpu_threads(params.threads):
+        if params.seeds == 1:
+            _forget_seeds(Path(params.out))
+            result = _train_one(features, model_params, params, resume=resume, progress=progress, on_epoch=on_epoch)
+        else:
+            result = _train_seeds(features, model_params, params, resume=resume, progress=progress, on_epoch=on_epoch)
     if _rank() == 0:  # what registration checks params.yaml and the code against
         trained_with = TrainedWith(settings=settings_hash(model_params, params), code=trained_code_hash())
         write_card(result.out, read_card(result.out).model_copy(update={"trained_with": trained_with}))
@@ -358,6 +361,15 @@ def _train_one(
         )
         sampler = DistributedSampler(range(len(train_rows)), num_replicas=world, rank=rank, seed=params.seed)
         local_batch = params.batch_size // world
+        if rank == 0:
+            start_line = f"train: {describe(device, amp)}"
+            if world > 1:
+                start_line += f", {world} processes"
+            log.info(
+                f"{start_line}; {len(train_rows)} train and {len(valid_rows)} valid samples, epochs "
+                f"{progress_state['epoch'] + 1} to {last_epoch} at most, batch {params.batch_size}, heads "
+                f"{', '.join(spec.heads)}; early stop on valid {head} {metric}"
+            )
         bar = tqdm(
             total=(last_epoch - progress_state["epoch"]) * math.ceil(len(sampler) / local_batch),
             desc="train",
@@ -414,6 +426,8 @@ def _train_one(
                 }
                 if not bar.disable:
                     bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", **_postfix(progress_state, head, metric))
+                elif rank == 0:  # no bar (a log, a worker): a line per epoch instead
+                    log.info(_epoch_line(record, last_epoch, head, metric, improved, time.perf_counter() - epoch_start))
                 if rank == 0:
                     if improved:
                         monitor = Monitor(head=head, metric=metric, value=valid[head][metric], epoch=epoch)
@@ -503,6 +517,16 @@ def _card(spec: ModelSpec, state: FeaturizerState, monitor: Monitor) -> ModelCar
         monitor=monitor,
         featurizer_key=state.key,
         dataset=DatasetRef(name=state.dataset, version=state.dataset_version),
+    )
+
+
+def _epoch_line(record: dict, last_epoch: int, head: str, metric: str, improved: bool, seconds: float) -> str:
+    """`epoch 7/30  loss lstm 0.412 ... fusion 0.301  valid fusion mae 0.2734 (best)  3.2 s`"""
+    losses = " ".join(f"{h} {value:.3f}" for h, value in record["train_loss"].items())
+    value = record["valid"][head][metric]
+    return (
+        f"epoch {record['epoch']}/{last_epoch}  loss {losses}  valid {head} {metric} {value:.4f}"
+        f"{' (best)' if improved else ''}  {seconds:.1f} s"
     )
 
 

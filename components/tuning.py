@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -75,10 +76,18 @@ class TuneResult:
     report: Path | None = None
     figure: Path | None = None  # every trial's curve and the best so far, beside the report
 
+    # The best trial's values that differ from the settings the study was concluded with: none when the best trial
+    # is the settings as they are (the first trial of every study tries them), which no experiment would change.
+    changes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_is_current(self) -> bool:
+        return self.best is not None and not self.changes
+
     @property
     def overrides(self) -> list[str]:
-        """The best values as `dvc exp run -S` arguments."""
-        return [f"-S '{key}={_yaml_scalar(value)}'" for key, value in (self.best.values if self.best else {}).items()]
+        """The best trial's changes to the current settings as `dvc exp run -S` arguments (none when it has none)."""
+        return [f"-S '{key}={_yaml_scalar(value)}'" for key, value in self.changes.items()]
 
     def summary(self) -> str:
         counts = {state: sum(t.state == state for t in self.trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
@@ -86,10 +95,13 @@ class TuneResult:
         if self.best is None:
             return f"tune: study {self.study}: {done or 'no trials'}; no trial completed"
         values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.best.values.items())
-        return (
-            f"tune: study {self.study}: {done}; best trial {self.best.number}, {self.monitor} {self.best.value:.4f} "
-            f"({values}) -> {self.best_params}; as an experiment: dvc exp run {' '.join(self.overrides)}"
-        )
+        head = f"tune: study {self.study}: {done}; best trial {self.best.number}, {self.monitor} {self.best.value:.4f}"
+        if self.best_is_current:
+            return (
+                f"{head} ({values}): the current settings scored best; no trial beat them, so there is no experiment "
+                "to run (more trials, or another search space, may find one)"
+            )
+        return f"{head} ({values}) -> {self.best_params}; as an experiment: dvc exp run {' '.join(self.overrides)}"
 
 
 def storage_url(settings: TuneParams) -> str:
@@ -224,17 +236,12 @@ def trial_dir(params: Params, study: optuna.Study, number: int, retry_of: int | 
     return params.tune.out / study.study_name / study.user_attrs[UID][:8] / f"trial-{origin}"
 
 
-def run_trial(params: Params, parent_run: str | None = None, *, threads: int | None = None) -> TrialResult:
+def run_trial(params: Params, parent_run: str | None = None) -> TrialResult:
     """One trial of the study: the next waiting (enqueued or retried) trial, else new values from the sampler,
     seeded by (tune.seed, the trial's number); logged as a child run of MLflow run `parent_run` (None: not logged).
-
-    `threads`: torch's intra-op threads (None: the cores over tune.concurrency, so concurrent trials do not fight
-    for cores; oversubscribed recurrent layers run many times slower)."""
-    import torch
-
+    Its training runs at train.threads, as any training does: a trial's score does not depend on the machine."""
     from components.training import train
 
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // params.tune.concurrency))
     study = open_study(params)
     ran: list[int] = []  # the number of the trial this process ran
 
@@ -356,7 +363,7 @@ def conclude(params: Params, params_file: Path) -> TuneResult:
     completed = [t for t in trials if t.state == "COMPLETE"]
     best = (min if mode == "min" else max)(completed, key=lambda t: t.value) if completed else None
     result = TuneResult(study=study.study_name, monitor=monitor, direction=study.direction.name.lower(), best=best,
-                        trials=trials)  # fmt: skip
+                        trials=trials, changes=_changes(params, best))  # fmt: skip
     report = {
         "study": study.study_name,
         "storage": _redacted(storage_url(params.tune)),
@@ -364,13 +371,15 @@ def conclude(params: Params, params_file: Path) -> TuneResult:
         "direction": result.direction,
         "space": {k: v.model_dump(exclude_none=True) for k, v in params.tune.space.items()},
         "best": asdict(best) if best else None,
+        "best_is_current": result.best_is_current,  # the settings as they are scored best: no experiment to run
+        "changes": result.changes,  # the best trial's values that differ from the current settings
         "trials": [asdict(t) for t in trials],
     }
     write_bytes(params.tune.report, (json.dumps(report, indent=2) + "\n").encode())
     result.report, result.figure = params.tune.report, params.tune.report.with_suffix(".png")
     write_bytes(result.figure, _figure_png(study, monitor))
     if best is not None:
-        write_bytes(params.tune.best, _tuned_params_file(params_file, best, study.study_name).encode())
+        write_bytes(params.tune.best, _tuned_params_file(params_file, best, study.study_name, result.changes).encode())
         result.best_params = params.tune.best
     return result
 
@@ -418,7 +427,30 @@ def _as_result(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> TrialRes
     )  # fmt: skip
 
 
-def _tuned_params_file(params_file: Path, best: TrialResult, study: str) -> str:
+def _changes(params: Params, best: TrialResult | None) -> dict[str, Any]:
+    """The best trial's values that differ from `params`' own (floats compared to a relative 1e-9: a value that went
+    through the study's storage)."""
+    if best is None:
+        return {}
+
+    def same(a: Any, b: Any) -> bool:
+        numbers = all(isinstance(x, float | int) and not isinstance(x, bool) for x in (a, b))
+        if numbers:
+            return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+        return a == b
+
+    changes = {}
+    for key, value in best.values.items():
+        try:
+            current = _current(params, key)
+        except (AttributeError, KeyError):
+            current = None  # a key no longer in the settings: a change
+        if not same(value, current):
+            changes[key] = value
+    return changes
+
+
+def _tuned_params_file(params_file: Path, best: TrialResult, study: str, changes: dict[str, Any]) -> str:
     """`params_file` with the best trial's values set: the user's other settings (and their order) stay."""
     raw = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
     for key, value in best.values.items():
@@ -427,10 +459,17 @@ def _tuned_params_file(params_file: Path, best: TrialResult, study: str) -> str:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
+    if not changes:
+        header = (
+            f"# {params_file} as it is: trial {best.number} of Optuna study {study}, the current settings, scored best "
+            f"(valid score {best.value:.4f}), written by `msa tune`.\n# No trial beat them: there is no experiment "
+            "to run.\n"
+        )
+        return header + yaml.safe_dump(raw, sort_keys=False)
     header = (
         f"# {params_file} with the values of trial {best.number} of Optuna study {study} (valid score "
         f"{best.value:.4f}), written by `msa tune`.\n# Train with them: msa run --params <this file>, or\n"
-        f"# dvc exp run {' '.join(f'-S {k}={_yaml_scalar(v)}' for k, v in best.values.items())}\n"
+        f"# dvc exp run {' '.join(f'-S {k}={_yaml_scalar(v)}' for k, v in changes.items())}\n"
     )
     return header + yaml.safe_dump(raw, sort_keys=False)
 

@@ -2,7 +2,9 @@
 
 `validate_dataset` reads the canonical dataset, builds one validation frame (the samples plus derived check
 columns computed here by small pure functions: per-id split count, image decode result, sequence check, content
-leakage count), runs ONE GX checkpoint over it, and writes `reports/validation.json` plus the GX Data Docs site.
+leakage count), runs ONE GX checkpoint over it, and writes `reports/validation.json`, the same report as one
+self-contained page `reports/validation.html` (readable offline: GX's Data Docs load their assets from CDNs), and
+the GX Data Docs site.
 Every expectation carries a human rule name (`meta["rule"]`), which the summary and the report use.
 
 Things GX cannot see in a table (image files, sequence arrays, content shared across splits) become derived
@@ -17,14 +19,14 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from components.atomic import replace_directory, write_json
+from components.atomic import replace_directory, write_json, write_text
 from components.config import ValidateParams
 from components.dataset import (
     CLIP_COLUMNS,
@@ -90,6 +92,7 @@ class ValidationReport:
     checks: list[Check]
     failures: list[Failure]
     data_docs: Path | None = None  # index.html of the GX Data Docs site
+    html: Path | None = None  # the same report as one self-contained page: readable offline (validate.report .html)
 
     @property
     def evaluated(self) -> int:
@@ -105,6 +108,8 @@ class ValidationReport:
         for check in self.checks:
             if check.success and check.unexpected_count:
                 lines.append(f"  ! {check.rule} [{check.column}]: {_rows(check.unexpected_count)} within tolerance")
+        if self.html is not None:
+            lines.append(f"  report: {self.html} (every rule, offline)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -119,6 +124,7 @@ class ValidationReport:
                 "failures": [vars(f) for f in self.failures],
                 "expectations": [vars(c) for c in self.checks],
                 "data_docs": str(self.data_docs) if self.data_docs else None,
+                "html": str(self.html) if self.html else None,
             }
         )
 
@@ -143,8 +149,91 @@ def validate_dataset(path: Path, params: ValidateParams) -> ValidationReport:
     planned = {rule.rule: i for i, rule in enumerate(rules)}  # GX groups results by column; report them as planned
     results.sort(key=lambda r: planned.get((r.expectation_config.meta or {}).get("rule"), len(planned)))
     report = _report(manifest, len(samples), results, params.examples, Path(params.data_docs) / DATA_DOCS_INDEX)
-    write_json(params.report, report.to_dict())
+    report = replace(report, html=html_path(params.report))
+    data = report.to_dict()
+    write_json(params.report, data)
+    # GX's Data Docs load their styles and scripts from CDNs and show a blank page offline: this page is the same
+    # report, rendered from the JSON just written, with nothing to fetch.
+    write_text(report.html, render_html(data))
     return report
+
+
+def html_path(report: str | Path) -> Path:
+    """Where the offline page of the JSON report at `report` goes: beside it, as .html."""
+    return Path(report).with_suffix(".html")
+
+
+_STYLE = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 80em;
+       padding: 0 1em; color: #1b1b1b; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; }
+.verdict { font-size: 1.2em; font-weight: 600; padding: 0.4em 0.8em; border-radius: 4px; display: inline-block; }
+.pass { background: #e3f4e1; color: #1d5e1a; } .fail { background: #fbe3e1; color: #8a1c12; }
+.warn { background: #fff4d6; color: #7a5300; }
+table { border-collapse: collapse; width: 100%; margin-top: 1em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.35em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+code { font: 12px ui-monospace, Menlo, Consolas, monospace; background: #f4f4f4; padding: 0 0.2em; }
+ul.examples { margin: 0.2em 0 0; padding-left: 1.2em; } .muted { color: #666; }
+"""
+
+
+def render_html(report: dict) -> str:
+    """The JSON validation report as one self-contained HTML page (no external styles, scripts or fonts): the
+    verdict, then every rule with pass/fail, its count of offending rows, and for a failure the message and the
+    offending ids and values."""
+    from html import escape
+
+    def text(value: Any) -> str:
+        return escape("" if value is None else str(value))
+
+    failures = {(f["rule"], f["column"]): f for f in report.get("failures", [])}
+    rows = []
+    for check in report.get("expectations", []):
+        failure = failures.get((check["rule"], check["column"]))
+        count = check.get("unexpected_count")
+        if not check["success"]:
+            status, css = "FAIL", "fail"
+        elif count:
+            status, css = "pass (within tolerance)", "warn"
+        else:
+            status, css = "pass", "pass"
+        detail = ""
+        if failure is not None:
+            detail = f"<div>{text(failure.get('message'))}</div>"
+            shown = failure.get("examples") or []
+            if shown:
+                values = [(e.get("id"), _value_text(e.get("value"), check["column"])) for e in shown]
+                items = "".join(f"<li>id <code>{text(i)}</code>: <code>{text(v)}</code></li>" for i, v in values)
+                detail += f'<ul class="examples">{items}</ul>'
+        rows.append(
+            f'<tr><td><span class="verdict {css}" style="font-size:0.9em">{status}</span></td>'
+            f"<td>{text(check['rule'])}</td><td>{text(check['column'])}</td>"
+            f'<td class="n">{"" if count is None else count}</td><td>{detail}</td>'
+            f'<td class="muted"><code>{text(check["expectation"])}</code></td></tr>'
+        )
+    passed = report.get("success")
+    evaluated, failed = report.get("evaluated", 0), report.get("failed", 0)
+    verdict = (
+        f"passed: {evaluated} expectations on {report.get('n_samples')} samples"
+        if passed
+        else f"FAILED: {failed} of {evaluated} expectations"
+    )
+    title = f"Validation of {report.get('dataset')} v{report.get('version')}"
+    docs = report.get("data_docs")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{text(title)}</title>\n'
+        f"<style>{_STYLE}</style>\n</head>\n<body>\n<h1>{text(title)}</h1>\n"
+        f'<p class="verdict {"pass" if passed else "fail"}">{text(verdict)}</p>\n'
+        '<p class="muted">Written by <code>msa validate</code> from the JSON report beside this page (the same '
+        "rules, in the order they ran). A rule may pass with offending rows where it tolerates some (its "
+        "<code>mostly</code>)."
+        + (f" Great Expectations' own Data Docs: <code>{text(docs)}</code> (they need a network)." if docs else "")
+        + "</p>\n<table>\n<thead><tr><th>result</th><th>rule</th><th>column</th><th>offending rows</th>"
+        "<th>what was found (ids and values)</th><th>expectation</th></tr></thead>\n<tbody>\n"
+        + "\n".join(rows)
+        + "\n</tbody>\n</table>\n</body>\n</html>\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import atexit
 import gc
+import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ from components.featurize import featurize as featurize_dataset
 from components.importers import import_clips_csv, import_image_text_csv, import_mmsa, import_text_tsv
 from components.importers.clips import MAX_LEN_AUDIO, MAX_LEN_VISION
 from components.importers.labelled_csv import TASKS
-from components.validation import validate_dataset  # Great Expectations itself is imported only when validating
+from components.validation import html_path, validate_dataset  # GX itself: imported only when validating
 
 try:
     import tomllib
@@ -35,7 +37,8 @@ except ModuleNotFoundError:  # Python 3.10: the fallback Prefect itself uses, on
     import toml as tomllib
 
 if TYPE_CHECKING:
-    from components.registry import Skipped
+    from components.config import Params
+    from components.registry import Registration, Skipped
 
 # At exit Python collects garbage over every object the imports made: with MLflow and pandas loaded, 1-2 s, as long as
 # the rest of an `msa run` that skips. What is left then needs no collecting: files and connections close with the
@@ -73,6 +76,16 @@ class _UserErrorsAsOneLine(TyperGroup):
             words.append(word)
         ctx.meta[_COMMAND] = " ".join(words)
         return name, command, rest
+
+
+def _log_lines_to_stderr() -> None:
+    """A stage command runs without Prefect: the components' log lines (the device, an epoch) go to stderr as
+    plain lines. (Under `msa run` and on workers, Prefect's handlers take them: see flows/__init__.py.)"""
+    logger = logging.getLogger("components")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
 
 
 _COMMAND = "msa.command"  # ctx.meta key: the subcommand being run
@@ -303,6 +316,50 @@ def run(
     else:
         outcome = f"{result.summary()} (--force trains anyway)"
     out.print(f"run: {outcome} [{time.perf_counter() - started:.1f}s]", markup=False)
+    if result.registered:
+        out.print(run_summary(load_params(params), result), markup=False)
+
+
+def run_summary(p: Params, registration: Registration) -> str:
+    """Where a run's results are and how to use its model: what `msa run` prints last."""
+    from components import tracking
+    from components.model_store import CARD
+
+    headline = json.loads(Path(p.evaluate.headline).read_text())
+    split = "test" if "test" in headline else "valid"
+    width = max(map(len, headline[split]))
+    scores = [
+        f"  {head:<{width}}  " + "  ".join(f"{metric} {value:.4f}" for metric, value in metrics.items())
+        for head, metrics in headline[split].items()
+    ]
+    model = f"models:/{registration.name}/{registration.version}"
+    uri = tracking.tracking_uri()
+    on_server = uri.startswith(("http://", "https://"))
+    env = "" if on_server or os.environ.get("MLFLOW_TRACKING_URI") else f"MLFLOW_TRACKING_URI={uri} "
+    ui = (
+        [f"  open {registration.runs_url}"]
+        if on_server
+        else [f"  mlflow ui --backend-store-uri {uri}", f"  then open {registration.runs_url}"]
+    )
+    reports = (html_path(p.validation.report), p.evaluate.report, p.robustness.report, p.compress.report)
+    return "\n".join(
+        [
+            f"\n{split} split, every head of the trained model:",
+            *scores,
+            f"  (version {registration.version} serves {registration.variant}: {p.compress.headline} compares it)",
+            "\nfiles:",
+            f"  model card  {Path(p.train.out) / CARD} (model_card.md in the MLflow run)",
+            f"  reports     {', '.join(map(str, reports))}",
+            f"  figures     {p.evaluate.figures}/, {p.robustness.figure}",
+            f"  metrics     {p.evaluate.headline}, {p.compress.headline} (dvc metrics show)",
+            "\nMLflow (runs table, this run, the registry):",
+            *ui,
+            "\nuse the model:",
+            f"  msa predict --model {model} --input examples/rows.jsonl",
+            f"  msa serve {model} --port 5001",
+            f"  {env}mlflow models serve -m {model} --env-manager local --port 5001",
+        ]
+    )
 
 
 def _skip_before_prefect(params: Path, seeds: int | None = None) -> Skipped | None:
@@ -379,6 +436,7 @@ def featurize(
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Tokenize text (with frozen token states), resize images, standardize sequences -> featurize.out."""
+    _log_lines_to_stderr()
     p = load_params(params)
     result = featurize_dataset(data or p.data.raw, p.featurize)
     out.print(result.summary(), markup=False)
@@ -395,6 +453,7 @@ def train(
     settings (a run that was killed) unless --restart. Several processes: torchrun --no-python msa train."""
     from components.training import train as train_model  # torch and sklearn: only the commands that train pay
 
+    _log_lines_to_stderr()
     p = load_params(params)
     result = train_model(p.featurize.out, p.model, p.train, resume=False if restart else None)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary rather than one per process
@@ -407,6 +466,7 @@ def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     evaluate.figures."""
     from components.evaluation import evaluate as evaluate_model  # torch, sklearn and matplotlib: only when used
 
+    _log_lines_to_stderr()
     p = load_params(params)
     result = evaluate_model(p.featurize.out, p.train.out, p.evaluate)
     out.print(result.summary(), markup=False)
@@ -418,6 +478,7 @@ def robustness(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     robustness.report, its plot data (robustness.plots) and figure."""
     from components.robustness import robustness as score_robustness  # torch and transformers: only when used
 
+    _log_lines_to_stderr()
     p = load_params(params)
     result = score_robustness(p.data.raw, p.featurize.out, p.train.out, p.robustness)
     out.print(result.summary(), markup=False)
@@ -428,6 +489,7 @@ def compress(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """int8 quantization and magnitude pruning of the trained model, each measured against it -> compress.out."""
     from components.compression import compress as compress_model  # torch: only the commands that need it pay
 
+    _log_lines_to_stderr()
     p = load_params(params)
     result = compress_model(p.featurize.out, p.train.out, p.compress, p.train)
     out.print(result.summary(), markup=False)

@@ -74,7 +74,10 @@ def pipeline(params: str = "params.yaml", force: bool = False, seeds: int | None
         tracking.connected(p.registry) as client,
         tracking.pipeline_run(client, context.experiment, run_name(), context.tags, p) as run_id,
     ):
-        get_run_logger().info(f"MLflow run {run_id} in experiment '{context.experiment}' ({tracking.tracking_uri()})")
+        get_run_logger().info(
+            f"MLflow run {run_id} in experiment '{context.experiment}' ({tracking.tracking_uri()}): "
+            + tracking.ui_url(client.get_run(run_id).info.experiment_id, run_id)
+        )
         tasks.with_timeout(tasks.validate, timeouts.validate_)(p, run_id, context)
         if p.pipeline.training == "deployment":
             _train_on_work_pool(p, params, run_id, restart=force)

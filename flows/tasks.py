@@ -112,7 +112,7 @@ def train(params: Params, run_id: str, attempt: int = 1, restart: bool = False) 
     logger = get_run_logger()
     spec = build_spec(read_state(params.featurize.out), params.model, params.train)
     with tracking.connected(params.registry) as client:
-        log = tracking.TrainingLog(client, run_id, spec, params.train.out, attempt)
+        log = tracking.TrainingLog(client, run_id, spec, params.train.out, attempt, params)
         status = "FAILED"
         try:
             # A worker with an empty disk continues the stored checkpoint of a single-seed training; of several
@@ -219,14 +219,13 @@ def robustness(params: Params, run_id: str) -> list[dict]:
 def compress(params: Params, run_id: str) -> list[dict]:
     from components.compression import compress as compress_model
 
-    with tracking.connected(params.registry) as client:
-        tracking.start_variant_runs(client, run_id, params.compress.variants)
+    started = time.time()  # a report without each variant's own time: the variants' runs span the stage
     result = compress_model(
         params.featurize.out, params.train.out, params.compress, params.train, progress=SHOW_PROGRESS
     )
     with tracking.connected(params.registry) as client:
         report = json.loads(result.report.read_text())
-        tracking.log_compression(client, run_id, report, result.report, params.compress.tolerance)
+        tracking.log_compression(client, run_id, report, result.report, params.compress.tolerance, started=started)
     base = result.baseline
     rows = [_compression_row("fp32", base, base)] + [_compression_row(n, v, base) for n, v in result.variants.items()]
     create_table_artifact(
@@ -246,7 +245,7 @@ def _compression_row(name: str, variant: dict, base: dict) -> dict:
         "p50_ms_batch1": round(variant["latency_ms_p50"], 1),
         "x_faster": round(base["latency_ms_p50"] / variant["latency_ms_p50"], 2),
         "samples_per_s": round(variant["throughput_per_s"]),
-        "drop_points": round(variant.get("drop_points", 0.0), 2),
+        "change": round(variant["change"], 4) if "change" in variant else None,  # variant - uncompressed, signed
         "kept": variant.get("kept", "baseline"),
     }
 
@@ -299,7 +298,8 @@ def register(
             f"{'champion' if registration.promoted else 'challenger'}\n\n"
             f"| | |\n|---|---|\n| metric | {registration.metric} |\n| score | {registration.score:.4g} |\n"
             f"| champion before | {champion} |\n| decision | {registration.decision} |\n"
-            f"| MLflow run | `{registration.run_id}` (experiment `{registration.experiment}`) |\n"
+            f"| MLflow run | [{registration.run_id}]({registration.url}) (experiment `{registration.experiment}`) |\n"
+            f"| registered model | [{registration.name}]({tracking.model_url(registration.name)}) |\n"
         ),
         description="The champion/challenger gate's decision",
     )

@@ -24,7 +24,9 @@ def load_transformer(spec: TextSpec, pretrained: bool) -> nn.Module:
     `pretrained=False` builds the same architecture with random weights, for when a state dict is loaded next.
     """
     from transformers import AutoConfig, AutoModel  # heavy, and only fine-tuning needs it
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # its per-weight loading bar is noise beside ours, and in logs
     path = resolve_text_model(spec.encoder)
     if pretrained:
         model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)

@@ -78,6 +78,8 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     shutil.rmtree(project / "models/trained/checkpoints")
     forced = run([str(BIN / "dvc"), "repro", "--force"], cwd=project)
     assert "train: 2 epochs (last epoch) in" in forced.stdout and "resumed" not in forced.stdout, forced.stdout
+    said = forced.stdout + forced.stderr  # not at a terminal: the device once, a line per epoch, no bar
+    assert "train: cpu, 1 thread" in said and "epoch 1/2  loss " in said and "epoch 2/2  loss " in said, said
     assert _hashes(project) == lock
 
     # `msa run` after `dvc repro` on unchanged inputs: the Prefect flow reads the same params and calls the same
@@ -88,6 +90,13 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     flow = msa("run", cwd=project)
     logs = flow.stdout + flow.stderr
     assert "msa-demo version 1 is champion" in flow.stdout, logs
+    # It ends saying where everything is and how to use the model.
+    for line in (
+        "models/trained/model.json", "reports/validation.html", "mlflow ui --backend-store-uri sqlite:///mlflow.db",
+        "?workflowType=machine_learning", "msa predict --model models:/msa-demo/1 --input examples/rows.jsonl",
+        "mlflow models serve -m models:/msa-demo/1",
+    ):  # fmt: skip
+        assert line in flow.stdout, flow.stdout
     assert "featurize: unchanged inputs" in logs and "resumed after epoch 2" in logs and "0 epochs" not in logs
     assert (project / "mlflow.db").is_file() and any((project / "mlruns").rglob("MLmodel"))
     after = run([str(BIN / "dvc"), "repro"], cwd=project)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,43 @@ def test_valid_dataset_passes_and_writes_report_and_docs(make_dataset, params):
     assert all(e["success"] for e in written["expectations"])
     assert (params.data_docs / "index.html").is_file()
     assert report.data_docs == params.data_docs / "index.html"
+    assert report.html == params.report.with_suffix(".html") and written["html"] == str(report.html)
+    page = report.html.read_text(encoding="utf-8")
+    assert "passed: " in page and "unique ids" in page and page.count("<tr>") == report.evaluated + 1
+    assert f"report: {report.html}" in report.summary()
+    assert_offline(page)
+
+
+def assert_offline(page: str) -> None:
+    """Nothing in the page is fetched: no external script, style sheet, image or font."""
+    assert not re.search(r"<(script|link|img|iframe)\b[^>]*\b(src|href)\s*=", page, re.IGNORECASE)
+    assert "@import" not in page and "url(" not in page
+
+
+def test_the_offline_page_names_each_failed_rule_its_count_and_the_offending_ids(make_dataset, params):
+    report = validate_dataset(make_dataset(_set(11, "text", "x" * 2001)), params)
+    page = report.html.read_text(encoding="utf-8")
+    assert "FAILED: 1 of " in page
+    row = next(r for r in page.split("<tr>") if "text length within [1, 2000]" in r)
+    assert "FAIL" in row and '<td class="n">1</td>' in row and "<code>s11</code>" in row
+    assert_offline(page)
+
+
+def test_the_offline_page_escapes_what_the_data_holds():
+    from components.validation import render_html
+
+    evil = "<script src='https://example.com/x.js'></script>"
+    report = {
+        "success": False, "dataset": "d<b>", "version": "1", "n_samples": 1, "evaluated": 1, "failed": 1,
+        "failures": [{"rule": "text not blank", "column": "text", "unexpected_count": 1, "message": evil,
+                      "examples": [{"id": evil, "value": evil}]}],
+        "expectations": [{"rule": "text not blank", "expectation": "e", "column": "text", "success": False,
+                          "unexpected_count": 1}],
+        "data_docs": None,
+    }  # fmt: skip
+    page = render_html(report)
+    assert "<script" not in page and "&lt;script" in page and "d&lt;b&gt;" in page
+    assert_offline(page)
 
 
 def test_data_docs_are_replaced_not_accumulated(make_dataset, params):

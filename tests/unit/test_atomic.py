@@ -79,3 +79,41 @@ def test_write_json_is_strict_unless_undefined_values_may_be_null(tmp_path):
         tmp_path / "m.json", {"test": {"acc2": float("nan"), "mae": 0.5}, "curve": [float("inf")]}, nan_as_null=True
     )
     assert json.loads((tmp_path / "m.json").read_text()) == {"test": {"acc2": None, "mae": 0.5}, "curve": [None]}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_atomic_writes_take_the_users_umask_not_mkstemps_0600(tmp_path, monkeypatch, umask):
+    import stat
+
+    import components.atomic as atomic
+
+    monkeypatch.setattr(atomic, "FILE_MODE", 0o666 & ~umask)
+    write_json(tmp_path / "r.json", {"a": 1})
+    atomic.write_text(tmp_path / "params.tuned.yaml", "x: 1\n")
+    for name in ("r.json", "params.tuned.yaml"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def test_umask_is_read_without_changing_it():
+    import os
+
+    import components.atomic as atomic
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert atomic._read_umask() == mask
+    probe = os.umask(mask)
+    assert probe == mask  # still the same after reading it
+    assert atomic.FILE_MODE == 0o666 & ~atomic.UMASK
+
+
+def test_a_process_with_umask_027_writes_0640(tmp_path):
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    code = "import sys; from components.atomic import write_text; write_text(sys.argv[1], 'x')"
+    target = tmp_path / "tuned.yaml"
+    subprocess.run([sys.executable, "-c", code, str(target)], check=True, preexec_fn=lambda: os.umask(0o027))
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640

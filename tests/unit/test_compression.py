@@ -18,7 +18,7 @@ from tests.conftest import Trained
 
 MEASURED = {"size_bytes", "params", "nonzero_params", "task_params", "task_nonzero_params", "latency_ms_p50",
             "latency_ms_p95", "throughput_per_s", "metrics"}  # fmt: skip
-VARIANT = MEASURED | {"delta", "max_abs_diff", "drop_points", "kept", "path", "sparsity", "finetune_epochs"}
+VARIANT = MEASURED | {"delta", "max_abs_diff", "change", "kept", "path", "sparsity", "finetune_epochs"}
 
 
 def run(trained, tmp_path: Path, **settings) -> dict:
@@ -43,7 +43,9 @@ def outputs_on_test(model: torch.nn.Module, features: Path) -> dict[str, torch.T
 
 def test_report_layout_and_variants_written(trained, tmp_path):
     report = run(trained, tmp_path)
-    assert report.keys() == {"model_digest", "head", "metric", "tolerance", "split", "baseline", "variants"}
+    assert report.keys() == {"model_digest", "head", "metric", "tolerance", "change_unit", "split", "baseline",
+                             "variants"}  # fmt: skip
+    assert report["change_unit"] == "points"
     assert report["model_digest"] == digest(trained.model)
     assert (report["head"], report["metric"], report["split"]) == ("fusion", "acc2", "test")
     assert report["baseline"].keys() == MEASURED
@@ -64,8 +66,10 @@ def test_report_layout_and_variants_written(trained, tmp_path):
         assert headline[name] == {
             "smaller": round(base["size_bytes"] / variant["size_bytes"], 4),
             "faster": round(base["latency_ms_p50"] / variant["latency_ms_p50"], 4),
-            "drop": round(variant["drop_points"], 4),
+            "change": round(variant["change"], 4),
         }
+        # One sign everywhere: variant - uncompressed, in points; the same number in the report and the headline.
+        assert variant["change"] == pytest.approx(100 * variant["delta"]["acc2"])
 
 
 def test_int8_file_is_smaller(trained, tmp_path):
@@ -131,6 +135,22 @@ def test_variant_beyond_tolerance_is_reported_but_not_written(trained, tmp_path)
     report = run(trained, tmp_path, variants=("prune_unstructured",), sparsity=0.95, finetune_epochs=0,
                  tolerance=0.0, metric="mae")  # fmt: skip
     variant = report["variants"]["prune_unstructured"]
-    assert variant["drop_points"] > 0
+    assert variant["change"] > 0  # variant - uncompressed in mae's own units: a worse mae is a positive change
+    assert variant["change"] == variant["delta"]["mae"] and report["change_unit"] == "mae"
     assert not variant["kept"] and variant["path"] is None
     assert not (tmp_path / "compressed" / "prune_unstructured").exists()
+
+
+@pytest.mark.parametrize(
+    ("metric", "base", "value", "logged", "headline"),
+    [("acc2", 0.75, 0.742537, "acc2 -0.75 points", -0.7463), ("mae", 0.50, 0.53, "mae +0.0300", 0.03)],
+)
+def test_a_change_has_one_sign_in_the_log_the_report_and_the_headline(metric, base, value, logged, headline):
+    """variant - uncompressed, signed: a loss is negative for a score, positive for mae; in points except for mae."""
+    from components.compression import CompressionResult, change, versus_baseline
+
+    figures = {"size_bytes": 100, "latency_ms_p50": 2.0}
+    variant = figures | {"change": change(metric, base, value), "kept": True}
+    result = CompressionResult(Path("r.json"), Path("h.json"), "fusion", metric, figures, {"int8": variant}, 1.0)
+    assert f"int8 1.00x smaller, 1.00x faster, {logged} (kept)" in result.summary()
+    assert versus_baseline(figures, variant)["change"] == pytest.approx(headline)

@@ -87,7 +87,7 @@ def test_stage_params_are_every_setting_that_changes_its_results(stage):
 def test_paths_devices_and_batch_sizes_rerun_nothing(stage):
     runtime = {key for key in listed(stage) if key in RUNTIME_SETTINGS or key.split(".")[0] in RUNTIME_SETTINGS}
     assert not runtime, f"dvc.yaml stage {stage!r} reruns for {sorted(runtime)}, which change no result"
-    assert {"featurize.batch_size", "featurize.device", "train.device", "evaluate.device"} <= RUNTIME_SETTINGS
+    assert {"featurize.device", "featurize.workers", "train.device", "evaluate.device"} <= RUNTIME_SETTINGS
 
 
 def test_runtime_settings_name_real_settings():

@@ -144,8 +144,18 @@ def test_mlflow_metric_names_hold_perturbation_severity_and_metric() -> None:
 def test_the_model_card_has_a_row_per_perturbation() -> None:
     lines = _robustness_section(REPORT, "fusion")
     assert lines[0] == "## Robustness (test split, acc2 of `fusion` in points, clean 90.0)"
-    assert "| missing_text | 0.5: 85.0, 1: 70.0 | 20.0 |" in lines  # the drop at the middle severity (of two: 1)
+    assert "| missing_text | 0.5: 85.0, 1: 70.0 | -20.0 |" in lines  # perturbed - clean at the middle severity (1)
+    assert "| perturbation | severities: score | change (points) |" in lines
     assert "- skipped: image_blur: the model has no image" in lines
+
+
+def test_the_run_log_signs_a_change_as_the_model_card_does() -> None:
+    """perturbed - clean, in points: negative for a loss, in the log line as in the card's table."""
+    from components.robustness import RobustnessResult
+
+    result = RobustnessResult(Path("r.json"), Path("p"), Path("f.png"), "test", "acc2", "fusion", REPORT)
+    assert "clean 90.0; lowest at middle severity: missing_text 1 70.0 (-20.0 points);" in result.summary()
+    assert "| missing_text | 0.5: 85.0, 1: 70.0 | -20.0 |" in _robustness_section(REPORT, "fusion")
 
 
 CHAMPION = SimpleNamespace(version="3", tags={"msa.robustness": "an edited tag: never read"})
@@ -162,8 +172,19 @@ def evidence(robust: dict[str, float], measured_on: str = "test:abc:seed0") -> E
 @pytest.mark.parametrize(
     ("champion_score", "holds", "says"),
     [
-        (0.71, True, "-1.0 points against champion v3 (register.robustness allows -2.0)"),
-        (0.73, False, "3.0 points below champion v3's (register.robustness allows 2.0)"),
+        (
+            0.71,
+            True,
+            "; under missing_text 1 its acc2 70.0, change -1.0 points against champion v3's 71.0 "
+            "(register.robustness allows down to -2.0)",
+        ),
+        (
+            0.73,
+            False,
+            "; but under missing_text 1 its acc2 70.0, change -3.0 points against champion v3's 73.0 "
+            "(register.robustness allows down to -2.0)",
+        ),
+        (0.65, True, "change +5.0 points against champion v3's 65.0"),  # a gain is positive
     ],
 )
 def test_the_gate_bounds_the_loss_under_a_named_perturbation(champion_score, holds, says) -> None:

@@ -126,7 +126,7 @@ def test_tuning_never_reads_the_test_split(trained, tmp_path: Path, monkeypatch:
     for name, features in (("clean", trained.features), ("poisoned", poisoned)):
         params = _tune_params(tmp_path, features, name)
         assert plan(params).todo == 2
-        results = [run_trial(params, threads=1) for _ in range(2)]
+        results = [run_trial(params) for _ in range(2)]
         assert results[0].values == {"train.lr": 0.001, "model.hidden": 8}  # first, the settings as they are
         assert all(r.state == "COMPLETE" and np.isfinite(r.value) for r in results), results
         scores[name] = [(r.values, r.value, r.epochs) for r in results]
@@ -149,12 +149,64 @@ def test_tuning_never_reads_the_test_split(trained, tmp_path: Path, monkeypatch:
     tuned = load_params(params.tune.best)
     assert tuned.train.lr == best[0]["train.lr"] and tuned.model.hidden == best[0]["model.hidden"]
     assert tuned.train.epochs == 3  # the user's other settings stay
-    assert f"-S 'train.lr={best[0]['train.lr']}'" in result.summary()
+    if best[0] == results[0].values:  # the settings as they are won: no experiment is offered
+        assert result.best_is_current and "dvc exp run" not in result.summary()
+    else:
+        assert f"-S 'train.lr={best[0]['train.lr']}'" in result.summary()
     report = json.loads(params.tune.report.read_text())
     assert [t["state"] for t in report["trials"]] == ["COMPLETE", "COMPLETE"]
     assert report["monitor"] == "valid fusion mae"
     assert params.tune.report.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
     # A later run's trial: its sampler is seeded by its trial number (2), so it cannot redraw trial 1's values.
-    third = run_trial(params.model_copy(update={"tune": params.tune.model_copy(update={"trials": 3})}), threads=1)
+    third = run_trial(params.model_copy(update={"tune": params.tune.model_copy(update={"trials": 3})}))
     assert third.number == 2 and third.values["train.lr"] not in [v["train.lr"] for v, _, _ in scores["clean"]]
+
+
+@pytest.mark.parametrize("winner", ["current", "other"])
+def test_the_current_settings_are_never_offered_as_an_experiment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, winner: str
+) -> None:
+    """The first trial of a study is the settings as they are: when it scores best, `msa tune` says so and offers no
+    `dvc exp run`; otherwise it offers only the values that differ from the settings."""
+    from components import tuning
+
+    params = Params.model_validate(
+        {
+            "model": {"hidden": 8},
+            "train": {"lr": 0.001},
+            "tune": {
+                "best": str(tmp_path / "params.tuned.yaml"),
+                "report": str(tmp_path / "tune.json"),
+                "space": {"train.lr": {"low": 0.0001, "high": 0.01, "log": True}, "model.hidden": {"choices": [8, 16]}},
+            },
+        }
+    )
+    space = {
+        "train.lr": optuna.distributions.FloatDistribution(0.0001, 0.01, log=True),
+        "model.hidden": optuna.distributions.CategoricalDistribution([8, 16]),
+    }
+    study = optuna.create_study(study_name="s", direction="minimize")
+    scores = {"current": (0.5, 0.9), "other": (0.9, 0.5)}[winner]
+    study.add_trial(optuna.trial.create_trial(params={"train.lr": 0.001, "model.hidden": 8}, distributions=space,
+                                              value=scores[0]))  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(params={"train.lr": 0.003, "model.hidden": 8}, distributions=space,
+                                              value=scores[1]))  # fmt: skip
+    monkeypatch.setattr(tuning, "open_study", lambda p: study)
+    monkeypatch.setattr(tuning, "_monitor", lambda p: ("fusion", "mae", "min"))
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("model:\n  hidden: 8\ntrain:\n  lr: 0.001\n")
+
+    result = conclude(params, params_file)
+    report = json.loads((tmp_path / "tune.json").read_text())
+    header = (tmp_path / "params.tuned.yaml").read_text().split("\n", 3)[:3]
+    if winner == "current":
+        assert result.best_is_current and result.overrides == []
+        assert "the current settings scored best" in result.summary() and "dvc exp run" not in result.summary()
+        assert report["best_is_current"] is True and report["changes"] == {}
+        assert "no experiment" in " ".join(header) and "dvc exp run" not in " ".join(header)
+    else:
+        assert not result.best_is_current and result.changes == {"train.lr": 0.003}  # model.hidden is unchanged
+        assert result.summary().endswith("as an experiment: dvc exp run -S 'train.lr=0.003'")
+        assert report["best_is_current"] is False and report["changes"] == {"train.lr": 0.003}
+        assert header[2] == "# dvc exp run -S train.lr=0.003"
