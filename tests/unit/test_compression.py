@@ -18,7 +18,8 @@ from tests.conftest import Trained
 
 MEASURED = {"size_bytes", "params", "nonzero_params", "task_params", "task_nonzero_params", "latency_ms_p50",
             "latency_ms_p95", "throughput_per_s", "metrics"}  # fmt: skip
-VARIANT = MEASURED | {"delta", "max_abs_diff", "change", "kept", "path", "sparsity", "finetune_epochs"}
+VARIANT = MEASURED | {"delta", "max_abs_diff", "change", "kept", "path", "sparsity", "finetune_epochs",
+                     "started", "seconds"}  # fmt: skip
 
 
 def run(trained, tmp_path: Path, **settings) -> dict:

@@ -129,7 +129,7 @@ def test_unchanged_inputs_hit_the_cache(make_dataset, params):
     data = make_dataset()
     first = featurize(data, params, progress=False)
     before = (params.out / FEATURES).stat().st_mtime_ns
-    again = featurize(data, params.model_copy(update={"batch_size": 3}), progress=False)
+    again = featurize(data, params.model_copy(update={"workers": 3}), progress=False)  # speed only
     assert again.cached and again.state.key == first.state.key
     assert (params.out / FEATURES).stat().st_mtime_ns == before
     assert again.seconds < 1.0
