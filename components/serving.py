@@ -47,7 +47,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
-from components.atomic import replace_directory, write_json
+from components.atomic import chmod_new, replace_directory, write_json
 from components.config import Section, ServeParams
 from components.dataset import SEQUENCE_MODALITIES, ClipBounds, Dataset, is_null
 from components.errors import DataError, TrainingError, UntrustedModelError, UserError, first_line
@@ -974,6 +974,7 @@ def _staged(output: Path) -> Iterator[Callable[[bytes], None]]:
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+        chmod_new(fd)
     except OSError as e:
         _remove_empty(made)
         raise DataError(output, f"cannot write the predictions: {e.strerror or e}") from None

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from components import serving
+from components.atomic import FILE_MODE
 from components.errors import DataError
 from components.serving import check_inputs, input_chunks
 from tests.hardening import Case, fingerprint, guarded, msa
@@ -147,6 +148,7 @@ def test_a_file_uri_model_is_read_in_place(project: Path, served_model: Path, mo
     outcome = msa("predict", "--model", served_model.resolve().as_uri(), "--input", "rows.jsonl")
     assert outcome.code == 0, outcome
     assert len(pd.read_json(project / "rows.predictions.jsonl", lines=True)) == 2 and not leftovers()
+    assert (project / "rows.predictions.jsonl").stat().st_mode & 0o777 == FILE_MODE  # the umask's, not 0600
 
 
 def test_a_bad_row_anywhere_is_refused_before_any_row_is_scored(project: Path, served_model: Path, monkeypatch) -> None:
