@@ -1,14 +1,16 @@
-"""README.md's "Team setup" block, run as written in a fresh clone: a PostgreSQL cluster, the MLflow tracking server
+"""The team-setup guide's block (docs/how-to/team-setup.md, between `<!-- team-setup: begin -->` and
+`<!-- team-setup: end -->`), run as written in a fresh clone: a PostgreSQL cluster, the MLflow tracking server
 on it with the basic-auth app and proxied artifacts, the Prefect server on it behind PREFECT_SERVER_API_AUTH_STRING,
 a DVC remote holding the demo data, two pools and deployments, a worker per pool with a workdir of its own, and a
 retrain that dispatches training to the gpu pool and registers. Then what a team relies on: a client without
 credentials is refused by both servers and changes nothing; two more retrains, started with credentials as soon as
 the deployment exists, run alongside the block's own and complete (one of the three trains and registers, the
 others find its version and skip); and no log (servers, workers, PostgreSQL, clients) reports a database error. If
-the README drifts from what works, this fails.
+the page drifts from what works, this fails. (tests/docs/test_shell_blocks.py, which runs the other pages' blocks,
+leaves this one to this test.)
 
 Only the project's settings are the test's own (a small demo dataset and tiny models, so that it runs in minutes):
-the commands are the README's, on the ports and paths it names, under a temporary HOME. One adaptation: PostgreSQL's
+the commands are the page's, on the ports and paths it names, under a temporary HOME. One adaptation: PostgreSQL's
 initdb and pg_ctl refuse to run as root, and CI runs as root. There the test puts two shell functions before the
 block, `initdb` and `pg_ctl`, that run the real tools as the OS user `postgres` (`runuser -u postgres --`), the
 first after giving $TEAM to that user; and the temporary HOME is then a directory of its own in the system's temp
@@ -36,16 +38,17 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from tests.docs.blocks import TEAM_SETUP, parse_page, port_locks
 from tests.integration.conftest import PROJECT_FILES, REPO, copy_project
 from tests.integration.shell import environment, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # minutes: `make test-all` runs it, `make test` does not
 
-CLONE_FILES = (*PROJECT_FILES, ".dvc/.gitignore", "prefect.yaml", "README.md")
-BLOCK = re.compile(r"<!-- team-setup: begin -->\n```bash\n(.*?)```\n<!-- team-setup: end -->", re.S)
-PORTS = (4200, 5000, 5433)  # the README's servers: Prefect, MLflow, PostgreSQL
+PAGE = "docs/how-to/team-setup.md"
+CLONE_FILES = (*PROJECT_FILES, ".dvc/.gitignore", "prefect.yaml", "README.md", PAGE)
+PORTS = (4200, 5000, 5433)  # the page's servers: Prefect, MLflow, PostgreSQL
 MLFLOW, PREFECT = "http://127.0.0.1:5000", "http://127.0.0.1:4200/api"
-PIPELINE_USER = "msa-pipeline"  # the README's MLflow user for the pipeline; its password is in $TEAM/secrets
+PIPELINE_USER = "msa-pipeline"  # the page's MLflow user for the pipeline; its password is in $TEAM/secrets
 DATABASE_ERRORS = re.compile(
     r"database is locked|deadlock detected|could not serialize|OperationalError|IntegrityError", re.I
 )
@@ -62,9 +65,10 @@ pg_ctl() { runuser -u postgres -- %(pg_ctl)s "$@"; }
 
 
 def team_setup_block() -> str:
-    found = BLOCK.search((REPO / "README.md").read_text())
-    assert found, "README.md has no team-setup block"
-    return found.group(1)
+    """The ```bash blocks between the page's team-setup markers, in order, as one script."""
+    blocks = [b for b in parse_page((REPO / PAGE).read_text(), PAGE) if b.skip == TEAM_SETUP and b.language == "bash"]
+    assert blocks, f"{PAGE} has no ```bash block between <!-- team-setup: begin --> and <!-- team-setup: end -->"
+    return "".join(b.code for b in blocks)
 
 
 def port_free(port: int) -> bool:
@@ -113,6 +117,13 @@ def home(tmp_path: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def fixed_ports() -> Iterator[None]:
+    """The page's ports, held against the other docs pages' blocks that listen on them (tests/docs)."""
+    with port_locks(PORTS):
+        yield
+
+
 def stop_postgres(data: Path, pg_ctl: str, log: Path) -> None:
     """`pg_ctl stop` (fast: disconnects clients); if the cluster is still up after it, SIGINT then SIGKILL to its
     postmaster, by the pid it recorded."""
@@ -153,10 +164,10 @@ def deployed(team: Path) -> bool:
 
 
 def test_the_readme_team_setup_block_runs_as_written(
-    tmp_path: Path, home: Path, tiny_text_model: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, home: Path, tiny_text_model: Path, monkeypatch: pytest.MonkeyPatch, fixed_ports: None
 ) -> None:
     if not all(port_free(p) for p in PORTS):
-        pytest.fail(f"the README's ports {PORTS} are taken on this machine: stop what listens there")
+        pytest.fail(f"the page's ports {PORTS} are taken on this machine: stop what listens there")
     tools = postgres_tools()
     clone, team = tmp_path / "msa", home / "msa-team"
     copy_project(clone, CLONE_FILES)
@@ -211,7 +222,7 @@ def test_the_readme_team_setup_block_runs_as_written(
                         extra.append(subprocess.Popen(retrain, cwd=clone, env=login, stdout=sink,
                                                       stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
             time.sleep(1)
-        print(f"the README block took {time.monotonic() - started:.0f} s")
+        print(f"the team-setup block took {time.monotonic() - started:.0f} s")
         logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(team.glob("*.log")))
         assert shell.returncode == 0, f"the block exited {shell.returncode}:\n{log.read_text()[-5000:]}\n{logs}"
         assert len(extra) == 2, "the test never saw pipeline/retrain deployed"
