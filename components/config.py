@@ -133,15 +133,17 @@ class FeaturizeParams(Section):
 
 
 class TextCNNParams(Section):
-    filter_sizes: tuple[int, ...] = (3, 4, 5)
-    feature_maps: int = Field(100, ge=1)
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    filter_sizes: tuple[int, ...] = Field((3, 4, 5), description="widths, in tokens, of TextCNN's convolutions")
+    feature_maps: int = Field(100, ge=1, description="filters per width")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout on TextCNN's pooled features")
 
 
 class ModelParams(Section):
     hidden: int = Field(64, ge=4, description="width of every sub-model's representation")
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    text_models: tuple[TextModel, ...] = ("lstm", "textcnn", "han")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout in every sub-model and the fusion head")
+    text_models: tuple[TextModel, ...] = Field(
+        ("lstm", "textcnn", "han"), description="the text sub-models trained, each a head of its own"
+    )
     textcnn: TextCNNParams = TextCNNParams()
 
 
@@ -166,16 +168,19 @@ class TrainParams(Section):
     out: Path = Field(Path("models/trained"), description="model, checkpoints and training history")
     modalities: tuple[Modality, ...] | None = Field(None, description="null: every modality the dataset declares")
     single_task: Head | None = Field(None, description="train this head alone (ablation); null: multi-task")
-    text_encoder: Literal["frozen", "finetune"] = "frozen"
+    text_encoder: Literal["frozen", "finetune"] = Field(
+        "frozen", description="frozen: precomputed token states; finetune: the transformer trains end to end"
+    )
     loss: Literal["l1", "mse"] = Field("l1", description="regression loss (classification uses cross-entropy)")
     loss_weights: dict[Head, float] = Field(
-        default_factory=lambda: dict.fromkeys(("lstm", "textcnn", "han", "image", "audio", "vision", "fusion"), 1.0)
+        default_factory=lambda: dict.fromkeys(("lstm", "textcnn", "han", "image", "audio", "vision", "fusion"), 1.0),
+        description="each head's weight in the summed loss",
     )
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(30, ge=1, description="most epochs; early stopping (patience) may end training sooner")
     batch_size: int = Field(32, ge=1, description="global batch: split across processes under DDP")
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, description="AdamW's learning rate of the sub-models and the fusion head")
     encoder_lr: float = Field(2e-5, gt=0, description="learning rate of the transformer when fine-tuned")
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW's decoupled weight decay")
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
     patience: int = Field(5, ge=1, description="epochs without valid improvement before stopping")
     seed: int = Field(0, ge=0, description="seeds the weights, the batch order and every rank's random stream")
@@ -279,12 +284,12 @@ class RobustnessParams(Section):
 
 
 class RobustnessGate(Section):
-    """The gate's robustness condition: under one perturbation, the challenger may score at most `max_drop`
-    points below the champion (in robustness.metric, of the monitored head)."""
+    """The gate's robustness condition: under one perturbation, the challenger's score minus the champion's (in
+    robustness.metric, of the monitored head) may go down to -`max_drop` points, no lower."""
 
-    perturbation: Perturbation
-    severity: float = Field(gt=0, le=1)
-    max_drop: float = Field(ge=0, description="percentage points")
+    perturbation: Perturbation = Field(description="the perturbation both models are scored under")
+    severity: float = Field(gt=0, le=1, description="its severity (one robustness.perturbations lists)")
+    max_drop: float = Field(ge=0, description="largest loss allowed, in percentage points")
 
 
 CompressVariant = Literal["int8", "prune_unstructured", "prune_structured", "onnx_fp32", "onnx_int8"]
@@ -294,7 +299,8 @@ ONNX_VARIANTS = ("onnx_fp32", "onnx_int8")
 class CompressParams(Section):
     out: Path = Field(Path("models/compressed"), description="one directory per kept variant")
     headline: Path = Field(
-        Path("metrics/compress.json"), description="DVC metrics per variant: times smaller and faster, metric drop"
+        Path("metrics/compress.json"),
+        description="DVC metrics per variant: times smaller and faster, metric change (variant - uncompressed)",
     )
     report: Path = Field(Path("reports/compression.json"), description="every measurement of every variant")
     variants: tuple[CompressVariant, ...] = Field(
@@ -305,7 +311,7 @@ class CompressParams(Section):
     metric: str | None = Field(
         None, description="test metric of the monitored head the tolerance applies to; null: acc2 or accuracy"
     )
-    tolerance: float = Field(1.0, ge=0, description="largest metric drop, in percentage points, of a kept variant")
+    tolerance: float = Field(1.0, ge=0, description="largest metric loss, in percentage points, of a kept variant")
     sparsity: float = Field(0.5, ge=0, lt=1, description="fraction of the trained weights that pruning zeroes")
     finetune_epochs: int = Field(2, ge=0, description="epochs of fine-tuning after pruning, masks held; 0: none")
     latency_runs: int = Field(50, ge=1, description="single-sample forward passes timed per variant")
@@ -372,12 +378,12 @@ class StageTimeouts(Section):
     """Seconds a pipeline task may run before Prefect fails it (generous: a timeout is for hung runs)."""
 
     # `validate` and `register` would shadow BaseModel.validate and ABC.register: trailing underscores, YAML keys kept
-    validate_: int = Field(1800, ge=1, alias="validate")
-    featurize: int = Field(3600, ge=1)
-    train: int = Field(86400, ge=1)
-    evaluate: int = Field(3600, ge=1)
-    robustness: int = Field(3600, ge=1)
-    compress: int = Field(7200, ge=1)
+    validate_: int = Field(1800, ge=1, alias="validate", description="seconds")
+    featurize: int = Field(3600, ge=1, description="seconds")
+    train: int = Field(86400, ge=1, description="seconds")
+    evaluate: int = Field(3600, ge=1, description="seconds")
+    robustness: int = Field(3600, ge=1, description="seconds")
+    compress: int = Field(7200, ge=1, description="seconds")
     register_: int = Field(1800, ge=1, alias="register", description="includes waiting for the registry lock")
 
 
@@ -407,11 +413,11 @@ class SearchDimension(Section):
     """The values one setting takes in a search: `low` to `high` (on a log scale with `log`, in steps of `step`)
     for a number, or a list of `choices`."""
 
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = Field(None, gt=0)
-    choices: tuple[Choice, ...] | None = Field(None, min_length=1)
+    low: float | None = Field(None, description="lowest value of a range")
+    high: float | None = Field(None, description="highest value of a range")
+    log: bool = Field(False, description="draw the range on a log scale")
+    step: float | None = Field(None, gt=0, description="draw the range in steps of this size")
+    choices: tuple[Choice, ...] | None = Field(None, min_length=1, description="the values to choose from")
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> SearchDimension:

@@ -35,7 +35,6 @@ from safetensors.numpy import load_file, save_file
 from components.atomic import replace_directory, write_json
 from components.config import AudioClipParams, FeaturizeParams, Section, VideoClipParams, runtime_keys
 from components.dataset import SPLITS, Dataset, Manifest, read_dataset, read_manifest
-from components.devices import cpu_threads
 from components.errors import DataError, first_line
 from components.images import ImageProblem, fit, open_image
 from components.lineage import file_sha256, tree_digest
@@ -106,6 +105,8 @@ class FeaturizeResult:
 
 
 def featurize(raw: str | Path, params: FeaturizeParams, *, progress: bool = True) -> FeaturizeResult:
+    from components.devices import cpu_threads  # torch: not for the commands that only import this module
+
     with cpu_threads(params.threads):
         return _featurize(raw, params, progress=progress)
 

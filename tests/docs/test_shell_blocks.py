@@ -4,7 +4,8 @@ examples/README.md, and every input in examples/, against the project a newcomer
 A page's blocks run in order in one `bash` (`set -euo pipefail`), in a fresh copy of that project (built once per
 session with small settings, tests/docs/conftest.py), with the venv first on PATH and HOME a copy of the build's.
 tests/docs/blocks.py holds the convention (markers for slow, skipped and background blocks). A page with slow blocks
-is two tests: without them (`make test`) and with them (marked slow: `make test-all`).
+is two tests: without them (`make test`) and with them (marked slow: `make test-all`); a page of SLOW_PAGES is one
+test, marked slow.
 
 The examples' tests and the pages share one module so that the project is built once, in one pytest-xdist worker.
 """
@@ -47,9 +48,23 @@ def pages() -> list[str]:
     return [str(p.relative_to(REPO)) for p in found if p.is_file()]
 
 
+# Pages whose every block runs only under the slow marker: what they exercise `make test` covers elsewhere, and a
+# run of each costs one to two minutes of the suite's budget. Each one with why.
+SLOW_PAGES = {
+    "docs/getting-started.md": "repeats the README's register, predict, serve and MLflow UI blocks",
+    "docs/how-to/serve-predict.md": "repeats the README's predict and serve blocks, starting both servers again",
+    "docs/how-to/prefect-local.md": "starts a Prefect server and a worker (tests/e2e run the deployments)",
+    "docs/how-to/dvc-experiments.md": "runs DVC experiments (tests/integration/test_dvc_experiments.py runs them)",
+    "examples/README.md": "the examples' tests below score every file and post the request",
+}
+
+
 def page_params() -> list:
     params = []
     for page in pages():
+        if page in SLOW_PAGES:
+            params.append(pytest.param(page, True, id=f"{page}+slow", marks=pytest.mark.slow))
+            continue
         params.append(pytest.param(page, False, id=page))
         try:
             slow = any(b.runnable and b.slow for b in parse_page((REPO / page).read_text(), page))

@@ -74,7 +74,7 @@ def test_a_queued_sweep_compares_applies_and_diffs(project, msa, tmp_path):
     assert json.loads((fetched / "model.json").read_text()) == json.loads((model / "model.json").read_text())
 
     # Settings that say where files go or how fast work runs change no result: nothing reruns.
-    set_params(project, {"featurize": {"batch_size": 7, "device": "cpu"}, "train": {"device": "cpu"}})
+    set_params(project, {"featurize": {"workers": 3, "device": "cpu"}, "train": {"device": "cpu"}})
     assert "Data and pipelines are up to date" in dvc(project, "status")
     git(project, "checkout", "params.yaml")
 
