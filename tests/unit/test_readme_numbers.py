@@ -42,7 +42,6 @@ def test_compressed_variants_are_the_committed_metrics():
     compress = json.loads((REPO / "metrics/compress.json").read_text())
     rows = table(readme, "| variant |")[1:]
     assert {row[0] for row in rows} == set(compress)
-    for name, smaller, faster, change in rows:
+    for name, smaller, change in rows:  # not the speed-ups: timings of the machine that ran them
         assert float(smaller.rstrip("x")) == round(compress[name]["smaller"], 2), name
-        assert float(faster.rstrip("x")) == round(compress[name]["faster"], 2), name
         assert float(change) == round(compress[name]["change"], 2), name
