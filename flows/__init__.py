@@ -2,6 +2,7 @@
 
 import logging
 import os
+import sys
 
 # Prefect's telemetry writes to the ephemeral server's SQLite database while the first flow run starts, and the
 # two writers then collide ("database is locked" tracebacks). It also needs the internet. Users may turn it on.
@@ -13,3 +14,6 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 # In a flow run Prefect hands those records to its own handlers: the terminal, and the server's UI when there is one.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components")
 logging.getLogger("components").setLevel(logging.INFO)
+# Progress bars are for a person at a terminal: MLflow's artifact bars would fill a log or a pipe with redraws.
+if not sys.stderr.isatty():
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

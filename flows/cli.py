@@ -335,7 +335,6 @@ def run_summary(p: Params, registration: Registration) -> str:
     model = f"models:/{registration.name}/{registration.version}"
     uri = tracking.tracking_uri()
     on_server = uri.startswith(("http://", "https://"))
-    env = "" if on_server or os.environ.get("MLFLOW_TRACKING_URI") else f"MLFLOW_TRACKING_URI={uri} "
     ui = (
         [f"  open {registration.runs_url}"]
         if on_server
@@ -357,7 +356,7 @@ def run_summary(p: Params, registration: Registration) -> str:
             "\nuse the model:",
             f"  msa predict --model {model} --input examples/rows.jsonl",
             f"  msa serve {model} --port 5001",
-            f"  {env}mlflow models serve -m {model} --env-manager local --port 5001",
+            f"  mlflow models serve -m {model} --env-manager local --port 5001",  # MLflow's default store is ours
         ]
     )
 

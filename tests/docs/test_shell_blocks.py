@@ -133,7 +133,7 @@ def check_predictions(rows: list[dict], predictions: list[dict], what: str) -> N
     assert len(predictions) == len(rows), what
     for row, prediction in zip(rows, predictions, strict=True):
         assert prediction.get("id") == row.get("id"), (what, prediction)
-        assert math.isfinite(prediction["score"]) and -3 <= prediction["score"] <= 3, (what, prediction)
+        assert math.isfinite(prediction["score"]), (what, prediction)  # a regression: unclamped, near -3 to 3
         assert prediction["class"] == ("positive" if prediction["score"] >= 0 else "negative"), (what, prediction)
 
 
