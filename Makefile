@@ -30,7 +30,7 @@ run: install
 test: install
 	pytest
 
-# Also the tests marked slow (the README's team-setup block on PostgreSQL with authentication: about 4 minutes).
+# Also the tests marked slow (the team-setup guide's block on PostgreSQL with authentication: about 4 minutes).
 test-all: install
 	pytest -m 'slow or not slow'
 

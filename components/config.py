@@ -101,7 +101,7 @@ class AudioClipParams(Section):
 
 class VideoClipParams(Section):
     """Per-frame visual features of video clips: frames sampled at a fixed rate, each the grey center square as a
-    grid x grid thumbnail (no face model works offline from its wheel; see README, "Raw media")."""
+    grid x grid thumbnail (no face model works offline from its wheel; see docs/how-to/raw-media.md)."""
 
     frame_rate: float = Field(5.0, gt=0, le=60, description="frames sampled per second of video")
     grid: int = Field(16, ge=2, le=64, description="each sampled frame becomes grid x grid grey values")

@@ -10,7 +10,7 @@ Keys, for one person and for the tests: `MSA_SIGNING_KEY` names a PEM private ke
 key is `$XDG_CONFIG_HOME/msa/signing-key.pem` (default `~/.config/msa/`), made on first use, readable by its owner
 only. A loader trusts that key's public half and every PEM public key in `MSA_TRUSTED_KEYS` (paths separated by
 `os.pathsep`): a teammate's key, or the team's registration key on a serving host. Teams that would rather hold no
-key sign keylessly with Sigstore (`model_signing sign sigstore`; see the README's "Signed models").
+key sign keylessly with Sigstore (`model_signing sign sigstore`; see docs/how-to/serve-predict.md, "Signed models").
 """
 
 from __future__ import annotations
