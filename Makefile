@@ -8,6 +8,9 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: install run test test-all lint clean
 
+# librosa compiles its numba kernels on first use into a cache inside the venv, shared by every process; first uses
+# at once (test workers, the clip pool) race on it, and a process that loads a half-written entry crashes: the last
+# step compiles them once.
 # torch first and pinned: a bare `torch` requirement would pull several GB of CUDA wheels.
 # constraints.txt pins the versions the demo data's DVC hash was made with (parquet records its writer).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -15,6 +18,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -c "import numpy; from components.config import AudioClipParams; from components.media import \
+	audio_features; audio_features(numpy.zeros(16000, numpy.float32), AudioClipParams())"
 	touch $@
 
 install: $(VENV)/.installed
