@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
-	$(BIN)/python -c "import numpy; from components.config import AudioClipParams; from components.media import \
+	$(BIN)/python -c "import numpy; from components.core.config import AudioClipParams; from components.data.media import \
 	audio_features; audio_features(numpy.zeros(16000, numpy.float32), AudioClipParams())"
 	touch $@
 

@@ -6,7 +6,7 @@ Datasets (`--datasets`, default both):
     mosi   real CMU-MOSI transcripts (../shared/datasets/mosi-text): train.tsv with a valid split carved from it,
            dev.tsv as the test split, text only, bench/mosi_text.py's frozen configuration
 Each trains once per seed without augmentation and once with AUGMENT below, then runs the robustness stage
-(components.robustness, params.yaml's perturbations of the modalities the dataset has) on the test split. The
+(components.evaluation.robustness, params.yaml's perturbations of the modalities the dataset has) on the test split. The
 table gives the fused head's clean Acc-2 and MAE and its mean Acc-2 drop, in points, at each perturbation's middle
 severity, per family (text, image, audio/vision frames, a missing modality).
 
@@ -32,12 +32,12 @@ from mosi_text import CONFIGS, MOSI, SPLIT_SEED, VALID_FRAC
 from rich.console import Console
 from rich.table import Table
 
-from components.config import DEFAULT_PARAMS, AugmentParams, Params, load_params
-from components.demo import generate_demo
-from components.featurize import featurize
-from components.importers import import_text_tsv
-from components.robustness import robustness
-from components.training import train
+from components.core.config import DEFAULT_PARAMS, AugmentParams, Params, load_params
+from components.data.demo import generate_demo
+from components.data.importers import import_text_tsv
+from components.evaluation.robustness import robustness
+from components.features.featurize import featurize
+from components.training.train import train
 
 RESULTS = Path(__file__).parent / "results" / "augmentation.json"
 AUGMENT = {

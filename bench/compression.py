@@ -1,6 +1,6 @@
 """Benchmark the compress stage: size, latency, throughput and metric delta of each variant against the model.
 
-Runs `components.compression.compress` with the default `CompressParams` and `TrainParams` (int8, unstructured and
+Runs `components.compression.compress.compress` with the default `CompressParams` and `TrainParams` (int8, unstructured and
 structured pruning at 50% with a 2-epoch fine-tune; 50 timed single-sample passes; throughput at batch 64; one
 torch thread) on the trained demo model, writing the variants and the stage's report into a temporary directory.
 All ratios come from the same run, in which the models take turns (see `_round_robin` in the component).
@@ -24,8 +24,8 @@ from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
-from components.compression import compress
-from components.config import CompressParams, TrainParams
+from components.compression.compress import compress
+from components.core.config import CompressParams, TrainParams
 
 RESULTS = Path(__file__).parent / "results" / "compression.json"
 KEPT = {None: "-", True: "yes", False: "no"}

@@ -19,11 +19,11 @@ from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
-from components.config import ValidateParams
-from components.dataset import read_dataset
-from components.demo import generate_demo
-from components.importers import import_text_tsv
-from components.validation import build_frame, validate_dataset
+from components.core.config import ValidateParams
+from components.data.dataset import read_dataset
+from components.data.demo import generate_demo
+from components.data.importers import import_text_tsv
+from components.data.validation import build_frame, validate_dataset
 
 RESULTS = Path(__file__).parent / "results" / "data_stages.json"
 MOSI = Path("../shared/datasets/mosi-text")

@@ -3,7 +3,7 @@
 Featurizes `data.raw` (default data/raw) into a temporary directory, trains with the settings of params.yaml (only
 the output directories are redirected: data/features and models/ are never touched), reloads the best weights and
 scores every head on the test split: the unimodal heads (lstm, textcnn, han on text; image; audio; vision) against
-the fusion head. Metrics are MMSA's (components.metrics.regression_metrics): Acc-2 on non-zero labels, Acc-2 with
+the fusion head. Metrics are MMSA's (components.evaluation.metrics.regression_metrics): Acc-2 on non-zero labels, Acc-2 with
 zero counted as non-negative (has0), weighted F1 on non-zero labels, MAE and Pearson r. Also reported: the fusion
 head's margin over the best single-modality head in Acc-2 points (the demo data is built so that only the
 combination gets nearly all signs; target >= 5 points) and the training wall time and epochs (target < 3 minutes
@@ -32,10 +32,10 @@ from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
-from components.config import DEFAULT_PARAMS, load_params
-from components.featurize import featurize
-from components.model_store import evaluate_split
-from components.training import train
+from components.core.config import DEFAULT_PARAMS, load_params
+from components.features.featurize import featurize
+from components.models.store import evaluate_split
+from components.training.train import train
 
 RESULTS = Path(__file__).parent / "results" / "demo_heads.json"
 UNIMODAL = ("lstm", "textcnn", "han", "image", "audio", "vision")

@@ -1,4 +1,4 @@
-"""Benchmark clip feature extraction (`components.media`) against PyAV and librosa called directly, and the cost of
+"""Benchmark clip feature extraction (`components.data.media`) against PyAV and librosa called directly, and the cost of
 a featurize cache hit on a dataset of clips.
 
 Data: `generate_demo(size=N, media=True)` in a temporary folder: N WAV clips (1-2 s, 16 kHz mono) and N MP4 clips
@@ -10,12 +10,12 @@ defaults featurize uses. Contenders, per kind (audio, video), on the same files:
                        `librosa.yin` and `librosa.feature.rms` with media.audio_features' parameters, stacked as
                        it stacks them; video `av.open(path)`, decode, keep a frame every 1/5 s, each
                        `frame.reformat(..., format="gray", interpolation="AREA")` to a grid x grid thumbnail
-    ours, 1 process    `extract_many(jobs, workers=1)`: `components.media.extract` per clip (reading the bytes,
+    ours, 1 process    `extract_many(jobs, workers=1)`: `components.data.media.extract` per clip (reading the bytes,
                        picking the demuxer from the leading bytes, the size, rate, pixel and duration bounds),
                        the same process: like against like (goal >= 0.9x the library alone)
     ours, N processes  `extract_many(jobs, workers=N)` (default: one per core), all clips of the kind in one call: a
                        pool per call, as featurize makes one, whose workers fork from the process's fork server
-                       (`components.clip_worker`: the libraries imported and warmed once). The server starts with
+                       (`components.data.clip_worker`: the libraries imported and warmed once). The server starts with
                        the first pooled call, so the first round's row pays its start (imports, librosa's first
                        calls); the median over `--rounds` (default 3) is a warm one. "start-up" in the notes:
                        pool wall - (1 process wall) / N, per round.
@@ -60,8 +60,8 @@ from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
-from components.config import AudioClipParams, VideoClipParams
-from components.media import ClipJob, ClipProblem, extract_many
+from components.core.config import AudioClipParams, VideoClipParams
+from components.data.media import ClipJob, ClipProblem, extract_many
 
 CORES = os.cpu_count() or 1
 RESULTS = Path(__file__).parent / "results" / "extraction.json"
@@ -139,10 +139,10 @@ def main(
     seed: Annotated[int, typer.Option(help="Demo seed.")] = 0,
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = RESULTS,
 ) -> None:
-    from components.config import FeaturizeParams
-    from components.dataset import read_dataset
-    from components.demo import generate_demo
-    from components.featurize import featurize
+    from components.core.config import FeaturizeParams
+    from components.data.dataset import read_dataset
+    from components.data.demo import generate_demo
+    from components.features.featurize import featurize
 
     pool = POOL.format(n=workers)
     settings = {"audio": AudioClipParams(), "video": VideoClipParams()}

@@ -7,7 +7,7 @@ to the same value instead of its 256) and torch thread count:
 
     project text path   what featurize does for text: one tokenizer call (with offsets and special-token mask,
                         truncated at max_tokens), the padded id and mask arrays, then
-                        `components.featurize.token_states` (longest first, per-batch trimming, float16 states)
+                        `components.features.contract.token_states` (longest first, per-batch trimming, float16 states)
     ST encode           `SentenceTransformer(path, device="cpu").encode(texts, batch_size=64)` (tokenize per
                         batch, forward, mean pooling, normalize)
 
@@ -53,18 +53,19 @@ from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
-from components.config import DEFAULT_PARAMS, FeaturizeParams, load_params
-from components.dataset import read_dataset
-from components.featurize import STATE, TextState, encode_texts, featurize, token_states
-from components.importers import import_text_tsv
-from components.text_model import resolve_text_model
+from components.core.config import DEFAULT_PARAMS, FeaturizeParams, load_params
+from components.data.dataset import read_dataset
+from components.data.importers import import_text_tsv
+from components.features.contract import STATE, TextState, encode_texts, token_states
+from components.features.featurize import featurize
+from components.features.text_model import resolve_text_model
 
 RESULTS = Path(__file__).parent / "results" / "featurize_throughput.json"
 MOSI = Path("../shared/datasets/mosi-text")
 RAW = Path("data/raw")
 FEATURES = Path("data/features")
 MINIMAL_CLI = (
-    "import sys; from components.config import load_params; from components.featurize import featurize; "
+    "import sys; from components.core.config import load_params; from components.features.featurize import featurize; "
     "p = load_params(sys.argv[1]); print(featurize(p.data.raw, p.featurize).summary())"
 )
 

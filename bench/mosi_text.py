@@ -4,7 +4,7 @@ Data: ../shared/datasets/mosi-text (train.tsv 1284 rows, dev.tsv 229; labels in 
 with a valid split carved from it (valid_frac 0.1, seed 0: 1156 train, 128 valid) and dev.tsv as the test split,
 so dev is never trained or early-stopped on. Each configuration featurizes with the bundled all-MiniLM-L6-v2,
 trains the multi-task text model (heads lstm, textcnn, han, fusion; best weights by the fusion head's valid MAE),
-reloads the best weights and scores every head on dev with components.metrics.regression_metrics, as MMSA does:
+reloads the best weights and scores every head on dev with components.evaluation.metrics.regression_metrics, as MMSA does:
 Acc-2 and weighted F1 on the non-zero labels, MAE, Pearson r. The reference rows (from the dataset's README,
 measured on the same dev split) are TF-IDF + ridge and frozen MiniLM mean-pooled embedding + ridge.
 
@@ -13,7 +13,7 @@ Configurations (`--configs`, default all):
     finetune   train.text_encoder: finetune, the transformer trained end to end with train.encoder_lr
     example    the settings shipped in examples/mosi-text/params.yaml, found by `msa tune` on train and valid
 Each starts from params.yaml and applies the overrides in CONFIGS below (chosen on the carved valid split only).
-Every trained model is also scored on dev under each text perturbation at its middle severity (components.robustness):
+Every trained model is also scored on dev under each text perturbation at its middle severity (components.evaluation.robustness):
 the "worst text drop" column is the most Acc-2 points it loses.
 
     python bench/mosi_text.py [--configs frozen finetune example] [--seeds 0 1 (default)] [--threads 1] [--json PATH]
@@ -38,12 +38,12 @@ from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
-from components.config import DEFAULT_PARAMS, RobustnessParams, load_params
-from components.featurize import featurize
-from components.importers import import_text_tsv
-from components.model_store import evaluate_split
-from components.robustness import robustness
-from components.training import train
+from components.core.config import DEFAULT_PARAMS, RobustnessParams, load_params
+from components.data.importers import import_text_tsv
+from components.evaluation.robustness import robustness
+from components.features.featurize import featurize
+from components.models.store import evaluate_split
+from components.training.train import train
 
 RESULTS = Path(__file__).parent / "results" / "mosi_text.json"
 MOSI = Path("../shared/datasets/mosi-text")

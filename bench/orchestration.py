@@ -60,7 +60,7 @@ def cpu_seconds() -> float:
 
 def direct(params_path: Path) -> dict[str, dict]:
     """Each stage's component function, in-process and in order: wall and CPU seconds per stage."""
-    from components.config import load_params
+    from components.core.config import load_params
 
     p = load_params(params_path)
     seconds: dict[str, dict] = {}
@@ -75,14 +75,14 @@ def direct(params_path: Path) -> dict[str, dict]:
         report = m.validate_dataset(p.data.raw, p.validation)
         assert report.success, report.summary()
 
-    stage("validate", "components.validation", validate)
-    stage("featurize", "components.featurize", lambda m: m.featurize(p.data.raw, p.featurize, progress=False))
-    stage("train", "components.training", lambda m: m.train(p.featurize.out, p.model, p.train, progress=False))
-    stage("evaluate", "components.evaluation",
+    stage("validate", "components.data.validation", validate)
+    stage("featurize", "components.features.featurize", lambda m: m.featurize(p.data.raw, p.featurize, progress=False))
+    stage("train", "components.training.train", lambda m: m.train(p.featurize.out, p.model, p.train, progress=False))
+    stage("evaluate", "components.evaluation.evaluate",
           lambda m: m.evaluate(p.featurize.out, p.train.out, p.evaluate, progress=False))  # fmt: skip
-    stage("compress", "components.compression",
+    stage("compress", "components.compression.compress",
           lambda m: m.compress(p.featurize.out, p.train.out, p.compress, p.train, progress=False))  # fmt: skip
-    stage("register", "components.registry", lambda m: m.record_and_register(p))
+    stage("register", "components.registry.register", lambda m: m.record_and_register(p))
     return seconds
 
 

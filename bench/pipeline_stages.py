@@ -25,7 +25,7 @@ from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
-from components.config import Params, load_params
+from components.core.config import Params, load_params
 
 RESULTS = Path(__file__).parent / "results" / "pipeline_stages.json"
 STAGES = ("validate", "featurize", "train", "evaluate", "compress")
@@ -53,26 +53,26 @@ def redirected(params: Params, scratch: Path) -> Params:
 def run_stage(name: str, p: Params) -> dict:
     """Run one stage; what it reports besides its time (epochs, headline metrics)."""
     if name == "validate":
-        from components.validation import validate_dataset
+        from components.data.validation import validate_dataset
 
         report = validate_dataset(p.data.raw, p.validation)
         return {"success": report.success}
     if name == "featurize":
-        from components.featurize import featurize
+        from components.features.featurize import featurize
 
         featurize(p.data.raw, p.featurize, progress=False)
         return {}
     if name == "train":
-        from components.training import train
+        from components.training.train import train
 
         result = train(p.featurize.out, p.model, p.train, resume=False, progress=False)
         return {"epochs": result.epochs_run, "best_epoch": result.best_epoch, "best": result.best_value}
     if name == "evaluate":
-        from components.evaluation import evaluate
+        from components.evaluation.evaluate import evaluate
 
         evaluate(p.featurize.out, p.train.out, p.evaluate, progress=False)
         return {"headline": json.loads(Path(p.evaluate.headline).read_text())}
-    from components.compression import compress
+    from components.compression.compress import compress
 
     compress(p.featurize.out, p.train.out, p.compress, p.train, progress=False)
     headline = json.loads(Path(p.compress.headline).read_text())

@@ -40,14 +40,13 @@ from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
-from components import signing
-from components.compression import served_variant
-from components.config import load_params
-from components.dataset import read_dataset
-from components.metrics import metrics_for
-from components.model_store import trim_padding
-from components.registry import model_signature
-from components.serving import Predictor, package_model, raw_frame
+from components.compression.compress import served_variant
+from components.core.config import load_params
+from components.data.dataset import read_dataset
+from components.evaluation.metrics import metrics_for
+from components.models.store import trim_padding
+from components.registry.register import model_signature
+from components.serving.pyfunc import Predictor, package_model, raw_frame, signing
 
 RESULTS = Path(__file__).parent / "results" / "serving.json"
 GOALS = {"speedup_b1": 3.0, "acc2_points": 1.0, "mae": 0.02, "throughput": 2.0, "pyfunc_overhead": 1.10}
@@ -85,7 +84,7 @@ def main(
             predictors[name] = Predictor(pack)
             signing.sign(pack)  # as registration does: MLflow's loader verifies before it loads
             mlflow.pyfunc.save_model(
-                str(Path(tmp) / f"{name}-pyfunc"), loader_module="components.serving", data_path=str(pack),
+                str(Path(tmp) / f"{name}-pyfunc"), loader_module="components.serving.pyfunc", data_path=str(pack),
                 signature=model_signature(predictors[name].spec), input_example=frame.head(2),
             )  # fmt: skip
             pyfuncs[name] = mlflow.pyfunc.load_model(str(Path(tmp) / f"{name}-pyfunc"))

@@ -1,4 +1,4 @@
-"""Benchmark the training loop: `components.training.train` against a bare hand-written PyTorch loop.
+"""Benchmark the training loop: `components.training.train.train` against a bare hand-written PyTorch loop.
 
 Both contenders train the same `MultiTaskModel(build_spec(...))` (default ModelParams and TrainParams except the
 epochs) from the same seed on the same in-memory feature tensors, with the same batch size, loss (`head_losses`
@@ -12,7 +12,7 @@ alternate (A B, B A, ...) for several rounds after one warm-up epoch each, and t
 is the median of the per-round ratios, each taken between runs next to each other in time (target >= 0.9).
 
 The machine may be shared, so besides wall time each run also records process CPU time over the same training
-steps (for `train` by standing in for the `time` module inside `components.training`, checked against the
+steps (for `train` by standing in for the `time` module inside `components.training.train`, checked against the
 samples/s it reports): CPU time leaves out the time the process waited for a core. Use `--threads 0`
 for torch's default of one thread per core; on a busy 2-core machine that oversubscribes the cores and step times
 swing by 10x or more.
@@ -42,19 +42,19 @@ from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
-import components.training
-from components.config import ModelParams, TrainParams
-from components.dataset import SPLITS
-from components.featurize import load_features
+import components.training.train
+from components.core.config import ModelParams, TrainParams
+from components.data.dataset import SPLITS
+from components.features.contract import load_features
 from components.models import MultiTaskModel
-from components.training import build_spec, head_losses, train
+from components.training.train import build_spec, head_losses, train
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 FEATURES = Path("data/features")
 
 
 class _Clock:
-    """Stands in for the `time` module inside components.training: records CPU time next to every perf_counter."""
+    """Stands in for the `time` module inside components.training.train: records CPU time next to every perf_counter."""
 
     def __init__(self) -> None:
         self.marks: list[tuple[float, float]] = []
@@ -73,14 +73,14 @@ def head_weights(params: TrainParams, heads: tuple[str, ...]) -> dict[str, float
 
 
 def project_loop(features: Path, model_params: ModelParams, params: TrainParams, train_rows: int) -> dict:
-    """`components.training.train` into a temporary out dir; samples/s as it reports them (training steps only)."""
+    """`components.training.train.train` into a temporary out dir; samples/s as it reports them (training steps only)."""
     clock = _Clock()
-    components.training.time = clock
+    components.training.train.time = clock
     try:
         with tempfile.TemporaryDirectory() as tmp:
             result = train(features, model_params, params.model_copy(update={"out": Path(tmp)}), progress=False)
     finally:
-        components.training.time = time
+        components.training.train.time = time
     # Marks: start, (epoch start, epoch end) per epoch, end; used only if they reproduce train's own samples/s.
     marks = clock.marks[1:-1]
     wall = sum(end[0] - begin[0] for begin, end in zip(marks[::2], marks[1::2], strict=True))

@@ -28,10 +28,9 @@ from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
-from components import signing
-from components.compression import served_variant
-from components.config import load_params
-from components.serving import Predictor, package_model
+from components.compression.compress import served_variant
+from components.core.config import load_params
+from components.serving.pyfunc import Predictor, package_model, signing
 
 RESULTS = Path(__file__).parent / "results" / "verification.json"
 

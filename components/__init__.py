@@ -1,4 +1,10 @@
-"""The pipeline's library: each stage is a plain function with typed inputs and outputs (no Prefect here)."""
+"""The pipeline's library: each stage a plain function with typed inputs and outputs (no Prefect here), grouped
+in subpackages by layer, each importing only those below it:
+
+    core -> data -> features -> models -> evaluation -> tracking -> training -> compression -> serving -> registry
+
+The flows (`flows/`) import the library; nothing here imports them.
+"""
 
 import os
 import platform

@@ -42,7 +42,7 @@ from mlflow import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
-from components import tracking  # noqa: E402 - the links the pipeline prints
+from components.tracking import runs as tracking  # noqa: E402 - the links the pipeline prints
 
 SETTINGS = {  # small enough for minutes on a CPU; everything else is params.yaml's
     ("data", "demo", "size"): 60,

@@ -19,17 +19,17 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from components.atomic import check_replaceable
-from components.config import DEFAULT_PARAMS, RegisterParams, load_params, with_seeds
-from components.data_version import record_in_dvc
-from components.dataset import MANIFEST, SPLITS, read_dataset
-from components.demo import generate_demo
-from components.errors import TrackingError, UserError
-from components.featurize import featurize as featurize_dataset
-from components.importers import import_clips_csv, import_image_text_csv, import_mmsa, import_text_tsv
-from components.importers.clips import MAX_LEN_AUDIO, MAX_LEN_VISION
-from components.importers.labelled_csv import TASKS
-from components.validation import html_path, validate_dataset  # GX itself: imported only when validating
+from components.core.atomic import check_replaceable
+from components.core.config import DEFAULT_PARAMS, RegisterParams, load_params, with_seeds
+from components.core.errors import TrackingError, UserError
+from components.data.data_version import record_in_dvc
+from components.data.dataset import MANIFEST, SPLITS, read_dataset
+from components.data.demo import generate_demo
+from components.data.importers import import_clips_csv, import_image_text_csv, import_mmsa, import_text_tsv
+from components.data.importers.clips import MAX_LEN_AUDIO, MAX_LEN_VISION
+from components.data.importers.labelled_csv import TASKS
+from components.data.validation import html_path, validate_dataset  # GX itself: imported only when validating
+from components.features.featurize import featurize as featurize_dataset
 
 try:
     import tomllib
@@ -37,8 +37,8 @@ except ModuleNotFoundError:  # Python 3.10: the fallback Prefect itself uses, on
     import toml as tomllib
 
 if TYPE_CHECKING:
-    from components.config import Params
-    from components.registry import Registration, Skipped
+    from components.core.config import Params
+    from components.registry.register import Registration, Skipped
 
 # At exit Python collects garbage over every object the imports made: with MLflow and pandas loaded, 1-2 s, as long as
 # the rest of an `msa run` that skips. What is left then needs no collecting: files and connections close with the
@@ -89,7 +89,7 @@ def _log_lines_to_stderr() -> None:
 
 
 _COMMAND = "msa.command"  # ctx.meta key: the subcommand being run
-# Commands whose every output is written to a temporary name and renamed into place (components.atomic): Ctrl-C
+# Commands whose every output is written to a temporary name and renamed into place (components.core.atomic): Ctrl-C
 # leaves each file whole, old or new. The others (train, register, run, ...) promise nothing here.
 _FILE_COMMANDS = (
     "data demo", "data import mmsa", "data import csv", "data import clips", "data import tsv", "validate",
@@ -322,8 +322,8 @@ def run(
 
 def run_summary(p: Params, registration: Registration) -> str:
     """Where a run's results are and how to use its model: what `msa run` prints last."""
-    from components import tracking
-    from components.model_store import CARD
+    from components.models.store import CARD
+    from components.tracking import runs as tracking
 
     headline = json.loads(Path(p.evaluate.headline).read_text())
     split = "test" if "test" in headline else "valid"
@@ -370,7 +370,7 @@ def _skip_before_prefect(params: Path, seeds: int | None = None) -> Skipped | No
     """
     if _prefect_api_configured():
         return None
-    from components.registry import registered_with_same_lineage
+    from components.registry.register import registered_with_same_lineage
 
     try:
         return registered_with_same_lineage(with_seeds(load_params(params), seeds))
@@ -450,7 +450,7 @@ def train(
 ) -> None:
     """Multi-task training of every head plus the fusion head; continues a checkpoint of the same features and
     settings (a run that was killed) unless --restart. Several processes: torchrun --no-python msa train."""
-    from components.training import train as train_model  # torch and sklearn: only the commands that train pay
+    from components.training.train import train as train_model  # torch and sklearn: only the commands that train pay
 
     _log_lines_to_stderr()
     p = load_params(params)
@@ -463,7 +463,9 @@ def train(
 def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Every head on valid and test -> evaluate.report and its headline; plot data and PNGs -> evaluate.plots,
     evaluate.figures."""
-    from components.evaluation import evaluate as evaluate_model  # torch, sklearn and matplotlib: only when used
+    from components.evaluation.evaluate import (
+        evaluate as evaluate_model,  # torch, sklearn and matplotlib: only when used
+    )
 
     _log_lines_to_stderr()
     p = load_params(params)
@@ -475,7 +477,9 @@ def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
 def robustness(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Every head on robustness.split under each perturbation and severity of robustness.perturbations ->
     robustness.report, its plot data (robustness.plots) and figure."""
-    from components.robustness import robustness as score_robustness  # torch and transformers: only when used
+    from components.evaluation.robustness import (
+        robustness as score_robustness,  # torch and transformers: only when used
+    )
 
     _log_lines_to_stderr()
     p = load_params(params)
@@ -486,7 +490,7 @@ def robustness(params: ParamsOpt = DEFAULT_PARAMS) -> None:
 @app.command()
 def compress(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """int8 quantization and magnitude pruning of the trained model, each measured against it -> compress.out."""
-    from components.compression import compress as compress_model  # torch: only the commands that need it pay
+    from components.compression.compress import compress as compress_model  # torch: only the commands that need it pay
 
     _log_lines_to_stderr()
     p = load_params(params)
@@ -506,7 +510,7 @@ def register(
 ) -> None:
     """Record the stages' outputs as one MLflow run (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db) and register
     the model: alias challenger, and champion only if it beats the current champion by register.margin."""
-    from components.registry import record_and_register
+    from components.registry.register import record_and_register
 
     result = record_and_register(load_params(params), force=force, force_gate_rescore=rescore)
     out.print(result.summary() + ("" if result.registered else " (--force registers anyway)"), markup=False)
@@ -541,8 +545,8 @@ def predict(
 ) -> None:
     """Score raw inputs (text, image file or path, audio/vision frames or clip files) with a registered or logged
     model."""
-    from components.serving import local_model, predict_file
-    from components.tracking import connected
+    from components.serving.pyfunc import local_model, predict_file
+    from components.tracking.runs import connected
 
     settings = load_params(params).registry if params.exists() else RegisterParams()
     # A local model directory (a path or a file:// URI, read in place) needs no tracking server; models:/ or runs:/ do.
@@ -574,9 +578,9 @@ def serve(
     request's size and shape measured before MLflow parses it. Ctrl-C stops."""
     import tempfile
 
-    from components.serve_guard import guarded_app, run_server
-    from components.serving import local_model
-    from components.tracking import connected
+    from components.serving.guard import guarded_app, run_server
+    from components.serving.pyfunc import local_model
+    from components.tracking.runs import connected
 
     settings = load_params(params).registry if params.exists() else RegisterParams()
     with tempfile.TemporaryDirectory(prefix="msa-serve-") as scratch:

@@ -25,16 +25,16 @@ from prefect.deployments import run_deployment
 from prefect.logging import get_run_logger
 from prefect.states import Cancelling, Crashed
 
-from components import tracking
-from components.config import Params, load_params, with_seeds
-from components.errors import TrainingError
-from components.featurize import input_key, is_current
-from components.lineage import lineage
-from components.registry import Registration, Skipped, run_context, run_name
+from components.core.config import Params, load_params, with_seeds
+from components.core.errors import TrainingError
+from components.features.featurize import input_key, is_current
+from components.registry.register import Registration, Skipped, run_context, run_name
+from components.tracking import runs as tracking
+from components.training.lineage import lineage
 from flows import tasks
 
 if TYPE_CHECKING:  # torch is imported by the tasks that train, not by `msa run` deciding to skip
-    from components.training import TrainResult
+    from components.training.train import TrainResult
 
 
 @flow(name="train", persist_result=True, result_serializer="json")

@@ -3,7 +3,7 @@ whose work is a tracking request (lineage, fetch model, register), timeouts, the
 The other stages log through MLflow's own bounded HTTP retries (register.retries). No ML logic lives here.
 
 Every stage task takes the loaded `Params` and the pipeline's MLflow run id, and logs its stage into that run as it
-ends (components.tracking), so a user watches the run in MLflow while it goes. Results are the components' own
+ends (components.tracking.runs), so a user watches the run in MLflow while it goes. Results are the components' own
 dataclasses, persisted as JSON (never pickles).
 """
 
@@ -24,17 +24,17 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
-from components import tracking
-from components.config import ConfigError, Params
-from components.errors import DataError
-from components.featurize import FeaturizeResult
-from components.featurize import featurize as featurize_dataset
-from components.lineage import Lineage
-from components.registry import Registration, RunContext, Skipped
-from components.validation import validate_dataset
+from components.core.config import ConfigError, Params
+from components.core.errors import DataError
+from components.data.validation import validate_dataset
+from components.features.featurize import FeaturizeResult
+from components.features.featurize import featurize as featurize_dataset
+from components.registry.register import Registration, RunContext, Skipped
+from components.tracking import runs as tracking
+from components.training.lineage import Lineage
 
 if TYPE_CHECKING:  # torch is imported only by the tasks that need it
-    from components.training import TrainResult
+    from components.training.train import TrainResult
 
 SHOW_PROGRESS = sys.stderr.isatty()  # progress bars for a person at a terminal, not in a worker's log
 LOCK_LEASE_S = 60  # a run killed while holding the registry lock frees it after this long
@@ -68,7 +68,7 @@ def _may_pass(task: Task, task_run: Any, state: Any) -> bool:
 
 @task(name="validate")
 def validate(params: Params, run_id: str, context: RunContext) -> dict:
-    from components.registry import record_validation
+    from components.registry.register import record_validation
 
     report = validate_dataset(params.data.raw, params.validation)
     create_markdown_artifact(
@@ -105,9 +105,9 @@ def train(params: Params, run_id: str, attempt: int = 1, restart: bool = False) 
     that continues (a replacement for one killed mid-run has an empty disk), it first restores the newest checkpoint
     the tracking server holds for this pipeline run.
     """
-    from components.featurize import read_state
-    from components.training import build_spec, resume_point
-    from components.training import train as train_model
+    from components.features.contract import read_state
+    from components.training.train import build_spec, resume_point
+    from components.training.train import train as train_model
 
     logger = get_run_logger()
     spec = build_spec(read_state(params.featurize.out), params.model, params.train)
@@ -148,7 +148,7 @@ def train(params: Params, run_id: str, attempt: int = 1, restart: bool = False) 
 def fetch_model(params: Params, run_id: str) -> str:
     """The trained model of pipeline run `run_id` in train.out, checked against the digest recorded at upload:
     downloaded from the tracking server unless the files here already have that digest (training ran here)."""
-    from components import model_store
+    from components.models import store as model_store
 
     with tracking.connected(params.registry) as client:
         train_run, expected = tracking.trained_model_digest(client, run_id)
@@ -170,8 +170,8 @@ def fetch_model(params: Params, run_id: str) -> str:
 
 @task(name="evaluate")
 def evaluate(params: Params, run_id: str) -> list[dict]:
-    from components.evaluation import evaluate as evaluate_model
-    from components.model_store import read_card
+    from components.evaluation.evaluate import evaluate as evaluate_model
+    from components.models.store import read_card
 
     result = evaluate_model(params.featurize.out, params.train.out, params.evaluate, progress=SHOW_PROGRESS)
     with tracking.connected(params.registry) as client:
@@ -192,8 +192,8 @@ def evaluate(params: Params, run_id: str) -> list[dict]:
 
 @task(name="robustness")
 def robustness(params: Params, run_id: str) -> list[dict]:
-    from components.model_store import read_card
-    from components.robustness import robustness as score_robustness
+    from components.evaluation.robustness import robustness as score_robustness
+    from components.models.store import read_card
 
     r = params.robustness
     result = score_robustness(params.data.raw, params.featurize.out, params.train.out, r, progress=SHOW_PROGRESS)
@@ -217,7 +217,7 @@ def robustness(params: Params, run_id: str) -> list[dict]:
 
 @task(name="compress")
 def compress(params: Params, run_id: str) -> list[dict]:
-    from components.compression import compress as compress_model
+    from components.compression.compress import compress as compress_model
 
     started = time.time()  # a report without each variant's own time: the variants' runs span the stage
     result = compress_model(
@@ -253,7 +253,7 @@ def _compression_row(name: str, variant: dict, base: dict) -> dict:
 @task(name="lineage")
 def already_registered(params: Params, lineage: Lineage) -> Skipped | None:
     """Which registered version was trained from the same data, settings and code, if any."""
-    from components.registry import registered_with_same_lineage
+    from components.registry.register import registered_with_same_lineage
 
     return registered_with_same_lineage(params, lineage)
 
@@ -274,8 +274,8 @@ def register(
 ) -> Registration | Skipped:
     """Log and register under the registry lock. The lineage is checked again while holding it: of two runs of the
     same inputs started together, the second finds the first's version and skips instead of registering twice."""
-    from components.registry import register as register_model
-    from components.registry import registered_with_same_lineage
+    from components.registry.register import register as register_model
+    from components.registry.register import registered_with_same_lineage
 
     ensure_registry_lock(params.pipeline.registry_lock)
     with concurrency(params.pipeline.registry_lock, occupy=1, strict=True, lease_duration=LOCK_LEASE_S):

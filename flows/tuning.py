@@ -4,7 +4,7 @@ process of its own, and log as nested MLflow runs of one tune run per study.
 Trials of one study may run in several flow runs at once, on several machines (the tune-gpu deployment on the GPU
 pool, started once per worker): they share the study through its storage (`tune.storage`), so each runs the trials
 still missing and none runs one twice. A flow run that was killed leaves its running trials to be failed and
-retried by the next one (components.tuning).
+retried by the next one (components.training.tuning).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from prefect.logging import get_run_logger
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner
 
-from components import tracking, tuning
-from components.config import Params, load_params
-from components.featurize import read_state
+from components.core.config import Params, load_params
+from components.features.contract import read_state
+from components.tracking import runs as tracking
+from components.training import tuning
 from flows.pipeline import featurize_if_changed
 
 

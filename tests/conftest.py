@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from components.dataset import (
+from components.data.dataset import (
     ClassificationLabel,
     ImageSpec,
     Manifest,
@@ -157,9 +157,9 @@ class Trained:
 @pytest.fixture
 def trained(make_dataset, tiny_text_model: Path, tmp_path: Path) -> Trained:
     """The tiny dataset, featurized with the tiny BERT and trained for 3 epochs into a small multi-task model."""
-    from components.config import FeaturizeParams, ModelParams, TrainParams
-    from components.featurize import featurize
-    from components.training import train
+    from components.core.config import FeaturizeParams, ModelParams, TrainParams
+    from components.features.featurize import featurize
+    from components.training.train import train
 
     raw = make_dataset()
     features = featurize(
@@ -203,12 +203,12 @@ def served_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path
     """The tiny model trained, packaged with small input bounds (SERVE_LIMITS) and saved as an MLflow pyfunc
     directory exactly as registration logs it: what `mlflow models serve -m` and `msa predict --model` take."""
 
-    from components.config import FeaturizeParams, ModelParams, ServeParams, TrainParams
-    from components.featurize import featurize
-    from components.model_store import read_card
-    from components.registry import model_signature
-    from components.serving import package_model
-    from components.training import train
+    from components.core.config import FeaturizeParams, ModelParams, ServeParams, TrainParams
+    from components.features.featurize import featurize
+    from components.models.store import read_card
+    from components.registry.register import model_signature
+    from components.serving.pyfunc import package_model
+    from components.training.train import train
 
     root = tmp_path_factory.mktemp("served")
     raw = tiny_dataset(root, name="raw")
@@ -223,10 +223,10 @@ def served_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path
 
 def save_signed(package: Path, dest: Path, signature: object) -> Path:
     """`package` signed with this session's key and saved as an MLflow pyfunc directory, as registration logs it
-    (the loader is the installed `components.serving`; no code travels with the model)."""
+    (the loader is the installed `components.serving.pyfunc`; no code travels with the model)."""
     import mlflow
 
-    from components import signing
+    from components.serving import signing
 
     signing.sign(package)
     mlflow.pyfunc.save_model(str(dest), loader_module="components.serving", data_path=str(package), signature=signature)
@@ -241,13 +241,14 @@ def served_clip_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model:
     """The media demo (WAV and MP4 clips) trained briefly with the tiny text model and saved as an MLflow pyfunc
     directory as registration logs it; (the pyfunc directory, the dataset)."""
 
-    from components.config import FeaturizeParams, ModelParams, ServeParams, TrainParams
-    from components.demo import generate_demo
-    from components.featurize import featurize, read_state
-    from components.model_store import read_card
-    from components.registry import model_signature
-    from components.serving import package_model
-    from components.training import train
+    from components.core.config import FeaturizeParams, ModelParams, ServeParams, TrainParams
+    from components.data.demo import generate_demo
+    from components.features.contract import read_state
+    from components.features.featurize import featurize
+    from components.models.store import read_card
+    from components.registry.register import model_signature
+    from components.serving.pyfunc import package_model
+    from components.training.train import train
 
     root = tmp_path_factory.mktemp("served-clips")
     raw = generate_demo(root / "raw", size=30, seed=3, media=True)

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from components.config import TextModel
+from components.core.config import TextModel
 from components.models.encoders import AdditiveAttention
 
 TEXT_MODELS: tuple[TextModel, ...] = ("lstm", "textcnn", "han")

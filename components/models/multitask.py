@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping
 import torch
 from torch import Tensor, nn
 
-from components.dataset import SEQUENCE_MODALITIES
+from components.data.dataset import SEQUENCE_MODALITIES
 from components.models.encoders import ImageCNN, SequenceEncoder
 from components.models.fusion import TEXT_MODELS, HierarchicalFusion
 from components.models.spec import ModelSpec

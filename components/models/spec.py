@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from components.config import Head, ModelParams, Section, TextModel
-from components.dataset import SEQUENCE_MODALITIES
+from components.core.config import Head, ModelParams, Section, TextModel
+from components.data.dataset import SEQUENCE_MODALITIES
 
 
 class LabelSpec(Section):
@@ -24,7 +24,7 @@ class LabelSpec(Section):
 
 class TextSpec(Section):
     mode: Literal["frozen", "finetune"]
-    encoder: str  # the text model's name as configured (components.text_model resolves it where it loads)
+    encoder: str  # the text model's name as configured (components.features.text_model resolves it where it loads)
     hidden_size: int  # width of the token states
     models: tuple[TextModel, ...]
 

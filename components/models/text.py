@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from components.config import ModelParams, TextCNNParams, TextModel
+from components.core.config import ModelParams, TextCNNParams, TextModel
+from components.features.text_model import resolve_text_model
 from components.models.encoders import BiLSTM, SequenceEncoder, compact, prefix_mask
 from components.models.spec import TextSpec
-from components.text_model import resolve_text_model
 
 
 def load_transformer(spec: TextSpec, pretrained: bool) -> nn.Module:
-    """The transformer `spec.encoder` names (resolved on this machine by components.text_model), in float32.
+    """The transformer `spec.encoder` names (resolved on this machine by components.features.text_model), in float32.
 
     `pretrained=False` builds the same architecture with random weights, for when a state dict is loaded next.
     """

@@ -1,7 +1,7 @@
 """MkDocs hook: the pages generated from the code and the benchmark results at every build, so they never drift.
 
     reference/cli.md     every command of the `msa` typer app (flows/cli.py): usage, help, arguments, options
-    reference/params.md  every setting of components.config.Params: type, default, allowed values, description,
+    reference/params.md  every setting of components.core.config.Params: type, default, allowed values, description,
                          and the value params.yaml sets where it differs from the default
     benchmarks.md        a section per bench/*.py script: the tables of its bench/results/*.json with the machine
                          and date it records, or a line saying what is missing (nothing is made up)
@@ -238,13 +238,13 @@ def _cli_value(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# reference/params.md: the pydantic models of components/config.py
+# reference/params.md: the pydantic models of components/core/config.py
 
 
 def params_page(params_yaml: Path) -> str:
     from pydantic import BaseModel
 
-    from components.config import RUNTIME_SETTINGS, Params, load_params
+    from components.core.config import RUNTIME_SETTINGS, Params, load_params
 
     current = load_params(params_yaml) if params_yaml.exists() else None
     comments = yaml_comments(params_yaml) if params_yaml.exists() else {}
@@ -324,7 +324,7 @@ def params_page(params_yaml: Path) -> str:
         DO_NOT_EDIT,
         "# Settings: `params.yaml`\n",
         "`params.yaml` holds every tunable of the pipeline; the `msa` commands, `dvc repro` and the Prefect flows all "
-        "read it. This page is generated from its typed models (`components/config.py`) when the site is built: "
+        "read it. This page is generated from its typed models (`components/core/config.py`) when the site is built: "
         "each setting's type, default, allowed values and description. " + state + "\n",
         "An unknown or misspelled key is an error that names it and suggests the closest valid key; a number "
         "setting refuses `true`/`false`. Settings marked *runtime only* say where files go or how fast work "

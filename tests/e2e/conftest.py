@@ -44,12 +44,12 @@ def write_params(root: Path, text_model: Path, **sections: dict) -> Path:
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> Path:
     """A project directory where featurize, train, evaluate, robustness and compress have run on the tiny dataset."""
-    from components.compression import compress
-    from components.config import load_params
-    from components.evaluation import evaluate
-    from components.featurize import featurize
-    from components.robustness import robustness
-    from components.training import train
+    from components.compression.compress import compress
+    from components.core.config import load_params
+    from components.evaluation.evaluate import evaluate
+    from components.evaluation.robustness import robustness
+    from components.features.featurize import featurize
+    from components.training.train import train
 
     root = tmp_path_factory.mktemp("project")
     tiny_dataset(root / "data", name="raw")

@@ -171,8 +171,8 @@ def test_the_lineage_check_retries_until_a_late_tracking_server_answers(
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.context import FlowRunContext
 
-    from components.config import load_params
-    from components.lineage import lineage
+    from components.core.config import load_params
+    from components.training.lineage import lineage
     from flows import tasks
 
     uri, start_server = late_mlflow_server

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.dataset import read_dataset
-from components.serving import raw_frame
+from components.data.dataset import read_dataset
+from components.serving.pyfunc import raw_frame
 from tests.conftest import SERVE_LIMITS
 from tests.e2e.servers import free_port, serving
 from tests.hardening import msa

@@ -12,11 +12,11 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from components.compression import served_variant
-from components.config import CompressParams, load_params
-from components.dataset import read_dataset
-from components.errors import TrackingError, UntrustedModelError
-from components.serving import raw_frame
+from components.compression.compress import served_variant
+from components.core.config import CompressParams, load_params
+from components.core.errors import TrackingError, UntrustedModelError
+from components.data.dataset import read_dataset
+from components.serving.pyfunc import raw_frame
 from tests.e2e.conftest import working_directory
 from tests.integration.shell import BIN, run
 
@@ -198,7 +198,7 @@ def test_unreachable_server_fails_fast_and_registers_nothing(tiny_project, clien
 def test_failure_after_creating_the_version_removes_it_and_keeps_the_champion(
     tiny_project, mlflow_server, client, monkeypatch
 ):
-    from components.registry import record_and_register as register
+    from components.registry.register import record_and_register as register
 
     params = params_for(tiny_project, "halfway")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -231,7 +231,7 @@ def test_a_name_taken_by_a_model_with_other_inputs_is_refused(
     package.mkdir()
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
-            name="model", loader_module="components.serving", data_path=str(package),
+            name="model", loader_module="components.serving.pyfunc", data_path=str(package),
             signature=ModelSignature(inputs=Schema([ColSpec("string", "sentence")])), pip_requirements=["numpy"],
         )  # fmt: skip
     mlflow.register_model(info.model_uri, "taken")

@@ -31,9 +31,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from components.dataset import read_dataset
-from components.metrics import metrics_for
-from components.serving import raw_frame
+from components.data.dataset import read_dataset
+from components.evaluation.metrics import metrics_for
+from components.serving.pyfunc import raw_frame
 from tests.e2e.conftest import write_params
 from tests.e2e.servers import free_port, serving
 from tests.e2e.test_remote_pool import CLONE_FILES, DVC_YAML_PARAMS, tail

@@ -10,8 +10,8 @@ import mlflow
 import pandas as pd
 import pytest
 
-from components.dataset import read_dataset
-from components.serving import raw_frame
+from components.data.dataset import read_dataset
+from components.serving.pyfunc import raw_frame
 from tests.e2e.servers import free_port, serving
 from tests.e2e.test_registry import msa, params_for
 from tests.integration.shell import BIN

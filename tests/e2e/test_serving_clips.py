@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.dataset import is_null, read_dataset
-from components.demo import wav_bytes
-from components.serving import raw_frame
+from components.data.dataset import is_null, read_dataset
+from components.data.demo import wav_bytes
+from components.serving.pyfunc import raw_frame
 from tests.conftest import CLIP_SERVE_LIMITS
 from tests.e2e.servers import free_port, serving
 from tests.e2e.test_serving_hardening import LEAKS, model_error, post, split
@@ -28,7 +28,7 @@ def wav(seconds: float, rate: int = 16000) -> bytes:
 
 
 def mp4() -> bytes:
-    from components.demo import _video_clip
+    from components.data.demo import _video_clip
 
     return _video_clip(np.random.default_rng(0), 1, 2.0, 0.5)
 
@@ -113,9 +113,9 @@ def test_the_gate_reads_a_validated_test_split_by_the_dataset_s_bounds_not_the_s
 ) -> None:
     """Registration re-scores the champion on a new test split through its pyfunc. Those rows passed validation under
     the dataset's clip bounds; the served model's tighter bounds are for strangers and must not refuse them."""
-    from components.config import ServeParams
-    from components.errors import DataError
-    from components.serving import Predictor, dataset_bounds, package_model
+    from components.core.config import ServeParams
+    from components.core.errors import DataError
+    from components.serving.pyfunc import Predictor, dataset_bounds, package_model
 
     pyfunc, raw = served_clip_model
     strict = ServeParams(**CLIP_SERVE_LIMITS | {"max_clip_seconds": 0.9})  # the demo's clips last 1-2 s
@@ -135,7 +135,8 @@ def test_the_gate_reads_a_validated_test_split_by_the_dataset_s_bounds_not_the_s
     # The gate itself: a champion packaged with those tight bounds, re-scored on this test split, gets its score.
     from types import SimpleNamespace
 
-    from components import registry, serving
+    from components.registry import register as registry
+    from components.serving import pyfunc as serving
 
     loaded = serving.LoadedModel(predictor, None, [], served_clip_model[0])
     monkeypatch.setattr(serving, "load_model", lambda uri, scratch, **_: loaded)

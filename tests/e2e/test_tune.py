@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from components.config import load_params
+from components.core.config import load_params
 from tests.e2e.test_flow_faults import copy_project, edit_params, sqlite_store
 
 pytestmark = pytest.mark.e2e

@@ -216,7 +216,7 @@ def test_a_model_that_is_not_there_is_one_line(project: Path, model: str, messag
 
 
 def test_the_served_bounds_are_the_packaged_ones(served_model: Path) -> None:
-    from components.config import ServeParams
+    from components.core.config import ServeParams
 
     limits = json.loads(next(served_model.rglob("limits.json")).read_text())
     assert limits == ServeParams(**SERVE_LIMITS).model_dump(mode="json")  # the given bounds, the rest at defaults

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from components.dataset import Dataset, read_dataset
-from components.model_store import digest
+from components.data.dataset import Dataset, read_dataset
+from components.models.store import digest
 from tests.integration.shell import BIN, run
 
 pytestmark = pytest.mark.integration
@@ -190,7 +190,7 @@ def _sign_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray) -> float:
 
 def test_demo_label_needs_the_modalities_together(tmp_path):
     """No single modality reaches what all of them reach together (same linear model for each)."""
-    from components.demo import generate_demo
+    from components.data.demo import generate_demo
 
     dataset = read_dataset(generate_demo(tmp_path / "raw", size=1000, seed=0))
     y = dataset.samples["label"].to_numpy()

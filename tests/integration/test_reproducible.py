@@ -1,7 +1,7 @@
 """The same numbers on any machine: the demo trained twice, once alone with one thread by default and once with
 two threads by default beside a CPU burner, gives the same features, weights, history and metrics, byte for byte.
 
-Both runs hold torch at the stages' `threads` setting (components.devices.cpu_threads) and the kernels at AVX2
+Both runs hold torch at the stages' `threads` setting (components.core.devices.cpu_threads) and the kernels at AVX2
 (components/__init__.py); without the first, 1 and 2 threads round a matrix product differently and the weights
 part after the first epoch.
 """

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import load_params
-from components.errors import TrackingError
-from components.lineage import Lineage, lineage
+from components.core.config import load_params
+from components.core.errors import TrackingError
+from components.training.lineage import Lineage, lineage
 from flows import cli
 from tests.conftest import tiny_dataset
 from tests.e2e.conftest import working_directory
@@ -87,7 +87,9 @@ def test_an_unchanged_run_skips_without_importing_prefect(project: Path):
         done.stdout,
     ), done.stdout
     imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert "mlflow" in imported and "components.registry" in imported, "the check is MLflow's, not a copy of it"
+    assert "mlflow" in imported and "components.registry.register" in imported, (
+        "the check is MLflow's, not a copy of it"
+    )
     heavy = sorted(m for m in imported if m.split(".")[0] in HEAVY)
     assert not heavy, f"the skip imported {heavy}"
 
@@ -114,7 +116,7 @@ def test_a_tracking_store_that_does_not_answer_leaves_the_check_to_the_flow(
     def down(*args: object) -> None:
         raise TrackingError("tracking server http://127.0.0.1:1 does not answer")
 
-    monkeypatch.setattr("components.registry.registered_with_same_lineage", down)
+    monkeypatch.setattr("components.registry.register.registered_with_same_lineage", down)
     assert cli._skip_before_prefect(Path("params.yaml")) is None, "the flow's lineage task retries with backoff"
 
 

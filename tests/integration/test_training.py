@@ -17,11 +17,14 @@ import torch
 import yaml
 from safetensors.numpy import load_file
 
-import components.training as training
-from components.config import ConfigError, FeaturizeParams, ModelParams, TrainParams
-from components.errors import TrainingError, TrainingInterrupted
-from components.featurize import featurize, load_features
-from components.model_store import (
+import components.training.train as training
+from components.core.config import ConfigError, FeaturizeParams, ModelParams, TrainParams
+from components.core.errors import TrainingError, TrainingInterrupted
+from components.features.contract import load_features
+from components.features.featurize import featurize
+from components.models import MultiTaskModel
+from components.models.spec import ModelSpec
+from components.models.store import (
     CARD,
     CHECKPOINT,
     HISTORY,
@@ -31,9 +34,7 @@ from components.model_store import (
     model_inputs,
     split_rows,
 )
-from components.models import MultiTaskModel
-from components.models.spec import ModelSpec
-from components.training import train
+from components.training.train import train
 from tests.conftest import TWO_CLASS_MANIFEST, tiny_dataset, two_classes
 from tests.integration.conftest import REPO
 from tests.integration.shell import BIN, environment, run

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.config import ValidateParams
-from components.dataset import (
+from components.core.config import ValidateParams
+from components.core.errors import DataError
+from components.data.dataset import (
     SAMPLES,
     ClassificationLabel,
     ImageSpec,
@@ -21,8 +22,7 @@ from components.dataset import (
     SequenceArray,
     TextSpec,
 )
-from components.errors import DataError
-from components.validation import ValidationReport, validate_dataset
+from components.data.validation import ValidationReport, validate_dataset
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.integration
@@ -84,7 +84,7 @@ def test_the_offline_page_names_each_failed_rule_its_count_and_the_offending_ids
 
 
 def test_the_offline_page_escapes_what_the_data_holds():
-    from components.validation import render_html
+    from components.data.validation import render_html
 
     evil = "<script src='https://example.com/x.js'></script>"
     report = {
@@ -315,7 +315,7 @@ def test_clips_are_checked_present_inside_decodable_and_within_bounds(params, tm
     """Each broken clip fails the clip rule naming its sample and what is wrong; a good media dataset passes."""
     import shutil
 
-    from components.demo import generate_demo
+    from components.data.demo import generate_demo
 
     good = generate_demo(tmp_path / "good", size=30, seed=1, media=True)
     assert validate_dataset(good, params).success

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from components.atomic import replace_directory, write_json
-from components.errors import DataError
+from components.core.atomic import replace_directory, write_json
+from components.core.errors import DataError
 
 
 def test_write_json_replaces_whole_file_and_leaves_no_temp(tmp_path):
@@ -85,7 +85,7 @@ def test_write_json_is_strict_unless_undefined_values_may_be_null(tmp_path):
 def test_atomic_writes_take_the_users_umask_not_mkstemps_0600(tmp_path, monkeypatch, umask):
     import stat
 
-    import components.atomic as atomic
+    import components.core.atomic as atomic
 
     monkeypatch.setattr(atomic, "FILE_MODE", 0o666 & ~umask)
     write_json(tmp_path / "r.json", {"a": 1})
@@ -97,7 +97,7 @@ def test_atomic_writes_take_the_users_umask_not_mkstemps_0600(tmp_path, monkeypa
 def test_umask_is_read_without_changing_it():
     import os
 
-    import components.atomic as atomic
+    import components.core.atomic as atomic
 
     mask = os.umask(0o022)
     os.umask(mask)
@@ -113,7 +113,7 @@ def test_a_process_with_umask_027_writes_0640(tmp_path):
     import subprocess
     import sys
 
-    code = "import sys; from components.atomic import write_text; write_text(sys.argv[1], 'x')"
+    code = "import sys; from components.core.atomic import write_text; write_text(sys.argv[1], 'x')"
     target = tmp_path / "tuned.yaml"
     subprocess.run([sys.executable, "-c", code, str(target)], check=True, preexec_fn=lambda: os.umask(0o027))
     assert stat.S_IMODE(target.stat().st_mode) == 0o640

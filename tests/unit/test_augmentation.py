@@ -1,4 +1,4 @@
-"""Training-time augmentation (components.augmentation): what each perturbation changes, what it never does, and
+"""Training-time augmentation (components.training.augmentation): what each perturbation changes, what it never does, and
 that training applies it to its batches only when asked."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import Tensor
 
-from components.augmentation import augment, enabled
-from components.config import AugmentParams, FeaturizeParams, ModelParams, TrainParams
-from components.featurize import featurize
-from components.model_store import CHECKPOINT
+from components.core.config import AugmentParams, FeaturizeParams, ModelParams, TrainParams
+from components.features.featurize import featurize
 from components.models.multitask import modality_presence
-from components.training import resume_point, train
+from components.models.store import CHECKPOINT
+from components.training.augmentation import augment, enabled
+from components.training.train import resume_point, train
 from tests.unit.test_models import make_batch, make_spec
 
 EVERYTHING = AugmentParams(modality_dropout=0.5, token_dropout=0.5, feature_noise=0.5)

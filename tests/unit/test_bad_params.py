@@ -61,7 +61,7 @@ def test_a_missing_params_file_says_where_it_was_looked_for(guarded_project: Pat
 
 
 def test_the_repository_params_are_valid() -> None:
-    from components.config import load_params
+    from components.core.config import load_params
 
     assert load_params(REPO / "params.yaml").serve.max_rows >= 1  # the table fails for its own reasons only
 

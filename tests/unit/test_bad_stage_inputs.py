@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.featurize import FEATURES
+from components.features.contract import FEATURES
 from tests.conftest import tiny_dataset
 from tests.hardening import fingerprint, gif, guarded, msa, png_claiming
 

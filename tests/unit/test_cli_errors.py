@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from components.atomic import replace_directory
-from components.config import RegisterParams
-from components.errors import TrackingError
-from components.tracking import connected
+from components.core.atomic import replace_directory
+from components.core.config import RegisterParams
+from components.core.errors import TrackingError
+from components.tracking.runs import connected
 from tests.hardening import fingerprint, msa
 
 WHOLE = "; each file it writes is replaced whole or not at all, so nothing half-written was kept"
@@ -36,11 +36,11 @@ def interrupted(*args, **kwargs):
     [
         (("featurize",), "flows.cli.featurize_dataset", interrupted_writing("data/features", "featurizer.json"),
          f"interrupted: msa featurize stopped{WHOLE}"),
-        (("compress",), "components.compression.compress", interrupted_writing("models/compressed", "*/card.json"),
+        (("compress",), "components.compression.compress.compress", interrupted_writing("models/compressed", "*/card.json"),
          f"interrupted: msa compress stopped{WHOLE}"),
         (("data", "import", "tsv", "t.tsv", "--out", "out"), "flows.cli.import_text_tsv",
          interrupted_writing("out", "manifest.yaml"), f"interrupted: msa data import tsv stopped{WHOLE}"),
-        (("train",), "components.training.train", interrupted, "interrupted: msa train stopped before it finished"),
+        (("train",), "components.training.train.train", interrupted, "interrupted: msa train stopped before it finished"),
     ],
     ids=["featurize", "compress", "import-tsv", "train"],
 )  # fmt: skip

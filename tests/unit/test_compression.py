@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.compression import compress, load_compressed, prune_model, prune_targets, quantize_int8
-from components.config import CompressParams, ModelParams, TrainParams
-from components.dataset import SPLITS
-from components.featurize import load_features
-from components.model_store import digest, evaluate_heads, load_trained
-from components.training import train
+from components.compression.compress import compress, load_compressed, prune_model, prune_targets, quantize_int8
+from components.core.config import CompressParams, ModelParams, TrainParams
+from components.data.dataset import SPLITS
+from components.features.contract import load_features
+from components.models.store import digest, evaluate_heads, load_trained
+from components.training.train import train
 from tests.conftest import Trained
 
 MEASURED = {"size_bytes", "params", "nonzero_params", "task_params", "task_nonzero_params", "latency_ms_p50",
@@ -148,7 +148,7 @@ def test_variant_beyond_tolerance_is_reported_but_not_written(trained, tmp_path)
 )
 def test_a_change_has_one_sign_in_the_log_the_report_and_the_headline(metric, base, value, logged, headline):
     """variant - uncompressed, signed: a loss is negative for a score, positive for mae; in points except for mae."""
-    from components.compression import CompressionResult, change, versus_baseline
+    from components.compression.compress import CompressionResult, change, versus_baseline
 
     figures = {"size_bytes": 100, "latency_ms_p50": 2.0}
     variant = figures | {"change": change(metric, base, value), "kept": True}

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from components.config import ConfigError, EvaluateParams, Params, load_params
+from components.core.config import ConfigError, EvaluateParams, Params, load_params
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from components.data_version import record_in_dvc
-from components.demo import generate_demo
+from components.data.data_version import record_in_dvc
+from components.data.demo import generate_demo
 
 DVC = str(Path(sys.executable).parent / "dvc")
 

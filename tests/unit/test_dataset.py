@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.dataset import (
+from components.core.errors import DataError
+from components.data.dataset import (
     ClassificationLabel,
     Manifest,
     Modalities,
@@ -12,7 +13,6 @@ from components.dataset import (
     read_dataset,
     write_dataset,
 )
-from components.errors import DataError
 
 
 def text_only(n: int = 6) -> tuple[Manifest, pd.DataFrame]:

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.dataset import read_dataset
-from components.demo import generate_demo
+from components.data.dataset import read_dataset
+from components.data.demo import generate_demo
 
 
 def digest(root: Path) -> dict[str, str]:

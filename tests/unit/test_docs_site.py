@@ -18,8 +18,8 @@ from mkdocs.config import load_config
 from mkdocs.exceptions import Abort
 from pydantic import BaseModel
 
-from components.config import Params
-from components.metrics import classification_metrics, primary_metric, regression_metrics
+from components.core.config import Params
+from components.evaluation.metrics import classification_metrics, primary_metric, regression_metrics
 from flows.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]

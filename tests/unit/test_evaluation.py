@@ -14,8 +14,9 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from components.config import EvaluateParams, FeaturizeParams, ModelParams, TrainParams
-from components.dataset import (
+from components.core.config import EvaluateParams, FeaturizeParams, ModelParams, TrainParams
+from components.core.errors import DataError, TrainingError
+from components.data.dataset import (
     SPLITS,
     ImageSpec,
     Manifest,
@@ -24,11 +25,11 @@ from components.dataset import (
     SequenceSpec,
     TextSpec,
 )
-from components.errors import DataError, TrainingError
-from components.evaluation import evaluate
-from components.featurize import featurize, load_features
-from components.model_store import CARD, HISTORY, digest, load_trained, predict
-from components.training import train
+from components.evaluation.evaluate import evaluate
+from components.features.contract import load_features
+from components.features.featurize import featurize
+from components.models.store import CARD, HISTORY, digest, load_trained, predict
+from components.training.train import train
 from flows.cli import app
 from tests.conftest import TWO_CLASS_MANIFEST, two_classes
 

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from components.config import FeaturizeParams
-from components.dataset import SequenceArray
-from components.errors import DataError
-from components.featurize import FEATURES, featurize, load_features, sentence_spans
+from components.core.config import FeaturizeParams
+from components.core.errors import DataError
+from components.data.dataset import SequenceArray
+from components.features.contract import FEATURES, load_features, sentence_spans
+from components.features.featurize import featurize
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def test_padding_truncation_and_missing_modalities(make_dataset, params):
         samples["image"] = samples["image"].astype(object)
         samples.loc[1, "image"] = None
 
-    from components.dataset import ImageSpec, Manifest, Modalities, RegressionLabel, SequenceSpec, TextSpec
+    from components.data.dataset import ImageSpec, Manifest, Modalities, RegressionLabel, SequenceSpec, TextSpec
 
     spec = SequenceSpec(dim=3, max_len=4, allow_missing=True)
     manifest = Manifest(

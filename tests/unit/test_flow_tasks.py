@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from prefect.states import Completed, Failed
 
-from components.config import ConfigError, FeaturizeParams, ModelParams, Params, PipelineParams, TrainParams
-from components.errors import DataError, TrackingError, TrainingError
-from components.model_store import CHECKPOINT, HISTORY, WEIGHTS
-from components.training import resume_point, train
+from components.core.config import ConfigError, FeaturizeParams, ModelParams, Params, PipelineParams, TrainParams
+from components.core.errors import DataError, TrackingError, TrainingError
+from components.models.store import CHECKPOINT, HISTORY, WEIGHTS
+from components.training.train import resume_point, train
 from flows import tasks
 from tests.conftest import tiny_dataset
 
@@ -93,7 +93,7 @@ def settings(out: Path, **changes) -> TrainParams:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_text_model) -> tuple[Path, Path]:
     """(features, model directory) of a finished 3-epoch training: its checkpoint is at epoch 3."""
-    from components.featurize import featurize
+    from components.features.featurize import featurize
 
     root = tmp_path_factory.mktemp("resume")
     params = FeaturizeParams(out=root / "features", text_model=str(tiny_text_model), image_size=8)
@@ -129,7 +129,7 @@ def test_a_checkpoint_of_another_model_is_not_resumed(run):
 
 
 def test_a_checkpoint_of_other_features_is_not_resumed(run, tmp_path, tiny_text_model):
-    from components.featurize import featurize
+    from components.features.featurize import featurize
 
     features, model = run
     other = featurize(
@@ -149,7 +149,7 @@ def test_an_unreadable_checkpoint_is_not_resumed(run, tmp_path):
 
 
 def test_resuming_a_run_that_stopped_early_trains_no_more_epochs(run, tmp_path, monkeypatch):
-    import components.training as training
+    import components.training.train as training
 
     features, _ = run
     params = settings(tmp_path / "early", epochs=10, patience=1)

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from components import registry, serving, signing
-from components.dataset import read_dataset
-from components.serving import Evidence, read_evidence, write_evidence
+from components.data.dataset import read_dataset
+from components.registry import register as registry
+from components.serving import pyfunc as serving
+from components.serving.pyfunc import Evidence, read_evidence, signing, write_evidence
 
 SPLIT = "fingerprint-of-this-test-split"
 

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import demo
-from components.dataset import SPLITS, read_dataset
-from components.demo import _video_clip
-from components.errors import ConfigError, DataError
-from components.importers import import_clips_csv
+from components.core.errors import ConfigError, DataError
+from components.data import demo
+from components.data.dataset import SPLITS, read_dataset
+from components.data.demo import _video_clip
+from components.data.importers import import_clips_csv
 from tests.hardening import guarded, msa
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.dataset import read_dataset
-from components.errors import DataError
-from components.importers import import_image_text_csv, import_mmsa, import_text_tsv
+from components.core.errors import DataError
+from components.data.dataset import read_dataset
+from components.data.importers import import_image_text_csv, import_mmsa, import_text_tsv
 from tests.conftest import png_bytes
 
 MOSI_TEXT = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "mosi-text"

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from components import lineage as lineage_module
-from components.config import Params
-from components.lineage import TRAINED_BY, Lineage, lineage, module_closure
+from components.core.config import Params
+from components.core.hashing import module_closure
+from components.training import lineage as lineage_module
+from components.training.lineage import TRAINED_BY, Lineage, lineage
 
 PACKAGE = lineage_module.CODE_ROOT
 
@@ -138,8 +139,8 @@ def test_code_hash_ignores_docstrings_comments_and_files_other_than_python(raw, 
     before = lineage(settings(raw))
     (code / "notes.txt").write_text("not code")
     (code / "__pycache__").mkdir()
-    (code / "__pycache__" / "training.cpython-311.pyc").write_bytes(b"compiled")
-    training = code / "training.py"
+    (code / "__pycache__" / "train.cpython-311.pyc").write_bytes(b"compiled")
+    training = code / "training" / "train.py"
     edit(training, ast.get_docstring(ast.parse(training.read_text()), clean=False), "Reworded.\n# a comment")
     edit(code / "models" / "spec.py", "class ModelSpec(Section):\n", 'class ModelSpec(Section):\n    """New."""\n')
     assert lineage(settings(raw)) == before
@@ -150,14 +151,14 @@ def test_code_hash_ignores_docstrings_comments_and_files_other_than_python(raw, 
     assert (edited.data, edited.params) == (before.data, before.params)
 
 
-@pytest.mark.parametrize("module", ["tracking.py", "demo.py", "serving.py"])
+@pytest.mark.parametrize("module", ["tracking/runs.py", "data/demo.py", "serving/pyfunc.py"])
 def test_code_hash_ignores_code_that_training_does_not_run(raw, code, module):
     before = lineage(settings(raw)).code
     append_code(code / module)
     assert lineage(settings(raw)).code == before
 
 
-@pytest.mark.parametrize("module", ["models/spec.py", "featurize.py", "config.py"])
+@pytest.mark.parametrize("module", ["models/spec.py", "features/featurize.py", "features/contract.py", "core/config.py"])
 def test_code_hash_covers_what_training_imports(raw, code, module):
     before = lineage(settings(raw)).code
     append_code(code / module)
@@ -173,9 +174,13 @@ def test_a_new_module_in_a_subpackage_changes_the_code_hash(raw, code):
 
 def test_the_trained_closure_has_the_models_and_not_the_tracking():
     closure = module_closure(*TRAINED_BY)
-    assert {"components/training.py", "components/featurize.py", "components/models/multitask.py"} <= set(closure)
+    assert {
+        "components/training/train.py",
+        "components/features/featurize.py",
+        "components/models/multitask.py",
+    } <= set(closure)
     assert closure == sorted(closure)
-    for other in ["tracking", "demo", "serving", "evaluation", "compression"]:
+    for other in ["tracking/runs", "data/demo", "serving/pyfunc", "evaluation/evaluate", "compression/compress"]:
         assert f"components/{other}.py" not in closure
 
 
@@ -211,7 +216,7 @@ def test_matches_needs_every_hash_equal():
 
 def test_a_folder_that_is_not_a_dataset_is_refused_before_it_is_hashed(tmp_path, monkeypatch):
     """A large folder named as data.raw by mistake is refused at once, not hashed whole first."""
-    from components.errors import DataError
+    from components.core.errors import DataError
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import load_params
-from components.errors import TrackingError
-from components.evaluation import evaluate
-from components.featurize import featurize
-from components.lineage import lineage
-from components.registry import verified_outputs
-from components.training import train
+from components.core.config import load_params
+from components.core.errors import TrackingError
+from components.evaluation.evaluate import evaluate
+from components.features.featurize import featurize
+from components.registry.register import verified_outputs
+from components.training.lineage import lineage
+from components.training.train import train
 from tests.conftest import tiny_dataset
 from tests.hardening import fingerprint, msa
 

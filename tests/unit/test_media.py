@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components import media
-from components.config import AudioClipParams, FeaturizeParams, VideoClipParams
-from components.dataset import ClipBounds, read_dataset
-from components.demo import _audio_clip, _video_clip, generate_demo, wav_bytes
-from components.errors import DataError
-from components.featurize import featurize, load_features
-from components.media import ClipJob, ClipProblem, NoAudioStream, extract, extract_many
+from components.core.config import AudioClipParams, FeaturizeParams, VideoClipParams
+from components.core.errors import DataError
+from components.data import media
+from components.data.dataset import ClipBounds, read_dataset
+from components.data.demo import _audio_clip, _video_clip, generate_demo, wav_bytes
+from components.data.media import ClipJob, ClipProblem, NoAudioStream, extract, extract_many
+from components.features.contract import load_features
+from components.features.featurize import featurize
 
 AUDIO, VIDEO, BOUNDS = AudioClipParams(), VideoClipParams(), ClipBounds()
 
@@ -164,7 +165,7 @@ def test_the_media_demo_is_byte_identical_for_the_same_seed(tmp_path):
     assert digest(first) == digest(generate_demo(tmp_path / "b", size=30, seed=4, media=True))
     # Another process, with other threads and allocations behind it: the encoder decides nothing by itself.
     subprocess.run(
-        [sys.executable, "-c", "import sys; from components.demo import generate_demo; "
+        [sys.executable, "-c", "import sys; from components.data.demo import generate_demo; "
          "generate_demo(sys.argv[1], size=30, seed=4, media=True)", str(tmp_path / "d")],
         check=True, env={**os.environ, "OMP_NUM_THREADS": "2"},
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""components.metrics: expected values are worked out by hand in the comments, not recomputed with sklearn."""
+"""components.evaluation.metrics: expected values are worked out by hand in the comments, not recomputed with sklearn."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from components.metrics import (
+from components.evaluation.metrics import (
     classification_metrics,
     is_better,
     metrics_for,
@@ -75,7 +75,7 @@ def test_weighted_f1_differs_from_accuracy() -> None:
 
 @pytest.mark.parametrize("case", ["random", "all positive", "perfect", "all wrong", "one class predicted"])
 def test_binary_scores_equal_sklearn_bit_for_bit(case: str) -> None:
-    # The one comparison with sklearn: MMSA's Acc-2 / F1 are sklearn's numbers, which components.metrics computes
+    # The one comparison with sklearn: MMSA's Acc-2 / F1 are sklearn's numbers, which components.evaluation.metrics computes
     # in numpy (sklearn's per-call checks cost more than the training step they score); they must not move a bit.
     from sklearn.metrics import accuracy_score, f1_score
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from components import model_store
-from components.errors import TrainingError
+from components.core.errors import TrainingError
+from components.models import store as model_store
 
 
 @pytest.fixture

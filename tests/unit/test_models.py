@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from components.config import ModelParams, TextCNNParams
+from components.core.config import ModelParams, TextCNNParams
 from components.models import HAN, ImageSpec, LabelSpec, ModelSpec, MultiTaskModel, SequenceSpec, TextCNN, TextSpec
 from components.models.encoders import masked_softmax
 

@@ -5,10 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.errors import TrainingError
-from components.featurize import load_features
-from components.model_store import PADDED_AXES, load_trained, model_inputs, trim_padding
-from components.onnx_model import AXIS_NAMES, OnnxModel, dynamic_axes, export_onnx, input_names, quantize_onnx
+from components.compression.onnx_model import (
+    AXIS_NAMES,
+    OnnxModel,
+    dynamic_axes,
+    export_onnx,
+    input_names,
+    quantize_onnx,
+)
+from components.core.errors import TrainingError
+from components.features.contract import load_features
+from components.models.store import PADDED_AXES, load_trained, model_inputs, trim_padding
 
 TOLERANCE = 1e-4  # float32 kernels of two runtimes, summed in other orders
 

@@ -8,9 +8,9 @@ from typing import get_args
 import numpy as np
 import pytest
 
-from components import perturbations as P
-from components.config import Perturbation
-from components.featurize import sentence_spans
+from components.core.config import Perturbation
+from components.evaluation import perturbations as P
+from components.features.contract import sentence_spans
 
 NAMES = get_args(Perturbation)
 SEVERITIES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)

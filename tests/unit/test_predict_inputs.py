@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components import serving
-from components.atomic import FILE_MODE
-from components.errors import DataError
-from components.serving import check_inputs, input_chunks
+from components.core.atomic import FILE_MODE
+from components.core.errors import DataError
+from components.serving import pyfunc as serving
+from components.serving.pyfunc import check_inputs, input_chunks
 from tests.hardening import Case, fingerprint, guarded, msa
 
 ROWS = "in/rows.jsonl"

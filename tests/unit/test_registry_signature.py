@@ -1,4 +1,4 @@
-"""The served model's input signature (components.registry.model_signature) and the input contract registration
+"""The served model's input signature (components.registry.register.model_signature) and the input contract registration
 compares it by: frames typed Array(Array(double)) by older versions, `Any` by later ones and string now are one."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
 
-from components.registry import _contract, model_signature
+from components.registry.register import _contract, model_signature
 
 SPEC = SimpleNamespace(text=object(), image=object(), audio=object(), vision=object())
 

@@ -10,12 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from components.config import ConfigError, Params, RobustnessGate, RobustnessParams, load_params
-from components.model_store import evaluate_split
-from components.registry import _robustness_section, robustness_gate
-from components.robustness import HEADS, robustness
-from components.serving import Evidence
-from components.tracking import robustness_metrics
+from components.core.config import ConfigError, Params, RobustnessGate, RobustnessParams, load_params
+from components.evaluation.robustness import HEADS, robustness
+from components.models.store import evaluate_split
+from components.registry.register import _robustness_section, robustness_gate
+from components.serving.pyfunc import Evidence
+from components.tracking.runs import robustness_metrics
 
 SETTINGS = {
     "text_word_deletion": (0.5, 1.0),
@@ -83,8 +83,8 @@ def test_every_head_under_every_setting_deterministically(trained, tmp_path) -> 
 def test_perturbations_of_an_absent_modality_are_skipped_and_said(trained, tmp_path) -> None:
     from dataclasses import replace
 
-    from components.config import ModelParams, TrainParams
-    from components.training import train
+    from components.core.config import ModelParams, TrainParams
+    from components.training.train import train
 
     text_image = train(
         trained.features,
@@ -151,7 +151,7 @@ def test_the_model_card_has_a_row_per_perturbation() -> None:
 
 def test_the_run_log_signs_a_change_as_the_model_card_does() -> None:
     """perturbed - clean, in points: negative for a loss, in the log line as in the card's table."""
-    from components.robustness import RobustnessResult
+    from components.evaluation.robustness import RobustnessResult
 
     result = RobustnessResult(Path("r.json"), Path("p"), Path("f.png"), "test", "acc2", "fusion", REPORT)
     assert "clean 90.0; lowest at middle severity: missing_text 1 70.0 (-20.0 points);" in result.summary()

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from components.config import EvaluateParams, ModelParams, TrainParams
-from components.evaluation import evaluate
-from components.model_store import HISTORY, SEEDS, WEIGHTS, read_card, seed_dirs
-from components.training import train
+from components.core.config import EvaluateParams, ModelParams, TrainParams
+from components.evaluation.evaluate import evaluate
+from components.models.store import HISTORY, SEEDS, WEIGHTS, read_card, seed_dirs
+from components.training.train import train
 
 MODEL = ModelParams(hidden=8, dropout=0.0, textcnn={"feature_maps": 4, "dropout": 0.0})
 
@@ -65,7 +65,7 @@ def test_several_seeds_travel_with_the_model_and_a_single_seed_clears_them(train
     single-seed model arriving where an older multi-seed training lies leaves no record of it."""
     from mlflow import MlflowClient
 
-    from components import model_store
+    from components.models import store as model_store
 
     out = tmp_path / "seeds"
     train(trained.features, MODEL, TrainParams(out=out, epochs=1, batch_size=4, seeds=2), progress=False)
@@ -84,7 +84,7 @@ def test_several_seeds_travel_with_the_model_and_a_single_seed_clears_them(train
 
 
 def test_means_and_stds_cover_every_head_any_seed_has() -> None:
-    from components.evaluation import _over_seeds
+    from components.evaluation.evaluate import _over_seeds
 
     runs = {"0": {"test": {"fusion": {"mae": 1.0, "corr": 0.5}, "image": {"mae": 2.0}}},
             "1": {"test": {"fusion": {"mae": 3.0}}}}  # fmt: skip

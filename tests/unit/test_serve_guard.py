@@ -1,4 +1,4 @@
-"""The request guard of `msa serve` (components.serve_guard) in this process: bodies over a bound are refused
+"""The request guard of `msa serve` (components.serving.guard) in this process: bodies over a bound are refused
 before the app behind it reads a byte, the rest reach it unchanged; and the JSON scan measures what parsing would."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.config import ServeParams
-from components.errors import ConfigError
-from components.serve_guard import (
+from components.core.config import ServeParams
+from components.core.errors import ConfigError
+from components.serving.guard import (
     MAX_ERROR_BYTES,
     Refused,
     RequestBounds,

@@ -18,11 +18,11 @@ import pytest
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from components.config import ServeParams
-from components.dataset import ClipBounds
-from components.errors import DataError
-from components.images import MAX_JPEG_MARKERS, MAX_JPEG_SCANS, ImageProblem, open_image
-from components.serving import Bounds, Predictor
+from components.core.config import ServeParams
+from components.core.errors import DataError
+from components.data.dataset import ClipBounds
+from components.data.images import MAX_JPEG_MARKERS, MAX_JPEG_SCANS, ImageProblem, open_image
+from components.serving.pyfunc import Bounds, Predictor
 from tests.conftest import SERVE_LIMITS
 from tests.hardening import fingerprint, png
 
@@ -142,7 +142,7 @@ def test_wrapped_base64_and_data_uris_score_as_plain_base64(predictor) -> None:
 
 def test_an_image_at_its_bound_is_accepted_wrapped() -> None:
     """The bound is on the image: base64 of `max_image_bytes` fits however it is wrapped; one byte more does not."""
-    from components.serving import _decode_base64
+    from components.serving.pyfunc import _decode_base64
 
     limits = ServeParams(max_image_bytes=3000)
     exact = base64.b64encode(bytes(3000)).decode()
@@ -259,7 +259,7 @@ def test_the_scoring_server_answers_csv_as_json(served_model, monkeypatch) -> No
 
 
 def test_a_frames_cell_is_bounded_before_json_parses_it() -> None:
-    from components.serving import _frames, _max_frames_chars
+    from components.serving.pyfunc import _frames, _max_frames_chars
 
     read = _frames(json.dumps(FRAMES), 3, "audio", 16, Path("<in>"), 1)
     np.testing.assert_allclose(read, np.asarray(FRAMES, np.float32))

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from components.compression import compress, served_variant
-from components.config import CompressParams, ConfigError, TrainParams
-from components.dataset import read_dataset
-from components.errors import DataError
-from components.onnx_model import OnnxModel
-from components.serving import WEIGHTS, Predictor, package_model, raw_frame
+from components.compression.compress import compress, served_variant
+from components.compression.onnx_model import OnnxModel
+from components.core.config import CompressParams, ConfigError, TrainParams
+from components.core.errors import DataError
+from components.data.dataset import read_dataset
+from components.serving.pyfunc import WEIGHTS, Predictor, package_model, raw_frame
 
 
 def report(**latencies: float | None) -> dict:

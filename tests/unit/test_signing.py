@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from components import signing
-from components.errors import UntrustedModelError
+from components.core.errors import UntrustedModelError
+from components.serving import signing
 
 
 @pytest.fixture

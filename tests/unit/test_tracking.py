@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from components import model_store, tracking
-from components.config import Params
+from components.core.config import Params
+from components.models import store as model_store
+from components.tracking import runs as tracking
 
 
 @pytest.fixture

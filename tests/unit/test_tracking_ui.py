@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from components import model_store, tracking
-from components.config import Params
-from components.dataset import read_dataset
+from components.core.config import Params
+from components.data.dataset import read_dataset
+from components.models import store as model_store
+from components.tracking import runs as tracking
 
 DIGEST = "0123456789abcdef0123456789abcdef"  # stands in for data.dvc's md5
 

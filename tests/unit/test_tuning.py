@@ -13,9 +13,9 @@ import pytest
 import yaml
 from safetensors.numpy import load_file, save_file
 
-from components.config import ConfigError, Params, load_params, with_overrides
-from components.dataset import SPLITS
-from components.tuning import conclude, plan, run_trial, suggest
+from components.core.config import ConfigError, Params, load_params, with_overrides
+from components.data.dataset import SPLITS
+from components.training.tuning import conclude, plan, run_trial, suggest
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -97,7 +97,7 @@ def _tune_params(tmp_path: Path, features: Path, name: str) -> Params:
 def test_tuning_never_reads_the_test_split(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Trials on features whose test rows are NaN (labels, token states, pixels, frames) score exactly as on the
     real ones, and no test row reaches the tensors training builds: training drops them first."""
-    from components import training
+    from components.training import train as training
 
     seen: list[np.ndarray] = []
 
@@ -169,7 +169,7 @@ def test_the_current_settings_are_never_offered_as_an_experiment(
 ) -> None:
     """The first trial of a study is the settings as they are: when it scores best, `msa tune` says so and offers no
     `dvc exp run`; otherwise it offers only the values that differ from the settings."""
-    from components import tuning
+    from components.training import tuning
 
     params = Params.model_validate(
         {
