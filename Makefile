@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 # (`python -m flows.cli`); outside make, activate .venv before `dvc repro`.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-all lint clean
+.PHONY: install run test test-all lint typecheck check clean
 
 # librosa compiles its numba kernels on first use into a cache inside the venv, shared by every process; first uses
 # at once (test workers, the clip pool) race on it, and a process that loads a half-written entry crashes: the last
@@ -39,8 +39,19 @@ test: install
 test-all: install
 	pytest -m 'slow or not slow'
 
+# ruff's rules and style, and import-linter's contracts in pyproject.toml: the layers of components/ (a module imports
+# only its own layer and lower ones), the library never importing flows/, and only flows/ importing the featurize stage.
 lint: install
-	ruff check . && ruff format --check .
+	ruff check .
+	ruff format --check .
+	lint-imports
+
+# mypy over components/ and flows/ (settings in pyproject.toml).
+typecheck: install
+	mypy
+
+# What CI runs (.ci/run): lint, typecheck, then the tests of `make test`.
+check: lint typecheck test
 
 clean:
 	rm -rf reports .pytest_cache

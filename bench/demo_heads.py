@@ -33,8 +33,8 @@ from rich.console import Console
 from rich.table import Table
 
 from components.core.config import DEFAULT_PARAMS, load_params
+from components.evaluation.heads import evaluate_split
 from components.features.featurize import featurize
-from components.models.store import evaluate_split
 from components.training.train import train
 
 RESULTS = Path(__file__).parent / "results" / "demo_heads.json"

@@ -25,7 +25,6 @@ stage (what the CLI would cost if it imported nothing else).
     python bench/featurize_throughput.py [--mosi ../shared/datasets/mosi-text] [--rounds 3] [--threads 1]
 """
 
-# ruff: noqa: E402 - HF_HUB_OFFLINE must be set before anything imports huggingface_hub
 from __future__ import annotations
 
 import os

@@ -40,9 +40,9 @@ from rich.table import Table
 
 from components.core.config import DEFAULT_PARAMS, RobustnessParams, load_params
 from components.data.importers import import_text_tsv
+from components.evaluation.heads import evaluate_split
 from components.evaluation.robustness import robustness
 from components.features.featurize import featurize
-from components.models.store import evaluate_split
 from components.training.train import train
 
 RESULTS = Path(__file__).parent / "results" / "mosi_text.json"

@@ -98,7 +98,7 @@ def main(
     if unknown:
         raise typer.BadParameter(f"unknown stages {unknown}; choose from {STAGES}")
     started = time.perf_counter()
-    import torch  # noqa: F401 - imported once up front, so that no stage's time includes it
+    import torch
 
     imports = time.perf_counter() - started
     if threads:

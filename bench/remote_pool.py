@@ -24,14 +24,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -42,47 +39,25 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from devtools.servers import ServerError, free_port, serving  # noqa: E402 - the launcher the tests use too
+
 RESULTS = Path(__file__).parent / "results" / "remote_pool.json"
 BIN = Path(sys.executable).parent
-PROJECT = ("params.yaml", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", "data/.gitignore", ".gitignore",
-           "prefect.yaml", "components", "flows")  # fmt: skip
+PROJECT = (
+    "params.yaml",
+    "dvc.yaml",
+    "data.dvc",
+    ".dvc/config",
+    ".dvcignore",
+    "data/.gitignore",
+    ".gitignore",
+    "prefect.yaml",
+    "components",
+    "flows",
+)
 OUTPUTS = ("data/features", "models", "reports", "metrics")
 EXCHANGE_GOAL = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serving(args: list[str], health: str, log: Path, env: dict[str, str], cwd: Path):
-    """A server in its own process group until `health` answers; stopped, group and all, on exit."""
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            args, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"{args[0]} exited {process.returncode}: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(health, timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{health} did not answer: {log.read_text()[-2000:]}") from None
-                time.sleep(0.5)
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
 
 
 def sh(args: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -100,10 +75,9 @@ def make_repository(repo: Path, remote: Path, settings: dict, size: int, env: di
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
-    (repo / "params.yaml").write_text(yaml.safe_dump(settings | {"pipeline": {**settings["pipeline"],
-                                                                              "training": "deployment"}}))  # fmt: skip
-    (repo / "params-local.yaml").write_text(yaml.safe_dump(settings | {"pipeline": {**settings["pipeline"],
-                                                                                    "training": "local"}}))  # fmt: skip
+    for name, training in (("params.yaml", "deployment"), ("params-local.yaml", "local")):
+        pipeline = {**settings["pipeline"], "training": training}
+        (repo / name).write_text(yaml.safe_dump(settings | {"pipeline": pipeline}))
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
     sh(["git", "init", "-q", "-b", "main"], repo, env)
     sh([str(BIN / "msa"), "data", "demo", "--size", str(size)], repo, env)
@@ -125,10 +99,11 @@ def pipeline_run(repo: Path, env: dict[str, str], params: str, tracking: str) ->
     wall = time.perf_counter() - started
     client = MlflowClient(tracking)
     experiment = client.get_experiment_by_name("msa-demo").experiment_id
-    (parent,) = client.search_runs([experiment], "tags.`msa.kind` = 'pipeline'", order_by=["start_time DESC"],
-                                   max_results=1)  # fmt: skip
-    (train,) = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and "
-                                  "tags.`msa.kind` = 'train'")  # fmt: skip
+    (parent,) = client.search_runs(
+        [experiment], "tags.`msa.kind` = 'pipeline'", order_by=["start_time DESC"], max_results=1
+    )
+    its_training = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`msa.kind` = 'train'"
+    (train,) = client.search_runs([experiment], its_training)
     metrics = parent.data.metrics | {f"train.{k}": v for k, v in train.data.metrics.items()}
     return {
         "seconds": wall,
@@ -142,67 +117,64 @@ def pipeline_run(repo: Path, env: dict[str, str], params: str, tracking: str) ->
     }
 
 
-def main(
-    epochs: Annotated[int | None, typer.Option(min=1, help="train.epochs (default: params.yaml's).")] = None,
-    size: Annotated[int, typer.Option(min=30, help="Demo dataset size.")] = 1000,
-    finetune_epochs: Annotated[int | None, typer.Option(min=0, help="compress.finetune_epochs.")] = None,
-    latency_runs: Annotated[int | None, typer.Option(min=1, help="compress.latency_runs.")] = None,
-    threads: Annotated[int, typer.Option(min=1, help="OMP/MKL threads of every process.")] = 1,
-    json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = RESULTS,
-) -> None:
-    settings = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, key, value in (("train", "epochs", epochs), ("compress", "finetune_epochs", finetune_epochs),
-                                ("compress", "latency_runs", latency_runs)):  # fmt: skip
-        if value is not None:
-            settings[section][key] = value
-    console = Console(width=120)
-    with tempfile.TemporaryDirectory(prefix="msa-bench-pool-") as tmp, ExitStack() as stack:
-        root = Path(tmp)
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
-        base |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HOME": str(root / "home")}
-        base["PATH"] = f"{BIN}{os.pathsep}{base.get('PATH', '')}"  # the pull steps call dvc, as in an activated venv
-        mlflow_port, prefect_port = free_port(), free_port()
-        tracking, api = f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{prefect_port}/api"
-        env = base | {"MLFLOW_TRACKING_URI": tracking, "PREFECT_API_URL": api, "PREFECT_HOME": str(root / "prefect")}
-        (root / "home").mkdir()
-        console.print("starting an MLflow server (proxied artifacts) and a Prefect server ...")
-        stack.enter_context(serving(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art")],
-            f"{tracking}/health", root / "mlflow.log", base, root))  # fmt: skip
-        stack.enter_context(serving(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port), "--no-ui",
-             "--no-scheduler", "--analytics-off"], f"{api}/health", root / "prefect.log", env, root))  # fmt: skip
-        repo = root / "msa"
-        console.print(f"a repository with the {size}-sample demo in a DVC remote; pools, deployments, a gpu worker")
-        make_repository(repo, root / "dvc-remote", settings, size, env)
-        for pool in ("cpu", "gpu"):
-            sh([str(BIN / "prefect"), "work-pool", "create", pool, "--type", "process"], repo, env)
-        sh([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], repo, env)
-        worker_home, health = root / "gpu-machine", free_port()
-        worker_home.mkdir()
-        worker_env = env | {
-            "HOME": str(worker_home),
-            "PREFECT_HOME": str(worker_home / ".prefect"),
-            "MSA_REPOSITORY": str(repo),
-            "MSA_WORKDIR": str(worker_home / "work"),
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_WORKER_WEBSERVER_PORT": str(health),
-        }
-        stack.enter_context(serving(
-            [str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--with-healthcheck"],
-            f"http://127.0.0.1:{health}/health", root / "worker.log", worker_env, worker_home))  # fmt: skip
+def start(stack: ExitStack, args: list[str], health: str, log: Path, env: dict[str, str], cwd: Path) -> None:
+    """A server on `stack` until the benchmark ends; one that does not start ends the benchmark with its log."""
+    try:
+        stack.enter_context(serving(args, health, log, cwd=cwd, env=env))
+    except ServerError as e:
+        raise SystemExit(str(e)) from None
 
-        results = {}
-        for name, params in (("in-process", "params-local.yaml"), ("dispatched", "params.yaml")):
-            console.print(f"msa run --force ({name}) ...")
-            try:
-                results[name] = pipeline_run(repo, env, params, tracking)
-            except SystemExit as e:
-                raise SystemExit(
-                    f"{e}\n--- the gpu worker's log\n{(root / 'worker.log').read_text()[-4000:]}"
-                ) from None
 
+def start_servers(stack: ExitStack, root: Path, threads: int) -> tuple[dict[str, str], str]:
+    """An MLflow server with proxied artifacts and a Prefect server; (the environment naming both, the tracking URI)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    base |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HOME": str(root / "home")}
+    base["PATH"] = f"{BIN}{os.pathsep}{base.get('PATH', '')}"  # the pull steps call dvc, as in an activated venv
+    mlflow_port, prefect_port = free_port(), free_port()
+    tracking, api = f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{prefect_port}/api"
+    env = base | {"MLFLOW_TRACKING_URI": tracking, "PREFECT_API_URL": api, "PREFECT_HOME": str(root / "prefect")}
+    (root / "home").mkdir()
+    mlflow = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"]
+    mlflow += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art")]
+    start(stack, mlflow, f"{tracking}/health", root / "mlflow.log", base, root)
+    prefect = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)]
+    prefect += ["--no-ui", "--no-scheduler", "--analytics-off"]
+    start(stack, prefect, f"{api}/health", root / "prefect.log", env, root)
+    return env, tracking
+
+
+def start_gpu_worker(stack: ExitStack, root: Path, repo: Path, env: dict[str, str]) -> None:
+    """The work pools and deployments, and a process worker on the `gpu` pool with a HOME and workdir of its own."""
+    for pool in ("cpu", "gpu"):
+        sh([str(BIN / "prefect"), "work-pool", "create", pool, "--type", "process"], repo, env)
+    sh([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], repo, env)
+    worker_home, health = root / "gpu-machine", free_port()
+    worker_home.mkdir()
+    worker_env = env | {
+        "HOME": str(worker_home),
+        "PREFECT_HOME": str(worker_home / ".prefect"),
+        "MSA_REPOSITORY": str(repo),
+        "MSA_WORKDIR": str(worker_home / "work"),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_WEBSERVER_PORT": str(health),
+    }
+    worker = [str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--with-healthcheck"]
+    start(stack, worker, f"http://127.0.0.1:{health}/health", root / "worker.log", worker_env, worker_home)
+
+
+def run_contenders(repo: Path, root: Path, env: dict[str, str], tracking: str, console: Console) -> dict[str, dict]:
+    results = {}
+    for name, params in (("in-process", "params-local.yaml"), ("dispatched", "params.yaml")):
+        console.print(f"msa run --force ({name}) ...")
+        try:
+            results[name] = pipeline_run(repo, env, params, tracking)
+        except SystemExit as e:
+            raise SystemExit(f"{e}\n--- the gpu worker's log\n{(root / 'worker.log').read_text()[-4000:]}") from None
+    return results
+
+
+def report(results: dict[str, dict], size: int, console: Console) -> dict:
+    """The table and the verdict on the console; the summary that goes into the results."""
     local, remote = results["in-process"], results["dispatched"]
     exchange = remote["upload_seconds"] + remote["download_seconds"]
     summary = {
@@ -233,6 +205,37 @@ def main(
         f"whole wall time {summary['wall_overhead']:+.1%} against in-process (clone, dvc pull, the worker's featurize, "
         "dispatch and polling included)"
     )
+    return summary
+
+
+def main(
+    epochs: Annotated[int | None, typer.Option(min=1, help="train.epochs (default: params.yaml's).")] = None,
+    size: Annotated[int, typer.Option(min=30, help="Demo dataset size.")] = 1000,
+    finetune_epochs: Annotated[int | None, typer.Option(min=0, help="compress.finetune_epochs.")] = None,
+    latency_runs: Annotated[int | None, typer.Option(min=1, help="compress.latency_runs.")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="OMP/MKL threads of every process.")] = 1,
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = RESULTS,
+) -> None:
+    settings = yaml.safe_load((ROOT / "params.yaml").read_text())
+    overrides = (
+        ("train", "epochs", epochs),
+        ("compress", "finetune_epochs", finetune_epochs),
+        ("compress", "latency_runs", latency_runs),
+    )
+    for section, key, value in overrides:
+        if value is not None:
+            settings[section][key] = value
+    console = Console(width=120)
+    with tempfile.TemporaryDirectory(prefix="msa-bench-pool-") as tmp, ExitStack() as stack:
+        root = Path(tmp)
+        console.print("starting an MLflow server (proxied artifacts) and a Prefect server ...")
+        env, tracking = start_servers(stack, root, threads)
+        repo = root / "msa"
+        console.print(f"a repository with the {size}-sample demo in a DVC remote; pools, deployments, a gpu worker")
+        make_repository(repo, root / "dvc-remote", settings, size, env)
+        start_gpu_worker(stack, root, repo, env)
+        results = run_contenders(repo, root, env, tracking, console)
+    summary = report(results, size, console)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     machine = this_machine()  # torch's threads here are this process's; the stages ran with --threads
     settings = {

@@ -45,8 +45,11 @@ from components.core.config import load_params
 from components.data.dataset import read_dataset
 from components.evaluation.metrics import metrics_for
 from components.models.store import trim_padding
-from components.registry.register import model_signature
-from components.serving.pyfunc import Predictor, package_model, raw_frame, signing
+from components.serving import signing
+from components.serving.package import package_model
+from components.serving.predictor import Predictor
+from components.serving.publish import model_signature
+from components.serving.values import raw_frame
 
 RESULTS = Path(__file__).parent / "results" / "serving.json"
 GOALS = {"speedup_b1": 3.0, "acc2_points": 1.0, "mae": 0.02, "throughput": 2.0, "pyfunc_overhead": 1.10}
@@ -84,7 +87,7 @@ def main(
             predictors[name] = Predictor(pack)
             signing.sign(pack)  # as registration does: MLflow's loader verifies before it loads
             mlflow.pyfunc.save_model(
-                str(Path(tmp) / f"{name}-pyfunc"), loader_module="components.serving.pyfunc", data_path=str(pack),
+                str(Path(tmp) / f"{name}-pyfunc"), loader_module="components.serving", data_path=str(pack),
                 signature=model_signature(predictors[name].spec), input_example=frame.head(2),
             )  # fmt: skip
             pyfuncs[name] = mlflow.pyfunc.load_model(str(Path(tmp) / f"{name}-pyfunc"))

@@ -30,7 +30,9 @@ from rich.table import Table
 
 from components.compression.compress import served_variant
 from components.core.config import load_params
-from components.serving.pyfunc import Predictor, package_model, signing
+from components.serving import signing
+from components.serving.package import package_model
+from components.serving.predictor import Predictor
 
 RESULTS = Path(__file__).parent / "results" / "verification.json"
 

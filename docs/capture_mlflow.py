@@ -24,8 +24,6 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +31,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import typer
 import yaml
@@ -42,7 +40,9 @@ from mlflow import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
-from components.tracking import runs as tracking  # noqa: E402 - the links the pipeline prints
+from components import tracking  # noqa: E402 - after the path setup above
+from components.evaluation.logged import HEAD  # noqa: E402 - the links the pipeline prints
+from devtools.servers import free_port, serving, stop_group  # noqa: E402 - the launcher the tests use too
 
 SETTINGS = {  # small enough for minutes on a CPU; everything else is params.yaml's
     ("data", "demo", "size"): 60,
@@ -55,28 +55,33 @@ SETTINGS = {  # small enough for minutes on a CPU; everything else is params.yam
 SECOND = {("train", "epochs"): 5, ("register", "margin"): 100.0}  # trains longer; the gate keeps v1 champion
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Browser:
     """Headless Chromium (Debian's `chromium`) driven over the DevTools protocol: the MLflow UI's first visit opens
     its Assistant panel over a third of the page, which only the page's own storage can keep closed."""
 
-    STORAGE = {"mlflow.assistant.panelOpen_v1": "false", "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true"}
+    STORAGE: ClassVar[dict[str, str]] = {
+        "mlflow.assistant.panelOpen_v1": "false",
+        "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true",
+    }
+    FLAGS = (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    )
 
     def __init__(self, profile: Path) -> None:
         from websockets.sync.client import connect
 
         port = free_port()
+        args = ["chromium", *self.FLAGS, f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "about:blank"]
         self.process = subprocess.Popen(
-            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         for _ in range(100):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as answer:
@@ -108,8 +113,7 @@ class Browser:
 
     def close(self) -> None:
         self.socket.close()
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=30)
+        stop_group(self.process, timeout=30)
 
 
 def set_params(path: Path, settings: dict[tuple[str, ...], object]) -> None:
@@ -130,6 +134,37 @@ def clone(project: Path) -> None:
         subprocess.run(["git", "-C", str(project), "remote", "set-url", "origin", origin.stdout.strip()], check=True)
     else:
         subprocess.run(["git", "-C", str(project), "remote", "remove", "origin"], check=True)
+
+
+def run_pipelines(project: Path, params: Path, env: dict[str, str]) -> None:
+    """The demo dataset and two `msa run`: version 1 (champion), then version 2 (challenger, SECOND's settings)."""
+    msa = str(BIN / "msa")
+    subprocess.run([msa, "data", "demo"], cwd=project, env=env, check=True)
+    subprocess.run([msa, "run"], cwd=project, env=env, check=True)
+    set_params(params, SECOND)
+    subprocess.run([msa, "run"], cwd=project, env=env, check=True)
+
+
+def screenshots(uri: str, out: Path, profile: Path) -> None:
+    """The runs table, the fusion head's run, the compare view of the latest pipeline run's heads, the registry."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("msa-demo").experiment_id
+    parents = client.search_runs([experiment], "tags.`msa.kind` = 'pipeline'", order_by=["start_time DESC"])
+    latest = parents[0].info.run_id
+    heads = tracking.child_runs(client, latest, "head")
+    fusion = next(r.info.run_id for r in heads if r.data.tags.get(HEAD) == "fusion")
+    ids = json.dumps([r.info.run_id for r in heads])
+    out.mkdir(parents=True, exist_ok=True)
+    browser = Browser(profile)
+    try:
+        browser.screenshot(tracking.ui_url(experiment), out / "mlflow-runs.png")
+        browser.screenshot(tracking.ui_url(experiment, fusion), out / "mlflow-run.png", height=1300)
+        compare = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([experiment])})
+        url = f"{uri}/#/compare-runs?{compare}&{tracking.WORKFLOW}"
+        browser.screenshot(url, out / "mlflow-compare.png", height=1400)
+        browser.screenshot(tracking.model_url("msa-demo"), out / "mlflow-registry.png", height=2000)
+    finally:
+        browser.close()
 
 
 def main(
@@ -153,51 +188,19 @@ def main(
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "PREFECT_HOME": str(tmp / "prefect"),
     }
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--artifacts-destination", str(tmp / "artifacts")],
-        cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    server = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    server += [
+        "--backend-store-uri",
+        f"sqlite:///{tmp / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(tmp / "artifacts"),
+    ]
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        if fresh:
-            msa = str(BIN / "msa")
-            subprocess.run([msa, "data", "demo"], cwd=project, env=env, check=True)
-            subprocess.run([msa, "run"], cwd=project, env=env, check=True)
-            set_params(params, SECOND)
-            subprocess.run([msa, "run"], cwd=project, env=env, check=True)
-
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name("msa-demo").experiment_id
-        parents = client.search_runs([experiment], "tags.`msa.kind` = 'pipeline'", order_by=["start_time DESC"])
-        latest = parents[0].info.run_id
-        heads = tracking.child_runs(client, latest, "head")
-        fusion = next(r.info.run_id for r in heads if r.data.tags.get(tracking.HEAD) == "fusion")
-        ids = json.dumps([r.info.run_id for r in heads])
-        out.mkdir(parents=True, exist_ok=True)
-        browser = Browser(tmp / "chromium")
-        try:
-            browser.screenshot(tracking.ui_url(experiment), out / "mlflow-runs.png")
-            browser.screenshot(tracking.ui_url(experiment, fusion), out / "mlflow-run.png", height=1300)
-            compare = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([experiment])})
-            url = f"{uri}/#/compare-runs?{compare}&{tracking.WORKFLOW}"
-            browser.screenshot(url, out / "mlflow-compare.png", height=1400)
-            browser.screenshot(tracking.model_url("msa-demo"), out / "mlflow-registry.png", height=2000)
-        finally:
-            browser.close()
+        with serving(server, f"{uri}/health", tmp / "mlflow.log", cwd=tmp, env=env):
+            if fresh:
+                run_pipelines(project, params, env)
+            screenshots(uri, out, tmp / "chromium")
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
         if keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
 

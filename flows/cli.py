@@ -5,39 +5,33 @@ from __future__ import annotations
 
 import atexit
 import gc
-import json
 import logging
 import os
+import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
-import click
 import typer
-from rich.console import Console
 from typer.core import TyperGroup
 
-from components.core.atomic import check_replaceable
 from components.core.config import DEFAULT_PARAMS, RegisterParams, load_params, with_seeds
 from components.core.errors import TrackingError, UserError
-from components.data.data_version import record_in_dvc
-from components.data.dataset import MANIFEST, SPLITS, read_dataset
-from components.data.demo import generate_demo
-from components.data.importers import import_clips_csv, import_image_text_csv, import_mmsa, import_text_tsv
-from components.data.importers.clips import MAX_LEN_AUDIO, MAX_LEN_VISION
-from components.data.importers.labelled_csv import TASKS
-from components.data.validation import html_path, validate_dataset  # GX itself: imported only when validating
+from components.data.validation import validate_dataset  # GX itself: imported only when validating
 from components.features.featurize import featurize as featurize_dataset
+from flows.commands.data import data_app
+from flows.commands.options import ParamsOpt, err, out
+from flows.commands.summary import run_summary
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10: the fallback Prefect itself uses, one of its dependencies
+else:  # Python 3.10: the fallback Prefect itself uses, one of its dependencies
     import toml as tomllib
 
 if TYPE_CHECKING:
-    from components.core.config import Params
+    from typer._click import Command, Context  # what TyperGroup's methods take: typer's own copy of click
+
     from components.registry.register import Registration, Skipped
 
 # At exit Python collects garbage over every object the imports made: with MLflow and pandas loaded, 1-2 s, as long as
@@ -45,14 +39,12 @@ if TYPE_CHECKING:
 # process.
 atexit.register(gc.freeze)
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
 
 class _UserErrorsAsOneLine(TyperGroup):
     """The one place user errors are caught: bad input, bad settings, an unreachable server or an interrupt end
     with one line on stderr and exit code 1 (130 for an interrupt); anything else is a bug and keeps its traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
         except UserError as e:
@@ -64,14 +56,12 @@ class _UserErrorsAsOneLine(TyperGroup):
             err.print(f"interrupted: {f'msa {command}'.strip()} stopped{what}", style="red", markup=False)
             raise typer.Exit(130) from None  # the shell's convention for a run ended by SIGINT
 
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(self, ctx: Context, args: list[str]) -> tuple[str | None, Command | None, list[str]]:
         """As click's, noting the full name of the command invoked (`data import csv`) for the interrupt line."""
         name, command, rest = super().resolve_command(ctx, args)
         words, leaf = [name or ""], command
         for word in rest:
-            if not hasattr(leaf, "get_command") or (leaf := leaf.get_command(ctx, word)) is None:  # not a group
+            if not isinstance(leaf, TyperGroup) or (leaf := leaf.get_command(ctx, word)) is None:  # not a group
                 break
             words.append(word)
         ctx.meta[_COMMAND] = " ".join(words)
@@ -92,194 +82,28 @@ _COMMAND = "msa.command"  # ctx.meta key: the subcommand being run
 # Commands whose every output is written to a temporary name and renamed into place (components.core.atomic): Ctrl-C
 # leaves each file whole, old or new. The others (train, register, run, ...) promise nothing here.
 _FILE_COMMANDS = (
-    "data demo", "data import mmsa", "data import csv", "data import clips", "data import tsv", "validate",
-    "featurize", "evaluate", "robustness", "compress",
-)  # fmt: skip
+    "data demo",
+    "data import mmsa",
+    "data import csv",
+    "data import clips",
+    "data import tsv",
+    "validate",
+    "featurize",
+    "evaluate",
+    "robustness",
+    "compress",
+)
 _WHOLE_OR_NOTHING = "; each file it writes is replaced whole or not at all, so nothing half-written was kept"
 
 
 app = typer.Typer(
-    cls=_UserErrorsAsOneLine, no_args_is_help=True, add_completion=False, help=__doc__,
+    cls=_UserErrorsAsOneLine,
+    no_args_is_help=True,
+    add_completion=False,
+    help=__doc__,
     pretty_exceptions_show_locals=False,
-)  # fmt: skip
-data_app = typer.Typer(no_args_is_help=True, help="Create or import the canonical dataset.")
-import_app = typer.Typer(no_args_is_help=True, help="Convert an outside format into the canonical dataset.")
+)
 app.add_typer(data_app, name="data")
-data_app.add_typer(import_app, name="import")
-
-out = Console(highlight=False, soft_wrap=True)
-
-ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read settings from.")]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="Dataset directory to write (default: data.raw in params).")]
-NameOpt = Annotated[str | None, typer.Option(help="Dataset name in the manifest (default: the file's stem).")]
-LabelMin = Annotated[float, typer.Option(help="Lowest valid regression label (MOSI/MOSEI: -3, CH-SIMS: -1).")]
-LabelMax = Annotated[float, typer.Option(help="Highest valid regression label.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the split made when the input has none.")]
-ValidFrac = Annotated[float, typer.Option(help="Share of samples put in valid when the input has no split.")]
-TestFrac = Annotated[float, typer.Option(help="Share of samples put in test when the input has no split.")]
-
-
-def _task(task: str) -> str:
-    if task not in TASKS:
-        raise typer.BadParameter(f"{task!r} is not one of {', '.join(TASKS)}")
-    return task
-
-
-TaskOpt = Annotated[
-    str,
-    typer.Option(
-        help="auto, regression or classification (auto: classification if a label is not a number).", callback=_task
-    ),
-]
-ClassesOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="Comma-separated class names (default: the labels seen).",
-        callback=lambda names: [c.strip() for c in names.split(",")] if names else None,
-    ),
-]
-
-
-@contextmanager
-def _writing_dataset(out_dir: Path | None, params: Path) -> Iterator[Path]:
-    """Yield where the dataset goes (--out, else data.raw); once written, read it back and summarise it."""
-    started = time.perf_counter()
-    path = out_dir or load_params(params).data.raw
-    check_replaceable(path, MANIFEST)  # before the work: a mistyped --out fails at once, and nothing is touched
-    yield path
-    dataset = read_dataset(path)
-    counts = dataset.samples["split"].value_counts()
-    splits = ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS)
-    kind = "SYNTHETIC " if dataset.manifest.synthetic else ""
-    out.print(
-        f"Wrote {kind}dataset '{dataset.manifest.name}' v{dataset.manifest.version} to {path}: "
-        f"{len(dataset.samples)} samples ({splits}); modalities: {', '.join(dataset.manifest.modalities.present)} "
-        f"[{time.perf_counter() - started:.1f}s]"
-    )
-    if (recorded := record_in_dvc(path)) is not None:
-        out.print(recorded.summary(), markup=False)
-
-
-@data_app.command("demo")
-def data_demo(
-    size: Annotated[int | None, typer.Option(min=30, help="Number of samples (default: data.demo.size).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed (default: data.demo.seed).")] = None,
-    media: Annotated[
-        bool, typer.Option("--media", help="Audio and vision as WAV and MP4 clips instead of feature sequences.")
-    ] = False,
-    out_dir: OutOpt = None,
-    params: ParamsOpt = DEFAULT_PARAMS,
-) -> None:
-    """Write the deterministic SYNTHETIC demo dataset (byte-identical for the same size and seed)."""
-    demo = load_params(params).data.demo
-    with _writing_dataset(out_dir, params) as path:
-        size, seed = demo.size if size is None else size, demo.seed if seed is None else seed
-        generate_demo(path, size=size, seed=seed, media=media)
-
-
-@import_app.command("mmsa")
-def import_mmsa_command(
-    file: Annotated[Path, typer.Argument(help="MMSA pickle (CMU-MOSI / MOSEI / CH-SIMS layout).")],
-    trust_pickle: Annotated[
-        bool, typer.Option("--trust-pickle", help="Load the pickle. Pickle runs code: only for files you trust.")
-    ] = False,
-    zero_nonfinite: Annotated[
-        bool, typer.Option("--zero-nonfinite", help="Replace NaN/inf features by 0, as MMSA's own loader does.")
-    ] = False,
-    name: NameOpt = None,
-    label_min: LabelMin = -3.0,
-    label_max: LabelMax = 3.0,
-    out_dir: OutOpt = None,
-    params: ParamsOpt = DEFAULT_PARAMS,
-) -> None:
-    """Import an MMSA pickle: train/valid/test with raw_text, audio, vision, lengths, regression_labels, id."""
-    with _writing_dataset(out_dir, params) as path:
-        import_mmsa(
-            file, path, trust_pickle=trust_pickle, name=name, label_min=label_min, label_max=label_max,
-            zero_nonfinite=zero_nonfinite,
-        )  # fmt: skip
-
-
-@import_app.command("csv")
-def import_csv_command(
-    file: Annotated[Path, typer.Argument(help="CSV with columns id, text, image, label and optional split.")],
-    image_root: Annotated[Path, typer.Option(help="Directory the CSV's image paths are relative to.")],
-    task: TaskOpt = "auto",
-    classes: ClassesOpt = None,
-    name: NameOpt = None,
-    label_min: LabelMin = -3.0,
-    label_max: LabelMax = 3.0,
-    seed: SeedOpt = 0,
-    valid_frac: ValidFrac = 0.1,
-    test_frac: TestFrac = 0.1,
-    out_dir: OutOpt = None,
-    params: ParamsOpt = DEFAULT_PARAMS,
-) -> None:
-    """Import image-text posts (MVSA / Twitter-2015 style)."""
-    with _writing_dataset(out_dir, params) as path:
-        import_image_text_csv(
-            file, path, image_root=image_root, name=name, task=task,  # type: ignore[arg-type]
-            classes=classes,  # type: ignore[arg-type] - the option's callback made it a list
-            label_min=label_min, label_max=label_max, seed=seed, valid_frac=valid_frac, test_frac=test_frac,
-        )  # fmt: skip
-
-
-@import_app.command("clips")
-def import_clips_command(
-    file: Annotated[
-        Path,
-        typer.Argument(
-            help="CSV with columns id, text, label, audio and/or video, and optional split; or MMSA-FET's label.csv."
-        ),
-    ],
-    media_root: Annotated[Path, typer.Option(help="Directory the CSV's audio and video paths are relative to.")],
-    task: TaskOpt = "auto",
-    classes: ClassesOpt = None,
-    max_len_audio: Annotated[
-        int, typer.Option(min=1, help="Audio frames kept per sample (25 a second at featurize's default).")
-    ] = MAX_LEN_AUDIO,
-    max_len_vision: Annotated[
-        int, typer.Option(min=1, help="Video frames kept per sample (5 a second at featurize's default).")
-    ] = MAX_LEN_VISION,
-    name: NameOpt = None,
-    label_min: LabelMin = -3.0,
-    label_max: LabelMax = 3.0,
-    seed: SeedOpt = 0,
-    valid_frac: ValidFrac = 0.1,
-    test_frac: TestFrac = 0.1,
-    out_dir: OutOpt = None,
-    params: ParamsOpt = DEFAULT_PARAMS,
-) -> None:
-    """Import utterance clips (MMSA-FET label.csv style): WAV/FLAC audio and MP4/WebM video, copied as they are."""
-    with _writing_dataset(out_dir, params) as path:
-        import_clips_csv(
-            file, path, media_root=media_root, name=name, task=task,  # type: ignore[arg-type]
-            classes=classes,  # type: ignore[arg-type] - the option's callback made it a list
-            label_min=label_min, label_max=label_max, seed=seed, valid_frac=valid_frac, test_frac=test_frac,
-            max_len_audio=max_len_audio, max_len_vision=max_len_vision,
-        )  # fmt: skip
-
-
-@import_app.command("tsv")
-def import_tsv_command(
-    train: Annotated[Path, typer.Argument(help="text<TAB>label file with a header line; the train split.")],
-    valid: Annotated[Path | None, typer.Option(help="File for the valid split (default: carved from train).")] = None,
-    test: Annotated[Path | None, typer.Option(help="File for the test split (default: carved from train).")] = None,
-    name: NameOpt = None,
-    label_min: LabelMin = -3.0,
-    label_max: LabelMax = 3.0,
-    seed: SeedOpt = 0,
-    valid_frac: ValidFrac = 0.1,
-    test_frac: TestFrac = 0.1,
-    out_dir: OutOpt = None,
-    params: ParamsOpt = DEFAULT_PARAMS,
-) -> None:
-    """Import text-only `text<TAB>label` files (e.g. ../shared/datasets/mosi-text)."""
-    with _writing_dataset(out_dir, params) as path:
-        import_text_tsv(
-            train, path, valid=valid, test=test, name=name, label_min=label_min, label_max=label_max, seed=seed,
-            valid_frac=valid_frac, test_frac=test_frac,
-        )  # fmt: skip
 
 
 @app.command()
@@ -305,60 +129,20 @@ def run(
     Unchanged data, params and code end it in seconds; without a Prefect server, before Prefect starts.
     """
     started = time.perf_counter()
-    result = None if force else _skip_before_prefect(params, seeds)
+    result: Registration | Skipped | None = None if force else _skip_before_prefect(params, seeds)
     if result is None:
         from flows.pipeline import pipeline
 
         result = pipeline(params=str(params), force=force, seeds=seeds)
-    if result.registered:
-        what = "champion" if result.promoted else "challenger"
-        outcome = f"{result.name} version {result.version} is {what} ({result.decision})"
-    else:
+    registration = cast("Registration", result) if result.registered else None  # only a Registration is registered
+    if registration is None:
         outcome = f"{result.summary()} (--force trains anyway)"
+    else:
+        what = "champion" if registration.promoted else "challenger"
+        outcome = f"{registration.name} version {registration.version} is {what} ({registration.decision})"
     out.print(f"run: {outcome} [{time.perf_counter() - started:.1f}s]", markup=False)
-    if result.registered:
-        out.print(run_summary(load_params(params), result), markup=False)
-
-
-def run_summary(p: Params, registration: Registration) -> str:
-    """Where a run's results are and how to use its model: what `msa run` prints last."""
-    from components.models.store import CARD
-    from components.tracking import runs as tracking
-
-    headline = json.loads(Path(p.evaluate.headline).read_text())
-    split = "test" if "test" in headline else "valid"
-    width = max(map(len, headline[split]))
-    scores = [
-        f"  {head:<{width}}  " + "  ".join(f"{metric} {value:.4f}" for metric, value in metrics.items())
-        for head, metrics in headline[split].items()
-    ]
-    model = f"models:/{registration.name}/{registration.version}"
-    uri = tracking.tracking_uri()
-    on_server = uri.startswith(("http://", "https://"))
-    ui = (
-        [f"  open {registration.runs_url}"]
-        if on_server
-        else [f"  mlflow ui --backend-store-uri {uri}", f"  then open {registration.runs_url}"]
-    )
-    reports = (html_path(p.validation.report), p.evaluate.report, p.robustness.report, p.compress.report)
-    return "\n".join(
-        [
-            f"\n{split} split, every head of the trained model:",
-            *scores,
-            f"  (version {registration.version} serves {registration.variant}: {p.compress.headline} compares it)",
-            "\nfiles:",
-            f"  model card  {Path(p.train.out) / CARD} (model_card.md in the MLflow run)",
-            f"  reports     {', '.join(map(str, reports))}",
-            f"  figures     {p.evaluate.figures}/, {p.robustness.figure}",
-            f"  metrics     {p.evaluate.headline}, {p.compress.headline} (dvc metrics show)",
-            "\nMLflow (runs table, this run, the registry):",
-            *ui,
-            "\nuse the model:",
-            f"  msa predict --model {model} --input examples/rows.jsonl",
-            f"  msa serve {model} --port 5001",
-            f"  mlflow models serve -m {model} --env-manager local --port 5001",  # MLflow's default store is ours
-        ]
-    )
+    if registration is not None:
+        out.print(run_summary(load_params(params), registration), markup=False)
 
 
 def _skip_before_prefect(params: Path, seeds: int | None = None) -> Skipped | None:
@@ -545,8 +329,9 @@ def predict(
 ) -> None:
     """Score raw inputs (text, image file or path, audio/vision frames or clip files) with a registered or logged
     model."""
-    from components.serving.pyfunc import local_model, predict_file
-    from components.tracking.runs import connected
+    from components.serving.predict import predict_file
+    from components.serving.pyfunc import local_model
+    from components.tracking.connection import connected
 
     settings = load_params(params).registry if params.exists() else RegisterParams()
     # A local model directory (a path or a file:// URI, read in place) needs no tracking server; models:/ or runs:/ do.
@@ -580,7 +365,7 @@ def serve(
 
     from components.serving.guard import guarded_app, run_server
     from components.serving.pyfunc import local_model
-    from components.tracking.runs import connected
+    from components.tracking.connection import connected
 
     settings = load_params(params).registry if params.exists() else RegisterParams()
     with tempfile.TemporaryDirectory(prefix="msa-serve-") as scratch:

@@ -25,12 +25,13 @@ from prefect.deployments import run_deployment
 from prefect.logging import get_run_logger
 from prefect.states import Cancelling, Crashed
 
+from components import tracking
 from components.core.config import Params, load_params, with_seeds
 from components.core.errors import TrainingError
-from components.features.featurize import input_key, is_current
+from components.features.key import input_key, is_current
 from components.registry.register import Registration, Skipped, run_context, run_name
-from components.tracking import runs as tracking
 from components.training.lineage import lineage
+from components.training.run_log import end_train_attempt, train_run, training_silence
 from flows import tasks
 
 if TYPE_CHECKING:  # torch is imported by the tasks that train, not by `msa run` deciding to skip
@@ -50,11 +51,12 @@ def training(
     """
     p = with_seeds(load_params(params), seeds)
     every = min(tracking.HEARTBEAT_EVERY_S, p.pipeline.train_silence / 4)
-    with tracking.connected(p.registry) as client:
-        train_run = tracking.child_run(client, run_id, "train", tracking.train_run_name(attempt))
-        with tracking.heartbeat(client, train_run, every):
-            featurize_if_changed(p)
-            return tasks.with_timeout(tasks.train, p.pipeline.timeouts.train)(p, run_id, attempt, restart)
+    with (
+        tracking.connected(p.registry) as client,
+        tracking.heartbeat(client, train_run(client, run_id, attempt), every),
+    ):
+        featurize_if_changed(p)
+        return tasks.with_timeout(tasks.train, p.pipeline.timeouts.train)(p, run_id, attempt, restart)
 
 
 @flow(name="pipeline", persist_result=True, result_serializer="json")
@@ -153,10 +155,10 @@ def _await_training(flow_run_id: UUID, p: Params, run_id: str, attempt: int) -> 
                     f"({p.pipeline.timeouts.train} s; it was {flow_run.state_name}): nothing trained"
                 )
             if flow_run.state.is_running():
-                quiet = tracking.training_silence(client, run_id, attempt, since=flow_run.start_time.timestamp())
+                quiet = training_silence(client, run_id, attempt, since=flow_run.start_time.timestamp())
                 if quiet > silence:
                     lost = Crashed(message=f"no heartbeat from training for {quiet:.0f} s: its worker was lost")
                     prefect.set_flow_run_state(flow_run_id, lost, force=True)
-                    tracking.end_train_attempt(client, run_id, attempt, "KILLED")
+                    end_train_attempt(client, run_id, attempt, "KILLED")
                     return lost
             time.sleep(poll)

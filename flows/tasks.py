@@ -3,14 +3,13 @@ whose work is a tracking request (lineage, fetch model, register), timeouts, the
 The other stages log through MLflow's own bounded HTTP retries (register.retries). No ML logic lives here.
 
 Every stage task takes the loaded `Params` and the pipeline's MLflow run id, and logs its stage into that run as it
-ends (components.tracking.runs), so a user watches the run in MLflow while it goes. Results are the components' own
-dataclasses, persisted as JSON (never pickles).
+ends (what each stage logs: its package's `logged` module; components.tracking logs it), so a user watches the run
+in MLflow while it goes. Results are the components' own dataclasses, persisted as JSON (never pickles).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -24,14 +23,15 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
+from components import tracking
 from components.core.config import ConfigError, Params
-from components.core.errors import DataError
+from components.core.errors import DataError, first_line
 from components.data.validation import validate_dataset
 from components.features.featurize import FeaturizeResult
 from components.features.featurize import featurize as featurize_dataset
 from components.registry.register import Registration, RunContext, Skipped
-from components.tracking import runs as tracking
 from components.training.lineage import Lineage
+from components.training.run_log import TrainingLog, trained_model_digest
 
 if TYPE_CHECKING:  # torch is imported only by the tasks that need it
     from components.training.train import TrainResult
@@ -112,7 +112,7 @@ def train(params: Params, run_id: str, attempt: int = 1, restart: bool = False) 
     logger = get_run_logger()
     spec = build_spec(read_state(params.featurize.out), params.model, params.train)
     with tracking.connected(params.registry) as client:
-        log = tracking.TrainingLog(client, run_id, spec, params.train.out, attempt, params)
+        log = TrainingLog(client, run_id, spec, params.train.out, attempt, params)
         status = "FAILED"
         try:
             # A worker with an empty disk continues the stored checkpoint of a single-seed training; of several
@@ -125,7 +125,7 @@ def train(params: Params, run_id: str, attempt: int = 1, restart: bool = False) 
                 params.featurize.out, params.model, params.train, resume=False if restart else None,
                 progress=SHOW_PROGRESS, on_epoch=log.on_epoch,
             )  # fmt: skip
-            if result.seeds:
+            if result.seeds and result.seed is not None:  # several seeds: the one whose model is kept
                 log.record_seeds(result.history, result.seeds, result.seed)
             log.finish(
                 {
@@ -139,7 +139,7 @@ def train(params: Params, run_id: str, attempt: int = 1, restart: bool = False) 
             try:
                 log.close(status)
             except Exception as e:  # noqa: BLE001 - training's own error matters more
-                logger.warning(f"train run {log.run_id} could not be ended {status}: {tracking.first_line(e)}")
+                logger.warning(f"train run {log.run_id} could not be ended {status}: {first_line(e)}")
     logger.info(result.summary())
     return result
 
@@ -151,7 +151,7 @@ def fetch_model(params: Params, run_id: str) -> str:
     from components.models import store as model_store
 
     with tracking.connected(params.registry) as client:
-        train_run, expected = tracking.trained_model_digest(client, run_id)
+        train_run, expected = trained_model_digest(client, run_id)
         try:
             here = model_store.digest(params.train.out)
         except Exception:  # noqa: BLE001 - no model here: download it
@@ -171,20 +171,14 @@ def fetch_model(params: Params, run_id: str) -> str:
 @task(name="evaluate")
 def evaluate(params: Params, run_id: str) -> list[dict]:
     from components.evaluation.evaluate import evaluate as evaluate_model
+    from components.evaluation.logged import evaluation_logged
     from components.models.store import read_card
 
     result = evaluate_model(params.featurize.out, params.train.out, params.evaluate, progress=SHOW_PROGRESS)
     with tracking.connected(params.registry) as client:
         spec = read_card(params.train.out).spec
-        tracking.log_evaluation(
-            client, run_id, spec, result.metrics, result.report, result.plots, result.figures,
-            result.seeds, params.evaluate.seeds,
-        )  # fmt: skip
-    rows = [
-        {"split": split, "head": head} | {k: round(v, 4) for k, v in values.items() if isinstance(v, int | float)}
-        for split, heads in result.metrics.items()
-        for head, values in heads.items()
-    ]
+        tracking.log(client, run_id, evaluation_logged(spec, params.evaluate, result.scores, result.seed_scores))
+    rows = result.scores.table()
     create_table_artifact(key="msa-metrics", table=rows, description=f"Every head on every split ({result.report})")
     get_run_logger().info(result.summary())
     return rows
@@ -192,6 +186,7 @@ def evaluate(params: Params, run_id: str) -> list[dict]:
 
 @task(name="robustness")
 def robustness(params: Params, run_id: str) -> list[dict]:
+    from components.evaluation.logged import robustness_logged
     from components.evaluation.robustness import robustness as score_robustness
     from components.models.store import read_card
 
@@ -199,13 +194,8 @@ def robustness(params: Params, run_id: str) -> list[dict]:
     result = score_robustness(params.data.raw, params.featurize.out, params.train.out, r, progress=SHOW_PROGRESS)
     with tracking.connected(params.registry) as client:
         spec = read_card(params.train.out).spec
-        tracking.log_robustness(client, run_id, spec, result.scores, result.report, result.plots, result.figure)
-    rows = [
-        {"perturbation": name, "severity": severity}
-        | {head: round(100 * values[result.metric], 2) for head, values in heads.items() if result.metric in values}
-        for name, entry in result.scores["perturbations"].items()
-        for severity, heads in entry["severities"].items()
-    ]
+        tracking.log(client, run_id, robustness_logged(spec, r, result.scores))
+    rows = result.scores.table()
     create_table_artifact(
         key="msa-robustness",
         table=rows,
@@ -218,16 +208,16 @@ def robustness(params: Params, run_id: str) -> list[dict]:
 @task(name="compress")
 def compress(params: Params, run_id: str) -> list[dict]:
     from components.compression.compress import compress as compress_model
+    from components.compression.logged import compression_logged, compression_table
+    from components.compression.report import CompressionReport
 
-    started = time.time()  # a report without each variant's own time: the variants' runs span the stage
     result = compress_model(
         params.featurize.out, params.train.out, params.compress, params.train, progress=SHOW_PROGRESS
     )
+    report = CompressionReport.read(result.report)
     with tracking.connected(params.registry) as client:
-        report = json.loads(result.report.read_text())
-        tracking.log_compression(client, run_id, report, result.report, params.compress.tolerance, started=started)
-    base = result.baseline
-    rows = [_compression_row("fp32", base, base)] + [_compression_row(n, v, base) for n, v in result.variants.items()]
+        tracking.log(client, run_id, compression_logged(report, result.report, params.compress.tolerance))
+    rows = compression_table(report)
     create_table_artifact(
         key="msa-compression",
         table=rows,
@@ -235,19 +225,6 @@ def compress(params: Params, run_id: str) -> list[dict]:
     )
     get_run_logger().info(result.summary())
     return rows
-
-
-def _compression_row(name: str, variant: dict, base: dict) -> dict:
-    return {
-        "variant": name,
-        "size_mb": round(variant["size_bytes"] / 1e6, 1),
-        "x_smaller": round(base["size_bytes"] / variant["size_bytes"], 2),
-        "p50_ms_batch1": round(variant["latency_ms_p50"], 1),
-        "x_faster": round(base["latency_ms_p50"] / variant["latency_ms_p50"], 2),
-        "samples_per_s": round(variant["throughput_per_s"]),
-        "change": round(variant["change"], 4) if "change" in variant else None,  # variant - uncompressed, signed
-        "kept": variant.get("kept", "baseline"),
-    }
 
 
 @task(name="lineage")

@@ -21,10 +21,11 @@ from prefect.logging import get_run_logger
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner
 
+from components import tracking
 from components.core.config import Params, load_params
 from components.features.contract import read_state
-from components.tracking import runs as tracking
 from components.training import tuning
+from components.training.logged import log_tune, tune_run
 from flows.pipeline import featurize_if_changed
 
 
@@ -48,12 +49,12 @@ def tune(params: str = "params.yaml", trials: int | None = None) -> tuning.TuneR
     featurize_if_changed(p)
     plan = tuning.plan(p)
     experiment = p.registry.experiment or read_state(p.featurize.out).dataset
-    with tracking.connected(p.registry) as client, tracking.tune_run(client, experiment, plan, p) as run_id:
+    with tracking.connected(p.registry) as client, tune_run(client, experiment, plan, p) as run_id:
         logger.info(f"study {plan.study}: {plan.todo} trials to run, {p.tune.concurrency} at once; MLflow run {run_id}")
         with _api_for_trial_processes():
             _run_trials(p, plan.todo, run_id)
         result = tuning.conclude(p, Path(params))
-        tracking.log_tune(client, run_id, result)
+        log_tune(client, run_id, result)
     create_markdown_artifact(key="msa-tune", markdown=_markdown(result), description=f"Optuna study {plan.study}")
     logger.info(result.summary())
     return result

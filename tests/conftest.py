@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,9 @@ from components.data.dataset import (
     TextSpec,
     write_dataset,
 )
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 
 def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: int = 8) -> bytes:
@@ -86,6 +90,16 @@ TWO_CLASS_MANIFEST = Manifest(
 def make_dataset(tmp_path: Path) -> Callable[..., Path]:
     """`tiny_dataset` under this test's tmp_path."""
     return functools.partial(tiny_dataset, tmp_path)
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    """An MLflow client of a new SQLite store in tmp_path, which is the working directory: MLflow's default artifact
+    root ./mlruns lands there too. A module whose store needs more overrides it, taking this one."""
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "!", "?", ","] + (
@@ -206,8 +220,8 @@ def served_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path
     from components.core.config import FeaturizeParams, ModelParams, ServeParams, TrainParams
     from components.features.featurize import featurize
     from components.models.store import read_card
-    from components.registry.register import model_signature
-    from components.serving.pyfunc import package_model
+    from components.serving.package import package_model
+    from components.serving.publish import model_signature
     from components.training.train import train
 
     root = tmp_path_factory.mktemp("served")
@@ -246,8 +260,8 @@ def served_clip_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model:
     from components.features.contract import read_state
     from components.features.featurize import featurize
     from components.models.store import read_card
-    from components.registry.register import model_signature
-    from components.serving.pyfunc import package_model
+    from components.serving.package import package_model
+    from components.serving.publish import model_signature
     from components.training.train import train
 
     root = tmp_path_factory.mktemp("served-clips")

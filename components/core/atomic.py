@@ -20,7 +20,7 @@ def _read_umask() -> int:
     """The process's umask, read once at import: from /proc where Linux shows it (no change to the process), else by
     the os.umask round-trip, done here while importing and not later, when another thread may be creating files."""
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with Path("/proc/self/status").open(encoding="ascii") as f:
             for line in f:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
@@ -54,7 +54,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -108,8 +108,8 @@ def replace_directory(path: str | Path, *, marker: str) -> Iterator[Path]:
         raise
     retired = path.parent / f".{path.name}.old-{token}"
     if path.exists() or path.is_symlink():
-        os.replace(path, retired)
-    os.replace(staging, path)
+        path.replace(retired)
+    staging.replace(path)
     if retired.is_symlink() or retired.is_file():
         retired.unlink()
     else:

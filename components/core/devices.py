@@ -48,7 +48,8 @@ def cpu_threads(n: int) -> Iterator[None]:
 
 def describe(device: torch.device, amp: torch.dtype | None = None) -> str:
     """What a stage runs on, said once when it starts: "cpu, 1 thread (AVX2)", "cuda:0, NVIDIA H100, bf16"."""
-    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")
+    precisions: dict[torch.dtype | None, str] = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+    precision = precisions.get(amp, "fp32")
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index}, {torch.cuda.get_device_name(index)}, {precision}"

@@ -126,7 +126,7 @@ def _name_pattern(arg: ast.expr) -> list[str]:
     if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
         return [arg.value]
     if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
-        return [f"{arg.values[0].value}*"]
+        return [f"{arg.values[0].value!s}*"]  # an f-string's constant parts are str
     return []
 
 

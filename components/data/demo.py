@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,8 @@ from components.data.dataset import (
     carve_splits,
     write_dataset,
 )
+
+__all__ = ["MEDIA_VERSION", "VERSION", "generate_demo", "wav_bytes"]
 
 # Bump whenever the clips' bytes change. The MP4s carry the x264 and FFmpeg of the `av` wheel (its version is pinned in
 # constraints.txt), so byte identity holds for that version, as the parquet files' does for pyarrow's.
@@ -95,12 +98,55 @@ def generate_demo(out: str | Path, size: int = 1000, seed: int = 0, *, media: bo
         raise ValueError(f"demo size must be at least 30 so that every split has samples, got {size}")
     rng = np.random.default_rng(seed)
     ids = [f"demo-{i:05d}" for i in range(size)]
-    texts, labels, images, clips = [], [], {}, {}
-    audio = np.zeros((size, MAX_LEN, AUDIO_DIM), dtype=np.float32)
-    vision = np.zeros((size, MAX_LEN, VISION_DIM), dtype=np.float32)
-    audio_len = np.zeros(size, dtype=np.int64)
-    vision_len = np.zeros(size, dtype=np.int64)
+    draws = _draw_samples(rng, ids, media)
+    samples = pd.DataFrame(
+        {
+            "id": ids,
+            "split": carve_splits(size, seed=seed, fractions={"valid": 0.15, "test": 0.15}),
+            "text": draws.texts,
+            "label": np.asarray(draws.labels, dtype=np.float64),
+            "image": list(draws.images),
+            "seq_index": pd.array([None] * size if media else range(size), dtype="Int64"),
+        }
+    )
+    if media:
+        samples["audio"] = [name for name in draws.clips if name.startswith("audio/")]
+        samples["video"] = [name for name in draws.clips if name.startswith("video/")]
+        # Frames kept: the longest clip at featurize's default rates (audio 25 frames a second, video 5).
+        audio_spec = SequenceSpec(source="clips", max_len=int(CLIP_SECONDS[1] * 25) + 1)
+        vision_spec = SequenceSpec(source="clips", max_len=int(CLIP_SECONDS[1] * 5) + 1)
+        signals, sequences = "WAV clips of pitch and energy and MP4 clips of faces", {}
+    else:
+        # Audio and vision come from the same clip, so they share its length.
+        vision_len = draws.vision.lengths
+        vision_len[:] = draws.audio.lengths
+        draws.vision.features[np.arange(MAX_LEN)[None, :] >= vision_len[:, None]] = 0.0
+        audio_spec = SequenceSpec(dim=AUDIO_DIM, max_len=MAX_LEN)
+        vision_spec = SequenceSpec(dim=VISION_DIM, max_len=MAX_LEN)
+        signals = "prosody/action-unit sequences"
+        sequences = {"audio": draws.audio, "vision": draws.vision}
+    manifest = _manifest(size, seed, media, signals, audio_spec, vision_spec)
+    return write_dataset(out, manifest, samples, sequences, draws.images, draws.clips)
 
+
+@dataclass(frozen=True)
+class _Draws:
+    """Every sample's content as the seeded generator drew it, in sample order. Without media, audio and vision are
+    the padded feature arrays; with media, `clips` (file name -> bytes) holds them and the arrays stay zeros."""
+
+    texts: list[str]
+    labels: list[float]
+    images: dict[str, bytes]
+    clips: dict[str, bytes]
+    audio: SequenceArray
+    vision: SequenceArray
+
+
+def _draw_samples(rng: np.random.Generator, ids: list[str], media: bool) -> _Draws:
+    size = len(ids)
+    audio = SequenceArray(np.zeros((size, MAX_LEN, AUDIO_DIM), dtype=np.float32), np.zeros(size, dtype=np.int64))
+    vision = SequenceArray(np.zeros((size, MAX_LEN, VISION_DIM), dtype=np.float32), np.zeros(size, dtype=np.int64))
+    draws = _Draws(texts=[], labels=[], images={}, clips={}, audio=audio, vision=vision)
     for i, sample_id in enumerate(ids):
         neutral = rng.random() < P_NEUTRAL
         polarity = 0 if neutral else int(rng.choice((-1, 1)))
@@ -108,43 +154,25 @@ def generate_demo(out: str | Path, size: int = 1000, seed: int = 0, *, media: bo
         kind = "neutral" if neutral else str(rng.choice(TEXT_KINDS, p=TEXT_KIND_P))
         carried = _carrying_modalities(rng, kind)
 
-        texts.append(_text(rng, kind, polarity, strength))
-        labels.append(round(polarity * strength, 1) if polarity else 0.0)
+        draws.texts.append(_text(rng, kind, polarity, strength))
+        draws.labels.append(round(polarity * strength, 1) if polarity else 0.0)
         shown = {m: (polarity if m in carried else 0) for m in OTHER_MODALITIES}
-        images[f"images/{sample_id}.png"] = _image(rng, shown["image"], strength)
+        draws.images[f"images/{sample_id}.png"] = _image(rng, shown["image"], strength)
         if media:
             seconds = float(np.round(rng.uniform(*CLIP_SECONDS), 1))
-            clips[f"audio/{sample_id}.wav"] = _audio_clip(rng, shown["audio"], strength, seconds)
-            clips[f"video/{sample_id}.mp4"] = _video_clip(rng, shown["vision"], strength, seconds)
+            draws.clips[f"audio/{sample_id}.wav"] = _audio_clip(rng, shown["audio"], strength, seconds)
+            draws.clips[f"video/{sample_id}.mp4"] = _video_clip(rng, shown["vision"], strength, seconds)
         else:
-            audio_len[i] = _audio(rng, shown["audio"], strength, audio[i])
-            vision_len[i] = _vision(rng, shown["vision"], strength, vision[i])
-    samples = pd.DataFrame(
-        {
-            "id": ids,
-            "split": carve_splits(size, seed=seed, fractions={"valid": 0.15, "test": 0.15}),
-            "text": texts,
-            "label": np.asarray(labels, dtype=np.float64),
-            "image": list(images),
-            "seq_index": pd.array([None] * size if media else range(size), dtype="Int64"),
-        }
-    )
-    if media:
-        samples["audio"] = [name for name in clips if name.startswith("audio/")]
-        samples["video"] = [name for name in clips if name.startswith("video/")]
-        # Frames kept: the longest clip at featurize's default rates (audio 25 frames a second, video 5).
-        audio_spec = SequenceSpec(source="clips", max_len=int(CLIP_SECONDS[1] * 25) + 1)
-        vision_spec = SequenceSpec(source="clips", max_len=int(CLIP_SECONDS[1] * 5) + 1)
-        signals, sequences = "WAV clips of pitch and energy and MP4 clips of faces", {}
-    else:
-        # Audio and vision come from the same clip, so they share its length.
-        vision_len[:] = audio_len
-        vision[np.arange(MAX_LEN)[None, :] >= vision_len[:, None]] = 0.0
-        audio_spec = SequenceSpec(dim=AUDIO_DIM, max_len=MAX_LEN)
-        vision_spec = SequenceSpec(dim=VISION_DIM, max_len=MAX_LEN)
-        signals = "prosody/action-unit sequences"
-        sequences = {"audio": SequenceArray(audio, audio_len), "vision": SequenceArray(vision, vision_len)}
-    manifest = Manifest(
+            audio.lengths[i] = _audio(rng, shown["audio"], strength, audio.features[i])
+            vision.lengths[i] = _vision(rng, shown["vision"], strength, vision.features[i])
+    return draws
+
+
+def _manifest(
+    size: int, seed: int, media: bool, signals: str, audio_spec: SequenceSpec, vision_spec: SequenceSpec
+) -> Manifest:
+    """The manifest of a demo dataset: synthetic, saying so and how it was made."""
+    return Manifest(
         name="msa-demo-media" if media else "msa-demo",
         version=f"{VERSION}.{MEDIA_VERSION}" if media else VERSION,
         synthetic=True,
@@ -153,7 +181,7 @@ def generate_demo(out: str | Path, size: int = 1000, seed: int = 0, *, media: bo
             f"--seed {seed}`: movie-review utterances, face-like images and {signals} whose labels need the "
             "modalities together. Not real data; for demos and tests only."
         ),
-        source="components/data/demo.py",
+        source="msa data demo",  # the command, not a file: a file moves, and the dataset's bytes would with it
         label=RegressionLabel(min=-3.0, max=3.0),
         modalities=Modalities(
             text=TextSpec(),
@@ -162,7 +190,6 @@ def generate_demo(out: str | Path, size: int = 1000, seed: int = 0, *, media: bo
             vision=vision_spec,
         ),
     )
-    return write_dataset(out, manifest, samples, sequences, images, clips)
 
 
 def _audio_clip(rng: np.random.Generator, polarity: int, strength: float, seconds: float) -> bytes:

@@ -1,10 +1,11 @@
 """Evaluate stage: the metrics of every head on valid and test, and the plots that DVC and people read.
 
 Writes
-    evaluate.report (reports/evaluation.json)  {split: {head: {metric: value}}}: components.evaluation.metrics' keys plus
-        `samples` (how many samples had the head's modality); class labels add per_class {class: {precision,
-        recall, f1, support}}. Only numbers: NaN is null, confusion matrices go to the plot data. What MLflow's
-        runs, the model card and the registration gate read.
+    evaluate.report (reports/evaluation.json)  {split: {head: {metric: value}}}: components.evaluation.metrics'
+        keys plus `samples` (how many samples had the head's modality); class labels add per_class {class:
+        {precision, recall, f1, support}}. Only numbers: NaN is null, confusion matrices go to the plot data. What
+        MLflow's runs, the model card and the registration gate read (components.evaluation.reports).
+    evaluate.seeds (reports/seeds.json)  every metric's mean and std over the seeds trained, and each seed's
     evaluate.headline (metrics/evaluate.json)  DVC metrics: a subset of the report under the same keys, small
         enough for `dvc metrics show` and `dvc exp show` to fit a terminal (see HEADLINE); committed to git
     evaluate.plots (metrics/plots/), plot data for `dvc plots`, committed to git
@@ -39,6 +40,7 @@ from components.core.devices import cpu_threads
 from components.core.errors import DataError, TrainingError
 from components.core.figures import grid, png
 from components.evaluation.metrics import classification_metrics, metrics_for, primary_metric
+from components.evaluation.reports import EvaluationReport, SeedSummary
 from components.features.contract import FEATURES
 from components.models.store import (
     Monitor,
@@ -82,10 +84,20 @@ class EvaluationResult:
     split: str  # the split plotted and summarised
     metric: str  # the primary metric of the label kind
     direction: str  # "min" | "max"
-    metrics: dict[str, dict[str, dict[str, Any]]]  # what the report holds
-    seeds: dict[str, Any] = field(default_factory=dict)  # what the seeds report holds
+    scores: EvaluationReport  # what the report holds
+    seed_scores: SeedSummary  # what the seeds report holds
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def metrics(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{split: {head: {metric: value}}}: the report without the model's digest."""
+        return self.scores.splits
+
+    @property
+    def seeds(self) -> dict[str, Any]:
+        """The seeds report, as its JSON."""
+        return self.seed_scores.model_dump()
 
     def summary(self) -> str:
         better = "lower" if self.direction == "min" else "higher"
@@ -137,10 +149,11 @@ def _evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progre
     with replace_directory(params.figures, marker=CURVES_PNG) as staging:
         _write_images(staging, plotted, outputs, kind, classes, history, spec.heads, card.monitor, metric)
     metrics = _numbers_only(metrics)
-    write_json(params.seeds, seeds, nan_as_null=True)
+    seeds.write(params.seeds)
+    # The digest of the model these scores are of: registration refuses a report of another model.
+    report = EvaluationReport(model_digest=digest(model_dir), splits=metrics)
     return EvaluationResult(
-        # The digest of the model these scores are of: registration refuses a report of another model.
-        report=write_json(params.report, {"model_digest": digest(model_dir), **metrics}, nan_as_null=True),
+        report=report.write(params.report),
         headline=write_json(
             params.headline, select_headline(metrics, kind, card.monitor.head, plotted), nan_as_null=True
         ),
@@ -149,8 +162,8 @@ def _evaluate(features: Path, model_dir: Path, params: EvaluateParams, *, progre
         split=plotted,
         metric=metric,
         direction=direction,
-        metrics=metrics,
-        seeds=seeds,
+        scores=report,
+        seed_scores=seeds,
         notes=notes,
         seconds=time.perf_counter() - start,
     )
@@ -202,7 +215,7 @@ def _seed_scores(
     splits: tuple,
     device: Any,
     features: Path,
-) -> dict[str, Any]:
+) -> SeedSummary:
     """The seeds report: every seed's metrics and their mean and std over seeds (MMSA reports results so). One seed
     (train.seeds 1) is a report of one, std 0."""
     from components.models.store import SEEDS, seed_dirs
@@ -218,10 +231,10 @@ def _seed_scores(
         )
     if not runs:
         runs = {"single": _numbers_only(metrics)}
-    return {
-        "seeds": [int(s) for s in dirs] or None, "chosen": chosen, "selected_by": f"valid {card.monitor.head} "
-        f"{card.monitor.metric}", "mean": _over_seeds(runs, np.mean), "std": _over_seeds(runs, np.std), "runs": runs,
-    }  # fmt: skip
+    return SeedSummary(
+        seeds=[int(s) for s in dirs] or None, chosen=chosen, selected_by=f"valid {card.monitor.head} "
+        f"{card.monitor.metric}", mean=_over_seeds(runs, np.mean), std=_over_seeds(runs, np.std), runs=runs,
+    )  # fmt: skip
 
 
 def _over_seeds(runs: dict[str, dict], reduce: Any) -> dict:
@@ -282,7 +295,7 @@ def _confusion(out: HeadOutput, kind: str, classes: tuple[str, ...]) -> tuple[np
     if kind == "classification":
         names = np.asarray(classes)
         return names[out.label], names[out.prediction], out.metrics["confusion_matrix"]
-    # The Acc-7 classes: round half to even after clipping, as components.evaluation.metrics counts acc7 (and MMSA does).
+    # The Acc-7 classes: round half to even after clipping, as evaluation.metrics counts acc7 (and MMSA does).
     actual, predicted = (np.round(np.clip(x, -3, 3)).astype(np.int64) for x in (out.label, out.prediction))
     matrix = classification_metrics(predicted + 3, actual + 3, _class_names(kind, classes))["confusion_matrix"]
     return actual, predicted, matrix

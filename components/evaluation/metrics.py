@@ -131,7 +131,7 @@ def _multiclass_acc(pred: np.ndarray, label: np.ndarray, bound: float) -> float:
 def _binary(pred: np.ndarray, label: np.ndarray) -> tuple[float, float]:
     """Accuracy and weighted F1 of boolean predictions, the numbers MMSA gets from sklearn (labels inferred, F1 0
     where it divides by zero), with sklearn's arithmetic in numpy: sklearn's input checks take ~10 ms a call, and
-    training scores every head after every epoch. tests/unit/test_metrics.py holds the two to the same bits."""
+    training scores every head after every epoch. tests/unit/evaluation/test_metrics.py holds the two to the same bits."""
     true = np.array([np.sum(~label), np.sum(label)])  # per class False, True; a class with no sample weighs 0
     predicted = np.array([np.sum(~pred), np.sum(pred)])
     hits = np.array([np.sum(~label & ~pred), np.sum(label & pred)])

@@ -3,13 +3,14 @@
 After Robust-MSA and OpenVNA: noisy and missing modalities, replaced or removed words. Text is perturbed as text
 and featurized again exactly as featurize does (tokenizer, HAN's sentence grid, the frozen transformer's token
 states); images and audio/vision frames are perturbed as the model reads them (fitted pixels, standardized frames);
-a missing modality is one the sample no longer has. components.evaluation.perturbations says what each severity means. The
-draws are seeded per sample, so a run is deterministic and a higher severity perturbs a superset of a lower one.
+a missing modality is one the sample no longer has. evaluation.perturbations says what each severity means. The draws
+are seeded per sample, so a run is deterministic and a higher severity perturbs a superset of a lower one.
 
 Writes
     robustness.report (reports/robustness.json)  {model_digest, split, metric, head, seed, clean: {head: metrics},
         perturbations: {name: {modality, severities: {"0.1": {head: metrics}}}}, skipped: [why]}. A head that no
-        sample can be scored on under a setting (text heads with every text missing) is absent from it.
+        sample can be scored on under a setting (text heads with every text missing) is absent from it
+        (components.evaluation.reports.RobustnessReport).
     robustness.plots (metrics/robustness/<perturbation>.csv)  severity (0: clean) and one column per head name,
         robustness.metric in points; what `dvc plots` draws, a line per head. Replaced as a whole.
     robustness.figure (reports/robustness.png)  the same, one panel per perturbation.
@@ -29,13 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.core.atomic import replace_directory, write_bytes, write_json
+from components.core.atomic import replace_directory, write_bytes
 from components.core.config import ConfigError, Head, RobustnessParams
 from components.core.devices import cpu_threads
 from components.core.errors import DataError
 from components.data.dataset import SPLITS, read_dataset
 from components.evaluation import perturbations
 from components.evaluation.metrics import metrics_for
+from components.evaluation.reports import Perturbation, RobustnessReport, Scores
 from components.features.contract import FEATURES, FeaturizerState, encode_texts, load_tokenizer
 from components.models import MultiTaskModel
 from components.models.multitask import OTHER_MODALITIES
@@ -90,15 +92,16 @@ class RobustnessResult:
     split: str
     metric: str
     head: str  # the monitored head, summarised
-    scores: dict[str, Any]  # what the report holds
+    scores: RobustnessReport  # what the report holds
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
-        clean = self.scores["clean"][self.head][self.metric]
+        clean = self.scores.clean[self.head][self.metric]
+        assert clean is not None  # a number (NaN at worst) until the report is read back from its file
         worst = []
-        for name, entry in self.scores["perturbations"].items():
-            severities = entry["severities"]
+        for name, entry in self.scores.perturbations.items():
+            severities = entry.severities
             middle = list(severities)[len(severities) // 2]
             value = severities[middle].get(self.head, {}).get(self.metric)
             if value is not None:
@@ -156,21 +159,22 @@ def _robustness(
         if perturbations.MODALITY[name] not in modalities
     ]
     text = _TextInputs(raw, state, params, ids, spec) if any(n.startswith("text_") for n, _ in runnable) else None
-    report: dict[str, Any] = {
-        "model_digest": digest(model_dir), "split": params.split, "metric": metric, "head": head, "seed": params.seed,
-        "samples": len(ids), "clean": scores, "perturbations": {}, "skipped": skipped,
-    }  # fmt: skip
+    severities: dict[str, dict[str, dict[str, Scores]]] = {}
     for name, severity in tqdm(runnable, desc="robustness", unit="setting", disable=None if progress else True):
         perturbed = _perturb(name, severity, clean, ids, params.seed, state, text)
-        entry = report["perturbations"].setdefault(name, {"modality": perturbations.MODALITY[name], "severities": {}})
-        entry["severities"][severity_key(severity)] = scorer(perturbed)
+        severities.setdefault(name, {})[severity_key(severity)] = scorer(perturbed)
+    entries = {n: Perturbation(modality=perturbations.MODALITY[n], severities=s) for n, s in severities.items()}
+    report = RobustnessReport(
+        model_digest=digest(model_dir), split=params.split, metric=metric, head=head, seed=params.seed,
+        samples=len(ids), clean=scores, perturbations=entries, skipped=skipped,
+    )  # fmt: skip
 
     with replace_directory(params.plots, marker=PLOTS_MARKER) as staging:
-        for name, entry in report["perturbations"].items():
-            write_bytes(staging / f"{name}.csv", _plot_csv(scores, entry["severities"], metric))
+        for name, entry in report.perturbations.items():
+            write_bytes(staging / f"{name}.csv", _plot_csv(scores, entry.severities, metric))
     write_bytes(params.figure, _figure_png(report, metric, head))
     return RobustnessResult(
-        report=write_json(params.report, report, nan_as_null=True),
+        report=report.write(params.report),
         plots=Path(params.plots),
         figure=Path(params.figure),
         split=params.split,
@@ -329,7 +333,7 @@ def _points(value: float | None) -> str:
     return "" if value is None or not math.isfinite(value) else f"{100 * value:.4f}"
 
 
-def _plot_csv(clean: dict, severities: dict[str, dict], metric: str) -> bytes:
+def _plot_csv(clean: dict[str, Scores], severities: dict[str, dict[str, Scores]], metric: str) -> bytes:
     """severity, one column per head name (points; empty where the model lacks the head or nothing was scored)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -339,14 +343,14 @@ def _plot_csv(clean: dict, severities: dict[str, dict], metric: str) -> bytes:
     return buffer.getvalue().encode()
 
 
-def _figure_png(report: dict, metric: str, monitored: str) -> bytes:
+def _figure_png(report: RobustnessReport, metric: str, monitored: str) -> bytes:
     from components.core.figures import grid, png
 
-    entries = report["perturbations"]
+    entries = report.perturbations
     figure, axes = grid(max(len(entries), 1), width=3.4, height=2.9)
-    heads = list(report["clean"])
+    heads = list(report.clean)
     for ax, (name, entry) in zip(axes, entries.items(), strict=False):
-        severities = {"0": report["clean"], **entry["severities"]}
+        severities = {"0": report.clean, **entry.severities}
         x = [float(s) for s in severities]
         for head in heads:
             y = [float(_points(scores.get(head, {}).get(metric)) or "nan") for scores in severities.values()]
@@ -357,5 +361,5 @@ def _figure_png(report: dict, metric: str, monitored: str) -> bytes:
         ax.tick_params(labelsize=7)
     if entries:
         axes[0].legend(fontsize=7)
-    figure.suptitle(f"{report['split']} {metric} under perturbation, per head ({monitored} thick)")
+    figure.suptitle(f"{report.split} {metric} under perturbation, per head ({monitored} thick)")
     return png(figure)

@@ -16,12 +16,34 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from components.core.config import AudioClipParams, Section, VideoClipParams
 from components.core.errors import DataError, first_line
 from components.core.hashing import file_sha256
+
+__all__ = [
+    "FEATURES",
+    "FEATURIZER_VERSION",
+    "STATE",
+    "FeaturizerState",
+    "ImageState",
+    "SequenceState",
+    "TextState",
+    "encode_texts",
+    "load_features",
+    "load_tokenizer",
+    "read_state",
+    "sentence_spans",
+    "sha256_or_none",
+    "standardize",
+    "state_or_none",
+    "stateless_output",
+    "text_transformer",
+    "token_states",
+]
 
 FEATURIZER_VERSION = "4"  # bump when the output of this module changes for the same inputs
 
@@ -65,7 +87,7 @@ class FeaturizerState(Section):
     dataset_version: str
     label_kind: Literal["regression", "classification"]
     classes: tuple[str, ...] = ()
-    ids: list[str] = []  # row order of the features; empty in a serving package
+    ids: list[str] = Field(default_factory=list)  # row order of the features; empty in a serving package
     features_sha256: str = ""  # of features.safetensors: a damaged or replaced file is never "kept"
     text: TextState | None = None
     image: ImageState | None = None

@@ -20,24 +20,21 @@ extracts a caller's clip exactly so.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, cast
 
 import numpy as np
 from safetensors.numpy import save_file
 
 from components.core.atomic import replace_directory, write_json
-from components.core.config import AudioClipParams, FeaturizeParams, VideoClipParams, runtime_keys
+from components.core.config import AudioClipParams, FeaturizeParams, VideoClipParams
 from components.core.errors import DataError
-from components.core.hashing import tree_digest
-from components.data.dataset import SPLITS, Dataset, Manifest, read_dataset, read_manifest
+from components.data.dataset import SPLITS, Dataset, read_dataset, read_manifest
 from components.data.images import ImageProblem, fit, open_image
 from components.features.contract import (
     FEATURES,
-    FEATURIZER_VERSION,
     STATE,
     FeaturizerState,
     ImageState,
@@ -48,16 +45,14 @@ from components.features.contract import (
     read_state,
     sha256_or_none,
     standardize,
-    state_or_none,
     stateless_output,
     text_transformer,
     token_states,
 )
+from components.features.key import CLIP_SETTINGS, content_key, is_current
 from components.features.text_model import resolve_text_model
 
-# Settings that decide only where features go and how fast they are computed, not what they are.
-_NOT_IN_KEY = runtime_keys("featurize")
-_CLIP_SETTINGS = {"audio": "audio_clips", "vision": "video_clips"}
+__all__ = ["FeaturizeResult", "clip_settings", "featurize"]
 
 
 @dataclass(frozen=True)
@@ -125,42 +120,6 @@ def _featurize(raw: str | Path, params: FeaturizeParams, *, progress: bool = Tru
     return FeaturizeResult(out, featurizer, cached=False, seconds=time.perf_counter() - start)
 
 
-def input_key(raw: str | Path, params: FeaturizeParams) -> str:
-    """The content hash `featurize` keys its output on: dataset files, text model files, settings, code version."""
-    text = read_manifest(raw).modalities.text
-    return content_key(Path(raw), params, resolve_text_model(params.text_model) if text else None)
-
-
-def is_current(out: str | Path, key: str) -> bool:
-    """Whether `out` holds the features of the inputs hashed to `key`, byte for byte as they were written."""
-    existing = state_or_none(Path(out))
-    return (
-        existing is not None
-        and existing.key == key
-        and sha256_or_none(Path(out) / FEATURES) == existing.features_sha256
-    )
-
-
-def content_key(raw: Path, params: FeaturizeParams, text_path: Path | None, manifest: Manifest | None = None) -> str:
-    digest = hashlib.sha256(f"featurizer {FEATURIZER_VERSION}\n".encode())
-    clips = (manifest or read_manifest(raw)).modalities.clips
-    # Extraction settings count only where clips are extracted: they change nothing else.
-    unused = {name for modality, name in _CLIP_SETTINGS.items() if modality not in clips}
-    settings = params.model_dump(mode="json", exclude=_NOT_IN_KEY | unused)
-    if clips:  # the extraction code and the decoders' and librosa's versions decide the frames too
-        from importlib.metadata import version
-
-        from components.data.media import EXTRACTOR_VERSION
-
-        settings["extractor"] = [EXTRACTOR_VERSION, version("av"), version("librosa")]
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    for label, root in (("dataset", raw), ("text model", text_path)):
-        if root is not None:
-            digest.update(f"\n{label}\n".encode())
-            tree_digest(root, digest=digest)
-    return digest.hexdigest()
-
-
 def _labels(dataset: Dataset) -> np.ndarray:
     label = dataset.samples["label"]
     if dataset.manifest.label.kind == "regression":
@@ -191,6 +150,7 @@ def _text_features(
 
 
 def _image_features(dataset: Dataset, size: int, train: np.ndarray, tensors: dict[str, np.ndarray]) -> ImageState:
+    assert dataset.root is not None  # read from its directory
     paths = dataset.samples["image"]
     pixels = np.zeros((len(paths), 3, size, size), np.uint8)
     present = paths.notna().to_numpy()
@@ -211,7 +171,7 @@ def _image_features(dataset: Dataset, size: int, train: np.ndarray, tensors: dic
 
 def clip_settings(params: FeaturizeParams, modality: str) -> AudioClipParams | VideoClipParams:
     """How `modality`'s frames are extracted from clips."""
-    return getattr(params, _CLIP_SETTINGS[modality])
+    return getattr(params, CLIP_SETTINGS[modality])
 
 
 def _stored_sequences(dataset: Dataset, modality: str, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -233,16 +193,18 @@ def _clip_sequences(
     processes (each pays the libraries' imports once)."""
     from components.data.media import ClipJob, ClipProblem, NoAudioStream, extract_many
 
+    assert dataset.root is not None  # read from its directory
     jobs, owners = [], []
     for modality, spec in dataset.manifest.modalities.clips.items():
-        kind = "vision" if modality == "vision" else "audio"
+        kind: Literal["audio", "vision"] = "vision" if modality == "vision" else "audio"
         settings, max_len = clip_settings(params, modality), params.sequence_max_len or spec.max_len
         for i, file in enumerate(dataset.clip_files(modality)):
             if file is not None:
-                column = file.relative_to(dataset.root).parts[0]  # audio/ or video/, as the contract has it
+                # audio/ or video/, as the contract has it
+                column = cast("Literal['audio', 'video']", file.relative_to(dataset.root).parts[0])
                 # Frames past max_len are cut below: extraction stops there rather than decode the whole clip.
                 jobs.append(ClipJob(file, kind, settings, dataset.manifest.clips, column, max_frames=max_len))
-                owners.append((modality, i))
+                owners.append((modality, i, file))
     results = extract_many(jobs, workers=params.workers, progress=progress)
     n = len(dataset.samples)
     out = {}
@@ -250,11 +212,11 @@ def _clip_sequences(
         dim = clip_settings(params, modality).dim
         max_len = params.sequence_max_len or spec.max_len
         out[modality] = (np.zeros((n, max_len, dim), np.float32), np.zeros(n, np.int64))
-    for job, (modality, i), result in zip(jobs, owners, results, strict=True):
+    for (modality, i, file), result in zip(owners, results, strict=True):
         if isinstance(result, NoAudioStream) and dataset.manifest.modalities.clips[modality].allow_missing:
             continue  # a silent video, where audio may be missing: the sample has no audio
         if isinstance(result, ClipProblem):
-            raise DataError(job.source, str(result), sample_id=dataset.samples["id"].iloc[i])
+            raise DataError(file, str(result), sample_id=dataset.samples["id"].iloc[i])
         features, lengths = out[modality]
         kept = result[: features.shape[1]]
         features[i, : len(kept)], lengths[i] = kept, len(kept)
@@ -273,7 +235,7 @@ def _sequence_features(
     clips: AudioClipParams | VideoClipParams | None = None,
 ) -> SequenceState:
     """Standardize frames [N, T, D] with the statistics of the train split's real frames, into `tensors`."""
-    n, max_len, dim = features.shape
+    _, max_len, dim = features.shape
     mask = np.arange(max_len)[None, :] < lengths[:, None]
     frames = features[mask & train[:, None]].astype(np.float64)
     if not len(frames):

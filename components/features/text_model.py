@@ -13,6 +13,8 @@ from pathlib import Path
 from components.core.config import DEFAULT_TEXT_MODEL
 from components.core.errors import DataError
 
+__all__ = ["resolve_text_model"]
+
 
 def resolve_text_model(name: str) -> Path:
     """Local directory of a text model: the bundled MiniLM, a local path, or a model already in the HF cache.
@@ -27,7 +29,7 @@ def resolve_text_model(name: str) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path.resolve()
-    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
     if looks_like_path or path.exists():
         raise DataError(path, "text model: no such directory (featurize.text_model in params.yaml)")
     from huggingface_hub import snapshot_download

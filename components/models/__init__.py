@@ -5,8 +5,15 @@ The torch-backed names load on first use, so reading a spec (e.g. in a stage's c
 """
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 from components.models.spec import ImageSpec, LabelSpec, ModelSpec, SequenceSpec, TextSpec
+
+if TYPE_CHECKING:  # the names __getattr__ loads, as a type checker is to see them
+    from components.models.encoders import ImageCNN, SequenceEncoder
+    from components.models.fusion import HierarchicalFusion
+    from components.models.multitask import MultiTaskModel, check_spec
+    from components.models.text import HAN, BiLSTMText, TextCNN, TokenStates
 
 _MODULES = {
     "MultiTaskModel": "multitask",
@@ -20,7 +27,22 @@ _MODULES = {
     "HAN": "text",
 }
 
-__all__ = ["ImageSpec", "LabelSpec", "ModelSpec", "SequenceSpec", "TextSpec", *_MODULES]
+__all__ = [
+    "HAN",
+    "BiLSTMText",
+    "HierarchicalFusion",
+    "ImageCNN",
+    "ImageSpec",
+    "LabelSpec",
+    "ModelSpec",
+    "MultiTaskModel",
+    "SequenceEncoder",
+    "SequenceSpec",
+    "TextCNN",
+    "TextSpec",
+    "TokenStates",
+    "check_spec",
+]
 
 
 def __getattr__(name: str) -> object:

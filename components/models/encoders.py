@@ -48,8 +48,15 @@ class MaskedBiRNN:
     fallback kernels have no bf16 at all.
     """
 
+    hidden_size: int  # set by the RNN it is mixed into
+
     def __init__(self, in_dim: int, hidden: int) -> None:
-        super().__init__(in_dim, hidden, batch_first=True, bidirectional=True)
+        # nn.LSTM's or nn.GRU's __init__, next in a subclass's MRO (a type checker sees object's)
+        super().__init__(in_dim, hidden, batch_first=True, bidirectional=True)  # type: ignore[call-arg]
+
+    def _recur(self, x: Tensor, h0: Tensor, weights: list[Tensor]) -> Tensor:
+        """One direction's recurrence over [N, L, D] from h0 [1, N, H]: the outputs [N, L, H]."""
+        raise NotImplementedError
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x, lengths = compact(x, mask)
@@ -71,12 +78,12 @@ class MaskedBiRNN:
         return torch.cat((forward, backward), dim=-1), valid, torch.stack((last_forward, backward[:, 0]))
 
 
-class BiLSTM(MaskedBiRNN, nn.LSTM):
+class BiLSTM(MaskedBiRNN, nn.LSTM):  # type: ignore[misc]  # forward(x, mask) replaces the RNN's on purpose
     def _recur(self, x: Tensor, h0: Tensor, weights: list[Tensor]) -> Tensor:
         return torch.lstm(x, (h0, h0), weights, True, 1, 0.0, False, False, True)[0]
 
 
-class BiGRU(MaskedBiRNN, nn.GRU):
+class BiGRU(MaskedBiRNN, nn.GRU):  # type: ignore[misc]  # forward(x, mask) replaces the RNN's on purpose
     def _recur(self, x: Tensor, h0: Tensor, weights: list[Tensor]) -> Tensor:
         return torch.gru(x, h0, weights, True, 1, 0.0, False, False, True)[0]
 
@@ -119,6 +126,8 @@ class ImageCNN(nn.Module):
     """
 
     widths = (32, 64, 128)
+    mean: Tensor  # buffers, registered in __init__
+    std: Tensor
 
     def __init__(self, spec: ImageSpec, hidden: int) -> None:
         super().__init__()

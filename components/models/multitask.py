@@ -59,7 +59,7 @@ def modality_presence(spec: ModelSpec, batch: Mapping[str, Tensor]) -> dict[str,
 def presence(spec: ModelSpec, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Head -> bool [B]: which samples a head can be scored on (fusion: any modality present)."""
     modalities = modality_presence(spec, batch)
-    present = {}
+    present: dict[str, Tensor] = {}
     for head in spec.heads:
         if head == "fusion":
             present[head] = torch.stack(list(modalities.values())).any(0)
@@ -118,13 +118,14 @@ class MultiTaskModel(nn.Module):
         What a perturbation of one modality changes: robustness reruns only its encoders.
         """
         out: dict[str, Tensor] = {}
-        if self.token_states is not None and (modalities is None or "text" in modalities):
+        text = self.spec.text  # present exactly when token_states is
+        if text is not None and self.token_states is not None and (modalities is None or "text" in modalities):
             states, mask = self.token_states(batch), batch["text.attention_mask"]
-            for m in self.spec.text.models:
-                if m == "han":
-                    out[m] = self.encoders[m](states, batch["text.sentence_index"], batch["text.sentence_mask"])
+            for model in text.models:
+                if model == "han":
+                    out[model] = self.encoders[model](states, batch["text.sentence_index"], batch["text.sentence_mask"])
                 else:
-                    out[m] = self.encoders[m](states, mask)
+                    out[model] = self.encoders[model](states, mask)
         if "image" in self.encoders and (modalities is None or "image" in modalities):
             out["image"] = self.encoders["image"](batch["image.pixels"])
         for m in SEQUENCE_MODALITIES:

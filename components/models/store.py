@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from components.core.config import Section
 from components.core.errors import TrainingError
 from components.core.hashing import file_sha256
 from components.data.dataset import SEQUENCE_MODALITIES, SPLITS
-from components.evaluation.metrics import metrics_for
 from components.models import MultiTaskModel
 from components.models.spec import ModelSpec
 
@@ -112,7 +111,7 @@ def write_model(out: str | Path, weights: dict[str, torch.Tensor], card: ModelCa
     tmp = out / f".{WEIGHTS}.tmp"
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, tmp)
     sha = file_sha256(tmp)
-    os.replace(tmp, out / WEIGHTS)
+    tmp.replace(out / WEIGHTS)
     write_json(out / CARD, card.model_copy(update={"weights_sha256": sha}).model_dump(mode="json"))
 
 
@@ -157,7 +156,7 @@ def seed_dirs(out: str | Path) -> dict[int, Path]:
     return {int(seed): Path(out) / SEEDS_DIR / f"seed-{seed}" for seed in record["seeds"]}
 
 
-def remove_seed_models(out: str | Path, keep: set[str] = frozenset()) -> None:
+def remove_seed_models(out: str | Path, keep: Collection[str] = frozenset()) -> None:
     """Remove the seed trainings in `out/seeds/` (`seed-<s>/`, what multi-seed training writes) not named in
     `keep`; anything else there stays."""
     seeds = Path(out) / SEEDS_DIR
@@ -273,7 +272,7 @@ def trim_padding(batch: dict[str, Any]) -> dict[str, Any]:
 def _used(mask: Any, axis: int) -> int:
     """1 + the last position along `axis` that some row of `mask` uses; at least 1."""
     others = tuple(a for a in range(mask.ndim) if a != axis)
-    used = mask.any(others) if isinstance(mask, np.ndarray) else mask.any(dim=others)
+    used: Any = mask.any(others) if isinstance(mask, np.ndarray) else mask.any(dim=others)  # an array or a tensor
     positions = used.nonzero()
     positions = positions[0] if isinstance(positions, tuple) else positions  # numpy: a tuple of index arrays
     return int(positions.max()) + 1 if len(positions) else 1
@@ -308,32 +307,6 @@ def predict(
                 chunks.setdefault(head, []).append((prediction.float().cpu(), presence[head].cpu()))
     model.train(was_training)
     return {h: (torch.cat([p for p, _ in c]).numpy(), torch.cat([m for _, m in c]).numpy()) for h, c in chunks.items()}
-
-
-def evaluate_heads(
-    model: MultiTaskModel,
-    tensors: dict[str, torch.Tensor],
-    rows: torch.Tensor,
-    device: torch.device,
-    amp: torch.dtype | None = None,
-) -> dict[str, dict]:
-    """Metrics of every head on `rows`, each over the samples where its modality is present."""
-    spec = model.spec
-    label = tensors["label"][rows].numpy()
-    return {
-        head: metrics_for(spec.label.kind, prediction[present], label[present], spec.label.classes)
-        for head, (prediction, present) in predict(model, tensors, rows, device, amp).items()
-    }
-
-
-def evaluate_split(features: str | Path, out: str | Path, split: str) -> dict[str, dict]:
-    """Metrics of every head of the model in `out` on one split of `features`, on the CPU."""
-    from components.features.contract import load_features
-
-    model = load_trained(out)
-    tensors = model_inputs(load_features(features)[0], model.spec)
-    rows = split_rows(tensors.pop("split"), split)
-    return evaluate_heads(model, tensors, rows, torch.device("cpu"))
 
 
 # --- between machines: the tracking server's artifact store -----------------------------------------------------------
@@ -406,7 +379,7 @@ def fetch(client: Any, run_id: str, out: str | Path, expected: str) -> Path:
             remove_seed_models(out)
         for name in names:
             (out / name).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(local / name, out / name)
+            (local / name).replace(out / name)
     return out
 
 
@@ -419,5 +392,5 @@ def fetch_checkpoint(client: Any, run_id: str, out: str | Path) -> bool:
     (out / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".msa-fetch-", dir=out / CHECKPOINT.parent) as tmp:
         local = Path(client.download_artifacts(run_id, f"{CHECKPOINT_ARTIFACTS}/{CHECKPOINT.name}", tmp))
-        os.replace(local, out / CHECKPOINT)
+        local.replace(out / CHECKPOINT)
     return True

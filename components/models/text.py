@@ -6,7 +6,8 @@ a representation [B, hidden].
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,7 @@ class TextCNN(nn.Module):
         x, lengths = compact(states, mask)
         x = x.masked_fill(~prefix_mask(lengths, x.shape[1]).unsqueeze(-1), 0).transpose(1, 2)
         pooled = []
-        for conv in self.convs:
+        for conv in cast("Iterable[nn.Conv1d]", self.convs):
             y = F.relu(conv(x))  # [B, F, L + k - 1]; window j covers tokens j - k + 1 .. j
             windows = prefix_mask(lengths + conv.kernel_size[0] - 1, y.shape[-1])
             pooled.append(y.masked_fill(~windows.unsqueeze(1), 0).amax(-1))  # 0 is neutral after ReLU

@@ -3,8 +3,8 @@
 Registration signs the serving package (the pyfunc's data: weights or compressed variant, spec, featurizer state,
 tokenizer, input bounds and the gate's evidence) with an elliptic-curve key. The signature, a Sigstore bundle, is
 the package's `model.sig`, left out of what it covers, so it travels with the registered version wherever its
-artifacts go. `msa predict`, `msa serve`, MLflow's own loader (`components.serving.pyfunc._load_pyfunc`) and the gate all
-call `verify` first: a changed, added, missing or unsigned file is refused in one line naming it.
+artifacts go. `msa predict`, `msa serve`, MLflow's own loader (`components.serving.pyfunc._load_pyfunc`) and the
+gate all call `verify` first: a changed, added, missing or unsigned file is refused in one line naming it.
 
 Keys, for one person and for the tests: `MSA_SIGNING_KEY` names a PEM private key (P-256/384/521); without it the
 key is `$XDG_CONFIG_HOME/msa/signing-key.pem` (default `~/.config/msa/`), made on first use, readable by its owner

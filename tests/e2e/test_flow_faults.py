@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import tiny_dataset
 from tests.e2e.conftest import working_directory, write_params
-from tests.e2e.servers import free_port
+from tests.e2e.servers import free_port, stop_ephemeral_prefect_server  # noqa: F401 - autouse: the flows' server
 from tests.integration.shell import BIN, environment, run
 
 pytestmark = pytest.mark.e2e
@@ -57,16 +57,6 @@ def in_process_tracking(monkeypatch: pytest.MonkeyPatch, uri: str, retries: int 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stop_ephemeral_prefect_server() -> Iterator[None]:
-    """Stop the ephemeral Prefect server the in-process flows of this module started, while pytest still captures
-    its output (left to Prefect's atexit hook, its goodbye is logged to a closed stream)."""
-    yield
-    from prefect.server.api.server import SubprocessASGIServer
-
-    SubprocessASGIServer().stop()  # the instance get_client starts (no port); a no-op when none runs
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from components.data.dataset import read_dataset
-from components.serving.pyfunc import raw_frame
+from components.serving.values import raw_frame
 from tests.conftest import SERVE_LIMITS
 from tests.e2e.servers import free_port, serving
 from tests.hardening import msa

@@ -16,7 +16,7 @@ from components.compression.compress import served_variant
 from components.core.config import CompressParams, load_params
 from components.core.errors import TrackingError, UntrustedModelError
 from components.data.dataset import read_dataset
-from components.serving.pyfunc import raw_frame
+from components.serving.values import raw_frame
 from tests.e2e.conftest import working_directory
 from tests.integration.shell import BIN, run
 
@@ -231,7 +231,7 @@ def test_a_name_taken_by_a_model_with_other_inputs_is_refused(
     package.mkdir()
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
-            name="model", loader_module="components.serving.pyfunc", data_path=str(package),
+            name="model", loader_module="components.serving", data_path=str(package),
             signature=ModelSignature(inputs=Schema([ColSpec("string", "sentence")])), pip_requirements=["numpy"],
         )  # fmt: skip
     mlflow.register_model(info.model_uri, "taken")

@@ -4,7 +4,6 @@ the heads, the best seed on valid registered and named."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -12,17 +11,10 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.e2e.conftest import working_directory
+from tests.e2e.servers import stop_ephemeral_prefect_server  # noqa: F401 - autouse: the flows' server
 from tests.e2e.test_flow_faults import copy_project, edit_params, in_process_tracking, sqlite_store
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stop_ephemeral_prefect_server() -> Iterator[None]:
-    yield
-    from prefect.server.api.server import SubprocessASGIServer
-
-    SubprocessASGIServer().stop()
 
 
 def test_each_seed_is_a_nested_run_and_the_best_on_valid_is_registered(

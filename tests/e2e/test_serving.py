@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from components.data.dataset import read_dataset
-from components.serving.pyfunc import raw_frame
+from components.serving.values import raw_frame
 from tests.e2e.servers import free_port, serving
 from tests.e2e.test_registry import msa, params_for
 from tests.integration.shell import BIN

@@ -14,7 +14,7 @@ import pytest
 
 from components.data.dataset import is_null, read_dataset
 from components.data.demo import wav_bytes
-from components.serving.pyfunc import raw_frame
+from components.serving.values import raw_frame
 from tests.conftest import CLIP_SERVE_LIMITS
 from tests.e2e.servers import free_port, serving
 from tests.e2e.test_serving_hardening import LEAKS, model_error, post, split
@@ -115,7 +115,8 @@ def test_the_gate_reads_a_validated_test_split_by_the_dataset_s_bounds_not_the_s
     the dataset's clip bounds; the served model's tighter bounds are for strangers and must not refuse them."""
     from components.core.config import ServeParams
     from components.core.errors import DataError
-    from components.serving.pyfunc import Predictor, dataset_bounds, package_model
+    from components.serving.package import dataset_bounds, package_model
+    from components.serving.predictor import Predictor
 
     pyfunc, raw = served_clip_model
     strict = ServeParams(**CLIP_SERVE_LIMITS | {"max_clip_seconds": 0.9})  # the demo's clips last 1-2 s

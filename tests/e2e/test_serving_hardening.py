@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from components.data.dataset import read_dataset
-from components.serving.pyfunc import raw_frame
+from components.serving.values import raw_frame
 from tests.conftest import SERVE_LIMITS
 from tests.e2e.servers import free_port, serving
 from tests.hardening import gif, msa, png, png_claiming

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import png_bytes
-from tests.unit.test_importers import mmsa_split, write_pickle, write_tsv
+from tests.unit.data.test_importers import mmsa_split, write_pickle, write_tsv
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,11 @@ import torch
 import yaml
 from safetensors.numpy import load_file
 
+import components.training.step as step
 import components.training.train as training
 from components.core.config import ConfigError, FeaturizeParams, ModelParams, TrainParams
 from components.core.errors import TrainingError, TrainingInterrupted
+from components.evaluation.heads import evaluate_heads, evaluate_split
 from components.features.contract import load_features
 from components.features.featurize import featurize
 from components.models import MultiTaskModel
@@ -29,8 +31,6 @@ from components.models.store import (
     CHECKPOINT,
     HISTORY,
     WEIGHTS,
-    evaluate_heads,
-    evaluate_split,
     model_inputs,
     split_rows,
 )
@@ -168,7 +168,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_checkpoint(features
     params = settings(tmp_path)
     train(features, QUIET, params.model_copy(update={"epochs": 1}), progress=False)
     checkpoint = (params.out / CHECKPOINT).read_bytes()
-    real, calls = training.head_losses, {"n": 0}
+    real, calls = step.head_losses, {"n": 0}
 
     def poisoned(*args, **kwargs):
         losses = real(*args, **kwargs)
@@ -177,7 +177,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_checkpoint(features
             losses["fusion"] = losses["fusion"] * float("nan")
         return losses
 
-    monkeypatch.setattr(training, "head_losses", poisoned)
+    monkeypatch.setattr(step, "head_losses", poisoned)  # what every training step calls
     with pytest.raises(TrainingError, match=r"not finite \(nan\) at epoch 2, step 2.*epoch 1\) is kept"):
         train(features, QUIET, params, resume=True, progress=False)
     assert (params.out / CHECKPOINT).read_bytes() == checkpoint

@@ -29,6 +29,8 @@ from components.data.importers.labelled_csv import (
     with_splits,
 )
 
+__all__ = ["MAX_LEN_AUDIO", "MAX_LEN_VISION", "import_clips_csv"]
+
 REQUIRED_COLUMNS = ("id", "text", "label")
 # 20 s of frames at featurize's defaults: audio 25 frames a second, vision 5.
 MAX_LEN_AUDIO = 500
@@ -70,8 +72,36 @@ def import_clips_csv(
         columns, records = _from_mmsa_fet(columns, records)
     check_table(csv_path, columns, records, REQUIRED_COLUMNS, any_of=CLIP_COLUMNS)
     clip_columns = [c for c in CLIP_COLUMNS if c in columns]
+    rows, clips = _clip_rows(csv_path, records, clip_columns, root_dir(media_root, "--media-root"))
+
+    label, values = labels(csv_path, rows, task, classes, label_min, label_max)
+    has_text = any(r["text"].strip() for r in rows)
+    samples = pd.DataFrame(rows, columns=["id", "split", "text", *CLIP_COLUMNS])
+    if not has_text:
+        samples["text"] = None
+    samples["label"] = pd.Series(values, dtype=object)
+    samples = with_splits(samples, columns, seed=seed, valid_frac=valid_frac, test_frac=test_frac)
+    samples["image"] = None
+    samples["seq_index"] = pd.array([None] * len(rows), dtype="Int64")
+    specs = _clip_specs(rows, max_len_audio, max_len_vision)
+    manifest = Manifest(
+        name=name or csv_path.stem,
+        version="1",
+        source=csv_path.name,
+        label=label,
+        modalities=Modalities(
+            text=TextSpec() if has_text else None, **{MODALITY[c]: specs[MODALITY[c]] for c in clip_columns}
+        ),
+    )
+    return write_dataset(out, manifest, samples, clips=clips)
+
+
+def _clip_rows(
+    csv_path: Path, records: list[dict[str, str]], clip_columns: list[str], root: Path
+) -> tuple[list[dict], dict[str, Path]]:
+    """The rows with each clip cell renamed to its place in the dataset (`audio/<stem>.wav`, ...; None where
+    empty), and the files to copy there, each confined to `root`."""
     rows, clips, used_stems = [], {}, set()
-    root = root_dir(media_root, "--media-root")
     for number, record in enumerate(records, start=1):
         row = {**record, **dict.fromkeys(CLIP_COLUMNS)}
         stem = file_stem(record["id"], used_stems, "clip")
@@ -84,34 +114,18 @@ def import_clips_csv(
                 row[column] = f"{column}/{stem}{source.suffix.lower()}"
                 clips[row[column]] = source
         rows.append(row)
+    return rows, clips
 
-    label, values = labels(csv_path, rows, task, classes, label_min, label_max)
-    has_text = any(r["text"].strip() for r in rows)
-    samples = pd.DataFrame(rows, columns=["id", "split", "text", *CLIP_COLUMNS])
-    if not has_text:
-        samples["text"] = None
-    samples["label"] = pd.Series(values, dtype=object)
-    samples = with_splits(samples, columns, seed=seed, valid_frac=valid_frac, test_frac=test_frac)
-    samples["image"] = None
-    samples["seq_index"] = pd.array([None] * len(rows), dtype="Int64")
 
+def _clip_specs(rows: list[dict], max_len_audio: int, max_len_vision: int) -> dict[str, SequenceSpec]:
+    """The audio and vision sequence specs, each allowed missing where a row lacks its source."""
     # A sample has audio from its audio file, else from its video's soundtrack; vision only from its video.
     no_audio = any(r["audio"] is None and r["video"] is None for r in rows)
     no_video = any(r["video"] is None for r in rows)
-    specs = {
+    return {
         "audio": SequenceSpec(source="clips", max_len=max_len_audio, allow_missing=no_audio),
         "vision": SequenceSpec(source="clips", max_len=max_len_vision, allow_missing=no_video),
     }
-    manifest = Manifest(
-        name=name or csv_path.stem,
-        version="1",
-        source=csv_path.name,
-        label=label,
-        modalities=Modalities(
-            text=TextSpec() if has_text else None, **{MODALITY[c]: specs[MODALITY[c]] for c in clip_columns}
-        ),
-    )
-    return write_dataset(out, manifest, samples, clips=clips)
 
 
 def _from_mmsa_fet(columns: list[str], rows: list[dict[str, str]]) -> tuple[list[str], list[dict[str, str]]]:

@@ -1,0 +1,1 @@
+"""Unit tests of the flows and the command line (`flows/`)."""
