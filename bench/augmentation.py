@@ -77,15 +77,26 @@ def main(
                     trained = train(features.out, p.model, tp, progress=False)
                     train_s = time.perf_counter() - started
                     rp = p.robustness.model_copy(
-                        update={"report": root / f"{name}.json", "plots": root / f"{name}-plots",
-                                "figure": root / f"{name}.png"}
-                    )  # fmt: skip
+                        update={
+                            "report": root / f"{name}.json",
+                            "plots": root / f"{name}-plots",
+                            "figure": root / f"{name}.png",
+                        }
+                    )
                     report = robustness(raw, features.out, trained.out, rp, progress=False).scores
                     runs.append(
-                        {"dataset": dataset, "seed": seed, "augment": augment.model_dump(), "augmented": augmented,
-                         "train_s": train_s, "epochs": trained.epochs_run, "best_epoch": trained.best_epoch,
-                         **summarize(report), "robustness": report}
-                    )  # fmt: skip
+                        {
+                            "dataset": dataset,
+                            "seed": seed,
+                            "augment": augment.model_dump(),
+                            "augmented": augmented,
+                            "train_s": train_s,
+                            "epochs": trained.epochs_run,
+                            "best_epoch": trained.best_epoch,
+                            **summarize(report),
+                            "robustness": report,
+                        }
+                    )
                     print(f"{name}: {trained.summary()}")
     print_table(runs)
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,9 +116,13 @@ def _prepare(dataset: str, base: Params, root: Path, mosi: Path) -> tuple[Path, 
     if dataset == "demo":
         return generate_demo(root / "demo", size=base.data.demo.size, seed=base.data.demo.seed), base
     raw = import_text_tsv(
-        mosi / "train.tsv", root / "mosi", test=mosi / "dev.tsv", name="mosi-text", seed=SPLIT_SEED,
+        mosi / "train.tsv",
+        root / "mosi",
+        test=mosi / "dev.tsv",
+        name="mosi-text",
+        seed=SPLIT_SEED,
         valid_frac=VALID_FRAC,
-    )  # fmt: skip
+    )
     config = CONFIGS["frozen"]
     p = base.model_copy(
         update={
@@ -137,9 +152,13 @@ def summarize(report: dict) -> dict:
     }
     worst = max(drops, key=drops.get) if drops else None
     return {
-        "clean_acc2": clean["acc2"], "clean_mae": clean["mae"], "drop_by_family": families, "drops": drops,
-        "worst": worst, "worst_drop": drops.get(worst),
-    }  # fmt: skip
+        "clean_acc2": clean["acc2"],
+        "clean_mae": clean["mae"],
+        "drop_by_family": families,
+        "drops": drops,
+        "worst": worst,
+        "worst_drop": drops.get(worst),
+    }
 
 
 def print_table(runs: list[dict]) -> None:
@@ -151,9 +170,16 @@ def print_table(runs: list[dict]) -> None:
         families = ["" if (d := r["drop_by_family"][f]) is None else f"{d:.1f}" for f in FAMILIES]
         worst = f"{r['worst']} ({r['worst_drop']:.1f})" if r["worst"] else ""
         table.add_row(
-            r["dataset"], augment, str(r["seed"]), f"{100 * r['clean_acc2']:.1f}", f"{r['clean_mae']:.3f}",
-            *families, worst, f"{r['best_epoch']}/{r['epochs']}", f"{r['train_s']:.0f}",
-        )  # fmt: skip
+            r["dataset"],
+            augment,
+            str(r["seed"]),
+            f"{100 * r['clean_acc2']:.1f}",
+            f"{r['clean_mae']:.3f}",
+            *families,
+            worst,
+            f"{r['best_epoch']}/{r['epochs']}",
+            f"{r['train_s']:.0f}",
+        )
     Console(width=180).print(table)
 
 

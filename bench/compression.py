@@ -1,9 +1,9 @@
 """Benchmark the compress stage: size, latency, throughput and metric delta of each variant against the model.
 
-Runs `components.compression.compress.compress` with the default `CompressParams` and `TrainParams` (int8, unstructured and
-structured pruning at 50% with a 2-epoch fine-tune; 50 timed single-sample passes; throughput at batch 64; one
-torch thread) on the trained demo model, writing the variants and the stage's report into a temporary directory.
-All ratios come from the same run, in which the models take turns (see `_round_robin` in the component).
+Runs `components.compression.compress.compress` with the default `CompressParams` and `TrainParams` (int8, unstructured
+and structured pruning at 50% with a 2-epoch fine-tune; 50 timed single-sample passes; throughput at batch 64; one torch
+thread) on the trained demo model, writing the variants and the stage's report into a temporary directory. All ratios
+come from the same run, in which the models take turns (see `_round_robin` in the component).
 
 Targets: int8 at least 3x smaller on disk and at least 1.5x faster at batch 1 on CPU, with a metric drop of at
 most 1 point; pruning at 50% sparsity within 1 point after fine-tuning.
@@ -43,9 +43,12 @@ def main(
     torch.set_num_threads(threads)  # the fine-tune too: the machine may be shared
     with tempfile.TemporaryDirectory() as tmp:
         params = CompressParams(
-            out=Path(tmp) / "compressed", report=Path(tmp) / "compression.json",
-            headline=Path(tmp) / "headline.json", threads=threads, latency_runs=latency_runs,
-        )  # fmt: skip
+            out=Path(tmp) / "compressed",
+            report=Path(tmp) / "compression.json",
+            headline=Path(tmp) / "headline.json",
+            threads=threads,
+            latency_runs=latency_runs,
+        )
         result = compress(features, model, params, TrainParams(), progress=False)
         report = json.loads(params.report.read_text())
     base = report["baseline"]
@@ -63,17 +66,39 @@ def main(
         f"batch 1 latency over {latency_runs} passes, throughput at batch {params.throughput_batch}, "
         f"{threads} torch thread(s); {report['head']} head"
     )
-    columns = ("variant", "size MB", "x smaller", "non-zero params", "non-zero task", "p50 ms", "p95 ms",
-               "x faster b1", "samples/s b64", "x b64", "Δ Acc-2 pts", "Δ MAE", "kept")  # fmt: skip
+    columns = (
+        "variant",
+        "size MB",
+        "x smaller",
+        "non-zero params",
+        "non-zero task",
+        "p50 ms",
+        "p95 ms",
+        "x faster b1",
+        "samples/s b64",
+        "x b64",
+        "Δ Acc-2 pts",
+        "Δ MAE",
+        "kept",
+    )
     for column in columns:
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(
-            r["variant"], f"{r['size_bytes'] / 1e6:.1f}", f"{r['size_ratio']:.2f}", f"{r['nonzero_params']:,}",
-            f"{r['task_nonzero_params']:,}", f"{r['latency_ms_p50']:.1f}", f"{r['latency_ms_p95']:.1f}",
-            f"{r['latency_ratio']:.2f}", f"{r['throughput_per_s']:.0f}", f"{r['throughput_ratio']:.2f}",
-            f"{r['acc2_delta_points']:+.2f}", f"{r['mae_delta']:+.4f}", KEPT[r["kept"]],
-        )  # fmt: skip
+            r["variant"],
+            f"{r['size_bytes'] / 1e6:.1f}",
+            f"{r['size_ratio']:.2f}",
+            f"{r['nonzero_params']:,}",
+            f"{r['task_nonzero_params']:,}",
+            f"{r['latency_ms_p50']:.1f}",
+            f"{r['latency_ms_p95']:.1f}",
+            f"{r['latency_ratio']:.2f}",
+            f"{r['throughput_per_s']:.0f}",
+            f"{r['throughput_ratio']:.2f}",
+            f"{r['acc2_delta_points']:+.2f}",
+            f"{r['mae_delta']:+.4f}",
+            KEPT[r["kept"]],
+        )
     Console(width=180).print(table)
     print(
         f"baseline {report['metric']} {base['metrics'][report['metric']]:.4f}, mae {base['metrics']['mae']:.4f}; "
@@ -82,10 +107,17 @@ def main(
     )
     json_path.parent.mkdir(parents=True, exist_ok=True)
     machine = this_machine()
-    settings = {"threads": threads, "latency_runs": latency_runs, "throughput_batch": params.throughput_batch,
-                "sparsity": params.sparsity, "finetune_epochs": params.finetune_epochs,
-                "seconds": result.seconds, "machine": machine.summary, "date": machine.date,
-                "machine_details": machine.details}  # fmt: skip
+    settings = {
+        "threads": threads,
+        "latency_runs": latency_runs,
+        "throughput_batch": params.throughput_batch,
+        "sparsity": params.sparsity,
+        "finetune_epochs": params.finetune_epochs,
+        "seconds": result.seconds,
+        "machine": machine.summary,
+        "date": machine.date,
+        "machine_details": machine.details,
+    }
     json_path.write_text(json.dumps({"settings": settings, "rows": rows, "report": report}, indent=2) + "\n")
     print(f"wrote {json_path}")
 

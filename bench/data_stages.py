@@ -61,7 +61,7 @@ def main(
                     "validate_s": validate_s,
                     "derived_checks_s": checks_s,
                     "import_s": None,
-                }  # fmt: skip
+                }
             )
         if (mosi / "train.tsv").is_file():
             path = root / "mosi"
@@ -78,7 +78,7 @@ def main(
                     "validate_s": validate_s,
                     "derived_checks_s": None,
                     "import_s": import_s,
-                }  # fmt: skip
+                }
             )
 
     base = rows[0]
@@ -88,16 +88,31 @@ def main(
             1000 * base["validate_s"] / base["samples"]
         )
     table = Table(title="Data stages (seconds; one run, warm GX import)")
-    for column in ("dataset", "samples", "MB", "generate", "import", "validate", "derived checks",
-                   "ms/sample", "per-sample vs first"):  # fmt: skip
+    for column in (
+        "dataset",
+        "samples",
+        "MB",
+        "generate",
+        "import",
+        "validate",
+        "derived checks",
+        "ms/sample",
+        "per-sample vs first",
+    ):
         table.add_column(column, justify="right")
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
         table.add_row(
-            r["dataset"], str(r["samples"]), fmt(r["size_mb"], ".2f"), fmt(r["generate_s"], ".2f"),
-            fmt(r["import_s"], ".2f"), fmt(r["validate_s"], ".2f"), fmt(r["derived_checks_s"], ".2f"),
-            fmt(r["validate_ms_per_sample"], ".2f"), fmt(r["validate_per_sample_vs_smallest"], ".2f"),
-        )  # fmt: skip
+            r["dataset"],
+            str(r["samples"]),
+            fmt(r["size_mb"], ".2f"),
+            fmt(r["generate_s"], ".2f"),
+            fmt(r["import_s"], ".2f"),
+            fmt(r["validate_s"], ".2f"),
+            fmt(r["derived_checks_s"], ".2f"),
+            fmt(r["validate_ms_per_sample"], ".2f"),
+            fmt(r["validate_per_sample_vs_smallest"], ".2f"),
+        )
     Console(width=140).print(table)
     machine = this_machine()
     settings = {

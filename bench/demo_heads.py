@@ -1,13 +1,13 @@
 """Benchmark the heads of the multi-task model on the synthetic demo data: does fusion beat every single modality?
 
-Featurizes `data.raw` (default data/raw) into a temporary directory, trains with the settings of params.yaml (only
-the output directories are redirected: data/features and models/ are never touched), reloads the best weights and
-scores every head on the test split: the unimodal heads (lstm, textcnn, han on text; image; audio; vision) against
-the fusion head. Metrics are MMSA's (components.evaluation.metrics.regression_metrics): Acc-2 on non-zero labels, Acc-2 with
-zero counted as non-negative (has0), weighted F1 on non-zero labels, MAE and Pearson r. Also reported: the fusion
-head's margin over the best single-modality head in Acc-2 points (the demo data is built so that only the
-combination gets nearly all signs; target >= 5 points) and the training wall time and epochs (target < 3 minutes
-for the whole demo training on a 2-core CPU).
+Featurizes `data.raw` (default data/raw) into a temporary directory, trains with the settings of params.yaml (only the
+output directories are redirected: data/features and models/ are never touched), reloads the best weights and scores
+every head on the test split: the unimodal heads (lstm, textcnn, han on text; image; audio; vision) against the fusion
+head. Metrics are MMSA's (components.evaluation.metrics.regression_metrics): Acc-2 on non-zero labels, Acc-2 with zero
+counted as non-negative (has0), weighted F1 on non-zero labels, MAE and Pearson r. Also reported: the fusion head's
+margin over the best single-modality head in Acc-2 points (the demo data is built so that only the combination gets
+nearly all signs; target >= 5 points) and the training wall time and epochs (target < 3 minutes for the whole demo
+training on a 2-core CPU).
 
 `--ablations` also trains each head alone (train.single_task: lstm, ..., fusion) and adds those rows.
 
@@ -119,11 +119,17 @@ def main(
         for i, (head, m) in enumerate(heads.items()):
             last = i == len(heads) - 1
             table.add_row(
-                run["run"] if i == 0 else "", head, f"{100 * m['acc2']:.1f}", f"{100 * m['acc2_has0']:.1f}",
-                f"{100 * m['f1']:.1f}", f"{m['mae']:.3f}", f"{m['corr']:.3f}",
-                f"{run['best_epoch']}/{run['epochs']}" if i == 0 else "", f"{run['seconds']:.0f}" if i == 0 else "",
+                run["run"] if i == 0 else "",
+                head,
+                f"{100 * m['acc2']:.1f}",
+                f"{100 * m['acc2_has0']:.1f}",
+                f"{100 * m['f1']:.1f}",
+                f"{m['mae']:.3f}",
+                f"{m['corr']:.3f}",
+                f"{run['best_epoch']}/{run['epochs']}" if i == 0 else "",
+                f"{run['seconds']:.0f}" if i == 0 else "",
                 end_section=last,
-            )  # fmt: skip
+            )
     console = Console(width=140)
     console.print(table)
     console.print(

@@ -217,12 +217,17 @@ def main(
             measured, base = runs[kind, name], runs[kind, LIBRARY]
             wall = statistics.median(m[0] for m in measured)
             row = {
-                "kind": kind, "contender": name, "clips": clips, "media_s": media_s, "seconds_wall": wall,
-                "seconds_cpu": statistics.median(m[1] for m in measured), "clips_per_s": clips / wall,
+                "kind": kind,
+                "contender": name,
+                "clips": clips,
+                "media_s": media_s,
+                "seconds_wall": wall,
+                "seconds_cpu": statistics.median(m[1] for m in measured),
+                "clips_per_s": clips / wall,
                 "media_s_per_s": media_s / wall,
                 "ratio_vs_library": statistics.median(b[0] / m[0] for m, b in zip(measured, base, strict=True)),
                 "runs": measured,
-            }  # fmt: skip
+            }
             if name == pool:
                 row["speedup_vs_single"] = statistics.median(
                     s[0] / m[0] for m, s in zip(measured, runs[kind, SINGLE], strict=True)
@@ -237,31 +242,61 @@ def main(
         for kind in KINDS
     }
     featurize_row = {
-        "kind": "all", "contender": f"featurize(), first run, {workers} processes", "clips": clips_all,
-        "media_s": media_all, "seconds_wall": first_s, "clips_per_s": clips_all / first_s,
-        "media_s_per_s": media_all / first_s, "ratio_vs_library": library_all / first_s,
-    }  # fmt: skip
+        "kind": "all",
+        "contender": f"featurize(), first run, {workers} processes",
+        "clips": clips_all,
+        "media_s": media_all,
+        "seconds_wall": first_s,
+        "clips_per_s": clips_all / first_s,
+        "media_s_per_s": media_all / first_s,
+        "ratio_vs_library": library_all / first_s,
+    }
     hit_row = {"kind": "all", "contender": "featurize() again: cache hit", "seconds_wall": hits[0]}
 
     table = Table(
         title=f"Clip extraction: {size} WAV + {size} MP4 demo clips, {CORES} cores, {rounds} rounds, medians; "
         "x library: per-round library alone wall / contender wall; x 1 process: ours, 1 process wall / pool wall"
     )
-    columns = ("kind", "contender", "clips", "media s", "s wall", "s CPU", "clips/s", "media s/s", "x library",
-               "x 1 process")  # fmt: skip
+    columns = (
+        "kind",
+        "contender",
+        "clips",
+        "media s",
+        "s wall",
+        "s CPU",
+        "clips/s",
+        "media s/s",
+        "x library",
+        "x 1 process",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column in ("kind", "contender") else "right")
     for r in rows:
         table.add_row(
-            r["kind"], r["contender"], str(r["clips"]), f"{r['media_s']:.1f}", f"{r['seconds_wall']:.2f}",
-            f"{r['seconds_cpu']:.2f}", f"{r['clips_per_s']:.1f}", f"{r['media_s_per_s']:.1f}",
-            f"{r['ratio_vs_library']:.3f}", f"{r['speedup_vs_single']:.2f}" if "speedup_vs_single" in r else "-",
-        )  # fmt: skip
+            r["kind"],
+            r["contender"],
+            str(r["clips"]),
+            f"{r['media_s']:.1f}",
+            f"{r['seconds_wall']:.2f}",
+            f"{r['seconds_cpu']:.2f}",
+            f"{r['clips_per_s']:.1f}",
+            f"{r['media_s_per_s']:.1f}",
+            f"{r['ratio_vs_library']:.3f}",
+            f"{r['speedup_vs_single']:.2f}" if "speedup_vs_single" in r else "-",
+        )
     r = featurize_row
     table.add_row(
-        r["kind"], r["contender"], str(r["clips"]), f"{r['media_s']:.1f}", f"{r['seconds_wall']:.2f}", "-",
-        f"{r['clips_per_s']:.1f}", f"{r['media_s_per_s']:.1f}", f"{r['ratio_vs_library']:.3f}", "-",
-    )  # fmt: skip
+        r["kind"],
+        r["contender"],
+        str(r["clips"]),
+        f"{r['media_s']:.1f}",
+        f"{r['seconds_wall']:.2f}",
+        "-",
+        f"{r['clips_per_s']:.1f}",
+        f"{r['media_s_per_s']:.1f}",
+        f"{r['ratio_vs_library']:.3f}",
+        "-",
+    )
     table.add_row("all", hit_row["contender"], "-", "-", f"{hits[0]:.2f}", "-", "-", "-", "-", "-")
     Console(width=170).print(table)
 
@@ -306,7 +341,7 @@ def main(
             "av": av.__version__,
             "librosa": librosa.__version__,
             "goals": GOALS,
-        },  # fmt: skip
+        },
         "rows": rows,
         "featurize_first": featurize_row,
         "cache_hit_s": hits,

@@ -98,9 +98,13 @@ def project_text_path(
     """Tokenize as featurize does (`encode_texts`), then `token_states` with the preloaded model: (float16 [N, L,
     H], mask)."""
     state = TextState(
-        model=str(path), hidden_size=model.config.hidden_size, max_tokens=params.max_tokens,
-        max_sentences=params.max_sentences, max_sentence_tokens=params.max_sentence_tokens, token_states=True,
-    )  # fmt: skip
+        model=str(path),
+        hidden_size=model.config.hidden_size,
+        max_tokens=params.max_tokens,
+        max_sentences=params.max_sentences,
+        max_sentence_tokens=params.max_sentence_tokens,
+        token_states=True,
+    )
     encoded = encode_texts(tokenizer, texts, state)
     input_ids, attention = encoded["text.input_ids"], encoded["text.attention_mask"]
     return token_states(model, input_ids, attention, batch_size=params.batch_size), attention
@@ -232,11 +236,21 @@ def main(
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(
-            r["contender"], f"{r['texts_per_s_wall']:.0f}", f"{r['ratio_vs_st_wall']:.3f}",
-            f"{r['texts_per_s_cpu']:.0f}", f"{r['ratio_vs_st_cpu']:.3f}", f"{r['seconds_wall']:.2f}",
-        )  # fmt: skip
-    table.add_row("project text path + loads", f"{n / project_loaded:.0f}", f"{st_loaded / project_loaded:.3f}",
-                  "-", "-", f"{project_loaded:.2f}")  # fmt: skip
+            r["contender"],
+            f"{r['texts_per_s_wall']:.0f}",
+            f"{r['ratio_vs_st_wall']:.3f}",
+            f"{r['texts_per_s_cpu']:.0f}",
+            f"{r['ratio_vs_st_cpu']:.3f}",
+            f"{r['seconds_wall']:.2f}",
+        )
+    table.add_row(
+        "project text path + loads",
+        f"{n / project_loaded:.0f}",
+        f"{st_loaded / project_loaded:.3f}",
+        "-",
+        "-",
+        f"{project_loaded:.2f}",
+    )
     table.add_row("ST encode + load", f"{n / st_loaded:.0f}", "1.000", "-", "-", f"{st_loaded:.2f}")
     console = Console(width=150)
     console.print(table)
@@ -273,7 +287,7 @@ def main(
             "max_tokens": max_tokens,
             "threads": torch.get_num_threads(),
             "rounds": rounds,
-        },  # fmt: skip
+        },
         "throughput": rows,
         "with_loads": {"project_s": project_loaded, "st_s": st_loaded, "ratio": st_loaded / project_loaded},
         "load_s": load_s,

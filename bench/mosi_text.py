@@ -1,20 +1,20 @@
 """Benchmark text-only quality on real CMU-MOSI transcripts: the pipeline's text heads against two reference models.
 
-Data: ../shared/datasets/mosi-text (train.tsv 1284 rows, dev.tsv 229; labels in [-3, 3]). train.tsv is imported
-with a valid split carved from it (valid_frac 0.1, seed 0: 1156 train, 128 valid) and dev.tsv as the test split,
-so dev is never trained or early-stopped on. Each configuration featurizes with the bundled all-MiniLM-L6-v2,
-trains the multi-task text model (heads lstm, textcnn, han, fusion; best weights by the fusion head's valid MAE),
-reloads the best weights and scores every head on dev with components.evaluation.metrics.regression_metrics, as MMSA does:
-Acc-2 and weighted F1 on the non-zero labels, MAE, Pearson r. The reference rows (from the dataset's README,
-measured on the same dev split) are TF-IDF + ridge and frozen MiniLM mean-pooled embedding + ridge.
+Data: ../shared/datasets/mosi-text (train.tsv 1284 rows, dev.tsv 229; labels in [-3, 3]). train.tsv is imported with a
+valid split carved from it (valid_frac 0.1, seed 0: 1156 train, 128 valid) and dev.tsv as the test split, so dev is
+never trained or early-stopped on. Each configuration featurizes with the bundled all-MiniLM-L6-v2, trains the
+multi-task text model (heads lstm, textcnn, han, fusion; best weights by the fusion head's valid MAE), reloads the best
+weights and scores every head on dev with components.evaluation.metrics.regression_metrics, as MMSA does: Acc-2 and
+weighted F1 on the non-zero labels, MAE, Pearson r. The reference rows (from the dataset's README, measured on the same
+dev split) are TF-IDF + ridge and frozen MiniLM mean-pooled embedding + ridge.
 
 Configurations (`--configs`, default all):
     frozen     train.text_encoder: frozen, precomputed token states (the pipeline's default mode)
     finetune   train.text_encoder: finetune, the transformer trained end to end with train.encoder_lr
     example    the settings shipped in examples/mosi-text/params.yaml, found by `msa tune` on train and valid
-Each starts from params.yaml and applies the overrides in CONFIGS below (chosen on the carved valid split only).
-Every trained model is also scored on dev under each text perturbation at its middle severity (components.evaluation.robustness):
-the "worst text drop" column is the most Acc-2 points it loses.
+Each starts from params.yaml and applies the overrides in CONFIGS below (chosen on the carved valid split only). Every
+trained model is also scored on dev under each text perturbation at its middle severity
+(components.evaluation.robustness): the "worst text drop" column is the most Acc-2 points it loses.
 
     python bench/mosi_text.py [--configs frozen finetune example] [--seeds 0 1 (default)] [--threads 1] [--json PATH]
 
@@ -57,8 +57,12 @@ REFERENCES = {
 TARGET = {"acc2": 0.85, "mae": 0.72, "text_drop": 3.0}  # the real-text issue's goal on dev
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mosi-text" / "params.yaml"
 # Each text perturbation at its middle severity (params.yaml's defaults): the fusion head's Acc-2 drop on dev.
-TEXT_PERTURBATIONS = {"text_word_deletion": (0.3,), "text_word_replacement": (0.3,), "text_typos": (0.3,),
-                      "text_sentence_shuffle": (0.5,)}  # fmt: skip
+TEXT_PERTURBATIONS = {
+    "text_word_deletion": (0.3,),
+    "text_word_replacement": (0.3,),
+    "text_typos": (0.3,),
+    "text_sentence_shuffle": (0.5,),
+}
 
 # Overrides of params.yaml per configuration: {"featurize": {...}, "model": {...}, "train": {...}}, written out in
 # full even where they equal today's params.yaml, so the bench does not drift when the defaults change.
@@ -82,7 +86,12 @@ CONFIGS: dict[str, dict[str, dict]] = {
         "featurize": {"max_tokens": 64},
         "model": {"hidden": 64, "dropout": 0.2},
         "train": {
-            "text_encoder": "frozen", "loss": "l1", "lr": 1e-3, "batch_size": 32, "epochs": 30, "patience": 5,
+            "text_encoder": "frozen",
+            "loss": "l1",
+            "lr": 1e-3,
+            "batch_size": 32,
+            "epochs": 30,
+            "patience": 5,
             "weight_decay": 1e-4,
         },
     },
@@ -90,11 +99,17 @@ CONFIGS: dict[str, dict[str, dict]] = {
         "featurize": {"max_tokens": 40},
         "model": {"hidden": 64, "dropout": 0.4},
         "train": {
-            "text_encoder": "finetune", "loss": "l1", "lr": 1e-3, "encoder_lr": 5e-5, "batch_size": 32,
-            "epochs": 10, "patience": 3, "weight_decay": 1e-4,
+            "text_encoder": "finetune",
+            "loss": "l1",
+            "lr": 1e-3,
+            "encoder_lr": 5e-5,
+            "batch_size": 32,
+            "epochs": 10,
+            "patience": 3,
+            "weight_decay": 1e-4,
         },
     },
-}  # fmt: skip
+}
 
 
 def _example_config() -> dict[str, dict]:
@@ -137,9 +152,13 @@ def main(
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         raw = import_text_tsv(
-            mosi / "train.tsv", root / "raw", test=mosi / "dev.tsv", name="mosi-text",
-            seed=SPLIT_SEED, valid_frac=VALID_FRAC,
-        )  # fmt: skip
+            mosi / "train.tsv",
+            root / "raw",
+            test=mosi / "dev.tsv",
+            name="mosi-text",
+            seed=SPLIT_SEED,
+            valid_frac=VALID_FRAC,
+        )
         for config in configs:
             overrides = CONFIGS[config]
             fp = base.featurize.model_copy(update={"out": root / f"features-{config}", **overrides["featurize"]})
@@ -198,9 +217,11 @@ def main(
 def text_drops(raw: Path, features: Path, model: Path, out: Path) -> dict[str, dict[str, float]]:
     """Per head: Acc-2 points lost on dev under each text perturbation at its middle severity."""
     settings = RobustnessParams(
-        report=out / "robustness.json", plots=out / "plots", figure=out / "robustness.png",
+        report=out / "robustness.json",
+        plots=out / "plots",
+        figure=out / "robustness.png",
         perturbations=TEXT_PERTURBATIONS,
-    )  # fmt: skip
+    )
     report = robustness(raw, features, model, settings, progress=False).scores
     clean = report["clean"]
     return {
@@ -251,8 +272,20 @@ def _worst(drops: dict[str, float]) -> str:
 
 def print_table(rows: list[dict], means: list[dict], with_means: bool) -> None:
     table = Table(title="MOSI text only: dev split (= test; never trained or early-stopped on)")
-    columns = ("model", "config", "seed", "head", "Acc-2", "F1", "MAE", "Corr", "worst text drop", "valid MAE",
-               "epochs", "train s")  # fmt: skip
+    columns = (
+        "model",
+        "config",
+        "seed",
+        "head",
+        "Acc-2",
+        "F1",
+        "MAE",
+        "Corr",
+        "worst text drop",
+        "valid MAE",
+        "epochs",
+        "train s",
+    )
     for column in columns:
         table.add_column(column, justify="right")
     for name, m in REFERENCES.items():
@@ -261,17 +294,34 @@ def print_table(rows: list[dict], means: list[dict], with_means: bool) -> None:
         last = i == len(rows) - 1 or (rows[i + 1]["config"], rows[i + 1]["seed"]) != (r["config"], r["seed"])
         epochs = f"{r['best_epoch']}/{r['epochs']}"
         table.add_row(
-            "MiniLM multi-task", r["config"], str(r["seed"]), r["head"], *scores(r["test"]), _worst(r["text_drops"]),
-            f"{r['valid']['mae']:.3f}", epochs, f"{r['train_s']:.0f}", end_section=last,
-        )  # fmt: skip
+            "MiniLM multi-task",
+            r["config"],
+            str(r["seed"]),
+            r["head"],
+            *scores(r["test"]),
+            _worst(r["text_drops"]),
+            f"{r['valid']['mae']:.3f}",
+            epochs,
+            f"{r['train_s']:.0f}",
+            end_section=last,
+        )
     if with_means:
         for m in means:
             cells = scores(m, "test_")
             cells[0] += f" ±{100 * m['test_acc2_std']:.1f}"
             cells[2] += f" ±{m['test_mae_std']:.3f}"
             drops = {name: m[f"drop_{name}"] for name in TEXT_PERTURBATIONS}
-            table.add_row("mean over seeds", m["config"], "", m["head"], *cells, _worst(drops), f"{m['valid_mae']:.3f}",
-                          "", f"{m['train_s']:.0f}")  # fmt: skip
+            table.add_row(
+                "mean over seeds",
+                m["config"],
+                "",
+                m["head"],
+                *cells,
+                _worst(drops),
+                f"{m['valid_mae']:.3f}",
+                "",
+                f"{m['train_s']:.0f}",
+            )
     console = Console(width=160)
     console.print(table)
     ref = REFERENCES["frozen MiniLM mean-pooled + ridge"]

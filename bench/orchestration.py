@@ -68,8 +68,12 @@ def direct(params_path: Path) -> dict[str, dict]:
     def stage(name: str, module: str, call) -> None:
         load, cpu, started = os.getloadavg()[0], cpu_seconds(), time.perf_counter()
         call(importlib.import_module(module))  # the import is lazy in the tasks too: it counts
-        seconds[name] = {"seconds": time.perf_counter() - started, "cpu_seconds": cpu_seconds() - cpu,
-                         "load_before": load, "load_after": os.getloadavg()[0]}  # fmt: skip
+        seconds[name] = {
+            "seconds": time.perf_counter() - started,
+            "cpu_seconds": cpu_seconds() - cpu,
+            "load_before": load,
+            "load_after": os.getloadavg()[0],
+        }
 
     def validate(m) -> None:
         report = m.validate_dataset(p.data.raw, p.validation)
@@ -78,10 +82,16 @@ def direct(params_path: Path) -> dict[str, dict]:
     stage("validate", "components.data.validation", validate)
     stage("featurize", "components.features.featurize", lambda m: m.featurize(p.data.raw, p.featurize, progress=False))
     stage("train", "components.training.train", lambda m: m.train(p.featurize.out, p.model, p.train, progress=False))
-    stage("evaluate", "components.evaluation.evaluate",
-          lambda m: m.evaluate(p.featurize.out, p.train.out, p.evaluate, progress=False))  # fmt: skip
-    stage("compress", "components.compression.compress",
-          lambda m: m.compress(p.featurize.out, p.train.out, p.compress, p.train, progress=False))  # fmt: skip
+    stage(
+        "evaluate",
+        "components.evaluation.evaluate",
+        lambda m: m.evaluate(p.featurize.out, p.train.out, p.evaluate, progress=False),
+    )
+    stage(
+        "compress",
+        "components.compression.compress",
+        lambda m: m.compress(p.featurize.out, p.train.out, p.compress, p.train, progress=False),
+    )
     stage("register", "components.registry.register", lambda m: m.record_and_register(p))
     return seconds
 
@@ -97,9 +107,13 @@ def msa_run(project: Path, env: dict[str, str], *args: str) -> dict:
     last = done.stdout.strip().splitlines()[-1]
     flow = re.search(r"\[([\d.]+)s\]$", last)
     return {
-        "seconds": wall, "cpu_seconds": cpu, "flow_seconds": float(flow.group(1)) if flow else None, "outcome": last,
-        "load_before": load, "load_after": os.getloadavg()[0],
-    }  # fmt: skip
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "flow_seconds": float(flow.group(1)) if flow else None,
+        "outcome": last,
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+    }
 
 
 def main(
@@ -116,8 +130,11 @@ def main(
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = RESULTS,
 ) -> None:
     settings = yaml.safe_load(params.read_text())
-    for section, key, value in (("train", "epochs", epochs), ("compress", "finetune_epochs", finetune_epochs),
-                                ("compress", "latency_runs", latency_runs)):  # fmt: skip
+    for section, key, value in (
+        ("train", "epochs", epochs),
+        ("compress", "finetune_epochs", finetune_epochs),
+        ("compress", "latency_runs", latency_runs),
+    ):
         if value is not None:
             settings[section][key] = value
     threads_env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -134,9 +151,15 @@ def main(
         os.environ.update(env)  # in-process: the same MLflow store and Prefect home
         # MLflow's schema migration is a one-off cost of a new store: neither contender pays it.
         subprocess.run(
-            [sys.executable, "-c", "import mlflow, os; mlflow.MlflowClient(os.environ['MLFLOW_TRACKING_URI'])"
-             ".search_experiments()"], env=env, check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                "import mlflow, os; mlflow.MlflowClient(os.environ['MLFLOW_TRACKING_URI']).search_experiments()",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
 
         cwd = Path.cwd()
         os.chdir(project)
@@ -175,9 +198,13 @@ def main(
         row["cpu_ratio_to_direct"] = None if row["cpu_seconds"] is None else row["cpu_seconds"] / total_cpu
         load = f"{row['load_before']:.1f}-{row['load_after']:.1f}" if "load_before" in row else "-"
         table.add_row(
-            row["contender"], fmt(row["seconds"], ".1f"), fmt(row["ratio_to_direct"], ".3f"),
-            fmt(row["cpu_seconds"], ".1f"), fmt(row["cpu_ratio_to_direct"], ".3f"), load,
-        )  # fmt: skip
+            row["contender"],
+            fmt(row["seconds"], ".1f"),
+            fmt(row["ratio_to_direct"], ".3f"),
+            fmt(row["cpu_seconds"], ".1f"),
+            fmt(row["cpu_ratio_to_direct"], ".3f"),
+            load,
+        )
     Console(width=140).print(table)
     checks = {
         "overhead_ok": overhead <= OVERHEAD_TARGET,
@@ -192,10 +219,16 @@ def main(
     print(f"forced: {forced['outcome']}\nunchanged: {skipped['outcome']}")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     machine = this_machine()
-    run_settings = {"epochs": settings["train"]["epochs"], "finetune_epochs": settings["compress"]["finetune_epochs"],
-                    "latency_runs": settings["compress"]["latency_runs"], "threads": threads,
-                    "order": "direct, msa run --force, msa run", "machine": machine.summary, "date": machine.date,
-                    "machine_details": machine.details}  # fmt: skip
+    run_settings = {
+        "epochs": settings["train"]["epochs"],
+        "finetune_epochs": settings["compress"]["finetune_epochs"],
+        "latency_runs": settings["compress"]["latency_runs"],
+        "threads": threads,
+        "order": "direct, msa run --force, msa run",
+        "machine": machine.summary,
+        "date": machine.date,
+        "machine_details": machine.details,
+    }
     result = {
         "settings": run_settings,
         "rows": rows,

@@ -78,8 +78,10 @@ def run_stage(name: str, p: Params) -> dict:
     headline = json.loads(Path(p.compress.headline).read_text())
     report = json.loads(Path(p.compress.report).read_text())
     changes = {name: v["change"] for name, v in report["variants"].items()}  # variant - uncompressed, signed
-    return {"headline": {n: {k: v for k, v in h.items() if k != "faster"} for n, h in headline.items()},
-            "change": changes}  # fmt: skip
+    return {
+        "headline": {n: {k: v for k, v in h.items() if k != "faster"} for n, h in headline.items()},
+        "change": changes,
+    }
 
 
 def main(
@@ -128,9 +130,15 @@ def main(
 
     runs = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     machine = this_machine()
-    runs[label] = {"machine": machine.summary, "date": machine.date, "machine_details": machine.details,
-                   "torch_import_s": imports, "threads": torch.get_num_threads(), "epochs": epochs,
-                   "stages": measured}  # fmt: skip
+    runs[label] = {
+        "machine": machine.summary,
+        "date": machine.date,
+        "machine_details": machine.details,
+        "torch_import_s": imports,
+        "threads": torch.get_num_threads(),
+        "epochs": epochs,
+        "stages": measured,
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(runs, indent=2) + "\n")
 

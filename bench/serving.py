@@ -87,9 +87,12 @@ def main(
             predictors[name] = Predictor(pack)
             signing.sign(pack)  # as registration does: MLflow's loader verifies before it loads
             mlflow.pyfunc.save_model(
-                str(Path(tmp) / f"{name}-pyfunc"), loader_module="components.serving", data_path=str(pack),
-                signature=model_signature(predictors[name].spec), input_example=frame.head(2),
-            )  # fmt: skip
+                str(Path(tmp) / f"{name}-pyfunc"),
+                loader_module="components.serving",
+                data_path=str(pack),
+                signature=model_signature(predictors[name].spec),
+                input_example=frame.head(2),
+            )
             pyfuncs[name] = mlflow.pyfunc.load_model(str(Path(tmp) / f"{name}-pyfunc"))
         torch.set_num_threads(threads)  # in case loading changed it
 
@@ -163,16 +166,33 @@ def main(
         title=f"Served model ({predictors[base].head} head) on {n} test rows at batch 1 (blocks of {block}, "
         f"rotated) and batch {m} x {rounds} rounds; images inline (base64); {threads} thread(s); medians"
     )
-    columns = ("package", "pyfunc p50 ms", "p95 ms", "forward p50 ms", "pyfunc / forward", "x faster b1",
-               f"samples/s b{m}", f"x b{m}", "Acc-2", "MAE")  # fmt: skip
+    columns = (
+        "package",
+        "pyfunc p50 ms",
+        "p95 ms",
+        "forward p50 ms",
+        "pyfunc / forward",
+        "x faster b1",
+        f"samples/s b{m}",
+        f"x b{m}",
+        "Acc-2",
+        "MAE",
+    )
     for column in columns:
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
-            r["package"], f"{r['pyfunc_ms_p50']:.2f}", f"{r['pyfunc_ms_p95']:.2f}", f"{r['forward_ms_p50']:.2f}",
-            f"{r['pyfunc_overhead']:.2f}", f"{r['speedup_b1']:.2f}", f"{r['throughput_per_s']:.0f}",
-            f"{r['throughput_ratio']:.2f}", f"{100 * r['acc2']:.2f}", f"{r['mae']:.4f}",
-        )  # fmt: skip
+            r["package"],
+            f"{r['pyfunc_ms_p50']:.2f}",
+            f"{r['pyfunc_ms_p95']:.2f}",
+            f"{r['forward_ms_p50']:.2f}",
+            f"{r['pyfunc_overhead']:.2f}",
+            f"{r['speedup_b1']:.2f}",
+            f"{r['throughput_per_s']:.0f}",
+            f"{r['throughput_ratio']:.2f}",
+            f"{100 * r['acc2']:.2f}",
+            f"{r['mae']:.4f}",
+        )
     Console(width=170).print(table)
     goals = {}
     for r in results[1:]:
@@ -183,8 +203,10 @@ def main(
             f"batch-{m} throughput >= {GOALS['throughput']}x": r["throughput_ratio"] >= GOALS["throughput"],
             f"pyfunc <= {GOALS['pyfunc_overhead']}x its forward": r["pyfunc_overhead"] <= GOALS["pyfunc_overhead"],
         }
-        print(f"{r['package']} against baseline: " + "; ".join(f"{g}: {'met' if ok else 'MISSED'}"
-                                                             for g, ok in goals[r["package"]].items()))  # fmt: skip
+        print(
+            f"{r['package']} against baseline: "
+            + "; ".join(f"{g}: {'met' if ok else 'MISSED'}" for g, ok in goals[r["package"]].items())
+        )
     print(
         "x faster b1: baseline pyfunc time / package pyfunc time, median over the same rows; x b64: the same at "
         "batch 64 over adjacent rounds; Acc-2 and MAE: pyfunc scores on the whole test split"
@@ -192,10 +214,20 @@ def main(
     json_path.parent.mkdir(parents=True, exist_ok=True)
     machine = this_machine()
     settings = {
-        "rows": n, "block": block, "batch": m, "rounds": rounds, "warmup": warmup, "threads": threads,
-        "images": "base64", "mlflow": mlflow.__version__, "torch": torch.__version__, "goals": GOALS,
-        "machine": machine.summary, "date": machine.date, "machine_details": machine.details,
-    }  # fmt: skip
+        "rows": n,
+        "block": block,
+        "batch": m,
+        "rounds": rounds,
+        "warmup": warmup,
+        "threads": threads,
+        "images": "base64",
+        "mlflow": mlflow.__version__,
+        "torch": torch.__version__,
+        "goals": GOALS,
+        "machine": machine.summary,
+        "date": machine.date,
+        "machine_details": machine.details,
+    }
     json_path.write_text(json.dumps({"settings": settings, "rows": results, "goals": goals}, indent=2) + "\n")
     print(f"wrote {json_path}")
 

@@ -73,7 +73,8 @@ def head_weights(params: TrainParams, heads: tuple[str, ...]) -> dict[str, float
 
 
 def project_loop(features: Path, model_params: ModelParams, params: TrainParams, train_rows: int) -> dict:
-    """`components.training.train.train` into a temporary out dir; samples/s as it reports them (training steps only)."""
+    """`components.training.train.train` into a temporary out dir; samples/s as it reports them (training steps
+    only)."""
     clock = _Clock()
     components.training.train.time = clock
     try:
@@ -238,18 +239,34 @@ def main(
         title=f"Training throughput: {epochs} epochs x {rounds} rounds, batch {params.batch_size}, {steps} steps "
         f"per run, {torch.get_num_threads()} torch thread(s); medians"
     )
-    columns = ("contender", "samples/s wall", "ratio wall", "+ms/step wall", "samples/s CPU", "ratio CPU",
-               "+ms/step CPU", "ms/step CPU", "last loss", "train() s")  # fmt: skip
+    columns = (
+        "contender",
+        "samples/s wall",
+        "ratio wall",
+        "+ms/step wall",
+        "samples/s CPU",
+        "ratio CPU",
+        "+ms/step CPU",
+        "ms/step CPU",
+        "last loss",
+        "train() s",
+    )
     for column in columns:
         table.add_column(column, justify="right")
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
         table.add_row(
-            r["contender"], fmt(r["samples_per_s_wall"], ".0f"), fmt(r["ratio_vs_bare_wall"], ".3f"),
-            fmt(r["overhead_ms_per_step_wall"], "+.1f"), fmt(r["samples_per_s_cpu"], ".0f"),
-            fmt(r["ratio_vs_bare_cpu"], ".3f"), fmt(r["overhead_ms_per_step_cpu"], "+.1f"),
-            fmt(r["ms_per_step_cpu"], ".1f"), fmt(r["last_train_loss"], ".4f"), fmt(r["train_call_s"], ".2f"),
-        )  # fmt: skip
+            r["contender"],
+            fmt(r["samples_per_s_wall"], ".0f"),
+            fmt(r["ratio_vs_bare_wall"], ".3f"),
+            fmt(r["overhead_ms_per_step_wall"], "+.1f"),
+            fmt(r["samples_per_s_cpu"], ".0f"),
+            fmt(r["ratio_vs_bare_cpu"], ".3f"),
+            fmt(r["overhead_ms_per_step_cpu"], "+.1f"),
+            fmt(r["ms_per_step_cpu"], ".1f"),
+            fmt(r["last_train_loss"], ".4f"),
+            fmt(r["train_call_s"], ".2f"),
+        )
     Console(width=160).print(table)
     print(
         "ratio: bare time / contender time over the same steps, i.e. contender/bare samples/s (target >= 0.9); "
@@ -262,14 +279,23 @@ def main(
             table.add_column(column, justify="right")
         for a in attribution:
             table.add_row(
-                a["variant"], f"{a['ms_per_step_cpu']:.1f}", f"{a['ratio_vs_bare_cpu']:.3f}",
+                a["variant"],
+                f"{a['ms_per_step_cpu']:.1f}",
+                f"{a['ratio_vs_bare_cpu']:.3f}",
                 f"{a['overhead_ms_per_step_cpu']:+.1f}",
-            )  # fmt: skip
+            )
         Console(width=160).print(table)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     machine = this_machine()
-    settings = {"epochs": epochs, "rounds": rounds, "batch_size": params.batch_size, "threads": torch.get_num_threads(),
-                "machine": machine.summary, "date": machine.date, "machine_details": machine.details}  # fmt: skip
+    settings = {
+        "epochs": epochs,
+        "rounds": rounds,
+        "batch_size": params.batch_size,
+        "threads": torch.get_num_threads(),
+        "machine": machine.summary,
+        "date": machine.date,
+        "machine_details": machine.details,
+    }
     json_path.write_text(json.dumps({"settings": settings, "rows": rows, "determinism": attribution}, indent=2) + "\n")
     print(f"wrote {json_path}")
 

@@ -76,9 +76,14 @@ def main(
     Console().print(table)
     machine = this_machine()
     settings = {
-        "rounds": rounds, "variant": variant or "baseline", "package_bytes": size, "files": files,
-        "machine": machine.summary, "date": machine.date, "machine_details": machine.details,
-    }  # fmt: skip
+        "rounds": rounds,
+        "variant": variant or "baseline",
+        "package_bytes": size,
+        "files": files,
+        "machine": machine.summary,
+        "date": machine.date,
+        "machine_details": machine.details,
+    }
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
 

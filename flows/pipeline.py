@@ -15,12 +15,12 @@ stages.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from uuid import UUID
 
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import State
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.deployments import run_deployment
 from prefect.logging import get_run_logger
 from prefect.states import Cancelling, Crashed
@@ -113,7 +113,8 @@ def _train_on_work_pool(p: Params, params: str, run_id: str, *, restart: bool) -
             "params": params, "run_id": run_id, "attempt": attempt, "restart": restart and attempt == 1,
             "seeds": p.train.seeds,
         }  # fmt: skip
-        flow_run = run_deployment(settings.train_deployment, parameters=parameters, timeout=0)
+        # run_deployment is typed `FlowRun | Coroutine` (prefect's async_dispatch): in this sync flow it runs sync
+        flow_run = cast(FlowRun, run_deployment(settings.train_deployment, parameters=parameters, timeout=0))
         logger.info(
             f"training dispatched to deployment {settings.train_deployment} as flow run {flow_run.name} "
             f"(attempt {attempt} of {settings.train_attempts}); waiting for a worker of its pool"
@@ -146,18 +147,19 @@ def _await_training(flow_run_id: UUID, p: Params, run_id: str, attempt: int) -> 
     with get_client(sync_client=True) as prefect, tracking.connected(p.registry) as client:
         while True:
             flow_run = prefect.read_flow_run(flow_run_id)
-            if flow_run.state.is_final():
-                return flow_run.state
+            state = flow_run.state  # None only before the server gave the new run its first state
+            if state is not None and state.is_final():
+                return state
             if time.monotonic() > deadline:
                 prefect.set_flow_run_state(flow_run_id, Cancelling(message="pipeline.timeouts.train ran out"))
                 raise TrainingError(
                     f"training flow run {flow_run.name} did not end within pipeline.timeouts.train "
                     f"({p.pipeline.timeouts.train} s; it was {flow_run.state_name}): nothing trained"
                 )
-            if flow_run.state.is_running():
+            if state is not None and state.is_running() and flow_run.start_time is not None:
                 quiet = training_silence(client, run_id, attempt, since=flow_run.start_time.timestamp())
                 if quiet > silence:
-                    lost = Crashed(message=f"no heartbeat from training for {quiet:.0f} s: its worker was lost")
+                    lost: State = Crashed(message=f"no heartbeat from training for {quiet:.0f} s: its worker was lost")
                     prefect.set_flow_run_state(flow_run_id, lost, force=True)
                     end_train_attempt(client, run_id, attempt, "KILLED")
                     return lost

@@ -12,13 +12,15 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.sync import concurrency
+from prefect.context import TaskRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
@@ -39,12 +41,15 @@ if TYPE_CHECKING:  # torch is imported only by the tasks that need it
 SHOW_PROGRESS = sys.stderr.isatty()  # progress bars for a person at a terminal, not in a worker's log
 LOCK_LEASE_S = 60  # a run killed while holding the registry lock frees it after this long
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-def with_timeout(stage_task: Task, timeout: float) -> Task:
+
+def with_timeout(stage_task: Task[P, R], timeout: float) -> Task[P, R]:
     return stage_task.with_options(timeout_seconds=timeout)
 
 
-def with_retries(stage_task: Task, params: Params, timeout: float) -> Task:
+def with_retries(stage_task: Task[P, R], params: Params, timeout: float) -> Task[P, R]:
     """`stage_task` retried with backoff on failures that may pass (a tracking server that does not answer yet)."""
     settings = params.pipeline
     return stage_task.with_options(
@@ -55,7 +60,7 @@ def with_retries(stage_task: Task, params: Params, timeout: float) -> Task:
     )
 
 
-def _may_pass(task: Task, task_run: Any, state: Any) -> bool:
+def _may_pass(task: Task[..., Any], task_run: TaskRun, state: State) -> bool:
     """Retry what may pass (a server that does not answer yet), not what fails the same way again."""
     try:
         state.result()
@@ -84,7 +89,7 @@ def validate(params: Params, run_id: str, context: RunContext) -> dict:
     return report.to_dict() | {"expectations": report.evaluated}
 
 
-def _features_key(context: Any, arguments: dict[str, Any]) -> str:
+def _features_key(context: TaskRunContext, arguments: dict[str, Any]) -> str:
     return f"featurize-{arguments['key']}"
 
 

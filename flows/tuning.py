@@ -12,14 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.task_runners import ProcessPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from components import tracking
 from components.core.config import Params, load_params
@@ -37,8 +38,12 @@ def trial(params: Params, index: int, run_id: str) -> tuning.TrialResult:
     return result
 
 
-# Trials train in processes of their own: torch's random state and thread settings are per process.
-@flow(name="tune", persist_result=True, result_serializer="json", task_runner=ProcessPoolTaskRunner())
+# Trials train in processes of their own: torch's random state and thread settings are per process. The cast: `flow`
+# types task_runner as TaskRunner[PrefectFuture[Any]], invariant, which no concrete runner is (PrefectHQ/prefect#16938).
+_TRIAL_RUNNER = cast(TaskRunner[PrefectFuture[Any]], ProcessPoolTaskRunner())
+
+
+@flow(name="tune", persist_result=True, result_serializer="json", task_runner=_TRIAL_RUNNER)
 def tune(params: str = "params.yaml", trials: int | None = None) -> tuning.TuneResult:
     """Run the trials the study still lacks to have `trials` (default tune.trials) finished ones, then write the best
     trial's values as a params file (tune.best) and every trial to tune.report."""

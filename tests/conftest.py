@@ -102,34 +102,11 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
     return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
-TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "!", "?", ","] + (
-    [
-        "sample",
-        "number",
-        "was",
-        "good",
-        "bad",
-        "the",
-        "film",
-        "end",
-        "it",
-        "i",
-        "loved",
-        "hated",
-        "0",
-        "1",
-        "2",
-        "3",
-        "4",
-        "5",
-        "6",
-        "7",
-        "8",
-        "9",
-        "10",
-        "11",
-    ]
-)
+TINY_VOCAB = [
+    *["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "!", "?", ","],
+    *["sample", "number", "was", "good", "bad", "the", "film", "end", "it", "i", "loved", "hated"],
+    *[str(i) for i in range(12)],
+]
 
 
 @pytest.fixture(scope="session")

@@ -80,8 +80,9 @@ def cpu_model() -> str:
         pass
     if platform.system() == "Darwin":
         try:
-            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                                 timeout=5, check=True).stdout.strip()  # fmt: skip
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5, check=True
+            ).stdout.strip()
             if out:
                 return out
         except (OSError, subprocess.SubprocessError):

@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from components.compression.measure import counts, head_metrics, max_abs_diff, timings
 from components.compression.onnx_model import ONNX_WEIGHTS, OnnxModel
@@ -143,7 +142,7 @@ class _Variants:
     """The models measured (the baseline first), each one's outputs and metrics on the test rows, and when each
     variant's own work began (unix seconds) and how long it took (building, fine-tuning, scoring)."""
 
-    models: dict[str, nn.Module]
+    models: dict[str, MultiTaskModel | OnnxModel]
     outputs: dict[str, dict]
     scores: dict[str, dict[str, float]]
     started: dict[str, float]
@@ -277,7 +276,7 @@ def _report(
             change=change(metric, base[metric], scores[name][metric]),  # signed: variant - baseline
             kept=kept,
             path=str(Path(params.out) / name) if kept else None,
-            sparsity=reached_sparsity(models[name], structured=name == "prune_structured") if pruning else 0.0,
+            sparsity=_sparsity(models[name], structured=name == "prune_structured") if pruning else 0.0,
             finetune_epochs=params.finetune_epochs if pruning else 0,
             started=variants.started[name],
             seconds=variants.spent[name] + timed[name]["seconds_timed"],
@@ -292,3 +291,8 @@ def _report(
         baseline=Measurement(**measured["baseline"]),
         variants=reports,
     )
+
+
+def _sparsity(model: MultiTaskModel | OnnxModel, structured: bool) -> float:
+    assert isinstance(model, MultiTaskModel)  # a pruned variant is a torch model (`standalone_copy`)
+    return reached_sparsity(model, structured)

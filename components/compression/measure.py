@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ def _weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def timings(
-    models: dict[str, nn.Module], tensors: dict[str, torch.Tensor], rows: torch.Tensor, params: CompressParams
+    models: Mapping[str, nn.Module], tensors: dict[str, torch.Tensor], rows: torch.Tensor, params: CompressParams
 ) -> dict[str, dict[str, float]]:
     """Latency at batch 1 (median, p95 over `latency_runs` test samples) and throughput at `throughput_batch`
     (median over a tenth as many batches, at least 3), on the CPU at `threads` threads; and the seconds each model
@@ -96,7 +96,7 @@ def timings(
 
 
 def _round_robin(
-    models: dict[str, nn.Module], inputs: list[dict[str, torch.Tensor]], warmup: int
+    models: Mapping[str, nn.Module], inputs: list[dict[str, torch.Tensor]], warmup: int
 ) -> dict[str, list[float]]:
     """Seconds per forward pass of every model on every input, after `warmup` untimed passes each.
 

@@ -160,7 +160,7 @@ class OnnxModel(nn.Module):
         try:
             source = model if isinstance(model, bytes) else str(model)
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own untyped errors for unreadable files
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors for unreadable files
             where = "ONNX bytes" if isinstance(model, bytes) else model
             raise TrainingError(f"{where}: no readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
         self.spec = spec

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -54,8 +55,9 @@ def prune_model(model: MultiTaskModel, *, structured: bool, sparsity: float) -> 
 
 def prune_targets(model: MultiTaskModel, structured: bool) -> list[tuple[nn.Module, str]]:
     """(module, weight name) pairs pruning acts on: trained layers only, see the module docstring."""
-    outputs = {id(layer[-1]) for layer in model.heads.values()}
-    targets = []
+    # Each head is a Sequential (`prediction_layer`); ModuleDict's stub gives a bare Module.
+    outputs = {id(cast(nn.Sequential, layer)[-1]) for layer in model.heads.values()}
+    targets: list[tuple[nn.Module, str]] = []
     for name, module in model.named_modules():
         if name.startswith(TRANSFORMER):
             continue

@@ -13,11 +13,15 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from components.models import MultiTaskModel
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["DEPRECATIONS", "known_deprecations", "quantize_int8"]
 
@@ -37,7 +41,9 @@ def quantize_int8(model: MultiTaskModel) -> MultiTaskModel:
     if model.token_states is not None and model.token_states.transformer is not None:
         # The word table only (47 of MiniLM's 48 MB of embeddings): the quantized lookup needs contiguous ids, and
         # BERT's token-type ids are an expanded (strided) buffer.
-        table = model.token_states.transformer.get_input_embeddings()
+        # A transformers model (`load_transformer`), typed there as a bare nn.Module.
+        transformer = cast("PreTrainedModel", model.token_states.transformer)
+        table = transformer.get_input_embeddings()
         qconfig |= {name: float_qparams_weight_only_qconfig for name, m in model.named_modules() if m is table}
     with known_deprecations():
         return quantize_dynamic(model, qconfig, dtype=torch.qint8).eval()

@@ -3,3 +3,5 @@
 
 It imports nothing else from `components`.
 """
+
+__all__: list[str] = []  # nothing of its own: import from its modules

@@ -15,6 +15,17 @@ from typing import Any
 
 from components.core.errors import DataError
 
+__all__ = [
+    "FILE_MODE",
+    "UMASK",
+    "check_replaceable",
+    "chmod_new",
+    "replace_directory",
+    "write_bytes",
+    "write_json",
+    "write_text",
+]
+
 
 def _read_umask() -> int:
     """The process's umask, read once at import: from /proc where Linux shows it (no change to the process), else by

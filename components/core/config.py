@@ -216,7 +216,7 @@ def with_overrides(params: Params, overrides: typing.Mapping[str, object]) -> Pa
             )
         data = sections.setdefault(section, getattr(params, section).model_dump())
         *parents, leaf = rest.split(".")
-        node = data
+        node: object = data
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         if not isinstance(node, dict) or leaf not in node:
@@ -302,5 +302,7 @@ def _keys_at(loc: list[str]) -> list[str]:
     model: type[BaseModel] = Params
     for key in loc:
         name = next(n for n, f in model.model_fields.items() if (f.alias or n) == key)
-        model = model.model_fields[name].annotation
+        annotation = model.model_fields[name].annotation
+        assert isinstance(annotation, type) and issubclass(annotation, BaseModel)  # the path runs through nested models
+        model = annotation
     return [f.alias or name for name, f in model.model_fields.items()]

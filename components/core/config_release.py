@@ -69,9 +69,9 @@ Perturbation = Literal[
 ]  # fmt: skip
 
 
-def _default_perturbations() -> dict[str, tuple[float, ...]]:
+def _default_perturbations() -> dict[Perturbation, tuple[float, ...]]:
     text, share = (0.1, 0.3, 0.5), (0.25, 0.5, 1.0)
-    sequences = {"noise": (0.25, 0.5, 1.0), "frame_drop": (0.25, 0.5, 0.75), "mute": share}
+    noise, frame_drop = (0.25, 0.5, 1.0), (0.25, 0.5, 0.75)
     return {
         "text_word_deletion": text,
         "text_word_replacement": text,
@@ -80,8 +80,16 @@ def _default_perturbations() -> dict[str, tuple[float, ...]]:
         "image_blur": (0.02, 0.05, 0.1),
         "image_noise": (0.05, 0.1, 0.2),
         "image_occlusion": (0.25, 0.5, 0.75),
-        **{f"{m}_{name}": values for m in ("audio", "vision") for name, values in sequences.items()},
-        **{f"missing_{m}": share for m in ("text", "image", "audio", "vision")},
+        "audio_noise": noise,
+        "audio_frame_drop": frame_drop,
+        "audio_mute": share,
+        "vision_noise": noise,
+        "vision_frame_drop": frame_drop,
+        "vision_mute": share,
+        "missing_text": share,
+        "missing_image": share,
+        "missing_audio": share,
+        "missing_vision": share,
     }
 
 

@@ -91,6 +91,7 @@ class ValidateParams(Section):
 
 TextModel = Literal["lstm", "textcnn", "han"]
 Head = Literal["lstm", "textcnn", "han", "image", "audio", "vision", "fusion"]
+_HEADS: tuple[Head, ...] = typing.get_args(Head)  # in the Literal's order
 Modality = Literal["text", "image", "audio", "vision"]
 
 
@@ -192,7 +193,7 @@ class TrainParams(Section):
     )
     loss: Literal["l1", "mse"] = Field("l1", description="regression loss (classification uses cross-entropy)")
     loss_weights: dict[Head, float] = Field(
-        default_factory=lambda: dict.fromkeys(("lstm", "textcnn", "han", "image", "audio", "vision", "fusion"), 1.0),
+        default_factory=lambda: dict.fromkeys(_HEADS, 1.0),
         description="each head's weight in the summed loss",
     )
     epochs: int = Field(30, ge=1, description="most epochs; early stopping (patience) may end training sooner")

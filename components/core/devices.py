@@ -9,6 +9,8 @@ import torch
 
 from components.core.errors import ConfigError
 
+__all__ = ["autocast_dtype", "cpu_threads", "describe", "pick_device"]
+
 
 def pick_device(name: str = "auto") -> torch.device:
     if name != "auto":

@@ -5,6 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "TrackingError",
+    "TrainingError",
+    "TrainingInterrupted",
+    "UntrustedModelError",
+    "UserError",
+    "first_line",
+]
+
 
 class UserError(Exception):
     """Base of every error caused by input, settings or the environment rather than by this code."""

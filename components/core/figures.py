@@ -6,6 +6,8 @@ import io
 import math
 from typing import Any
 
+__all__ = ["grid", "png"]
+
 
 def grid(panels: int, width: float = 3.4, height: float = 3.2) -> tuple[Any, list]:
     """A figure of `panels` axes, at most 4 a row; the unused cells of the last row hidden."""

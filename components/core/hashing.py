@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+__all__ = ["CODE_ROOT", "code_digest", "file_sha256", "module_closure", "tree_digest"]
+
 CODE_ROOT = Path(__file__).parents[1]  # the `components` package
 
 

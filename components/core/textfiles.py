@@ -9,6 +9,8 @@ from pathlib import Path
 
 from components.core.errors import DataError, first_line
 
+__all__ = ["csv_records", "csv_rows", "yaml_problem"]
+
 # Python's csv module refuses fields over 131072 characters by default; a long transcript is for validation's
 # text_max_chars to judge (one clear line), not for the parser to crash on. The file is in memory already, so
 # this bound only has to keep one field within reason.

@@ -5,3 +5,5 @@ formats (`importers`), the synthetic demo (`demo`), the validate stage (`validat
 
 It imports only `components.core`.
 """
+
+__all__: list[str] = []  # nothing of its own: import from its modules

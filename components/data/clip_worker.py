@@ -6,5 +6,7 @@ from threadpoolctl import threadpool_limits
 
 from components.data.media import warm_up
 
+__all__: list[str] = []  # imported for what importing it does, not for names
+
 threadpool_limits(1)
 warm_up()

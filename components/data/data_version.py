@@ -13,6 +13,8 @@ from pathlib import Path
 
 from components.core.errors import first_line
 
+__all__ = ["Recorded", "record_in_dvc"]
+
 
 @dataclass(frozen=True)
 class Recorded:

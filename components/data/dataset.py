@@ -40,6 +40,34 @@ from components.core.atomic import replace_directory, write_bytes
 from components.core.errors import ConfigError, DataError
 from components.core.textfiles import yaml_problem
 
+__all__ = [
+    "CLIP_COLUMNS",
+    "CLIP_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "MANIFEST",
+    "SAMPLES",
+    "SEQUENCE_MODALITIES",
+    "SPLITS",
+    "ClassificationLabel",
+    "ClipBounds",
+    "Dataset",
+    "ImageSpec",
+    "Manifest",
+    "Modalities",
+    "RegressionLabel",
+    "SequenceArray",
+    "SequenceSpec",
+    "TextSpec",
+    "carve_splits",
+    "clip_path_problem",
+    "image_path_problem",
+    "is_null",
+    "label_range",
+    "read_dataset",
+    "read_manifest",
+    "write_dataset",
+]
+
 SPLITS = ("train", "valid", "test")
 SEQUENCE_MODALITIES = ("audio", "vision")
 MANIFEST, SAMPLES, IMAGES, SEQUENCES = "manifest.yaml", "samples.parquet", "images", "sequences"
@@ -263,7 +291,7 @@ def write_dataset(
         for name, content in sorted(files.items()):
             write_bytes(staging / name, content.read_bytes() if isinstance(content, Path) else content)
         for modality, seq in sorted((sequences or {}).items()):
-            arrays = {
+            arrays: dict[str, np.ndarray] = {
                 "features": np.ascontiguousarray(seq.features, dtype=np.float32),
                 "lengths": np.ascontiguousarray(seq.lengths, dtype=np.int64),
             }
@@ -357,8 +385,7 @@ def read_dataset(path: str | Path) -> Dataset:
     except (pa.ArrowException, OSError, ValueError) as e:
         raise DataError(samples_file, f"not a readable parquet file: {e}") from None
     index = samples.get("seq_index")
-    whole = index is not None and pd.api.types.is_numeric_dtype(index) and (index.dropna() % 1 == 0).all()
-    if whole:
+    if index is not None and pd.api.types.is_numeric_dtype(index) and (index.dropna() % 1 == 0).all():
         # One dtype whether or not nulls are present (int64 with nulls arrives as float64). Fractional values stay
         # as they are, for validation to report.
         samples["seq_index"] = index.astype("Int64")

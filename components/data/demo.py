@@ -255,7 +255,7 @@ def _face(cx: int, cy: int, polarity: int, strength: float) -> Image.Image:
     img = Image.new("L", (VIDEO_SIZE, VIDEO_SIZE), 40)
     draw = ImageDraw.Draw(img)
     draw.ellipse([cx - 22, cy - 26, cx + 22, cy + 26], fill=170)
-    ink, bend = 20, int(round(2 + 2.5 * strength))
+    ink, bend = 20, round(2 + 2.5 * strength)
     for side in (-1, 1):
         ex = cx + side * 9
         draw.ellipse([ex - 3, cy - 9, ex + 3, cy - 4], fill=ink)

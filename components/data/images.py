@@ -14,6 +14,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+__all__ = ["DATASET_MAX_PIXELS", "MAX_JPEG_MARKERS", "MAX_JPEG_SCANS", "ImageProblem", "fit", "open_image"]
+
 FORMATS = ("PNG", "JPEG")
 # Dataset images (the team's own files) are bounded too, but loosely: Pillow's own bomb threshold.
 DATASET_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -84,7 +86,7 @@ def open_image(data: bytes, *, max_bytes: int | None = None, max_pixels: int = D
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageProblem(f"image has more than the {max_pixels} pixels allowed") from None
-    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... for damaged files
+    except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, struct.error... for damaged files
         raise ImageProblem(f"image does not decode ({type(e).__name__}: {e})") from None
 
 

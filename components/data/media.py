@@ -26,6 +26,22 @@ import numpy as np
 from components.core.config import AudioClipParams, VideoClipParams
 from components.data.dataset import ClipBounds
 
+__all__ = [
+    "EXTRACTOR_VERSION",
+    "MAX_FPS",
+    "POOL_MIN_CLIPS",
+    "ClipJob",
+    "ClipProblem",
+    "Kind",
+    "NoAudioStream",
+    "check_clip",
+    "decode_audio",
+    "extract",
+    "extract_many",
+    "read_clip",
+    "warm_up",
+]
+
 Kind = Literal["audio", "vision"]
 # Leading bytes -> FFmpeg demuxer: the formats a clip may be in, and nothing else.
 _AUDIO_FORMATS = {"wav": "WAV", "flac": "FLAC"}
@@ -78,10 +94,12 @@ def extract(job: ClipJob) -> np.ndarray:
     if job.kind == "audio":
         formats = _AUDIO_FORMATS if job.column == "audio" else _VIDEO_FORMATS
         settings, samples = job.settings, None
+        assert isinstance(settings, AudioClipParams)  # an audio job carries audio settings
         if job.max_frames is not None:  # up to the last kept frame's window, and spare frames
             samples = (job.max_frames + AUDIO_SPARE_FRAMES) * _hop(settings) + settings.window
         signal = decode_audio(data, settings.sample_rate, job.bounds, formats, max_samples=samples)
         return audio_features(signal, settings)[: job.max_frames]
+    assert isinstance(job.settings, VideoClipParams)  # a vision job carries video settings
     return video_features(data, job.settings, job.bounds, max_frames=job.max_frames)
 
 

@@ -61,16 +61,18 @@ def validate_dataset(path: Path, params: ValidateParams) -> ValidationReport:
     suite = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{manifest.name}-v{manifest.version}")  # names Data Docs files
     with replace_directory(params.data_docs, marker=DATA_DOCS_INDEX) as staging:
         results = _run_checkpoint(frame, rules, suite, staging, partial_count=max(params.examples, 20))
-    planned = {rule.rule: i for i, rule in enumerate(rules)}  # GX groups results by column; report them as planned
+    # GX groups results by column; report them as planned
+    planned: dict[str | None, int] = {rule.rule: i for i, rule in enumerate(rules)}
     results.sort(key=lambda r: planned.get((r.expectation_config.meta or {}).get("rule"), len(planned)))
     index = Path(params.data_docs) / DATA_DOCS_INDEX
     report = report_from_results(manifest, len(samples), results, params.examples, index)
-    report = replace(report, html=html_path(params.report))
+    html = html_path(params.report)
+    report = replace(report, html=html)
     data = report.to_dict()
     write_json(params.report, data)
     # GX's Data Docs load their styles and scripts from CDNs and show a blank page offline: this page is the same
     # report, rendered from the JSON just written, with nothing to fetch.
-    write_text(report.html, render_html(data))
+    write_text(html, render_html(data))
     return report
 
 

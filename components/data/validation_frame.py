@@ -267,10 +267,11 @@ def content_keys(
         parts: list[bytes] = []
         if isinstance(text, str):
             parts.append(b"text:" + normalise_text(text).encode("utf-8"))
-        if image_digests[i] is not None:
-            parts.append(b"image:" + image_digests[i].encode("ascii"))
-        if i < len(clip_digests) and clip_digests[i] is not None:
-            parts.append(b"clips:" + clip_digests[i].encode("ascii"))
+        image, clips = image_digests[i], clip_digests[i] if i < len(clip_digests) else None
+        if image is not None:
+            parts.append(b"image:" + image.encode("ascii"))
+        if clips is not None:
+            parts.append(b"clips:" + clips.encode("ascii"))
         row = int(seq_index[0][i]) if seq_index is not None and seq_index[1][i] else -1
         for modality, array in sorted(usable.items()):
             if 0 <= row < array.features.shape[0]:

@@ -5,3 +5,5 @@ re-scoring a model on a split (`rescore`), their typed reports (`reports`), and 
 It imports `components.core`, `tracking`, `data`, `features` (the contract) and `models`; training imports its
 metrics.
 """
+
+__all__: list[str] = []  # nothing of its own: import from its modules

@@ -23,7 +23,6 @@ test, or valid when test is not evaluated.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,9 +38,10 @@ from components.core.config import EvaluateParams
 from components.core.devices import cpu_threads
 from components.core.errors import DataError, TrainingError
 from components.core.figures import grid, png
-from components.evaluation.metrics import classification_metrics, metrics_for, primary_metric
+from components.evaluation.metrics import Kind, classification_metrics, metrics_for, primary_metric
 from components.evaluation.reports import EvaluationReport, SeedSummary
 from components.features.contract import FEATURES
+from components.models.seeds import SeedsReport
 from components.models.store import (
     Monitor,
     digest,
@@ -221,7 +221,7 @@ def _seed_scores(
     from components.models.store import SEEDS, seed_dirs
 
     dirs = seed_dirs(model_dir)
-    chosen = json.loads((model_dir / SEEDS).read_text())["chosen"] if dirs else None
+    chosen = SeedsReport.read(model_dir / SEEDS).chosen if dirs else None
     runs = {}
     for seed, directory in dirs.items():
         if read_card(directory).featurizer_key != card.featurizer_key:
@@ -264,7 +264,7 @@ def _numbers_only(value: Any) -> Any:
     return value
 
 
-def select_headline(metrics: dict, kind: str, monitored: str, plotted: str) -> dict[str, dict[str, dict[str, Any]]]:
+def select_headline(metrics: dict, kind: Kind, monitored: str, plotted: str) -> dict[str, dict[str, dict[str, Any]]]:
     """The report's HEADLINE entries, rounded to 4 places as MMSA reports them: `test.fusion.acc2` is the same
     number in both files, and `dvc exp show` shows every head's primary metric on `plotted`."""
     primary, _ = primary_metric(kind)

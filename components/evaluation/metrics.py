@@ -131,7 +131,8 @@ def _multiclass_acc(pred: np.ndarray, label: np.ndarray, bound: float) -> float:
 def _binary(pred: np.ndarray, label: np.ndarray) -> tuple[float, float]:
     """Accuracy and weighted F1 of boolean predictions, the numbers MMSA gets from sklearn (labels inferred, F1 0
     where it divides by zero), with sklearn's arithmetic in numpy: sklearn's input checks take ~10 ms a call, and
-    training scores every head after every epoch. tests/unit/evaluation/test_metrics.py holds the two to the same bits."""
+    training scores every head after every epoch. tests/unit/evaluation/test_metrics.py holds the two to the same
+    bits."""
     true = np.array([np.sum(~label), np.sum(label)])  # per class False, True; a class with no sample weighs 0
     predicted = np.array([np.sum(~pred), np.sum(pred)])
     hits = np.array([np.sum(~label & ~pred), np.sum(label & pred)])
@@ -278,7 +279,7 @@ def is_better(kind: Kind, new: float | Mapping[str, Any], old: float | Mapping[s
         if isinstance(v, Mapping):
             if key not in v:
                 raise KeyError(f"metrics have no {key!r} (the primary metric for {kind}); got {sorted(v)}")
-            v = v[key]
+            return float(v[key])
         return float(v)
 
     new_v = value(new)

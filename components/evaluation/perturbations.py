@@ -36,6 +36,17 @@ import numpy as np
 
 from components.features.contract import sentence_spans
 
+__all__ = [
+    "MODALITY",
+    "WORD",
+    "drop_modality",
+    "perturb_images",
+    "perturb_sequences",
+    "perturb_texts",
+    "sample_rng",
+    "vocabulary",
+]
+
 TEXT = ("text_word_deletion", "text_word_replacement", "text_typos", "text_sentence_shuffle")
 IMAGE = ("image_blur", "image_noise", "image_occlusion")
 SEQUENCE = tuple(f"{m}_{kind}" for m in ("audio", "vision") for kind in ("noise", "frame_drop", "mute"))

@@ -50,6 +50,8 @@ from components.models.store import (
     trim_padding,
 )
 
+__all__ = ["HEADS", "RobustnessResult", "robustness", "severity_key"]
+
 HEADS: tuple[str, ...] = typing.get_args(Head)  # every plot file has all of them, so one dvc.yaml fits any dataset
 PLOTS_MARKER = "*_*.csv"  # every file is <perturbation>.csv, and every perturbation name has an underscore
 TEXT_BATCH = 64  # texts per transformer pass when token states are recomputed
@@ -263,8 +265,10 @@ class _TextInputs:
             )
         self.texts = [by_id[i] for i in ids]
         self.vocabulary = perturbations.vocabulary(samples.loc[samples["split"] == "train", "text"].tolist())
-        self.state = state.text
-        path = resolve_text_model(state.text.model)
+        text_state = state.text
+        assert text_state is not None  # text perturbations run only on a model that reads text
+        self.state = text_state
+        path = resolve_text_model(text_state.model)
         self.tokenizer = load_tokenizer(path)
         self.transformer = None
         if spec.text.mode == "frozen":
@@ -296,7 +300,8 @@ def _perturb(
     modality = perturbations.MODALITY[name]
     if name.startswith("missing_"):
         key = "text.attention_mask" if modality == "text" else f"{modality}.present"
-        present = clean[key].any(1) if modality == "text" else clean[key]
+        # numpy's stub types any(axis) as scalar-or-array: over axis 1 of the [N, T] mask it is the array [N]
+        present = typing.cast(np.ndarray, clean[key].any(1)) if modality == "text" else clean[key]
         kept = perturbations.drop_modality(present, ids, severity, seed, name)
         return Perturbed(flags | {key: clean[key] & (kept[:, None] if modality == "text" else kept)})
     if modality == "text":

@@ -12,6 +12,8 @@ from torch import Tensor, nn
 
 from components.models.spec import ImageSpec
 
+__all__ = ["AdditiveAttention", "BiLSTM", "ImageCNN", "SequenceEncoder", "compact", "masked_softmax", "prefix_mask"]
+
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
     """Softmax over the last dim restricted to `mask`; a row without any True gets all-zero weights, not NaN."""

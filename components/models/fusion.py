@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from components.core.config import TextModel
 from components.models.encoders import AdditiveAttention
 
+__all__ = ["TEXT_MODELS", "HierarchicalFusion"]
+
 TEXT_MODELS: tuple[TextModel, ...] = ("lstm", "textcnn", "han")
 
 

@@ -13,6 +13,8 @@ from components.models.fusion import TEXT_MODELS, HierarchicalFusion
 from components.models.spec import ModelSpec
 from components.models.text import TokenStates, text_encoder
 
+__all__ = ["OTHER_MODALITIES", "MultiTaskModel", "check_spec", "modality_presence", "presence"]
+
 OTHER_MODALITIES = ("image", *SEQUENCE_MODALITIES)
 
 

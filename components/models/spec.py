@@ -11,6 +11,8 @@ from typing import Literal
 from components.core.config import Head, ModelParams, Section, TextModel
 from components.data.dataset import SEQUENCE_MODALITIES
 
+__all__ = ["ImageSpec", "LabelSpec", "ModelSpec", "SequenceSpec", "TextSpec"]
+
 
 class LabelSpec(Section):
     kind: Literal["regression", "classification"]

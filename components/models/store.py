@@ -21,9 +21,9 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -288,8 +288,19 @@ def split_rows(split_codes: torch.Tensor, split: str) -> torch.Tensor:
     return torch.nonzero(split_codes == SPLITS.index(split)).flatten()
 
 
+class HeadsModel(Protocol):
+    """What `predict` runs: a MultiTaskModel, or a stand-in behind its interface (compression's ONNX Runtime model)."""
+
+    training: bool
+
+    def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+    def presence(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+    def eval(self) -> object: ...
+    def train(self, mode: bool = True) -> object: ...
+
+
 def predict(
-    model: MultiTaskModel,
+    model: HeadsModel,
     tensors: dict[str, torch.Tensor],
     rows: torch.Tensor,
     device: torch.device,

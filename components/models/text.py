@@ -18,6 +18,8 @@ from components.features.text_model import resolve_text_model
 from components.models.encoders import BiLSTM, SequenceEncoder, compact, prefix_mask
 from components.models.spec import TextSpec
 
+__all__ = ["HAN", "BiLSTMText", "TextCNN", "TokenStates", "text_encoder"]
+
 
 def load_transformer(spec: TextSpec, pretrained: bool) -> nn.Module:
     """The transformer `spec.encoder` names (resolved on this machine by components.features.text_model), in float32.

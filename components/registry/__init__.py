@@ -9,3 +9,5 @@
 
 The top of the library: it may import every other subpackage; nothing in `components` imports it.
 """
+
+__all__: list[str] = []  # nothing of its own: import from its modules

@@ -11,7 +11,7 @@ from typing import TypeVar
 from components.compression.report import CompressionReport
 from components.core.errors import DataError, TrackingError
 from components.evaluation.reports import EvaluationReport, RobustnessReport, SeedSummary
-from components.training.reports import SeedsReport
+from components.models.seeds import SeedsReport
 
 __all__ = ["compression", "evaluation", "robustness", "seed_summary", "trained_seeds", "validation_metrics"]
 

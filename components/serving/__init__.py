@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["_load_pyfunc"]  # what MLflow's loader calls
+
 
 def _load_pyfunc(data_path: str) -> Any:
     from components.serving.pyfunc import _load_pyfunc as load

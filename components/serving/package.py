@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from pydantic import Field
 
 from components.core.atomic import replace_directory, write_json
 from components.core.config import Section, ServeParams
@@ -153,7 +154,8 @@ class Evidence(Section):
     params_hash: str
     code_hash: str
     robustness: str = "none"  # what the robust scores were measured on (registry.robustness_tag)
-    robust: dict[str, float] = {}  # robust_<perturbation>_<severity>_<metric> of the served head
+    # robust_<perturbation>_<severity>_<metric> of the served head
+    robust: dict[str, float] = Field(default_factory=dict)
 
 
 def write_evidence(package: Path, evidence: Evidence) -> None:

@@ -113,7 +113,7 @@ def _check_output(output: Path, input_path: Path) -> None:
         raise DataError(output, "is a directory: --output names the predictions file (.jsonl or .csv)")
     try:
         place, target = output.parent.resolve(), output.resolve()
-        same = output.exists() and os.path.samefile(output, input_path)
+        same = output.exists() and output.samefile(input_path)
         existing = place
         while not existing.exists():
             existing = existing.parent
@@ -173,7 +173,7 @@ def _staged(output: Path) -> Iterator[Callable[[bytes], None]]:
             yield write
             file.flush()
             os.fsync(file.fileno())
-        os.replace(tmp, output)
+        Path(tmp).replace(output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         _remove_empty(made)

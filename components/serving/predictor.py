@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -176,13 +176,17 @@ class Predictor:
         """Every row's text checked (`check_text`), then tokenized as featurize tokenized it."""
         for i, text in enumerate(texts):
             check_text(text, source, first_row + i + 1, limits.max_text_chars)
-        return encode_texts(self.tokenizer, texts, self.state.text)
+        state = self.state.text
+        assert state is not None  # text features are made only for a model that reads text
+        return encode_texts(self.tokenizer, texts, state)
 
     def _image_features(
         self, rows: dict[str, list], n: int, source: Path, image_root: Path | None, first_row: int, limits: ServeParams
     ) -> dict[str, np.ndarray]:
         """Each row's image, its bytes and pixels bounded before it is decoded, fitted as featurize fitted it."""
-        size = self.state.image.size
+        state = self.state.image
+        assert state is not None  # image features are made only for a model that reads images
+        size = state.size
         pixels, has = np.zeros((n, 3, size, size), np.uint8), np.zeros(n, bool)
         inline, paths = rows.get("image_base64", [None] * n), rows.get("image", [None] * n)
         for i in range(n):
@@ -220,7 +224,8 @@ class Predictor:
         return {
             f"{modality}.features": standardize(frames, mask, state),
             f"{modality}.mask": mask,
-            f"{modality}.present": mask.any(1),
+            # numpy's stub types any(axis) as scalar-or-array: over axis 1 of the [n, max_len] mask it is the array [n]
+            f"{modality}.present": cast(np.ndarray, mask.any(1)),
         }
 
     def _clip_frames(
@@ -228,11 +233,11 @@ class Predictor:
     ) -> np.ndarray:
         """Frames of row `i`'s clip for `modality`, extracted as featurize extracted them; [0, dim] without one.
         Vision comes from the video; audio from the audio clip, else from the video's soundtrack if it has one."""
-        from components.data.media import ClipJob, ClipProblem, NoAudioStream, extract
+        from components.data.media import ClipJob, ClipProblem, Kind, NoAudioStream, extract
 
         state = getattr(self.state, modality)
-        kind = "vision" if modality == "vision" else "audio"
-        column = "video"
+        kind: Kind = "vision" if modality == "vision" else "audio"
+        column: Literal["audio", "video"] = "video"
         try:
             data = None
             if kind == "audio":

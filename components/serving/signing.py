@@ -24,6 +24,8 @@ from pathlib import Path
 
 from components.core.errors import UntrustedModelError
 
+__all__ = ["sign", "signing_key", "verify"]
+
 SIGNATURE = "model.sig"  # inside the package, outside what it signs
 KEY_ENV, TRUSTED_ENV = "MSA_SIGNING_KEY", "MSA_TRUSTED_KEYS"
 

@@ -244,7 +244,7 @@ def raw_frame(dataset: Dataset, split: str, *, limit: int | None = None, inline_
     if dataset.root is None:
         raise ValueError("dataset was not read from disk, so its files have no location")
     root = dataset.root.absolute()  # a relative root would be joined to the reader's root a second time
-    samples = dataset.samples[dataset.samples["split"] == split].head(limit).reset_index(drop=True)
+    samples = dataset.samples[dataset.samples["split"] == split].iloc[:limit].reset_index(drop=True)  # None: all
     frame = pd.DataFrame({"id": samples["id"], "label": samples["label"]})
     modalities = dataset.manifest.modalities
     if modalities.text is not None:

@@ -1,7 +1,10 @@
-"""MLflow tracking that knows no stage: connecting to the tracking store and linking into its UI (`connection`), the
-life of runs: a parent run per pipeline run, heartbeats, child runs, stale-run closing, end status (`runs`), and
-logging into them: numbers, params and tags (`records`), datasets as inputs (`inputs`), and the `Logged` payload a
-stage builds to say what it logs (`payload`).
+"""MLflow tracking that knows no stage: reaching the tracking store, the life of runs, and logging into them.
+
+    connection  the tracking URI, a checked client, experiments, the tags that say where a run comes from, UI links
+    runs        a parent run per pipeline run, heartbeats, child runs, stale-run closing, end status
+    records     numbers, params and tags into one run, in batches of MLflow's limits
+    inputs      datasets as a run's inputs, and copying one run's inputs onto others
+    payload     the `Logged` payload a stage builds to say what it logs, and `log`, which writes it into a run
 
 It imports only `components.core` (and MLflow); what each stage logs is its own package's `logged` module.
 `from components import tracking` gives the names below.

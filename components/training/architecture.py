@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.core.config import ConfigError, ModelParams, TrainParams
+from components.core.config import ConfigError, Head, ModelParams, TrainParams
 from components.features.contract import FeaturizerState
 from components.models.spec import ImageSpec, LabelSpec, ModelSpec, SequenceSpec, TextSpec
 
@@ -19,11 +19,11 @@ def build_spec(state: FeaturizerState, model: ModelParams, train: TrainParams) -
             f"train.modalities asks for {missing}, but dataset {state.dataset!r} has only {available} "
             "(remove them, or set train.modalities: null to use every modality the dataset has)"
         )
-    encoders = [
+    encoders: list[Head] = [
         *(model.text_models if "text" in wanted else ()),
         *(m for m in ("image", "audio", "vision") if m in wanted),
     ]
-    heads = [*encoders, "fusion"]
+    heads: list[Head] = [*encoders, "fusion"]
     if train.single_task == "fusion":
         heads = ["fusion"]
     elif train.single_task is not None:
@@ -36,6 +36,7 @@ def build_spec(state: FeaturizerState, model: ModelParams, train: TrainParams) -
     text = None
     text_models = tuple(m for m in encoders if m in ("lstm", "textcnn", "han"))
     if text_models:
+        assert state.text is not None  # text sub-models are built only when the dataset has text (checked above)
         if train.text_encoder == "frozen" and not state.text.token_states:
             raise ConfigError("train.text_encoder 'frozen' needs precomputed states: set featurize.token_states: true")
         text = TextSpec(

@@ -70,7 +70,7 @@ def _modality_dropout(
     choice = _rand(present.shape, present, generator).masked_fill(~present, -1).argmax(1)
     rescued = lost_all.unsqueeze(1) & (torch.arange(len(modalities), device=present.device) == choice.unsqueeze(1))
     drop &= ~rescued
-    out = {}
+    out: dict[str, Tensor] = {}
     for i, m in enumerate(modalities):
         lost = drop[:, i]
         if m == "text":

@@ -64,5 +64,10 @@ def training_data(
         raise ConfigError(f"train.batch_size {params.batch_size} must divide evenly over {world} processes")
     if not len(train_rows) or not len(valid_rows):
         raise ConfigError("training needs samples in both the train and the valid split")
-    sampler = DistributedSampler(range(len(train_rows)), num_replicas=world, rank=rank, seed=params.seed)
+    sampler: DistributedSampler[int] = DistributedSampler(
+        range(len(train_rows)),  # type: ignore[arg-type]  # it reads only len(dataset); its stub asks for a Dataset
+        num_replicas=world,
+        rank=rank,
+        seed=params.seed,
+    )
     return TrainingData(tensors, train_rows, valid_rows, sampler, params.batch_size // world)

@@ -1,5 +1,6 @@
-"""What training and tuning write for others to read, typed: the multi-seed record (`SeedsReport`,
-`train.out/seeds.json`) and the tune report (`TuneReport`, `tune.report`, one `TrialResult` per trial).
+"""What tuning writes for others to read, typed: the tune report (`TuneReport`, `tune.report`, one `TrialResult` per
+trial). The multi-seed record training writes (`SeedsReport`, `train.out/seeds.json`) describes the trained model's
+files and lives beside them (components.models.seeds).
 
 Each stage writes through its model (`write`), so the JSON keeps its shape and key order; each reader validates the
 file (`read`), and a file that does not fit is a DataError naming it.
@@ -20,7 +21,7 @@ from components.core.errors import DataError
 if TYPE_CHECKING:
     from typing import Self  # Python 3.11; only annotations name it
 
-__all__ = ["SeedsReport", "TrialResult", "TuneReport"]
+__all__ = ["TrialResult", "TuneReport"]
 
 
 class _Report(BaseModel):
@@ -41,20 +42,6 @@ class _Report(BaseModel):
     def write(self, path: str | Path) -> None:
         """Indented JSON, in the fields' order (a NaN stays NaN, as json.dumps writes it)."""
         write_bytes(path, (json.dumps(self.model_dump(mode="json"), indent=2) + "\n").encode())
-
-
-class SeedsReport(_Report):
-    """A training of train.seeds > 1: its seeds, each one's best valid value, and the seed whose model is the model
-    (the best on valid, never chosen on test)."""
-
-    seeds: list[int]
-    chosen: int
-    selected_by: str  # "valid <head> <metric>"
-    valid: dict[str, float | None]  # seed (as a JSON key) -> its best monitored valid value (None: never a number)
-
-    @classmethod
-    def read(cls, path: str | Path) -> Self:
-        return cls._read(path, "run `msa train`")
 
 
 @dataclass

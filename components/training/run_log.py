@@ -138,7 +138,7 @@ class TrainingLog:
         self.uploaded += model_store.publish_checkpoint(self.out, self.client, self.run_id)
         self.upload_seconds += time.perf_counter() - started
 
-    def record_seeds(self, history: list[dict], valid: Mapping[int, float], chosen: int) -> None:
+    def record_seeds(self, history: list[dict], valid: Mapping[int, float | None], chosen: int) -> None:
         """After a multi-seed training: the kept seed's curves on the head runs and the parent (as one seed's would
         be), and each seed run ended with its best valid value and whether it is the model."""
         from components.evaluation.metrics import primary_metric

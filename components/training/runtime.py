@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol, cast
 
 import torch
 import torch.distributed as dist
@@ -14,6 +15,15 @@ from components.core.config import ConfigError
 from components.core.devices import pick_device
 
 __all__ = ["deterministic", "distributed", "rank"]
+
+
+class _DeterministicFlags(Protocol):
+    fill_uninitialized_memory: bool
+
+
+# torch.utils.deterministic gets this flag at runtime by swapping its module's class for one with the property, which
+# torch's stubs do not see.
+_FLAGS = cast(_DeterministicFlags, torch.utils.deterministic)
 
 
 def rank() -> int:
@@ -27,15 +37,15 @@ def deterministic(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    before = torch.are_deterministic_algorithms_enabled(), _FLAGS.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True)
     # Filling every torch.empty with NaN is a debugging aid (2-4% per step); results stay deterministic without it.
-    torch.utils.deterministic.fill_uninitialized_memory = False
+    _FLAGS.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before[0])
-        torch.utils.deterministic.fill_uninitialized_memory = before[1]
+        _FLAGS.fill_uninitialized_memory = before[1]
 
 
 @contextmanager

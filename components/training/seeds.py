@@ -11,8 +11,8 @@ import numpy as np
 
 from components.core.atomic import write_bytes
 from components.evaluation.metrics import Kind, is_better
+from components.models.seeds import SeedsReport
 from components.models.store import CHECKPOINT, MODEL_FILES, SEEDS, SEEDS_DIR, remove_seed_models
-from components.training.reports import SeedsReport
 from components.training.runtime import rank
 
 __all__ = ["best_seed", "forget_seeds", "keep_best_seed", "seed_dir", "start_seeds", "stream_seed"]

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -60,11 +61,9 @@ class Stepper:
     loss: str
     grad_clip: float
     amp: torch.dtype | None = None
-    scaler: torch.amp.GradScaler | None = None  # loss scaling for fp16 autocast; None: none
-
-    def __post_init__(self) -> None:
-        if self.scaler is None:
-            self.scaler = torch.amp.GradScaler(enabled=False)
+    scaler: torch.amp.GradScaler = field(  # loss scaling for fp16 autocast; by default none (a disabled one)
+        default_factory=lambda: torch.amp.GradScaler(enabled=False)
+    )
 
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """(total loss, per-head losses, gradient norm before clipping); the optimizer step is skipped when the
@@ -73,7 +72,8 @@ class Stepper:
         with torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None):
             outputs = self.forward(batch)
         losses = head_losses(spec, outputs, self.model.presence(batch), batch["label"], self.loss)
-        total = sum(self.weights[h] * losses[h] for h in spec.heads)
+        # A tensor: a spec has at least one head (check_spec), so never sum's 0 of nothing.
+        total = cast(torch.Tensor, sum(self.weights[h] * losses[h] for h in spec.heads))
         scaler = self.scaler
         self.optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()

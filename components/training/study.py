@@ -10,7 +10,7 @@ import os
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import optuna
@@ -72,7 +72,7 @@ def open_study(params: Params) -> optuna.Study:
         n_startup_trials=settings.pruner.startup_trials, n_warmup_steps=settings.pruner.warmup_epochs
     )
     _, mode = primary_metric(read_state(params.featurize.out).label_kind)
-    direction = "minimize" if mode == "min" else "maximize"
+    direction: Literal["minimize", "maximize"] = "minimize" if mode == "min" else "maximize"
     try:
         study = optuna.create_study(
             study_name=study_name(params), storage=storage, pruner=pruner, direction=direction, load_if_exists=True,

@@ -41,6 +41,7 @@ from components.evaluation.heads import evaluate_heads
 from components.evaluation.metrics import is_better, primary_metric
 from components.features.contract import FeaturizerState, load_features
 from components.models import MultiTaskModel
+from components.models.seeds import SeedsReport
 from components.models.spec import ModelSpec
 from components.models.store import (
     CHECKPOINT,
@@ -66,7 +67,6 @@ from components.training.checkpoints import (
     save_checkpoint,
 )
 from components.training.lineage import trained_code_hash
-from components.training.reports import SeedsReport
 from components.training.runtime import deterministic, distributed, rank
 from components.training.seeds import best_seed, forget_seeds, keep_best_seed, seed_dir, start_seeds, stream_seed
 from components.training.step import Stepper, head_losses, loss_weights, optimizer_for

@@ -28,7 +28,9 @@ def suggest(trial: optuna.Trial, space: dict[str, SearchDimension], params: Para
     for key, dim in space.items():
         if dim.choices is not None:
             values[key] = trial.suggest_categorical(key, list(dim.choices))
-        elif isinstance(current(params, key), int) and not isinstance(current(params, key), bool):
+            continue
+        assert dim.low is not None and dim.high is not None  # no choices: a range (SearchDimension checks it)
+        if isinstance(current(params, key), int) and not isinstance(current(params, key), bool):
             step = 1 if dim.step is None else int(dim.step)
             values[key] = trial.suggest_int(key, int(dim.low), int(dim.high), step=step, log=dim.log)
         else:
@@ -120,12 +122,12 @@ class _TrialLog:
         value = record["valid"][self.head][self.metric]
         if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
             self.best = value
-        if self.client is not None:
+        if self.run_id is not None:  # a run (and its client) exactly when tracked
             tracking.log_numbers(self.client, self.run_id, epoch_metrics(record, self.head), step=record["epoch"])
         return value
 
     def finish(self, state: str, epochs: int, best: float | None = None) -> None:
-        if self.client is None:
+        if self.run_id is None:
             return
         best = self.best if best is None else best
         metrics = {"trial_seconds": time.perf_counter() - self.started, "epochs_run": epochs}

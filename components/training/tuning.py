@@ -111,7 +111,7 @@ def conclude(params: Params, params_file: Path) -> TuneResult:
     monitored = f"valid {head} {metric}"
     trials = [as_result(t, study) for t in study.get_trials(deepcopy=False)]
     completed = [t for t in trials if t.state == "COMPLETE"]
-    best = (min if mode == "min" else max)(completed, key=lambda t: t.value) if completed else None
+    best = (min if mode == "min" else max)(completed, key=_completed_value) if completed else None
     result = TuneResult(study=study.study_name, monitor=monitored, direction=study.direction.name.lower(), best=best,
                         trials=trials, changes=_changes(params, best))  # fmt: skip
     TuneReport(
@@ -133,6 +133,11 @@ def conclude(params: Params, params_file: Path) -> TuneResult:
     return result
 
 
+def _completed_value(trial: TrialResult) -> float:
+    assert trial.value is not None  # a completed trial has its value (`as_result`)
+    return trial.value
+
+
 def _figure_png(study: optuna.Study, monitored: str) -> bytes:
     """Left: every trial's valid curve (pruned ones dashed, where they stopped marked). Right: each finished trial's
     score and the best so far."""
@@ -151,6 +156,7 @@ def _figure_png(study: optuna.Study, monitored: str) -> bytes:
                 curves.plot(steps[-1:], values[-1:], "x", color="black", ms=5)
         if trial.state == optuna.trial.TrialState.COMPLETE:
             value = trial.value
+            assert value is not None  # Optuna records a completed trial's value
             best = value if best is None else (min if minimize else max)(best, value)
             scores.append((trial.number, value))
             running.append((trial.number, best))

@@ -417,8 +417,14 @@ def _or(words: list[str]) -> str:
 
 
 def constraints(metadata: list[Any]) -> list[str]:
-    words = {"ge": "≥ {}", "gt": "> {}", "le": "≤ {}", "lt": "< {}", "min_length": "at least {} entries",
-             "max_length": "at most {} entries"}  # fmt: skip
+    words = {
+        "ge": "≥ {}",
+        "gt": "> {}",
+        "le": "≤ {}",
+        "lt": "< {}",
+        "min_length": "at least {} entries",
+        "max_length": "at most {} entries",
+    }
     out = []
     for item in metadata:
         for attr, template in words.items():
@@ -529,8 +535,15 @@ def benchmarks_page(bench: Path) -> str:
             data, problem = _load(json_path)
             machine, date = _machine_and_date(data) if data is not None else (None, None)
             anchor = "results-" + re.sub(r"[^\w-]", "-", json_path.stem)
-            summary.append([f"[`{json_path.name}`](#{anchor})", "no script in bench/ writes it", md(machine or "",
-                            cell=True), md(date or "", cell=True), problem or ""])  # fmt: skip
+            summary.append(
+                [
+                    f"[`{json_path.name}`](#{anchor})",
+                    "no script in bench/ writes it",
+                    md(machine or "", cell=True),
+                    md(date or "", cell=True),
+                    problem or "",
+                ]
+            )
             sec = [f"## `{json_path.name}` {{#{anchor}}}\n", "No script in `bench/` writes this file.\n"]
             sec += _render_results(json_path, data, problem, machine, date)
             sections.append("\n".join(sec))
@@ -586,8 +599,10 @@ def _machine_and_date(data: Any) -> tuple[str | None, str | None]:
 
 def _render_results(path: Path, data: Any, problem: str | None, machine: str | None, date: str | None) -> list[str]:
     if problem == "no results committed":
-        return [f'!!! note "No results"\n    There is no `bench/results/{path.name}` in this checkout: run the '
-                "script on the machine you want numbers for and commit the JSON it writes.\n"]  # fmt: skip
+        return [
+            f'!!! note "No results"\n    There is no `bench/results/{path.name}` in this checkout: run the '
+            "script on the machine you want numbers for and commit the JSON it writes.\n"
+        ]
     if problem:
         return [f'!!! warning "Unreadable results"\n    `bench/results/{path.name}` is not valid JSON.\n']
     out = []

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -33,14 +32,27 @@ SMALL = {
 }
 # A new user's shell has none of these; the tests' own process has some (tests/conftest.py's pytest_configure).
 UNSET = (
-    "PREFECT_HOME", "XDG_CONFIG_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-    "PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "MSA_SIGNING_KEY", "MSA_TRUSTED_KEYS", "MSA_TRUST_MODEL",
-    "VIRTUAL_ENV", "PYTEST_CURRENT_TEST", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_TESTRUNUID",
-)  # fmt: skip
+    "PREFECT_HOME",
+    "XDG_CONFIG_HOME",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "PREFECT_API_URL",
+    "PREFECT_API_AUTH_STRING",
+    "MSA_SIGNING_KEY",
+    "MSA_TRUSTED_KEYS",
+    "MSA_TRUST_MODEL",
+    "VIRTUAL_ENV",
+    "PYTEST_CURRENT_TEST",
+    "PYTEST_XDIST_WORKER",
+    "PYTEST_XDIST_TESTRUNUID",
+)
 GIT = {
-    "GIT_AUTHOR_NAME": "newcomer", "GIT_AUTHOR_EMAIL": "newcomer@example.invalid",
-    "GIT_COMMITTER_NAME": "newcomer", "GIT_COMMITTER_EMAIL": "newcomer@example.invalid",
-}  # fmt: skip
+    "GIT_AUTHOR_NAME": "newcomer",
+    "GIT_AUTHOR_EMAIL": "newcomer@example.invalid",
+    "GIT_COMMITTER_NAME": "newcomer",
+    "GIT_COMMITTER_EMAIL": "newcomer@example.invalid",
+}
 
 
 @dataclass(frozen=True)
@@ -82,8 +94,11 @@ def tracked_files() -> list[str]:
     examples not committed yet."""
     listing = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [name for name in listing.stdout.split("\0") if name and (REPO / name).is_file()]
 
 
@@ -163,24 +178,6 @@ def fresh_project(built_project: Built) -> Built:
         shutil.rmtree(path, ignore_errors=True)
         shutil.copytree(built_project.snapshot / saved, path, symlinks=True)
     return built_project
-
-
-def stop_group(pgid: int, grace: float = 15) -> None:
-    """TERM a process group, KILL it after `grace` seconds if any of it is left."""
-    import signal
-
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0)):
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
-                return
-            time.sleep(0.2)
 
 
 def loads_params(project: Path) -> dict:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.servers import free_port, stop_group_id
 from tests.docs.blocks import HELPERS, BlockError, block_failure, page_script, parse_page, port_locks, runnable
-from tests.docs.conftest import stop_group
 
 PAGE = textwrap.dedent(
     """\
@@ -64,8 +64,15 @@ PAGE = textwrap.dedent(
 def test_blocks_markers_and_languages() -> None:
     blocks = parse_page(PAGE, "page.md")
     assert [(b.line, b.language) for b in blocks] == [
-        (3, "bash"), (7, "text"), (12, "bash"), (17, "bash"), (22, "bash"), (27, "bash"), (32, "python"), (37, "bash")
-    ]  # fmt: skip
+        (3, "bash"),
+        (7, "text"),
+        (12, "bash"),
+        (17, "bash"),
+        (22, "bash"),
+        (27, "bash"),
+        (32, "python"),
+        (37, "bash"),
+    ]
     one, _, slow, gpu, indented, team, _, serve = blocks
     assert one.code == "echo one\n" and one.runnable and not one.slow
     assert slow.slow and slow.runnable
@@ -121,9 +128,12 @@ def run_page(text: str, tmp_path: Path, timeout: float = 60) -> tuple[int, str, 
     (tmp_path / "logs").mkdir()
     (tmp_path / "groups").touch()
     env = {
-        "PATH": os.environ["PATH"], "DOC_HELPERS": str(tmp_path / "helpers.sh"), "DOC_STATUS": str(tmp_path / "block"),
-        "DOC_GROUPS": str(tmp_path / "groups"), "DOC_LOGS": str(tmp_path / "logs"),
-    }  # fmt: skip
+        "PATH": os.environ["PATH"],
+        "DOC_HELPERS": str(tmp_path / "helpers.sh"),
+        "DOC_STATUS": str(tmp_path / "block"),
+        "DOC_GROUPS": str(tmp_path / "groups"),
+        "DOC_LOGS": str(tmp_path / "logs"),
+    }
     shell = subprocess.run(
         ["bash", str(tmp_path / "page.md.sh")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -151,12 +161,6 @@ def test_unset_variables_and_pipelines_fail(tmp_path: Path) -> None:
     assert code != 0 and "the block at line 2" in report
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_background_block_listens_then_the_page_goes_on(tmp_path: Path) -> None:
     port = free_port()
     server = f"{sys.executable} -m http.server {port} --bind 127.0.0.1"
@@ -173,7 +177,7 @@ def test_background_block_listens_then_the_page_goes_on(tmp_path: Path) -> None:
             pass  # still up after the page's bash ended: the test stops it
     finally:
         for pgid in groups:
-            stop_group(pgid)
+            stop_group_id(pgid)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
@@ -187,7 +191,7 @@ def test_background_block_that_ends_or_never_listens_fails_the_page(tmp_path: Pa
     code, _, report, groups = run_page(page, tmp_path)
     assert code != 0 and f"127.0.0.1:{port} did not listen within 2 s" in report
     for pgid in groups:
-        stop_group(pgid)
+        stop_group_id(pgid)
 
 
 def test_a_fixed_port_is_held_by_one_test_at_a_time() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.servers import free_port, serving, stop_group_id
 from tests.docs.blocks import (
     HELPERS,
     Block,
@@ -33,7 +33,7 @@ from tests.docs.blocks import (
     port_locks,
     runnable,
 )
-from tests.docs.conftest import REPO, Built, stop_group, user_environment
+from tests.docs.conftest import REPO, Built, user_environment
 
 pytestmark = pytest.mark.integration
 
@@ -99,9 +99,9 @@ def run_blocks(blocks: list[Block], built: Built, scratch: Path, timeout: float 
         except subprocess.TimeoutExpired:
             code = None
         finally:
-            stop_group(shell.pid)  # what a foreground block left running
+            stop_group_id(shell.pid)  # what a foreground block left running
             for pgid in {int(line) for line in groups.read_text().split()}:
-                stop_group(pgid)  # the background blocks: at the end of the page
+                stop_group_id(pgid)  # the background blocks: at the end of the page
             shell.wait()
     print(f"{blocks[0].page}: {len(blocks)} blocks in {time.monotonic() - started:.0f} s")
     if code != 0:
@@ -163,32 +163,14 @@ def test_msa_predict_scores_every_example_and_uses_its_modalities(fresh_project:
         assert prediction["score"] != pytest.approx(scores[prediction["id"]], abs=1e-6), prediction["id"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.e2e
 def test_the_served_model_scores_examples_request_json(fresh_project: Built, tmp_path: Path) -> None:
     """examples/request.json posted to `msa serve` of the registered model: one prediction per record."""
     port, log = free_port(), tmp_path / "serve.log"
     args = ["msa", "serve", MODEL, "--port", str(port)]
-    with log.open("w") as sink:
-        server = subprocess.Popen(
-            args, cwd=fresh_project.project, env=user_environment(fresh_project), stdout=sink,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert server.poll() is None, f"msa serve exited {server.returncode}:\n{log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                assert time.monotonic() < deadline, f"msa serve did not answer in 240 s:\n{log.read_text()[-3000:]}"
-                time.sleep(0.5)
+    with serving(
+        args, f"http://127.0.0.1:{port}/ping", log, cwd=fresh_project.project, env=user_environment(fresh_project)
+    ):
         body = (EXAMPLES / "request.json").read_bytes()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
@@ -198,8 +180,5 @@ def test_the_served_model_scores_examples_request_json(fresh_project: Built, tmp
                 answer = json.loads(response.read())
         except urllib.error.HTTPError as e:
             pytest.fail(f"{e.code}: {e.read().decode()[:2000]}")
-    finally:
-        stop_group(server.pid)
-        server.wait()
     records = json.loads(body)["dataframe_records"]
     check_predictions([{} for _ in records], answer["predictions"], "request.json")

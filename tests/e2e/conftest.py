@@ -69,11 +69,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1 with a SQLite store and proxied artifacts, as a team would run it."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    args = [
-        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-        "--workers", "1",
-    ]  # fmt: skip
+    args = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
+    args += ["--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
     with serving(args, f"http://127.0.0.1:{port}/health", root / "server.log", cwd=root):
         yield f"http://127.0.0.1:{port}"
 

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from devtools.servers import stop_group
 from tests.conftest import tiny_dataset
 from tests.e2e.conftest import working_directory, write_params
 from tests.e2e.servers import free_port, stop_ephemeral_prefect_server  # noqa: F401 - autouse: the flows' server
@@ -78,9 +79,13 @@ def msa_run(project: Path, log: Path, *args: str, env: dict[str, str] | None = N
     """`msa run` in its own process group (so that the ephemeral Prefect server it starts dies with it)."""
     with log.open("w") as sink:
         return subprocess.Popen(
-            [str(BIN / "msa"), "run", *args], cwd=project, env=environment(**THREADS, **(env or {})), stdout=sink,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [str(BIN / "msa"), "run", *args],
+            cwd=project,
+            env=environment(**THREADS, **(env or {})),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def finish(process: subprocess.Popen, log: Path, timeout: float = 300) -> str:
@@ -124,12 +129,9 @@ def late_mlflow_server(tmp_path: Path) -> Iterator[tuple[str, threading.Event]]:
         while not start.wait(0.2):
             if stop.is_set():
                 return
-        args = [
-            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--workers", "1",
-        ]  # fmt: skip
+        args = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
+        args += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
+        args += ["--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
         with (root / "server.log").open("w") as sink:
             processes.append(
                 subprocess.Popen(
@@ -145,12 +147,7 @@ def late_mlflow_server(tmp_path: Path) -> Iterator[tuple[str, threading.Event]]:
         stop.set()
         thread.join(timeout=10)
         for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    kill_group(process)
+            stop_group(process)
 
 
 def test_the_lineage_check_retries_until_a_late_tracking_server_answers(

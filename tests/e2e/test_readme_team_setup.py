@@ -38,6 +38,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from devtools.servers import stop_group_id
 from tests.docs.blocks import TEAM_SETUP, parse_page, port_locks
 from tests.integration.conftest import PROJECT_FILES, REPO, copy_project
 from tests.integration.shell import environment, run
@@ -54,10 +55,21 @@ DATABASE_ERRORS = re.compile(
 )
 # Names the block's settings take; a new user's shell has none of them.
 UNSET = (
-    "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_AUTH_CONFIG_PATH",
-    "PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_HOME",
-    "PREFECT_API_DATABASE_CONNECTION_URL", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE",
-)  # fmt: skip
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_AUTH_CONFIG_PATH",
+    "PREFECT_API_URL",
+    "PREFECT_API_AUTH_STRING",
+    "PREFECT_SERVER_API_AUTH_STRING",
+    "PREFECT_HOME",
+    "PREFECT_API_DATABASE_CONNECTION_URL",
+    "PGHOST",
+    "PGPORT",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGDATABASE",
+)
 AS_POSTGRES = """\
 initdb() { chown -R postgres: "$TEAM"; runuser -u postgres -- %(initdb)s "$@"; }
 pg_ctl() { runuser -u postgres -- %(pg_ctl)s "$@"; }
@@ -73,23 +85,6 @@ def team_setup_block() -> str:
 
 def port_free(port: int) -> bool:
     return all(c.laddr.port != port for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN)
-
-
-def stop_group(pgid: int) -> None:
-    """Stop everything the block started in the background (servers, workers and their children): they outlive the
-    shell, in its process group. TERM first, then KILL."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(_in_group(p, pgid) for p in psutil.process_iter()):
-            time.sleep(0.5)
-
-
-def _in_group(process: psutil.Process, pgid: int) -> bool:
-    with contextlib.suppress(psutil.Error, ProcessLookupError):
-        return os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE
-    return False
 
 
 def postgres_tools() -> dict[str, str]:
@@ -190,9 +185,12 @@ def test_the_readme_team_setup_block_runs_as_written(
     run(["git", "commit", "-q", "-m", "clone"], cwd=clone, env=git)
 
     env = environment(
-        HOME=str(home), OMP_NUM_THREADS="1", PREFECT_WORKER_QUERY_SECONDS="2",
-        PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="5", **git,
-    )  # fmt: skip
+        HOME=str(home),
+        OMP_NUM_THREADS="1",
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="5",
+        **git,
+    )
     for key in UNSET:
         env.pop(key, None)  # the block sets what it needs, as in a new user's shell
     script = team_setup_block()
@@ -206,12 +204,18 @@ def test_the_readme_team_setup_block_runs_as_written(
         with log.open("w") as sink:
             shell = subprocess.Popen(
                 ["bash", "-euo", "pipefail", "-c", script],
-                cwd=clone, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                cwd=clone,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         # Run last: the servers and workers stop first, then the database.
         stack.callback(stop_postgres, team / "pg", tools["pg_ctl"], tmp_path / "pg_ctl-stop.log")
-        stack.callback(stop_group, shell.pid)
-        stack.callback(lambda: [stop_group(r.pid) for r in extra])
+        # What the block started in the background (servers, workers and their children) outlives the shell, in its
+        # process group.
+        stack.callback(stop_group_id, shell.pid)
+        stack.callback(lambda: [stop_group_id(r.pid) for r in extra])
         started = time.monotonic()
         while shell.poll() is None:
             assert time.monotonic() - started < 900, f"the block did not end in 900 s:\n{log.read_text()[-5000:]}"
@@ -219,8 +223,16 @@ def test_the_readme_team_setup_block_runs_as_written(
                 login = env | {"PREFECT_API_URL": PREFECT, "PREFECT_API_AUTH_STRING": f"msa:{secret(team, 'prefect')}"}
                 for output in outputs:
                     with output.open("w") as sink:
-                        extra.append(subprocess.Popen(retrain, cwd=clone, env=login, stdout=sink,
-                                                      stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+                        extra.append(
+                            subprocess.Popen(
+                                retrain,
+                                cwd=clone,
+                                env=login,
+                                stdout=sink,
+                                stderr=subprocess.STDOUT,
+                                start_new_session=True,
+                            )
+                        )
             time.sleep(1)
         print(f"the team-setup block took {time.monotonic() - started:.0f} s")
         logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(team.glob("*.log")))
@@ -278,8 +290,9 @@ def test_the_readme_team_setup_block_runs_as_written(
 
         # (b) Prefect without PREFECT_API_AUTH_STRING: 401, and nothing created.
         anonymous = env | {"PREFECT_API_URL": PREFECT}
-        listing = subprocess.run(["prefect", "deployment", "ls"], cwd=clone, env=anonymous, capture_output=True,
-                                 text=True, timeout=120)  # fmt: skip
+        listing = subprocess.run(
+            ["prefect", "deployment", "ls"], cwd=clone, env=anonymous, capture_output=True, text=True, timeout=120
+        )
         assert listing.returncode != 0 and "401" in listing.stdout + listing.stderr, listing.stdout + listing.stderr
         assert httpx.post(f"{PREFECT}/deployments/filter", json={}).status_code == 401
         assert httpx.post(f"{PREFECT}/work_pools/", json={"name": "intruder", "type": "process"}).status_code == 401

@@ -157,8 +157,8 @@ def test_champion_loads_as_pyfunc_and_predicts_raw_rows(tiny_project, mlflow_ser
     source = tiny_project / "inputs" / "rows.jsonl"
     rows.to_json(source, orient="records", lines=True)
     out = tiny_project / "inputs" / "predictions.csv"
-    result = msa(tiny_project, mlflow_server, "predict", "--model", "models:/pyfunc@champion", "--input", str(source),
-                 "--output", str(out))  # fmt: skip
+    predicting = ["predict", "--model", "models:/pyfunc@champion", "--input", str(source), "--output", str(out)]
+    result = msa(tiny_project, mlflow_server, *predicting)
     assert f"{len(rows)} rows" in result.stdout
     written = pd.read_csv(out)
     assert list(written["id"]) == list(frame["id"])
@@ -179,8 +179,8 @@ def test_corrupt_model_artifact_is_a_clear_error(tiny_project, mlflow_server, cl
     assert result.returncode == 1 and changed in result.stderr and len(result.stderr.splitlines()) == 1
     with pytest.raises(UntrustedModelError, match=changed):  # MLflow's own loader (`mlflow models serve`) too
         mlflow.pyfunc.load_model(str(local))
-    trusted = msa(tiny_project, mlflow_server, "predict", "--model", str(local), "--input", str(source),
-                  "--trust-model", check=False)  # fmt: skip
+    predicting = ["predict", "--model", str(local), "--input", str(source), "--trust-model"]
+    trusted = msa(tiny_project, mlflow_server, *predicting, check=False)
     assert trusted.returncode == 1 and "not a readable model package" in trusted.stderr
 
 
@@ -231,9 +231,12 @@ def test_a_name_taken_by_a_model_with_other_inputs_is_refused(
     package.mkdir()
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
-            name="model", loader_module="components.serving", data_path=str(package),
-            signature=ModelSignature(inputs=Schema([ColSpec("string", "sentence")])), pip_requirements=["numpy"],
-        )  # fmt: skip
+            name="model",
+            loader_module="components.serving",
+            data_path=str(package),
+            signature=ModelSignature(inputs=Schema([ColSpec("string", "sentence")])),
+            pip_requirements=["numpy"],
+        )
     mlflow.register_model(info.model_uri, "taken")
     params = params_for(tiny_project, "taken")
     result = msa(tiny_project, mlflow_server, "register", "--params", str(params), check=False)

@@ -122,8 +122,8 @@ def test_training_on_a_pool_without_a_shared_disk_resumes_on_a_new_worker_and_re
 
     with ExitStack() as stack:
         # No scheduler: the deployment's Monday 03:00 schedule must not add a run to the ones this test starts.
-        server = [cli, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--no-scheduler",
-                  "--analytics-off"]  # fmt: skip
+        server = [cli, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--no-scheduler"]
+        server += ["--analytics-off"]
         stack.enter_context(serving(server, f"{api}/health", logs / "server.log", cwd=tmp_path, env=prefect))
         for pool in ("cpu", "gpu"):
             prefect_cli("work-pool", "create", pool, "--type", "process")
@@ -215,10 +215,10 @@ def test_training_on_a_pool_without_a_shared_disk_resumes_on_a_new_worker_and_re
         attempts = {
             r.info.run_name: r
             for r in mlflow.search_runs(
-                [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and "
-                "tags.`msa.kind` = 'train'"
+                [parent.info.experiment_id],
+                f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`msa.kind` = 'train'",
             )
-        }  # fmt: skip
+        }
         assert attempts["train"].info.status == "KILLED", {n: r.info.status for n, r in attempts.items()}
         replacement = attempts["train (attempt 2)"]
         assert replacement.info.status == "FINISHED" and "system/cpu_utilization_percentage" in replacement.data.metrics

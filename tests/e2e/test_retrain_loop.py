@@ -142,8 +142,8 @@ def test_new_data_retrains_rescores_the_champion_and_promotes_only_the_better_mo
     registry = MlflowClient(mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
     with ExitStack() as stack:
-        server = [cli, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--no-scheduler",
-                  "--analytics-off"]  # fmt: skip
+        server = [cli, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--no-scheduler"]
+        server += ["--analytics-off"]
         stack.enter_context(serving(server, f"{api}/health", logs / "server.log", cwd=tmp_path, env=prefect))
         run([cli, "work-pool", "create", "cpu", "--type", "process"], cwd=repository, env=prefect)
         run([cli, "deploy", "--name", "retrain", "--no-prompt"], cwd=repository, env=prefect)

@@ -48,12 +48,10 @@ def test_served_champion_answers_raw_rows_like_the_loaded_pyfunc(tiny_project, m
     expected = mlflow.pyfunc.load_model(uri).predict(rows)
 
     port = free_port()
-    args = [str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
-            "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
-    with serving(
-        args, f"http://127.0.0.1:{port}/health", tmp_path / "serve.log", cwd=tiny_project,
-        env={"MLFLOW_TRACKING_URI": mlflow_server},
-    ):  # fmt: skip
+    args = [str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local"]
+    args += ["-h", "127.0.0.1", "-p", str(port)]
+    health, log = f"http://127.0.0.1:{port}/health", tmp_path / "serve.log"
+    with serving(args, health, log, cwd=tiny_project, env={"MLFLOW_TRACKING_URI": mlflow_server}):
         invocations = f"http://127.0.0.1:{port}/invocations"
         status, text = request(invocations, dataframe_split(rows))
         assert status == 200, text

@@ -42,8 +42,8 @@ def server(served_clip_model: tuple[Path, Path], tmp_path_factory: pytest.TempPa
     pyfunc, _ = served_clip_model
     root = tmp_path_factory.mktemp("serve-clips")
     port = free_port()
-    args = [str(BIN / "mlflow"), "models", "serve", "-m", str(pyfunc), "--env-manager", "local",
-            "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    args = [str(BIN / "mlflow"), "models", "serve", "-m", str(pyfunc), "--env-manager", "local"]
+    args += ["-h", "127.0.0.1", "-p", str(port)]
     with serving(args, f"http://127.0.0.1:{port}/ping", root / "serve.log", cwd=root):
         yield f"http://127.0.0.1:{port}"
 
@@ -68,8 +68,10 @@ def test_a_served_clip_scores_as_msa_predict_scores_its_file(server, served_clip
         by_path[column] = [None if is_null(p) else str(Path(p).relative_to(raw)) for p in by_path[column]]
     rows = tmp_path / "clips.jsonl"
     rows.write_text(by_path.to_json(orient="records", lines=True))
-    run([str(BIN / "msa"), "predict", "--model", str(pyfunc), "--input", str(rows), "--image-root", str(raw)],
-        cwd=tmp_path)  # fmt: skip
+    run(
+        [str(BIN / "msa"), "predict", "--model", str(pyfunc), "--input", str(rows), "--image-root", str(raw)],
+        cwd=tmp_path,
+    )
     predicted = pd.read_json(tmp_path / "clips.predictions.jsonl", lines=True)
 
     assert list(predicted["id"]) == list(inline["id"])
@@ -87,17 +89,26 @@ def good(served_clip_model, **changes) -> dict:
 CASES = [  # (id, changes, what the 400 says)
     ("audio-path", {"audio_base64": None, "audio": "/etc/hostname"}, "row 1: the served model opens no file paths"),
     ("video-path", {"video": "video/demo-00000.mp4"}, "the served model opens no file paths: send the video"),
-    ("not-a-clip", {"audio_base64": b64(b"just text, not a sound")},
-     "audio from the audio clip: not in WAV or FLAC format"),
-    ("too-long", {"audio_base64": b64(wav(CLIP_SERVE_LIMITS["max_clip_seconds"] + 0.5, rate=8000))},
-     "clip lasts 3.5 s, more than the 3 s allowed"),
+    (
+        "not-a-clip",
+        {"audio_base64": b64(b"just text, not a sound")},
+        "audio from the audio clip: not in WAV or FLAC format",
+    ),
+    (
+        "too-long",
+        {"audio_base64": b64(wav(CLIP_SERVE_LIMITS["max_clip_seconds"] + 0.5, rate=8000))},
+        "clip lasts 3.5 s, more than the 3 s allowed",
+    ),
     ("too-big", {"audio_base64": "A" * 90_000}, "audio_base64 has 90000 characters; at most 80000"),
     ("low-rate", {"audio_base64": b64(wav(0.5, rate=4000))}, "audio sample rate 4000 Hz is outside"),
-    ("audio-as-video", {"audio_base64": None, "video_base64": b64(wav(0.5))},
-     "vision from the video clip: not in MP4 or WebM format"),  # the video's own problem, not its soundtrack's
+    (
+        "audio-as-video",
+        {"audio_base64": None, "video_base64": b64(wav(0.5))},
+        "vision from the video clip: not in MP4 or WebM format",
+    ),  # the video's own problem, not its soundtrack's
     ("video-as-audio", {"audio_base64": b64(mp4())}, "audio from the audio clip: not in WAV or FLAC format"),
     ("truncated", {"video_base64": None, "audio_base64": b64(wav(0.5)[:30])}, "audio from the audio clip: "),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("changes", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

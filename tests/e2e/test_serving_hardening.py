@@ -66,8 +66,8 @@ def model_error(text: str) -> str:
 def server(served_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, psutil.Process]]:
     root = tmp_path_factory.mktemp("serve")
     port = free_port()
-    args = [str(BIN / "mlflow"), "models", "serve", "-m", str(served_model), "--env-manager", "local",
-            "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    args = [str(BIN / "mlflow"), "models", "serve", "-m", str(served_model), "--env-manager", "local"]
+    args += ["-h", "127.0.0.1", "-p", str(port)]
     with serving(args, f"http://127.0.0.1:{port}/ping", root / "serve.log", cwd=root) as process:
         yield f"http://127.0.0.1:{port}", psutil.Process(process.pid)
 
@@ -86,12 +86,12 @@ CASES = [  # (id, rows, what the 400 says)
         "base64-bomb",
         [good(image_base64=base64.b64encode(png_claiming(20_000, 20_000)).decode())],
         "row 1: image has more than the 4096 pixels allowed",
-    ),  # fmt: skip
+    ),
     (
         "base64-many-pixels",
         [good(image_base64=base64.b64encode(png_claiming(100, 100)).decode())],
         "row 1: image is 100x100 pixels, more than the 4096 allowed",
-    ),  # fmt: skip
+    ),
     ("frames-too-many", [good(audio=[[0.0, 0.0, 0.0]] * 17)], "row 1: audio has 17 frames; at most 16"),
     ("frames-wrong-width", [good(vision=[[0.0] * 4])], "row 1: vision must be a list of frames of 3 numbers each"),
     ("frames-not-frames", [good(audio="loud")], "row 1: audio must be a list of frames of 3 numbers each"),

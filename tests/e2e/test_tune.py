@@ -3,8 +3,8 @@ resumed, every trial a nested MLflow run, the best values written as a params fi
 
 from __future__ import annotations
 
+import itertools
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +16,7 @@ import yaml
 from mlflow import MlflowClient
 
 from components.core.config import load_params
-from tests.e2e.test_flow_faults import copy_project, edit_params, sqlite_store
+from tests.e2e.test_flow_faults import copy_project, edit_params, kill_group, sqlite_store
 
 pytestmark = pytest.mark.e2e
 
@@ -39,19 +39,25 @@ def test_tune_runs_trials_concurrently_and_a_killed_study_resumes(tiny_project: 
         project,
         train={"epochs": 12, "patience": 12},
         tune={
-            "trials": 4, "concurrency": 2, "heartbeat": HEARTBEAT, "storage": storage,
+            "trials": 4,
+            "concurrency": 2,
+            "heartbeat": HEARTBEAT,
+            "storage": storage,
             "pruner": {"startup_trials": 2, "warmup_epochs": 2},
-            "space": {"train.lr": {"low": 0.001, "high": 0.01, "log": True},
-                      "model.dropout": {"low": 0.0, "high": 0.3}},
+            "space": {
+                "train.lr": {"low": 0.001, "high": 0.01, "log": True},
+                "model.dropout": {"low": 0.0, "high": 0.3},
+            },
         },
-    )  # fmt: skip
+    )
     env = os.environ | {"MLFLOW_TRACKING_URI": sqlite_store(project)}
     log = (tmp_path / "first.log").open("w")
 
     # The first `msa tune` is killed (the whole process group, as a lost machine would be) while a trial trains,
     # after at least one trial has finished.
-    first = subprocess.Popen([MSA, "tune"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)  # fmt: skip
+    first = subprocess.Popen(
+        [MSA, "tune"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + 400
     try:
         while time.monotonic() < deadline and first.poll() is None:
@@ -64,8 +70,7 @@ def test_tune_runs_trials_concurrently_and_a_killed_study_resumes(tiny_project: 
         else:
             pytest.fail(f"no trial finished while another trained: {(tmp_path / 'first.log').read_text()[-3000:]}")
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+        kill_group(first)
     killed = {t.number: t.params for t in _trials(storage) if t.state == optuna.trial.TrialState.RUNNING}
     assert killed
     time.sleep(2 * HEARTBEAT + 1)  # their heartbeats are stale now
@@ -84,7 +89,7 @@ def test_tune_runs_trials_concurrently_and_a_killed_study_resumes(tiny_project: 
         assert trials[number].state == optuna.trial.TrialState.FAIL
         assert any(t.system_attrs.get("failed_trial") == number and t.params == params for t in finished)
     spans = sorted((t.datetime_start, t.datetime_complete) for t in trials if t.datetime_complete)
-    assert any(a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)), "no two trials ran at once"
+    assert any(a[1] > b[0] for a, b in itertools.pairwise(spans)), "no two trials ran at once"
 
     # The best completed trial's values: printed as `dvc exp run -S` overrides, written as a params file.
     best = min((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.value)

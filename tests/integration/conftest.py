@@ -14,9 +14,18 @@ from tests.integration.shell import BIN, run
 REPO = Path(__file__).resolve().parents[2]
 # What a fresh clone holds that the pipeline's commands read: `python -m flows.cli` runs the copy's code.
 PROJECT_FILES = (
-    "params.yaml", "dvc.yaml", "dvc.lock", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore", "data/.gitignore",
-    "components", "flows", "metrics",
-)  # fmt: skip
+    "params.yaml",
+    "dvc.yaml",
+    "dvc.lock",
+    "data.dvc",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+    "data/.gitignore",
+    "components",
+    "flows",
+    "metrics",
+)
 
 
 @pytest.fixture

@@ -38,10 +38,10 @@ CASES = [
         "id,text\nr1,good, really good\n",
         "row 1: expected 2 fields (id, text), found 3",
         name="in/rows.csv",
-    ),  # fmt: skip
+    ),
     predict_case(
         "csv-bad-frames", "id,text,audio\nr1,good,[[1 2]]\n", "column 'audio' must hold JSON frames", name="in/rows.csv"
-    ),  # fmt: skip
+    ),
     predict_case("jsonl-not-json", '{"text": "a"}\n{"text": \n', "row 2: not valid JSON"),
     predict_case("jsonl-not-object", '["a", 1]\n', "row 1: expected a JSON object per line, got list"),
     predict_case("jsonl-bad-utf8", b'{"text": "caf\xe9"}\n', "byte 0xe9 is not valid UTF-8"),
@@ -58,13 +58,13 @@ CASES = [
         "base64-not-image",
         jsonl(good(image_base64=base64.b64encode(b"hello").decode())),
         "row 1: not a PNG or JPEG image",
-    ),  # fmt: skip
+    ),
     predict_case("base64-gif", jsonl(good(image_base64=base64.b64encode(gif()).decode())), "not a PNG or JPEG image"),
     predict_case(
         "base64-bomb",
         jsonl(good(image_base64=base64.b64encode(png_claiming(20_000, 20_000)).decode())),
         "row 1: image has more than the 4096 pixels allowed",
-    ),  # fmt: skip
+    ),
     predict_case("base64-too-long", jsonl(good(image_base64="A" * 8000)), "image_base64 has 8000 characters; at most"),
     predict_case("base64-not-text", jsonl(good(image_base64=123)), "image_base64 must be base64 text"),
     # image paths: read only inside the image root, symlinks resolved
@@ -73,33 +73,33 @@ CASES = [
         jsonl(good(image_base64=None, image="../secret.png")),
         "leaves the image root",
         files={"secret.png": png()},
-    ),  # fmt: skip
+    ),
     predict_case("path-absolute", jsonl(good(image_base64=None, image="/etc/hostname")), "leaves the image root"),
     predict_case(
         "path-symlink-out",
         jsonl(good(image_base64=None, image="link.png")),
         "leaves the image root",
         links={"in/link.png": "/etc/hostname"},
-    ),  # fmt: skip
+    ),
     predict_case(
         "path-directory",
         jsonl(good(image_base64=None, image="sub")),
         "image path sub is not a file",
         files={"in/sub/x": "x"},
-    ),  # fmt: skip
+    ),
     predict_case("path-missing", jsonl(good(image_base64=None, image="none.png")), "cannot read image none.png"),
     predict_case(
         "path-too-big",
         jsonl(good(image_base64=None, image="big.png")),
         "more than the 4096 allowed",
         files={"in/big.png": png(64) + b"\0" * 5000},
-    ),  # fmt: skip
+    ),
     predict_case(
         "path-bomb",
         jsonl(good(image_base64=None, image="bomb.png")),
         "image has more than the 4096 pixels allowed",
         files={"in/bomb.png": png_claiming(20_000, 20_000)},
-    ),  # fmt: skip
+    ),
     # frames
     predict_case("frames-too-many", jsonl(good(audio=[[0.0, 0.0, 0.0]] * 17)), "audio has 17 frames; at most 16"),
     predict_case("frames-wrong-width", jsonl(good(audio=[[0.0, 0.0]])), "the model expects [frames, 3]"),
@@ -115,11 +115,11 @@ CASES = [
         "--output",
         "in",
         files={"in/x": "x"},
-    ),  # fmt: skip
+    ),
     predict_case("output-is-input", jsonl(good()), "is the input file", "--output", "in/rows.jsonl"),
     predict_case(
         "output-suffix", jsonl(good()), "predictions are written as .jsonl or .csv", "--output", "out.parquet"
-    ),  # fmt: skip
+    ),
 ]
 
 

@@ -92,10 +92,13 @@ def test_demo_matches_data_dvc_and_dvc_repro_runs_once(project, msa):
     assert "msa-demo version 1 is champion" in flow.stdout, logs
     # It ends saying where everything is and how to use the model.
     for line in (
-        "models/trained/model.json", "reports/validation.html", "mlflow ui --backend-store-uri sqlite:///mlflow.db",
-        "?workflowType=machine_learning", "msa predict --model models:/msa-demo/1 --input examples/rows.jsonl",
+        "models/trained/model.json",
+        "reports/validation.html",
+        "mlflow ui --backend-store-uri sqlite:///mlflow.db",
+        "?workflowType=machine_learning",
+        "msa predict --model models:/msa-demo/1 --input examples/rows.jsonl",
         "mlflow models serve -m models:/msa-demo/1",
-    ):  # fmt: skip
+    ):
         assert line in flow.stdout, flow.stdout
     assert "featurize: unchanged inputs" in logs and "resumed after epoch 2" in logs and "0 epochs" not in logs
     assert (project / "mlflow.db").is_file() and any((project / "mlruns").rglob("MLmodel"))

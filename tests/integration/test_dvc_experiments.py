@@ -23,7 +23,7 @@ TINY = {  # enough to train and compress for real, in seconds
     "model": {"hidden": 8, "textcnn": {"feature_maps": 4}},
     "train": {"epochs": 2, "batch_size": 8},
     "compress": {"variants": ["int8"], "latency_runs": 3, "throughput_batch": 4},
-}  # fmt: skip
+}
 IDENTITY = {"user.name": "msa tests", "user.email": "tests@msa.invalid"}
 
 

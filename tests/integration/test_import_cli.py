@@ -20,8 +20,8 @@ def test_mmsa_import_then_validate(project, msa, tmp_path):
     failed = msa("validate", "--data", "data/mosi", cwd=project, check=False)
     assert failed.returncode == 1 and "vid1$_$1: audio features contain inf" in failed.stderr
 
-    msa("data", "import", "mmsa", str(pickle_file), "--trust-pickle", "--zero-nonfinite", "--out", "data/mosi",
-        cwd=project)  # fmt: skip
+    importing = ["data", "import", "mmsa", str(pickle_file), "--trust-pickle", "--zero-nonfinite", "--out", "data/mosi"]
+    msa(*importing, cwd=project)
     assert "passed" in msa("validate", "--data", "data/mosi", cwd=project).stdout
 
 
@@ -34,8 +34,9 @@ def test_csv_import_then_validate(project, msa, tmp_path):
         lines.append(f"p{i},post number {i},img/{i}.png,{'positive' if i % 2 else 'negative'}")
     (tmp_path / "posts.csv").write_text("\n".join(lines) + "\n")
 
-    result = msa("data", "import", "csv", str(tmp_path / "posts.csv"), "--image-root", str(tmp_path / "posts"),
-                 "--valid-frac", "0.2", "--test-frac", "0.2", "--out", "data/posts", cwd=project)  # fmt: skip
+    source = ["csv", str(tmp_path / "posts.csv"), "--image-root", str(tmp_path / "posts")]
+    splits = ["--valid-frac", "0.2", "--test-frac", "0.2", "--out", "data/posts"]
+    result = msa("data", "import", *source, *splits, cwd=project)
     assert "20 samples (train 12, valid 4, test 4); modalities: text, image" in result.stdout
     assert "passed" in msa("validate", "--data", "data/posts", cwd=project).stdout
 

@@ -162,8 +162,8 @@ def test_an_unchanged_run_with_a_prefect_server_is_a_flow_run_there(project: Pat
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     prefect = {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api}
-    server = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui",
-              "--no-scheduler", "--analytics-off"]  # fmt: skip
+    server = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    server += ["--no-ui", "--no-scheduler", "--analytics-off"]
     with serving(server, f"{api}/health", tmp_path / "server.log", cwd=tmp_path, env=prefect):
         env = prefect | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
         done = run([str(BIN / "msa"), "run"], cwd=project, env=env)

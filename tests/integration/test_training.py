@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from components.models.store import (
     split_rows,
 )
 from components.training.train import train
+from devtools.servers import free_ports
 from tests.conftest import TWO_CLASS_MANIFEST, tiny_dataset, two_classes
 from tests.integration.conftest import REPO
 from tests.integration.shell import BIN, environment, run
@@ -267,14 +266,6 @@ def ddp_worker(job: str) -> None:
         training.stream_seed = same_stream_on_every_rank if spec["same_stream"] else REAL_STREAM_SEED
         train(spec["features"], DROPOUT, TrainParams(**spec["train"]), progress=False)
     Path(f"{job}.{os.environ['RANK']}.json").write_text(json.dumps(drawn))
-
-
-def free_ports(n: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
 
 
 @dataclass

@@ -88,13 +88,26 @@ def test_the_offline_page_escapes_what_the_data_holds():
 
     evil = "<script src='https://example.com/x.js'></script>"
     report = {
-        "success": False, "dataset": "d<b>", "version": "1", "n_samples": 1, "evaluated": 1, "failed": 1,
-        "failures": [{"rule": "text not blank", "column": "text", "unexpected_count": 1, "message": evil,
-                      "examples": [{"id": evil, "value": evil}]}],
-        "expectations": [{"rule": "text not blank", "expectation": "e", "column": "text", "success": False,
-                          "unexpected_count": 1}],
+        "success": False,
+        "dataset": "d<b>",
+        "version": "1",
+        "n_samples": 1,
+        "evaluated": 1,
+        "failed": 1,
+        "failures": [
+            {
+                "rule": "text not blank",
+                "column": "text",
+                "unexpected_count": 1,
+                "message": evil,
+                "examples": [{"id": evil, "value": evil}],
+            }
+        ],
+        "expectations": [
+            {"rule": "text not blank", "expectation": "e", "column": "text", "success": False, "unexpected_count": 1}
+        ],
         "data_docs": None,
-    }  # fmt: skip
+    }
     page = render_html(report)
     assert "<script" not in page and "&lt;script" in page and "d&lt;b&gt;" in page
     assert_offline(page)
@@ -117,7 +130,7 @@ def test_data_docs_are_replaced_not_accumulated(make_dataset, params):
 def test_unreadable_samples_file_raises_data_error(make_dataset, params):
     path = make_dataset()
     (path / SAMPLES).write_bytes(b"not parquet")
-    with pytest.raises(DataError, match="samples.parquet"):
+    with pytest.raises(DataError, match=r"samples.parquet"):
         validate_dataset(path, params)
 
 

@@ -101,9 +101,11 @@ def _clip_rows(
 ) -> tuple[list[dict], dict[str, Path]]:
     """The rows with each clip cell renamed to its place in the dataset (`audio/<stem>.wav`, ...; None where
     empty), and the files to copy there, each confined to `root`."""
-    rows, clips, used_stems = [], {}, set()
+    rows: list[dict[str, str | None]] = []
+    clips: dict[str, Path] = {}
+    used_stems: set[str] = set()
     for number, record in enumerate(records, start=1):
-        row = {**record, **dict.fromkeys(CLIP_COLUMNS)}
+        row: dict[str, str | None] = {**record, **dict.fromkeys(CLIP_COLUMNS)}
         stem = file_stem(record["id"], used_stems, "clip")
         for column in clip_columns:
             if value := record[column].strip():
@@ -111,8 +113,9 @@ def _clip_rows(
                     csv_path, root, value, column=column, option="--media-root", suffixes=CLIP_SUFFIXES[column],
                     row=number, sample_id=record["id"],
                 )  # fmt: skip
-                row[column] = f"{column}/{stem}{source.suffix.lower()}"
-                clips[row[column]] = source
+                placed = f"{column}/{stem}{source.suffix.lower()}"
+                row[column] = placed
+                clips[placed] = source
         rows.append(row)
     return rows, clips
 

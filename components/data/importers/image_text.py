@@ -18,6 +18,8 @@ from components.data.importers.labelled_csv import (
     with_splits,
 )
 
+__all__ = ["import_image_text_csv"]
+
 REQUIRED_COLUMNS = ("id", "text", "image", "label")
 
 
@@ -44,7 +46,9 @@ def import_image_text_csv(
     csv_path = Path(csv_path)
     columns, records = read_rows(csv_path)
     check_table(csv_path, columns, records, REQUIRED_COLUMNS)
-    rows, images, used_stems = [], {}, set()
+    rows: list[dict[str, str | None]] = []
+    images: dict[str, Path] = {}
+    used_stems: set[str] = set()
     root = root_dir(image_root, "--image-root")
     for number, record in enumerate(records, start=1):
         image = None

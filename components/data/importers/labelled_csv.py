@@ -18,6 +18,18 @@ from components.core.errors import DataError
 from components.core.textfiles import csv_records
 from components.data.dataset import SPLITS, ClassificationLabel, RegressionLabel, carve_splits, label_range
 
+__all__ = [
+    "TASKS",
+    "Task",
+    "check_table",
+    "confined_file",
+    "file_stem",
+    "labels",
+    "read_rows",
+    "root_dir",
+    "with_splits",
+]
+
 Task = Literal["auto", "regression", "classification"]
 TASKS: tuple[Task, ...] = ("auto", "regression", "classification")
 
@@ -122,7 +134,9 @@ def labels(
     if task == "auto":
         numeric = [_is_float(v) for v in given if v is not None]
         if any(numeric) and not all(numeric):  # one typo must not turn scores into hundreds of "classes"
-            number, row = next((n, r) for n, r in enumerate(rows, 1) if given[n - 1] and not _is_float(given[n - 1]))
+            number, row = next(
+                (n, r) for n, (r, v) in enumerate(zip(rows, given, strict=True), 1) if v and not _is_float(v)
+            )
             raise DataError(
                 path, f"label '{given[number - 1]}' is not a number, but {sum(numeric)} other labels are; fix it, or "
                 "pass --task classification if the numbers are class names", row=number, sample_id=row["id"],

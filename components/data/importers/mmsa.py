@@ -22,6 +22,8 @@ from components.data.dataset import (
     write_dataset,
 )
 
+__all__ = ["import_mmsa"]
+
 REQUIRED_KEYS = ("raw_text", "audio", "vision", "regression_labels", "id")
 
 
@@ -46,7 +48,8 @@ def import_mmsa(
     if not isinstance(data, dict):
         raise DataError(pickle_path, f"expected a dict with keys {list(SPLITS)}, found a {type(data).__name__}")
 
-    frames, arrays = [], {m: [] for m in SEQUENCE_MODALITIES}
+    frames: list[pd.DataFrame] = []
+    arrays: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {m: [] for m in SEQUENCE_MODALITIES}
     offset = 0
     for split in SPLITS:
         part = _split(pickle_path, data, split)
@@ -93,7 +96,7 @@ def _load_trusted_pickle(path: Path, trust: bool) -> Any:
             return pickle.load(f)  # the user vouched for this file
     except OSError as e:
         raise DataError(path, f"cannot read the file: {e.strerror or e}") from None
-    except Exception as e:  # unpickling fails in many ways (EOFError, UnpicklingError, ValueError, ...)
+    except Exception as e:  # noqa: BLE001 - unpickling fails in many ways (EOFError, UnpicklingError, ValueError, ...)
         raise DataError(
             path, f"not a loadable pickle, the file is truncated or corrupt ({type(e).__name__}: {e})"
         ) from None

@@ -11,6 +11,8 @@ from components.core.errors import DataError
 from components.core.textfiles import csv_records
 from components.data.dataset import Manifest, Modalities, TextSpec, carve_splits, label_range, write_dataset
 
+__all__ = ["import_text_tsv"]
+
 HEADER = ["text", "label"]
 
 
@@ -33,7 +35,8 @@ def import_text_tsv(
     Ids are `<file's split>-<row index in that file>`, so a carved row keeps the id that points at its source.
     """
     label = label_range(label_min, label_max)
-    files = {"train": Path(train), "valid": valid, "test": test}
+    train = Path(train)
+    files = {"train": train, "valid": valid, "test": test}
     frames = [_read(Path(path), split) for split, path in files.items() if path is not None]
     carve = {"valid": valid_frac, "test": test_frac}
     carve = {split: fraction for split, fraction in carve.items() if files[split] is None}
@@ -43,7 +46,7 @@ def import_text_tsv(
     samples["image"] = None
     samples["seq_index"] = pd.array([None] * len(samples), dtype="Int64")
     manifest = Manifest(
-        name=name or files["train"].stem,
+        name=name or train.stem,
         version="1",
         source=", ".join(Path(p).name for p in files.values() if p is not None),
         label=label,

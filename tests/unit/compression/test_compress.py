@@ -17,10 +17,28 @@ from components.models.store import digest, load_trained
 from components.training.train import train
 from tests.conftest import Trained
 
-MEASURED = {"size_bytes", "params", "nonzero_params", "task_params", "task_nonzero_params", "latency_ms_p50",
-            "latency_ms_p95", "throughput_per_s", "metrics"}  # fmt: skip
-VARIANT = MEASURED | {"delta", "max_abs_diff", "change", "kept", "path", "sparsity", "finetune_epochs",
-                     "started", "seconds"}  # fmt: skip
+MEASURED = {
+    "size_bytes",
+    "params",
+    "nonzero_params",
+    "task_params",
+    "task_nonzero_params",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "throughput_per_s",
+    "metrics",
+}
+VARIANT = MEASURED | {
+    "delta",
+    "max_abs_diff",
+    "change",
+    "kept",
+    "path",
+    "sparsity",
+    "finetune_epochs",
+    "started",
+    "seconds",
+}
 
 
 def run(trained, tmp_path: Path, **settings) -> dict:
@@ -45,8 +63,16 @@ def outputs_on_test(model: torch.nn.Module, features: Path) -> dict[str, torch.T
 
 def test_report_layout_and_variants_written(trained, tmp_path):
     report = run(trained, tmp_path)
-    assert report.keys() == {"model_digest", "head", "metric", "tolerance", "change_unit", "split", "baseline",
-                             "variants"}  # fmt: skip
+    assert report.keys() == {
+        "model_digest",
+        "head",
+        "metric",
+        "tolerance",
+        "change_unit",
+        "split",
+        "baseline",
+        "variants",
+    }
     assert report["change_unit"] == "points"
     assert report["model_digest"] == digest(trained.model)
     assert (report["head"], report["metric"], report["split"]) == ("fusion", "acc2", "test")
@@ -134,8 +160,15 @@ def test_structured_pruning_zeroes_whole_rows(trained, tmp_path):
 
 
 def test_variant_beyond_tolerance_is_reported_but_not_written(trained, tmp_path):
-    report = run(trained, tmp_path, variants=("prune_unstructured",), sparsity=0.95, finetune_epochs=0,
-                 tolerance=0.0, metric="mae")  # fmt: skip
+    report = run(
+        trained,
+        tmp_path,
+        variants=("prune_unstructured",),
+        sparsity=0.95,
+        finetune_epochs=0,
+        tolerance=0.0,
+        metric="mae",
+    )
     variant = report["variants"]["prune_unstructured"]
     assert variant["change"] > 0  # variant - uncompressed in mae's own units: a worse mae is a positive change
     assert variant["change"] == variant["delta"]["mae"] and report["change_unit"] == "mae"

@@ -42,7 +42,7 @@ def test_choice(latencies, setting, expected, tmp_path):
 
 
 def test_a_named_variant_must_have_been_kept(tmp_path):
-    with pytest.raises(ConfigError, match="'onnx_int8'.*lost more than compress.tolerance; kept: \\['int8'\\]"):
+    with pytest.raises(ConfigError, match=r"'onnx_int8'.*lost more than compress.tolerance; kept: \['int8'\]"):
         served_variant(report(baseline=20.0, int8=15.0, onnx_int8=None), "onnx_int8", tmp_path / "c.json")
     with pytest.raises(ConfigError, match="was not measured"):
         served_variant(report(baseline=20.0, int8=15.0), "onnx_fp32", tmp_path / "c.json")
@@ -50,9 +50,15 @@ def test_a_named_variant_must_have_been_kept(tmp_path):
 
 
 def test_package_serves_the_onnx_variant_like_the_torch_model(trained, tmp_path):
-    params = CompressParams(out=tmp_path / "compressed", report=tmp_path / "compression.json",
-                            headline=tmp_path / "headline.json", variants=("onnx_fp32",), latency_runs=3,
-                            throughput_batch=4, tolerance=100.0)  # fmt: skip
+    params = CompressParams(
+        out=tmp_path / "compressed",
+        report=tmp_path / "compression.json",
+        headline=tmp_path / "headline.json",
+        variants=("onnx_fp32",),
+        latency_runs=3,
+        throughput_batch=4,
+        tolerance=100.0,
+    )
     compress(trained.features, trained.model, params, TrainParams(batch_size=2), progress=False)
     torch_package = package_model(trained.model, trained.features, tmp_path / "torch")
     onnx_package = package_model(trained.model, trained.features, tmp_path / "onnx", variant=params.out / "onnx_fp32")
@@ -72,6 +78,6 @@ def test_a_variant_of_another_model_is_refused(trained, tmp_path):
     variant = tmp_path / "compressed" / "onnx_fp32"
     variant.mkdir(parents=True)
     (variant / "model.json").write_text(json.dumps({"model_digest": "0" * 64, "format": "onnx"}))
-    with pytest.raises(DataError, match="was compressed from another model.*run `msa compress`"):
+    with pytest.raises(DataError, match=r"was compressed from another model.*run `msa compress`"):
         package_model(trained.model, trained.features, tmp_path / "package", variant=variant)
     assert not (tmp_path / "package").exists()

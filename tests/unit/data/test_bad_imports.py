@@ -43,8 +43,8 @@ CASES = [
     csv_case("csv-one-class", "id,text,image,label\np1,a,,pos\np2,b,,pos\n", "needs at least 2 classes"),
     csv_case(
         "csv-regression-text-label", GOOD_CSV + "p4,x,,high\n", "label 'high' is not a number", "--task", "regression"
-    ),  # fmt: skip
-    csv_case("csv-unknown-task", GOOD_CSV, "'ordinal'", "--task", "ordinal", code=2),  # fmt: skip
+    ),
+    csv_case("csv-unknown-task", GOOD_CSV, "'ordinal'", "--task", "ordinal", code=2),
     csv_case(
         "csv-fractions-sum-to-one",
         GOOD_CSV,
@@ -53,7 +53,7 @@ CASES = [
         "0.6",
         "--test-frac",
         "0.5",
-    ),  # fmt: skip
+    ),
     csv_case("csv-negative-fraction", GOOD_CSV, "split fractions must be between 0 and 1", "--valid-frac", "-0.1"),
     csv_case("csv-label-range-reversed", GOOD_CSV, REVERSED, "--label-min", "3", "--label-max", "-3"),
     # the CSV importer: ids unique, splits written exactly as the contract names them
@@ -61,12 +61,12 @@ CASES = [
         "csv-duplicate-id",
         GOOD_CSV + "p4,x,,1\np2,again,,1\n",
         "posts.csv, row 5 (id p2): same id as row 2: ids must be unique",
-    ),  # fmt: skip
+    ),
     csv_case(
         "csv-split-not-exact",
         "id,text,image,label,split\np1,a,,1,train\np2,b,,2,TRAIN \n",
         "posts.csv, row 2 (id p2): split 'TRAIN ' is not one of train, valid, test (lower case, no spaces)",
-    ),  # fmt: skip
+    ),
     csv_case(
         "csv-split-empty", "id,text,image,label,split\np1,a,,1,\np2,b,,2,test\n", "row 1 (id p1): split '' is not"
     ),
@@ -76,34 +76,34 @@ CASES = [
         "id,text,image,label\np1,a,../secret.png,1\np2,b,,2\n",
         "outside --image-root",
         files={"secret.png": png()},
-    ),  # fmt: skip
+    ),
     csv_case("csv-image-absolute", "id,text,image,label\np1,a,/etc/hostname,1\np2,b,,2\n", "outside --image-root"),
     csv_case(
         "csv-image-symlink-out",
         "id,text,image,label\np1,a,imgs/link.png,1\np2,b,,2\n",
         "outside --image-root",
         links={"d/imgs/link.png": "/etc/hostname"},
-    ),  # fmt: skip
+    ),
     csv_case(
         "csv-image-symlink-to-text",
         "id,text,image,label\np1,a,imgs/l.png,1\np2,b,,2\n",
         "unsupported suffix",
         files={"d/notes.txt": "not an image"},
         links={"d/imgs/l.png": "../notes.txt"},
-    ),  # fmt: skip
+    ),
     csv_case(
         "csv-image-gif",
         "id,text,image,label\np1,a,imgs/c.gif,1\np2,b,,2\n",
         "unsupported suffix",
         files={"d/imgs/c.gif": gif()},
-    ),  # fmt: skip
+    ),
     csv_case("csv-image-missing", "id,text,image,label\np1,a,imgs/none.png,1\np2,b,,2\n", "image file not found"),
     csv_case(
         "csv-image-directory",
         "id,text,image,label\np1,a,imgs/dir.png,1\np2,b,,2\n",
         "image file not found",
         files={"d/imgs/dir.png/x": "x"},
-    ),  # fmt: skip
+    ),
     # the TSV importer
     tsv_case("tsv-wrong-header", "sentence\tscore\nhi\t1\n", "line 1: expected the header 'text<TAB>label'"),
     tsv_case("tsv-three-fields", "text\tlabel\nhi\t1\textra\n", "line 2: expected 2 tab-separated fields"),
@@ -122,7 +122,7 @@ CASES = [
         1,
         "t/valid.tsv: no rows after the header: nothing to import",
         {"t/train.tsv": TSV, "t/valid.tsv": "text\tlabel\n"},
-    ),  # fmt: skip
+    ),
     Case("tsv-missing-file", ("data", "import", "tsv", "nothere.tsv", "--out", "out"), 1, "cannot read the file"),
     # the MMSA importer: pickle only when trusted
     Case(
@@ -131,32 +131,32 @@ CASES = [
         1,
         "--trust-pickle",
         {"m.pkl": pickle.dumps({"train": {}})},
-    ),  # fmt: skip
+    ),
     Case(
         "mmsa-not-a-pickle",
         ("data", "import", "mmsa", "m.pkl", "--trust-pickle", "--out", "out"),
         1,
         "m.pkl",
         {"m.pkl": "not a pickle"},
-    ),  # fmt: skip
+    ),
     Case(
         "mmsa-label-range-reversed",
         ("data", "import", "mmsa", "m.pkl", "--trust-pickle", "--label-min", "1", "--label-max", "-1", "--out", "out"),
         1,
         "--label-min must be below --label-max; got --label-min 1 and --label-max -1",
         {"m.pkl": pickle.dumps({})},
-    ),  # fmt: skip
+    ),
     Case(
         "mmsa-not-a-dict",
         ("data", "import", "mmsa", "m.pkl", "--trust-pickle", "--out", "out"),
         1,
         "expected a dict with keys",
         {"m.pkl": pickle.dumps([1, 2])},
-    ),  # fmt: skip
+    ),
     # writers replace only a directory the project wrote (a dataset, by its manifest.yaml) or an empty one
     csv_case(
         "csv-out-is-the-input-dir", GOOD_CSV, "holds files this project did not write (no manifest.yaml)", "--out", "d"
-    ),  # fmt: skip
+    ),
     csv_case("csv-out-is-a-file", GOOD_CSV, "is a file, not a directory", "--out", "d/posts.csv"),
     tsv_case("tsv-out-is-the-project", TSV, "holds files this project did not write", "--out", "."),
     Case(
@@ -165,14 +165,14 @@ CASES = [
         1,
         "refusing to replace it",
         {"photos/holiday.jpg": b"\xff\xd8 my photo"},
-    ),  # fmt: skip
+    ),
     Case(
         "demo-out-file",
         ("data", "demo", "--size", "30", "--out", "notes.txt"),
         1,
         "is a file",
         {"notes.txt": "keep me"},
-    ),  # fmt: skip
+    ),
     Case(
         "demo-out-link-to-foreign",
         ("data", "demo", "--size", "30", "--out", "link"),
@@ -180,14 +180,14 @@ CASES = [
         "refusing to replace it",
         {"photos/a.jpg": b"\xff\xd8"},
         links={"link": "photos"},
-    ),  # fmt: skip
+    ),
     Case(
         "mmsa-out-foreign",
         ("data", "import", "mmsa", "m.pkl", "--out", "photos"),
         1,
         "refusing to replace it",
         {"m.pkl": pickle.dumps({}), "photos/a.jpg": b"\xff\xd8"},
-    ),  # fmt: skip
+    ),
 ]
 
 

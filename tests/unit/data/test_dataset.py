@@ -23,7 +23,7 @@ def text_only(n: int = 6) -> tuple[Manifest, pd.DataFrame]:
             "split": (["train", "valid", "test"] * n)[:n],
             "text": ["hello"] * n,
             "label": np.linspace(-1, 1, n),
-        }  # fmt: skip
+        }
     )
     return manifest, samples
 
@@ -97,7 +97,7 @@ def test_missing_files_are_named(make_dataset, remove, message):
 def test_unreadable_files_are_named(make_dataset, tmp_path):
     root = make_dataset()
     (root / "sequences/audio.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(DataError, match="audio.safetensors: not a readable safetensors file"):
+    with pytest.raises(DataError, match=r"audio.safetensors: not a readable safetensors file"):
         read_dataset(root)
     with pytest.raises(DataError, match="no dataset directory"):
         read_dataset(tmp_path / "nowhere")

@@ -61,12 +61,15 @@ def test_mmsa_fet_label_csv_imports_as_it_is(tmp_path: Path, mp4: bytes) -> None
     for video_id, clip_id in (("03bSnISJMiM", "1"), ("03bSnISJMiM", "2"), ("0h-zjBukYpk", "13")):
         (root / "Raw" / video_id).mkdir(parents=True, exist_ok=True)
         (root / "Raw" / video_id / f"{clip_id}.mp4").write_bytes(mp4)
-    path = write_csv(root, [
-        "video_id,clip_id,text,label,label_T,label_A,label_V,annotation,mode",
-        "03bSnISJMiM,1,a lot of sad parts,-0.8,,,,Negative,train",
-        "03bSnISJMiM,2,there is sad parts,-0.6,,,,Negative,valid",
-        "0h-zjBukYpk,13,but it was good,2.4,,,,Positive,test",
-    ])  # fmt: skip
+    path = write_csv(
+        root,
+        [
+            "video_id,clip_id,text,label,label_T,label_A,label_V,annotation,mode",
+            "03bSnISJMiM,1,a lot of sad parts,-0.8,,,,Negative,train",
+            "03bSnISJMiM,2,there is sad parts,-0.6,,,,Negative,valid",
+            "0h-zjBukYpk,13,but it was good,2.4,,,,Positive,test",
+        ],
+    )
     ds = read_dataset(import_clips_csv(path, tmp_path / "out", media_root=root))
     m = ds.manifest
     assert m.modalities.present == ["text", "audio", "vision"] and m.label.kind == "regression"
@@ -75,7 +78,10 @@ def test_mmsa_fet_label_csv_imports_as_it_is(tmp_path: Path, mp4: bytes) -> None
     assert list(s["id"]) == ["03bSnISJMiM$_$1", "03bSnISJMiM$_$2", "0h-zjBukYpk$_$13"]  # MMSA's own ids
     assert list(s["split"]) == ["train", "valid", "test"] and list(s["label"]) == [-0.8, -0.6, 2.4]
     assert s["audio"].isna().all() and list(s["video"]) == [
-        "video/03bSnISJMiM___1.mp4", "video/03bSnISJMiM___2.mp4", "video/0h-zjBukYpk___13.mp4"]  # fmt: skip
+        "video/03bSnISJMiM___1.mp4",
+        "video/03bSnISJMiM___2.mp4",
+        "video/0h-zjBukYpk___13.mp4",
+    ]
     assert ds.clip_files("audio") == ds.clip_files("vision")  # the soundtrack
     with pytest.raises(
         DataError, match=r"row 1 \(id 03bSnISJMiM\$_\$1\): video file not found: .*Raw/03bSnISJMiM/1.mp4"
@@ -106,8 +112,12 @@ def test_clips_import_round_trips(media: Path, tmp_path: Path, mp4: bytes) -> No
     assert (root / "audio" / "u_1-2.flac").read_bytes() == b"not decoded here"
     assert (root / "video" / "u_1.mp4").read_bytes() == mp4 == (root / "video" / "u4.mp4").read_bytes()
     assert (root / "video" / "u3.webm").read_bytes() == b"webm, not decoded here"
-    assert ds.clip_files("audio") == [root / "audio/u_1.wav", root / "audio/u_1-2.flac", root / "video/u3.webm",
-                                      root / "video/u4.mp4"]  # fmt: skip
+    assert ds.clip_files("audio") == [
+        root / "audio/u_1.wav",
+        root / "audio/u_1-2.flac",
+        root / "video/u3.webm",
+        root / "video/u4.mp4",
+    ]
     assert ds.clip_files("vision") == [root / "video/u_1.mp4", None, root / "video/u3.webm", root / "video/u4.mp4"]
 
 
@@ -217,8 +227,8 @@ def test_bad_rows_labels_and_settings(media: Path, tmp_path: Path) -> None:
 
 def test_cli_imports_clips(guarded_project: Path, media: Path) -> None:
     write_csv(media, CSV_LINES)
-    outcome = msa("data", "import", "clips", media / "label.csv", "--media-root", media, "--out", "clips",
-                  "--max-len-vision", "12")  # fmt: skip
+    source = ["clips", media / "label.csv", "--media-root", media]
+    outcome = msa("data", "import", *source, "--out", "clips", "--max-len-vision", "12")
     assert outcome.code == 0, outcome
     assert "4 samples" in outcome.stdout and "modalities: text, audio, vision" in outcome.stdout
     ds = read_dataset(guarded_project / "clips")

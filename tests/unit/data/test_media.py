@@ -130,16 +130,29 @@ CLIP_PROBLEMS = [  # (id, data, kind, column, bounds, message)
     ("too-many-pixels", mp4_with_sound(size=64), "vision", "video", ClipBounds(max_pixels=1000), "64x64 pixels"),
     ("truncated-mp4", mp4_with_sound()[:400], "vision", "video", BOUNDS, "clip does not open"),
     # Only the codecs recorders write are decoded: the wheel's other decoders never see a stranger's bytes.
-    ("audio-codec", encoded("wav", "adpcm_yamaha"), "audio", "audio", BOUNDS,
-     "audio codec 'adpcm_yamaha' is not accepted; transcode the clip to one of flac"),
+    (
+        "audio-codec",
+        encoded("wav", "adpcm_yamaha"),
+        "audio",
+        "audio",
+        BOUNDS,
+        "audio codec 'adpcm_yamaha' is not accepted; transcode the clip to one of flac",
+    ),
     ("video-codec", encoded("mov", "png"), "vision", "video", BOUNDS, "video codec 'png' is not accepted; transcode"),
-    ("no-decoder", wav(0.2)[:20] + b"\x34\x12" + wav(0.2)[22:], "audio", "audio", BOUNDS,
-     "audio codec 'unknown' is not accepted"),  # a WAV format tag no decoder here reads
-]  # fmt: skip
+    (
+        "no-decoder",
+        wav(0.2)[:20] + b"\x34\x12" + wav(0.2)[22:],
+        "audio",
+        "audio",
+        BOUNDS,
+        "audio codec 'unknown' is not accepted",
+    ),  # a WAV format tag no decoder here reads
+]
 
 
-@pytest.mark.parametrize(("data", "kind", "column", "bounds", "message"), [c[1:] for c in CLIP_PROBLEMS],
-                         ids=[c[0] for c in CLIP_PROBLEMS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("data", "kind", "column", "bounds", "message"), [c[1:] for c in CLIP_PROBLEMS], ids=[c[0] for c in CLIP_PROBLEMS]
+)
 def test_a_bad_clip_is_a_clip_problem_naming_the_rule(data, kind, column, bounds, message):
     settings = AUDIO if kind == "audio" else VIDEO
     with pytest.raises(ClipProblem, match=message):
@@ -165,10 +178,16 @@ def test_the_media_demo_is_byte_identical_for_the_same_seed(tmp_path):
     assert digest(first) == digest(generate_demo(tmp_path / "b", size=30, seed=4, media=True))
     # Another process, with other threads and allocations behind it: the encoder decides nothing by itself.
     subprocess.run(
-        [sys.executable, "-c", "import sys; from components.data.demo import generate_demo; "
-         "generate_demo(sys.argv[1], size=30, seed=4, media=True)", str(tmp_path / "d")],
-        check=True, env={**os.environ, "OMP_NUM_THREADS": "2"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys; from components.data.demo import generate_demo; "
+            "generate_demo(sys.argv[1], size=30, seed=4, media=True)",
+            str(tmp_path / "d"),
+        ],
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     assert digest(first) == digest(tmp_path / "d")
     assert digest(first) != digest(generate_demo(tmp_path / "c", size=30, seed=5, media=True))
     dataset = read_dataset(first)

@@ -1,4 +1,5 @@
-"""components.evaluation.metrics: expected values are worked out by hand in the comments, not recomputed with sklearn."""
+"""components.evaluation.metrics: expected values are worked out by hand in the comments, not recomputed with
+sklearn."""
 
 from __future__ import annotations
 
@@ -75,8 +76,9 @@ def test_weighted_f1_differs_from_accuracy() -> None:
 
 @pytest.mark.parametrize("case", ["random", "all positive", "perfect", "all wrong", "one class predicted"])
 def test_binary_scores_equal_sklearn_bit_for_bit(case: str) -> None:
-    # The one comparison with sklearn: MMSA's Acc-2 / F1 are sklearn's numbers, which components.evaluation.metrics computes
-    # in numpy (sklearn's per-call checks cost more than the training step they score); they must not move a bit.
+    # The one comparison with sklearn: MMSA's Acc-2 / F1 are sklearn's numbers, which components.evaluation.metrics
+    # computes in numpy (sklearn's per-call checks cost more than the training step they score); they must not move
+    # a bit.
     from sklearn.metrics import accuracy_score, f1_score
 
     rng = np.random.default_rng(len(case))
@@ -198,12 +200,12 @@ def test_absent_class_keeps_its_row() -> None:
 
 @pytest.mark.parametrize("kind", ["regression", "classification"])
 def test_empty_input(kind: str) -> None:
-    with pytest.raises(ValueError, match="^no samples to evaluate$"):
+    with pytest.raises(ValueError, match=r"^no samples to evaluate$"):
         metrics_for(kind, [], [], CLASSES)
 
 
 def test_empty_logits() -> None:
-    with pytest.raises(ValueError, match="^no samples to evaluate$"):
+    with pytest.raises(ValueError, match=r"^no samples to evaluate$"):
         classification_metrics(np.zeros((0, 3)), [], CLASSES)
 
 
@@ -230,7 +232,7 @@ def test_non_finite_predictions() -> None:
 
 
 def test_bad_class_indices() -> None:
-    with pytest.raises(ValueError, match="outside the class range 0..2"):
+    with pytest.raises(ValueError, match=r"outside the class range 0..2"):
         classification_metrics([0, 3, 1], [0, 1, 2], CLASSES)
     with pytest.raises(ValueError, match="labels are outside"):
         classification_metrics([0, 1, 2], [0, -1, 2], CLASSES)

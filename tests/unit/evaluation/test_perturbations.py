@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from typing import get_args
 
@@ -168,7 +169,7 @@ def test_text_severities_nest(name):
     distinct = [" ".join(f"w{i}x{k}" for k in range(25)) + "." for i in range(4)]  # a word's text is its place
     texts = TEXTS if name == "text_sentence_shuffle" else distinct
     outs = [_apply(name, texts, s) for s in SEVERITIES]
-    for low, high in zip(outs, outs[1:], strict=False):
+    for low, high in itertools.pairwise(outs):
         for text, a, b in zip(texts, low, high, strict=True):
             if name == "text_word_deletion":
                 assert set(P.WORD.findall(b)) <= set(P.WORD.findall(a))
@@ -332,7 +333,7 @@ def test_missing():
     present = np.array([True] * 150 + [False] * 50)
     ids = _ids(200)
     outs = [P.drop_modality(present, ids, s, 0, "missing_audio") for s in SEVERITIES]
-    for low, high in zip(outs, outs[1:], strict=False):
+    for low, high in itertools.pairwise(outs):
         assert (low | ~high).all()
     assert all(not out[150:].any() for out in outs)  # absent stays absent
     assert not outs[-1].any() and np.array_equal(outs[0], present)

@@ -176,9 +176,19 @@ CHAMPION = SimpleNamespace(version="3", tags={"msa.robustness": "an edited tag: 
 def evidence(robust: dict[str, float], measured_on: str = "test:abc:seed0") -> Evidence:
     """What the champion's verified package records of its robustness."""
     return Evidence(
-        run_id="r3", metric="test fusion mae", score=0.5, test_split="abc", variant="baseline", dataset="d",
-        dataset_version="1", data_hash="d", params_hash="p", code_hash="c", robustness=measured_on, robust=robust,
-    )  # fmt: skip
+        run_id="r3",
+        metric="test fusion mae",
+        score=0.5,
+        test_split="abc",
+        variant="baseline",
+        dataset="d",
+        dataset_version="1",
+        data_hash="d",
+        params_hash="p",
+        code_hash="c",
+        robustness=measured_on,
+        robust=robust,
+    )
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,7 @@ def test_padding_truncation_and_missing_modalities(make_dataset, params):
     def ragged(samples, sequences, images):
         for m in ("audio", "vision"):
             sequences[m] = SequenceArray(sequences[m].features, np.array([4, 2] + [3] * 10, dtype=np.int64))
-        samples["seq_index"] = pd.array([pd.NA] + list(range(1, 12)), dtype="Int64")
+        samples["seq_index"] = pd.array([pd.NA, *range(1, 12)], dtype="Int64")
         samples["image"] = samples["image"].astype(object)
         samples.loc[1, "image"] = None
 

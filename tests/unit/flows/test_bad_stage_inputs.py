@@ -36,22 +36,37 @@ def damage(relative: str, content: bytes | None = None, *, truncate: int | None 
 
 # (id, dataset edit, file damage after writing, settings, message)
 DATASET_CASES = [
-    ("image-bomb", image("images/s03.png", png_claiming(20_000, 20_000)), None, {},
-     "images/s03.png (id s03): image has more than the 89478485 pixels allowed"),
+    (
+        "image-bomb",
+        image("images/s03.png", png_claiming(20_000, 20_000)),
+        None,
+        {},
+        "images/s03.png (id s03): image has more than the 89478485 pixels allowed",
+    ),
     ("image-header-only", image("images/s04.png", png_claiming(8, 8)[:40]), None, {}, "(id s04): not a PNG or JPEG"),
-    ("image-truncated", image("images/s08.png", png_claiming(64, 64)[:-20]), None, {},
-     "(id s08): image does not decode"),
+    (
+        "image-truncated",
+        image("images/s08.png", png_claiming(64, 64)[:-20]),
+        None,
+        {},
+        "(id s08): image does not decode",
+    ),
     ("image-is-text", image("images/s05.png", b"just some text"), None, {}, "(id s05): not a PNG or JPEG image"),
     ("image-is-gif", image("images/s06.png", gif()), None, {}, "(id s06): not a PNG or JPEG image"),
     ("image-missing", None, damage("images/s07.png"), {}, "cannot read the image"),
     ("no-manifest", None, damage("manifest.yaml"), {}, "missing: every dataset directory needs a manifest.yaml"),
     ("manifest-not-yaml", None, damage("manifest.yaml", b"name: [x\n"), {}, "manifest.yaml: not valid YAML"),
     ("samples-not-parquet", None, damage("samples.parquet", b"PAR1 nope"), {}, "not a readable parquet file"),
-    ("sequences-truncated", None, damage("sequences/audio.safetensors", truncate=50), {},
-     "audio.safetensors: not a readable safetensors file"),
+    (
+        "sequences-truncated",
+        None,
+        damage("sequences/audio.safetensors", truncate=50),
+        {},
+        "audio.safetensors: not a readable safetensors file",
+    ),
     ("device-cuda", None, None, {"featurize": {"device": "cuda"}}, "CUDA is not available on this machine"),
     ("device-unknown", None, None, {"featurize": {"device": "tpu"}}, "'tpu' is not a torch device"),
-]  # fmt: skip
+]
 
 
 @pytest.fixture

@@ -29,8 +29,14 @@ PIPELINE = PipelineParams(
         "register": 16,
     },
 )
-STAGE_TASKS = {"validate": tasks.validate, "featurize": tasks.featurize, "train": tasks.train,
-               "evaluate": tasks.evaluate, "robustness": tasks.robustness, "compress": tasks.compress}  # fmt: skip
+STAGE_TASKS = {
+    "validate": tasks.validate,
+    "featurize": tasks.featurize,
+    "train": tasks.train,
+    "evaluate": tasks.evaluate,
+    "robustness": tasks.robustness,
+    "compress": tasks.compress,
+}
 IO_TASKS = {"register": tasks.register, "lineage": tasks.already_registered}
 
 

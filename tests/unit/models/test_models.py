@@ -220,10 +220,10 @@ def test_han_ignores_empty_sentences():
     han = HAN(E, 8).eval()
     states = torch.randn(1, L, E)
     first, second = [1, 2, 3], [4, 5]
-    dense_index = torch.tensor([[first + [0], second + [0, 0]]])
+    dense_index = torch.tensor([[[*first, 0], [*second, 0, 0]]])
     dense_mask = torch.tensor([[[True] * 3 + [False], [True] * 2 + [False] * 2]])
     # the same two sentences with empty ones before, between and after them, their slots pointing anywhere
-    sparse_index = torch.tensor([[[7, 8, 9, 10], first + [11], [6, 6, 6, 6], second + [9, 9], [3, 3, 3, 3]]])
+    sparse_index = torch.tensor([[[7, 8, 9, 10], [*first, 11], [6, 6, 6, 6], [*second, 9, 9], [3, 3, 3, 3]]])
     sparse_mask = torch.zeros(1, 5, W, dtype=torch.bool)
     sparse_mask[0, 1, :3] = sparse_mask[0, 3, :2] = True
     with torch.no_grad():

@@ -48,7 +48,7 @@ def test_weights_that_differ_from_their_card_are_refused(trained, tmp_path):
     weights = bytearray((copy / model_store.WEIGHTS).read_bytes())
     weights[-1] ^= 0x01  # one bit of one weight: a file safetensors still reads
     (copy / model_store.WEIGHTS).write_bytes(bytes(weights))
-    with pytest.raises(TrainingError, match="model.safetensors: its bytes differ from what training recorded"):
+    with pytest.raises(TrainingError, match=r"model.safetensors: its bytes differ from what training recorded"):
         model_store.load_trained(copy)
 
 

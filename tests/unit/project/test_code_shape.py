@@ -37,6 +37,6 @@ def test_functions_fit_in_a_head() -> None:
 
 
 def test_every_subpackage_says_what_it_holds() -> None:
-    packages = [p for p in (REPO / "components").rglob("__init__.py")]
+    packages = list((REPO / "components").rglob("__init__.py"))
     undocumented = [_name(p) for p in packages if not ast.get_docstring(ast.parse(p.read_text(encoding="utf-8")))]
     assert not undocumented, f"subpackages without a docstring: {undocumented}"

@@ -41,8 +41,13 @@ def test_dvc_plots_show_writes_a_page_with_no_network_script(tmp_path):
         config.write(f"[plots]\n    html_template = {template().relative_to(REPO / '.dvc').as_posix()}\n")
     (tmp_path / "curve.csv").write_text("epoch,loss\n1,0.9\n2,0.5\n")
     (tmp_path / "dvc.yaml").write_text("plots:\n  - curve.csv:\n      x: epoch\n      y: loss\n")
-    done = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "-o", "out"], cwd=tmp_path,
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "plots", "show", "-o", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
     assert "vegaEmbed('#" in page and "curve.csv" in page, done.stdout + done.stderr
     assert not SCRIPT_SRC.search(page) and "cdn.jsdelivr.net" not in page

@@ -24,9 +24,17 @@ def champion(served_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     copy = Path(shutil.copytree(served_model, tmp_path / "champion"))
     package = copy / "data" / "package"
     evidence = Evidence(
-        run_id="r1", metric="test fusion mae", score=0.5, test_split=SPLIT, variant="baseline", dataset="raw",
-        dataset_version="1", data_hash="d", params_hash="p", code_hash="c",
-    )  # fmt: skip
+        run_id="r1",
+        metric="test fusion mae",
+        score=0.5,
+        test_split=SPLIT,
+        variant="baseline",
+        dataset="raw",
+        dataset_version="1",
+        data_hash="d",
+        params_hash="p",
+        code_hash="c",
+    )
     write_evidence(package, evidence)
     signing.sign(package)
     load = serving.load_model

@@ -249,7 +249,7 @@ def test_parquet_rows_are_counted_from_the_footer() -> None:
     ],
 )
 def test_csv_rows_and_fields_are_counted_as_pandas_reads_them(body: bytes, status: int) -> None:
-    got, _, answer, app, _ = call(body, "text/csv")
+    got, _, answer, _, _ = call(body, "text/csv")
     assert got == status, answer
     if status == 200:
         assert pd.read_csv(io.BytesIO(body)).shape[0] <= 8  # what MLflow reads: no more rows than counted
@@ -342,8 +342,12 @@ def test_a_stack_trace_in_an_error_from_the_app_is_dropped() -> None:
     assert status == 400 and json.loads(body) == {"error_code": "BAD_REQUEST", "message": "Failed to parse input"}
     assert headers[b"content-length"] == str(len(body)).encode() and headers[b"content-type"].startswith(b"appl")
 
-    for answer in [(200, b"application/json", [text]), (400, b"text/plain", [text]), (504, b"application/json",
-                   [b"Request processing time exceeded limit"]), (500, b"application/json", [b"[1, 2]"])]:  # fmt: skip
+    for answer in [
+        (200, b"application/json", [text]),
+        (400, b"text/plain", [text]),
+        (504, b"application/json", [b"Request processing time exceeded limit"]),
+        (500, b"application/json", [b"[1, 2]"]),
+    ]:
         assert answered_by(*answer)[2] == b"".join(answer[2])  # not a JSON error object: passed on as it is
 
     status, headers, body = answered_by(400, b"application/json", [text[:40], text[40:]], max_bytes=50)

@@ -52,22 +52,38 @@ CASES = [
     case("jsonl-surrogate-id", "row 2: id is not valid Unicode", rows=jsonl(good()) + '{"id": "\\udfff"}\n'),
     case("jsonl-huge-number", "row 1: not valid JSON: a number with too many", rows='{"n": %s}\n' % ("9" * 5000)),
     case("jsonl-deep", "row 1: not valid JSON: nested too deeply", rows="[" * 100_000 + "\n"),
-    case("csv-duplicate-column", "the header names column 'text' more than once", rows="id,text,text\nr1,a,b\n",
-         name="in/rows.csv"),
+    case(
+        "csv-duplicate-column",
+        "the header names column 'text' more than once",
+        rows="id,text,text\nr1,a,b\n",
+        name="in/rows.csv",
+    ),
     # where the predictions go: checked before the model loads
-    case("output-under-a-file", "cannot be created under", "--output", "somefile/out.jsonl", rows=jsonl(good()),
-         files={"somefile": "mine"}),
+    case(
+        "output-under-a-file",
+        "cannot be created under",
+        "--output",
+        "somefile/out.jsonl",
+        rows=jsonl(good()),
+        files={"somefile": "mine"},
+    ),
     case("output-proc", "is under /proc", "--output", "/proc/out.jsonl", rows=jsonl(good())),
     case("output-sys", "is under /sys", "--output", "/sys/out.jsonl", rows=jsonl(good())),
     case("output-dev", "is under /dev", "--output", "/dev/shm/out.jsonl", rows=jsonl(good())),
-    case("output-links-to-input", "is the input file", "--output", "out.jsonl", rows=jsonl(good()),
-         links={"out.jsonl": ROWS}),
+    case(
+        "output-links-to-input",
+        "is the input file",
+        "--output",
+        "out.jsonl",
+        rows=jsonl(good()),
+        links={"out.jsonl": ROWS},
+    ),
     case("output-is-input", "is the input file", "--output", ROWS, rows=jsonl(good())),
     # a local model is read in place, and must be an MLflow model directory
     case("model-file-uri-etc", "no MLmodel file here", rows=jsonl(good()), model="file:///etc"),
     case("model-no-such-dir", "no such model directory", rows=jsonl(good()), model="no-such-model"),
     case("model-file-uri-elsewhere", "names another machine", rows=jsonl(good()), model="file://elsewhere/m"),
-]  # fmt: skip
+]
 
 
 @pytest.fixture

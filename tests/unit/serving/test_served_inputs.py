@@ -76,30 +76,54 @@ REFUSED = [  # (id, rows, what the one line says)
     ("text-control", [good(text="\x01\x02\x1b\x7f")], "row 1: text has no printable character"),
     ("text-control-blank", [good(text="\x07 \t\x08\u200b")], "row 1: text has no printable character"),
     # base64 that is not an inline file, and bounds that hold for the text as sent
-    ("base64-data-uri-text", [good(image_base64="data:text/plain;base64," + B64)],
-     "row 1: image_base64 is a data: URI but not data:<image|audio|video type>;base64,"),
+    (
+        "base64-data-uri-text",
+        [good(image_base64="data:text/plain;base64," + B64)],
+        "row 1: image_base64 is a data: URI but not data:<image|audio|video type>;base64,",
+    ),
     ("base64-non-ascii", [good(image_base64="ÄÖÜ" + B64)], "row 1: image_base64 is not base64 text"),
-    ("base64-wrapped-too-long", [good(image_base64=wrapped("A" * 6080))],
-     f"row 1: image_base64 has 6160 characters; at most {MAX_B64}"),
-    ("base64-wrapped-just-over", [good(image_base64=wrapped("A" * (MAX_B64 + 8)))],
-     f"row 1: image_base64 has {MAX_B64 + 8} characters; at most {MAX_B64}"),
+    (
+        "base64-wrapped-too-long",
+        [good(image_base64=wrapped("A" * 6080))],
+        f"row 1: image_base64 has 6160 characters; at most {MAX_B64}",
+    ),
+    (
+        "base64-wrapped-just-over",
+        [good(image_base64=wrapped("A" * (MAX_B64 + 8)))],
+        f"row 1: image_base64 has {MAX_B64 + 8} characters; at most {MAX_B64}",
+    ),
     ("base64-all-whitespace", [good(image_base64=" " * 5_000_000)], "row 1: image_base64 has 5000000 characters"),
     # frames whose values are not numbers: refused before numpy reads "1" as 1.0 and true as 1.0
-    ("frames-string", [good(audio=[["1", 0.2, 0.3]] * 3)],
-     "row 1: audio must be a list of frames of 3 numbers each; found a string where a number belongs"),
-    ("frames-bool", [good(), good(audio=[[True, 0.2, 0.3]] * 3)],
-     "row 2: audio must be a list of frames of 3 numbers each; found true/false where a number belongs"),
-    ("frames-null", [good(audio=[[None, 0.2, 0.3]])], "row 1: audio must be a list of frames of 3 numbers each; "
-     "found null where a number belongs"),
-    ("frames-list-in-frame", [good(vision=[[[0.1, 0.2], 0.2, 0.3]])],
-     "row 1: vision must be a list of frames of 3 numbers each; found a list where a number belongs"),
+    (
+        "frames-string",
+        [good(audio=[["1", 0.2, 0.3]] * 3)],
+        "row 1: audio must be a list of frames of 3 numbers each; found a string where a number belongs",
+    ),
+    (
+        "frames-bool",
+        [good(), good(audio=[[True, 0.2, 0.3]] * 3)],
+        "row 2: audio must be a list of frames of 3 numbers each; found true/false where a number belongs",
+    ),
+    (
+        "frames-null",
+        [good(audio=[[None, 0.2, 0.3]])],
+        "row 1: audio must be a list of frames of 3 numbers each; found null where a number belongs",
+    ),
+    (
+        "frames-list-in-frame",
+        [good(vision=[[[0.1, 0.2], 0.2, 0.3]])],
+        "row 1: vision must be a list of frames of 3 numbers each; found a list where a number belongs",
+    ),
     ("frames-deep", [good(audio=[[nested(100_000), 0.2, 0.3]])], "found a list where a number belongs"),
     # numbers beyond any float, or beyond the model's float32
-    ("frames-huge-int", [good(audio=[[10**400, 0.2, 0.3]])],
-     "row 1: audio has a number out of range: frame values are at most 3.403e+38 in magnitude"),
+    (
+        "frames-huge-int",
+        [good(audio=[[10**400, 0.2, 0.3]])],
+        "row 1: audio has a number out of range: frame values are at most 3.403e+38 in magnitude",
+    ),
     ("frames-huge-float", [good(audio=[[1e300, 0.2, 0.3]])], "row 1: audio has a number out of range"),
     ("frames-nan", [good(audio=[[float("nan"), 0.2, 0.3]])], "row 1: audio has NaN or infinite values"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("rows", "message"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
@@ -251,9 +275,11 @@ def test_the_scoring_server_answers_csv_as_json(served_model, monkeypatch) -> No
 
     # A frames cell over its length bound is refused before it is parsed; text that is not JSON is not frames.
     long = "[" + ", ".join(["[0.1, 0.2, 0.3]"] * 5000) + "]"
-    for cell, message in [(long, "row 1: audio has 85000 characters of JSON frames; at most 1602 for 16 frames"),
-                          ("[[0.1, 0.2", "row 1: column 'audio' must hold JSON frames such as"),
-                          ("loud", "row 1: audio must be a list of frames of 3 numbers each")]:  # fmt: skip
+    for cell, message in [
+        (long, "row 1: audio has 85000 characters of JSON frames; at most 1602 for 16 frames"),
+        ("[[0.1, 0.2", "row 1: column 'audio' must hold JSON frames such as"),
+        ("loud", "row 1: audio must be a list of frames of 3 numbers each"),
+    ]:
         body = pd.DataFrame([good(audio=cell)]).to_csv(index=False)
         refused = client.post("/invocations", content=body, headers={"Content-Type": "text/csv"})
         assert refused.status_code == 400 and message in refused.json()["message"], refused.text[-300:]

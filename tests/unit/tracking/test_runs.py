@@ -16,12 +16,6 @@ from components.models import store as model_store
 from components.training.run_log import TrainingLog, end_train_attempt, trained_model_digest, training_silence
 
 
-@pytest.fixture
-def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
-    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root ./mlruns lands here
-    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-
-
 def open_run(client: MlflowClient, tags: dict | None = None):
     return tracking.pipeline_run(client, "live", "pipeline test", tags or {"dataset": "tiny"}, Params())
 

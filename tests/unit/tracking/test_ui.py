@@ -28,15 +28,18 @@ DIGEST = "0123456789abcdef0123456789abcdef"  # stands in for data.dvc's md5
 
 
 @pytest.fixture
-def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
-    """A store in a project that is a git repository (one commit, a branch, a remote with credentials in its URL)."""
-    monkeypatch.chdir(tmp_path)
+def client(client: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    """The shared store, in a project that is a git repository (one commit, a branch, a remote with credentials in
+    its URL)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    for command in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "first"],
-                    ["remote", "add", "origin", "https://token@example.com/team/msa.git"]):  # fmt: skip
+    for command in (
+        ["init", "-q", "-b", "main"],
+        ["commit", "-q", "--allow-empty", "-m", "first"],
+        ["remote", "add", "origin", "https://token@example.com/team/msa.git"],
+    ):
         subprocess.run([*git, *command], check=True, cwd=tmp_path)
-    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client
 
 
 def open_run(client: MlflowClient):
@@ -102,10 +105,13 @@ def test_several_seeds_log_their_spread_on_each_head_and_each_seed_s_scores_on_i
     spec = SimpleNamespace(heads=("lstm", "fusion"), label=SimpleNamespace(kind="regression"))
     scores = EvaluationReport(splits={"test": {"lstm": {"mae": 0.9}, "fusion": {"mae": 0.5, "samples": 3}}})
     seeds = SeedSummary(
-        seeds=[3, 4], chosen=4, selected_by="valid fusion mae", mean={"test": {"fusion": {"mae": 0.55}}},
+        seeds=[3, 4],
+        chosen=4,
+        selected_by="valid fusion mae",
+        mean={"test": {"fusion": {"mae": 0.55}}},
         std={"test": {"fusion": {"mae": 0.05}}},
         runs={"3": {"test": {"fusion": {"mae": 0.6}}}, "4": {"test": {"fusion": {"mae": 0.5}}}},
-    )  # fmt: skip
+    )
     paths = EvaluateParams(report=tmp_path / "evaluation.json", seeds=tmp_path / "seeds.json")
     scores.write(paths.report)
     with open_run(client) as parent:
@@ -128,20 +134,40 @@ def runs(client: MlflowClient, parent: str, kind: str) -> dict[str, str]:
 
 def test_each_variant_run_lasts_as_long_as_its_own_work(client, tmp_path):
     measured = {
-        "size_bytes": 1_000_000, "params": 10, "nonzero_params": 10, "task_params": 10, "task_nonzero_params": 10,
-        "latency_ms_p50": 1.0, "latency_ms_p95": 2.0, "throughput_per_s": 100.0, "metrics": {"acc2": 0.7},
-    }  # fmt: skip
-    variant = {**measured, "delta": {"acc2": 0.0}, "max_abs_diff": 0.0, "change": 0.0, "kept": True, "path": None,
-               "sparsity": 0.0, "finetune_epochs": 0}  # fmt: skip
+        "size_bytes": 1_000_000,
+        "params": 10,
+        "nonzero_params": 10,
+        "task_params": 10,
+        "task_nonzero_params": 10,
+        "latency_ms_p50": 1.0,
+        "latency_ms_p95": 2.0,
+        "throughput_per_s": 100.0,
+        "metrics": {"acc2": 0.7},
+    }
+    variant = {
+        **measured,
+        "delta": {"acc2": 0.0},
+        "max_abs_diff": 0.0,
+        "change": 0.0,
+        "kept": True,
+        "path": None,
+        "sparsity": 0.0,
+        "finetune_epochs": 0,
+    }
     now = time.time()
     report = CompressionReport(
-        model_digest="d", head="fusion", metric="acc2", tolerance=1.0, change_unit="points", split="test",
+        model_digest="d",
+        head="fusion",
+        metric="acc2",
+        tolerance=1.0,
+        change_unit="points",
+        split="test",
         baseline=measured,
         variants={
             "int8": {**variant, "seconds": 2.0, "started": now - 10},
             "prune_structured": {**variant, "seconds": 5.5, "started": now - 8, "sparsity": 0.123456, "kept": False},
         },
-    )  # fmt: skip
+    )
     path = tmp_path / "compression.json"
     report.write(path)
     with open_run(client) as parent:

@@ -1,5 +1,5 @@
-"""Training-time augmentation (components.training.augmentation): what each perturbation changes, what it never does, and
-that training applies it to its batches only when asked."""
+"""Training-time augmentation (components.training.augmentation): what each perturbation changes, what it never
+does, and that training applies it to its batches only when asked."""
 
 from __future__ import annotations
 
@@ -89,8 +89,10 @@ def test_modality_dropout_drops_some_but_never_every_modality_of_a_sample(p):
 
 
 def test_modality_dropout_touches_only_the_spec_modalities_and_keeps_a_lone_one():
-    spec, batch = make_spec(heads=("lstm", "audio", "fusion"), text_models=("lstm",), image=False,
-                            sequences=("audio",)), tiled()  # fmt: skip
+    spec, batch = (
+        make_spec(heads=("lstm", "audio", "fusion"), text_models=("lstm",), image=False, sequences=("audio",)),
+        tiled(),
+    )
     out = augment(batch, spec, AugmentParams(modality_dropout=0.99), seeded())
     for key in ("image.present", "vision.present"):
         assert out[key] is batch[key]
@@ -169,9 +171,10 @@ def test_training_with_augmentation_differs_resumes_exactly_and_never_continues_
     make_dataset, tiny_text_model, tmp_path
 ):
     features = featurize(
-        make_dataset(), FeaturizeParams(out=tmp_path / "features", text_model=str(tiny_text_model), image_size=8),
+        make_dataset(),
+        FeaturizeParams(out=tmp_path / "features", text_model=str(tiny_text_model), image_size=8),
         progress=False,
-    ).out  # fmt: skip
+    ).out
     quiet = ModelParams(hidden=8, dropout=0.0, textcnn={"feature_maps": 4, "dropout": 0.0})  # draws no randomness
 
     def run(name: str, augment: AugmentParams, epochs: int, resume: bool | None = None) -> dict[str, np.ndarray]:

@@ -39,9 +39,13 @@ def test_the_best_seed_on_valid_is_the_model_and_evaluate_reports_every_seed(tra
     assert (alone.out / "model.safetensors").read_bytes() == (seed_dirs(out)[4] / "model.safetensors").read_bytes()
 
     params = EvaluateParams(
-        report=tmp_path / "eval.json", headline=tmp_path / "headline.json", seeds=tmp_path / "seeds.json",
-        plots=tmp_path / "plots", figures=tmp_path / "figures", device="cpu",
-    )  # fmt: skip
+        report=tmp_path / "eval.json",
+        headline=tmp_path / "headline.json",
+        seeds=tmp_path / "seeds.json",
+        plots=tmp_path / "plots",
+        figures=tmp_path / "figures",
+        device="cpu",
+    )
     report = evaluate(trained.features, out, params, progress=False).seeds
     assert report == json.loads(params.seeds.read_text())
     assert report["seeds"] == [3, 4, 5] and report["chosen"] == result.seed and set(report["runs"]) == {"3", "4", "5"}
@@ -86,7 +90,9 @@ def test_several_seeds_travel_with_the_model_and_a_single_seed_clears_them(train
 def test_means_and_stds_cover_every_head_any_seed_has() -> None:
     from components.evaluation.evaluate import _over_seeds
 
-    runs = {"0": {"test": {"fusion": {"mae": 1.0, "corr": 0.5}, "image": {"mae": 2.0}}},
-            "1": {"test": {"fusion": {"mae": 3.0}}}}  # fmt: skip
+    runs = {
+        "0": {"test": {"fusion": {"mae": 1.0, "corr": 0.5}, "image": {"mae": 2.0}}},
+        "1": {"test": {"fusion": {"mae": 3.0}}},
+    }
     assert _over_seeds(runs, np.mean) == {"test": {"fusion": {"mae": 2.0, "corr": 0.5}, "image": {"mae": 2.0}}}
     assert _over_seeds(runs, np.std)["test"]["fusion"]["mae"] == 1.0

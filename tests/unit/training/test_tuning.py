@@ -188,10 +188,12 @@ def test_the_current_settings_are_never_offered_as_an_experiment(
     }
     study = optuna.create_study(study_name="s", direction="minimize")
     scores = {"current": (0.5, 0.9), "other": (0.9, 0.5)}[winner]
-    study.add_trial(optuna.trial.create_trial(params={"train.lr": 0.001, "model.hidden": 8}, distributions=space,
-                                              value=scores[0]))  # fmt: skip
-    study.add_trial(optuna.trial.create_trial(params={"train.lr": 0.003, "model.hidden": 8}, distributions=space,
-                                              value=scores[1]))  # fmt: skip
+    study.add_trial(
+        optuna.trial.create_trial(params={"train.lr": 0.001, "model.hidden": 8}, distributions=space, value=scores[0])
+    )
+    study.add_trial(
+        optuna.trial.create_trial(params={"train.lr": 0.003, "model.hidden": 8}, distributions=space, value=scores[1])
+    )
     monkeypatch.setattr(tuning, "open_study", lambda p: study)
     monkeypatch.setattr(tuning, "monitor", lambda p: ("fusion", "mae", "min"))
     params_file = tmp_path / "params.yaml"
