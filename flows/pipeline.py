@@ -110,9 +110,12 @@ def _train_on_work_pool(p: Params, params: str, run_id: str, *, restart: bool) -
     settings, logger = p.pipeline, get_run_logger()
     for attempt in range(1, settings.train_attempts + 1):
         parameters = {
-            "params": params, "run_id": run_id, "attempt": attempt, "restart": restart and attempt == 1,
+            "params": params,
+            "run_id": run_id,
+            "attempt": attempt,
+            "restart": restart and attempt == 1,
             "seeds": p.train.seeds,
-        }  # fmt: skip
+        }
         # run_deployment is typed `FlowRun | Coroutine` (prefect's async_dispatch): in this sync flow it runs sync
         flow_run = cast(FlowRun, run_deployment(settings.train_deployment, parameters=parameters, timeout=0))
         logger.info(

@@ -127,9 +127,13 @@ def train(params: Params, run_id: str, attempt: int = 1, restart: bool = False) 
                 logger.info(f"restored the checkpoint of training run {source} from the tracking server")
             log.watch()
             result = train_model(
-                params.featurize.out, params.model, params.train, resume=False if restart else None,
-                progress=SHOW_PROGRESS, on_epoch=log.on_epoch,
-            )  # fmt: skip
+                params.featurize.out,
+                params.model,
+                params.train,
+                resume=False if restart else None,
+                progress=SHOW_PROGRESS,
+                on_epoch=log.on_epoch,
+            )
             if result.seeds and result.seed is not None:  # several seeds: the one whose model is kept
                 log.record_seeds(result.history, result.seeds, result.seed)
             log.finish(
@@ -269,10 +273,12 @@ def register(
             registration = register_model(client, params, run_id, context, model_digest=model_digest)
     get_run_logger().info(registration.summary())
     champion = (
-        "none" if registration.champion_before is None
+        "none"
+        if registration.champion_before is None
         else f"v{registration.champion_before} ({registration.champion_score:.4g})"
-        if registration.champion_score is not None else f"v{registration.champion_before}"
-    )  # fmt: skip
+        if registration.champion_score is not None
+        else f"v{registration.champion_before}"
+    )
     create_markdown_artifact(
         key="msa-registration",
         markdown=(

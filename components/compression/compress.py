@@ -176,8 +176,15 @@ def _compress(
         n: (ONNX_WEIGHTS, onnx[n]) if n in onnx else serialize(n, model) for n, model in variants.models.items()
     }
     _score(variants, inputs, spec, head, params)
-    report = _report(variants, payloads, timings(variants.models, inputs.served, inputs.test_rows, params),
-                     digest(model_dir), head, metric, params)  # fmt: skip
+    report = _report(
+        variants,
+        payloads,
+        timings(variants.models, inputs.served, inputs.test_rows, params),
+        digest(model_dir),
+        head,
+        metric,
+        params,
+    )
     card = read_card(model_dir)
     with replace_directory(params.out, marker=f"*/{CARD}") as staging:  # holds exactly this run's kept variants
         for name in params.variants:
@@ -188,8 +195,15 @@ def _compress(
     measured = report.model_dump()
     headline = {name: versus_baseline(measured["baseline"], v) for name, v in measured["variants"].items()}
     write_json(params.headline, headline, nan_as_null=True)
-    return CompressionResult(params.report, params.headline, head, metric, measured["baseline"], measured["variants"],
-                             time.perf_counter() - start)  # fmt: skip
+    return CompressionResult(
+        params.report,
+        params.headline,
+        head,
+        metric,
+        measured["baseline"],
+        measured["variants"],
+        time.perf_counter() - start,
+    )
 
 
 def _inputs(arrays: dict[str, np.ndarray], baseline: MultiTaskModel) -> _Inputs:
@@ -225,8 +239,15 @@ def _build(
             pruned = load_trained(model_dir)
             prune_model(pruned, structured=name == "prune_structured", sparsity=params.sparsity)
             if params.finetune_epochs:
-                finetune(pruned, inputs.training, inputs.train_rows, train, params.finetune_epochs,
-                         f"fine-tune {name}", progress)  # fmt: skip
+                finetune(
+                    pruned,
+                    inputs.training,
+                    inputs.train_rows,
+                    train,
+                    params.finetune_epochs,
+                    f"fine-tune {name}",
+                    progress,
+                )
             make_permanent(pruned)
             variants.models[name] = standalone_copy(baseline, pruned)
         variants.spent[name] += time.perf_counter() - begin

@@ -62,11 +62,24 @@ class EvaluateParams(Section):
 
 
 Perturbation = Literal[
-    "text_word_deletion", "text_word_replacement", "text_typos", "text_sentence_shuffle",
-    "image_blur", "image_noise", "image_occlusion",
-    "audio_noise", "audio_frame_drop", "audio_mute", "vision_noise", "vision_frame_drop", "vision_mute",
-    "missing_text", "missing_image", "missing_audio", "missing_vision",
-]  # fmt: skip
+    "text_word_deletion",
+    "text_word_replacement",
+    "text_typos",
+    "text_sentence_shuffle",
+    "image_blur",
+    "image_noise",
+    "image_occlusion",
+    "audio_noise",
+    "audio_frame_drop",
+    "audio_mute",
+    "vision_noise",
+    "vision_frame_drop",
+    "vision_mute",
+    "missing_text",
+    "missing_image",
+    "missing_audio",
+    "missing_vision",
+]
 
 
 def _default_perturbations() -> dict[Perturbation, tuple[float, ...]]:

@@ -64,9 +64,19 @@ P_CARRY_IF_EXPLICIT, P_CARRY_OTHERWISE = 0.35, 0.55
 OTHER_MODALITIES = ("image", "audio", "vision")
 
 TOPICS = (
-    "the movie", "the plot", "the acting", "the soundtrack", "the ending", "the dialogue", "the main character",
-    "the set design", "the pacing", "the cinematography", "the script", "the villain",
-)  # fmt: skip
+    "the movie",
+    "the plot",
+    "the acting",
+    "the soundtrack",
+    "the ending",
+    "the dialogue",
+    "the main character",
+    "the set design",
+    "the pacing",
+    "the cinematography",
+    "the script",
+    "the villain",
+)
 # Adjectives by strength band (weak, medium, strong), so explicit text also tells how strong the feeling is.
 POSITIVE = (
     ("decent", "fine", "pleasant", "okay"),
@@ -80,15 +90,23 @@ NEGATIVE = (
 )
 EXPLICIT = ("{topic} was {adj}", "I thought {topic} was {adj}", "honestly {topic} felt {adj}", "{topic} is {adj}")
 AMBIGUOUS = (
-    "{topic} was certainly something", "well {topic} was what it was", "I did not expect {topic} to be like that",
-    "so {topic} happened", "{topic} was exactly what I expected", "let me tell you about {topic}",
-)  # fmt: skip
+    "{topic} was certainly something",
+    "well {topic} was what it was",
+    "I did not expect {topic} to be like that",
+    "so {topic} happened",
+    "{topic} was exactly what I expected",
+    "let me tell you about {topic}",
+)
 SARCASTIC = ("oh great, {topic} was just {adj}", "yeah, {topic} was {adj}, sure", "wow, {topic} was so {adj}")
 NEUTRAL = ("{topic} was about two hours long", "{topic} was in english", "I saw {topic} on a Tuesday")
 FILLERS = (
-    "I watched it last weekend", "my friend recommended it", "we went to the late showing",
-    "I saw the trailer first", "it came out last year", "the cinema was half empty",
-)  # fmt: skip
+    "I watched it last weekend",
+    "my friend recommended it",
+    "we went to the late showing",
+    "I saw the trailer first",
+    "it came out last year",
+    "the cinema was half empty",
+)
 
 
 def generate_demo(out: str | Path, size: int = 1000, seed: int = 0, *, media: bool = False) -> Path:

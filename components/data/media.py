@@ -251,8 +251,9 @@ def decode_audio(
             raise NoAudioStream("clip has no audio stream")
         stream = _stream(container.streams.audio, AUDIO_CODECS, "audio")
         if not bounds.min_sample_rate <= (stream.rate or 0) <= bounds.max_sample_rate:
-            raise ClipProblem(f"audio sample rate {stream.rate} Hz is outside [{bounds.min_sample_rate}, "
-                              f"{bounds.max_sample_rate}]")  # fmt: skip
+            raise ClipProblem(
+                f"audio sample rate {stream.rate} Hz is outside [{bounds.min_sample_rate}, {bounds.max_sample_rate}]"
+            )
         _check_seconds(_header_seconds(container, stream), bounds)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         limit = int(bounds.max_seconds * sample_rate) + sample_rate  # a second of slack for codec padding
@@ -290,8 +291,10 @@ def _stream(streams, allowed: tuple[str, ...], kind: str):
         if codec in allowed:
             return stream
         found.append(codec)
-    raise ClipProblem(f"{kind} codec {' or '.join(repr(c) for c in found)} is not accepted; transcode the clip to "
-                      f"one of {', '.join(c for c in allowed if not c.startswith('pcm_'))} or PCM")  # fmt: skip
+    raise ClipProblem(
+        f"{kind} codec {' or '.join(repr(c) for c in found)} is not accepted; transcode the clip to "
+        f"one of {', '.join(c for c in allowed if not c.startswith('pcm_'))} or PCM"
+    )
 
 
 def _check_seconds(seconds: float | None, bounds: ClipBounds) -> None:

@@ -232,9 +232,13 @@ def _seed_scores(
     if not runs:
         runs = {"single": _numbers_only(metrics)}
     return SeedSummary(
-        seeds=[int(s) for s in dirs] or None, chosen=chosen, selected_by=f"valid {card.monitor.head} "
-        f"{card.monitor.metric}", mean=_over_seeds(runs, np.mean), std=_over_seeds(runs, np.std), runs=runs,
-    )  # fmt: skip
+        seeds=[int(s) for s in dirs] or None,
+        chosen=chosen,
+        selected_by=f"valid {card.monitor.head} {card.monitor.metric}",
+        mean=_over_seeds(runs, np.mean),
+        std=_over_seeds(runs, np.std),
+        runs=runs,
+    )
 
 
 def _over_seeds(runs: dict[str, dict], reduce: Any) -> dict:

@@ -23,6 +23,7 @@ import io
 import math
 import time
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,14 +153,7 @@ def _robustness(
     if metric not in scores.get(head, {}):
         raise ConfigError(f"robustness.metric {metric!r} is not one of {sorted(scores.get(head, {}))}")
 
-    modalities = _modalities(spec)
-    settings = [(name, s) for name, severities in params.perturbations.items() for s in severities]
-    runnable = [(name, s) for name, s in settings if perturbations.MODALITY[name] in modalities]
-    skipped = [
-        f"{name}: the model has no {perturbations.MODALITY[name]}"
-        for name in params.perturbations
-        if perturbations.MODALITY[name] not in modalities
-    ]
+    runnable, skipped = _settings(params, spec)
     text = _TextInputs(raw, state, params, ids, spec) if any(n.startswith("text_") for n, _ in runnable) else None
     severities: dict[str, dict[str, dict[str, Scores]]] = {}
     for name, severity in tqdm(runnable, desc="robustness", unit="setting", disable=None if progress else True):
@@ -167,9 +161,16 @@ def _robustness(
         severities.setdefault(name, {})[severity_key(severity)] = scorer(perturbed)
     entries = {n: Perturbation(modality=perturbations.MODALITY[n], severities=s) for n, s in severities.items()}
     report = RobustnessReport(
-        model_digest=digest(model_dir), split=params.split, metric=metric, head=head, seed=params.seed,
-        samples=len(ids), clean=scores, perturbations=entries, skipped=skipped,
-    )  # fmt: skip
+        model_digest=digest(model_dir),
+        split=params.split,
+        metric=metric,
+        head=head,
+        seed=params.seed,
+        samples=len(ids),
+        clean=scores,
+        perturbations=entries,
+        skipped=skipped,
+    )
 
     with replace_directory(params.plots, marker=PLOTS_MARKER) as staging:
         for name, entry in report.perturbations.items():
@@ -186,6 +187,19 @@ def _robustness(
         notes=skipped,
         seconds=time.perf_counter() - start,
     )
+
+
+def _settings(params: RobustnessParams, spec: Any) -> tuple[Sequence[tuple[str, float]], list[str]]:
+    """The (perturbation, severity) settings the model has the modality for, and a note for each it has not."""
+    modalities = _modalities(spec)
+    settings = [(name, s) for name, severities in params.perturbations.items() for s in severities]
+    runnable = [(name, s) for name, s in settings if perturbations.MODALITY[name] in modalities]
+    skipped = [
+        f"{name}: the model has no {perturbations.MODALITY[name]}"
+        for name in params.perturbations
+        if perturbations.MODALITY[name] not in modalities
+    ]
+    return runnable, skipped
 
 
 def _modalities(spec: Any) -> set[str]:

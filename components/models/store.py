@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from components.core.hashing import file_sha256
 from components.data.dataset import SEQUENCE_MODALITIES, SPLITS
 from components.models import MultiTaskModel
 from components.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 WEIGHTS = "model.safetensors"
 CARD = "model.json"
@@ -323,7 +326,7 @@ def predict(
 # --- between machines: the tracking server's artifact store -----------------------------------------------------------
 
 
-def publish(out: str | Path, client: Any, run_id: str) -> str:
+def publish(out: str | Path, client: MlflowClient, run_id: str) -> str:
     """Upload the trained model's files as artifacts `model/<digest>/` of run `run_id`; returns their digest.
 
     Each upload goes to a path of its own: a worker killed in the middle of one leaves the previous upload, which
@@ -340,7 +343,7 @@ def publish(out: str | Path, client: Any, run_id: str) -> str:
     return value
 
 
-def discard(client: Any, run_id: str, value: str) -> None:
+def discard(client: MlflowClient, run_id: str, value: str) -> None:
     """Remove an earlier upload (`publish` returned `value`) once a newer one is recorded; where the artifact store
     cannot delete, it stays."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -353,7 +356,7 @@ def _uploaded(value: str) -> str:
     return f"{MODEL_ARTIFACTS}/{value[:16]}"
 
 
-def publish_checkpoint(out: str | Path, client: Any, run_id: str) -> int:
+def publish_checkpoint(out: str | Path, client: MlflowClient, run_id: str) -> int:
     """Upload the last checkpoint, so a replacement worker resumes from it; returns the bytes uploaded."""
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="msa-checkpoint-") as tmp:
@@ -368,7 +371,7 @@ def model_bytes(out: str | Path) -> int:
     return sum((Path(out) / name).stat().st_size for name in model_files(out))
 
 
-def fetch(client: Any, run_id: str, out: str | Path, expected: str) -> Path:
+def fetch(client: MlflowClient, run_id: str, out: str | Path, expected: str) -> Path:
     """Download run `run_id`'s `model/` into `out`, after checking its digest against `expected`.
 
     A mismatch (a damaged upload, a file replaced in the store) raises TrainingError and leaves `out` as it was.
@@ -394,7 +397,7 @@ def fetch(client: Any, run_id: str, out: str | Path, expected: str) -> Path:
     return out
 
 
-def fetch_checkpoint(client: Any, run_id: str, out: str | Path) -> bool:
+def fetch_checkpoint(client: MlflowClient, run_id: str, out: str | Path) -> bool:
     """Download run `run_id`'s last checkpoint into `out/checkpoints/`; False when it stored none."""
     out = Path(out)
     names = [Path(a.path).name for a in client.list_artifacts(run_id, CHECKPOINT_ARTIFACTS)]

@@ -166,8 +166,10 @@ def verified_outputs(params: Params, ours: Lineage) -> Verified:
         )
     model = model_store.digest(out)
     evaluation, compression = reports.evaluation(params.evaluate.report), reports.compression(params.compress.report)
-    for report, stage, found in ((params.evaluate.report, "evaluate", evaluation),
-                                 (params.compress.report, "compress", compression)):  # fmt: skip
+    for report, stage, found in (
+        (params.evaluate.report, "evaluate", evaluation),
+        (params.compress.report, "compress", compression),
+    ):
         if found is not None and found.model_digest != model:
             raise TrackingError(f"{report} scores another model than {out}: run `msa {stage}`. {again}")
     return Verified(model, ours, evaluation, compression)

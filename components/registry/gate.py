@@ -26,6 +26,8 @@ from components.registry.context import split_fingerprint
 from components.registry.versions import champion_version
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from components.serving.package import Evidence
 
 __all__ = ["Candidate", "Decision", "champion_score", "decide", "gate", "robustness_gate", "robustness_tag"]
@@ -58,7 +60,7 @@ class Decision:
 
 
 def decide(
-    client: Any,
+    client: MlflowClient,
     name: str,
     candidate: Candidate,
     settings: RegisterParams,

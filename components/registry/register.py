@@ -45,6 +45,8 @@ from components.registry.versions import CHALLENGER, CHAMPION, check_compatible,
 from components.serving.publish import model_signature
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from components.evaluation.reports import SeedSummary
     from components.features.contract import FeaturizerState
     from components.models.store import ModelCard
@@ -94,7 +96,7 @@ class Registration:
 
 
 def register(
-    client: Any,
+    client: MlflowClient,
     params: Params,
     run_id: str,
     context: RunContext,
@@ -122,9 +124,13 @@ def register(
     name, test_split, candidate = context.model_name, context.tags["msa.test_split"], model.candidate
     with tempfile.TemporaryDirectory(prefix="msa-package-") as tmp:
         package = publish.signed_package(
-            params.train.out, params.featurize.out, Path(tmp) / "package", params.serve, model.path,
+            params.train.out,
+            params.featurize.out,
+            Path(tmp) / "package",
+            params.serve,
+            model.path,
             _evidence(run_id, model, test_split, trained),
-        )  # fmt: skip
+        )
         example = publish.input_example(model.dataset, params.serve)
         signature = model_signature(model.card.spec, model.state)
         check_compatible(client, name, signature)  # the gate's inputs before anything is written
@@ -133,25 +139,47 @@ def register(
         )
         seeds = reports.seed_summary(params.evaluate.seeds)
         text = model_card(
-            context.tags, model.dataset.manifest.synthetic, model.card, trained.evaluation, trained.compression,
-            candidate.variant, candidate.robust, seeds,
-        )  # fmt: skip
+            context.tags,
+            model.dataset.manifest.synthetic,
+            model.card,
+            trained.evaluation,
+            trained.compression,
+            candidate.variant,
+            candidate.robust,
+            seeds,
+        )
         client.log_text(run_id, text, "model_card.md")
         clips = bool(model.state.clip_modalities)
         with publish.logged_model(run_id, name, package, signature, example, clips=clips) as info:
             tags = _gate_tags(candidate, decision, seeds, context, model_digest)
             version = create_version(client, name, info, run_id, tags, decision.promoted)
             _copy_tags(client, run_id, {**tags, "msa.registered_version": version})
+    return _registration(client, context, run_id, version, candidate, decision)
+
+
+def _registration(
+    client: MlflowClient, context: RunContext, run_id: str, version: str, candidate: Candidate, decision: Decision
+) -> Registration:
+    """What `register` did, with the links to its run and to the experiment's runs."""
     experiment_id = client.get_run(run_id).info.experiment_id
     return Registration(
-        experiment=context.experiment, run_id=run_id, name=name, version=version, metric=candidate.measured,
-        score=candidate.score, champion_before=decision.champion.version if decision.champion else None,
-        champion_score=decision.champion_score, promoted=decision.promoted, decision=decision.why,
-        variant=candidate.variant, url=tracking.ui_url(experiment_id, run_id), runs_url=tracking.ui_url(experiment_id),
-    )  # fmt: skip
+        experiment=context.experiment,
+        run_id=run_id,
+        name=context.model_name,
+        version=version,
+        metric=candidate.measured,
+        score=candidate.score,
+        champion_before=decision.champion.version if decision.champion else None,
+        champion_score=decision.champion_score,
+        promoted=decision.promoted,
+        decision=decision.why,
+        variant=candidate.variant,
+        url=tracking.ui_url(experiment_id, run_id),
+        runs_url=tracking.ui_url(experiment_id),
+    )
 
 
-def _copy_tags(client: Any, run_id: str, tags: dict[str, str]) -> None:
+def _copy_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
     """The version's tags on the run too. The version is complete and carries them itself: the run's copy is a
     convenience, and a failure here must not make a retry register the same model twice."""
     try:
@@ -202,10 +230,19 @@ def _evidence(run_id: str, model: _ServedModel, test_split: str, trained: Verifi
     c, manifest, lineage = model.candidate, model.dataset.manifest, trained.lineage
     robust = _finite(robustness_metrics(c.robust, c.head, c.kind)) if c.robust is not None else {}
     return Evidence(
-        run_id=run_id, metric=c.measured, score=c.score, test_split=test_split, variant=c.variant,
-        dataset=manifest.name, dataset_version=manifest.version, data_hash=lineage.data, params_hash=lineage.params,
-        code_hash=lineage.code, robustness=c.robust_tag, robust=robust,
-    )  # fmt: skip
+        run_id=run_id,
+        metric=c.measured,
+        score=c.score,
+        test_split=test_split,
+        variant=c.variant,
+        dataset=manifest.name,
+        dataset_version=manifest.version,
+        data_hash=lineage.data,
+        params_hash=lineage.params,
+        code_hash=lineage.code,
+        robustness=c.robust_tag,
+        robust=robust,
+    )
 
 
 def _gate_tags(
@@ -281,7 +318,7 @@ def _record_seeds(log: TrainingLog, params: Params) -> None:
     log.record_seeds([], {int(s): v for s, v in trained.valid.items()}, trained.chosen)
 
 
-def record_validation(client: Any, params: Params, run_id: str, context: RunContext) -> None:
+def record_validation(client: MlflowClient, params: Params, run_id: str, context: RunContext) -> None:
     """The dataset as the run's input, and the validation report when the validate stage wrote one."""
     from components.training.logged import training_input
 

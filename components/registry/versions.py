@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.core.errors import TrackingError, first_line
 from components.data.dataset import SEQUENCE_MODALITIES
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 __all__ = [
     "CHALLENGER",
@@ -29,7 +32,7 @@ CHALLENGER, CHAMPION = "challenger", "champion"
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a logged model: the versions made from it (what the UI reads)
 
 
-def champion_version(client: Any, name: str) -> Any | None:
+def champion_version(client: MlflowClient, name: str) -> Any | None:
     """The version `champion` points at; None when there is no such registered model or no champion yet."""
     from mlflow.exceptions import MlflowException
 
@@ -39,7 +42,7 @@ def champion_version(client: Any, name: str) -> Any | None:
         return None  # no such registered model, or no champion yet
 
 
-def latest_registered(client: Any, name: str) -> Any | None:
+def latest_registered(client: MlflowClient, name: str) -> Any | None:
     """The newest version of `name` whose registration completed (`msa.status=registered`), if any."""
     from mlflow.exceptions import MlflowException
 
@@ -50,7 +53,7 @@ def latest_registered(client: Any, name: str) -> Any | None:
     return next((v for v in versions if (v.tags or {}).get("msa.status") == "registered"), None)
 
 
-def check_compatible(client: Any, name: str, signature: Any) -> None:
+def check_compatible(client: MlflowClient, name: str, signature: Any) -> None:
     """Refuse to add a version whose inputs differ from the registered model's latest version."""
     from mlflow.exceptions import MlflowException
     from mlflow.models import get_model_info
@@ -77,7 +80,7 @@ def check_compatible(client: Any, name: str, signature: Any) -> None:
         )
 
 
-def create_version(client: Any, name: str, info: Any, run_id: str, tags: dict[str, str], promote: bool) -> str:
+def create_version(client: MlflowClient, name: str, info: Any, run_id: str, tags: dict[str, str], promote: bool) -> str:
     """A version of `name` from the logged model `info`, tagged `tags`, `challenger`, and `champion` when `promote`."""
     from mlflow.exceptions import MlflowException
 
@@ -104,7 +107,7 @@ def create_version(client: Any, name: str, info: Any, run_id: str, tags: dict[st
     return version
 
 
-def _link(client: Any, model_id: str, name: str, version: str) -> None:
+def _link(client: MlflowClient, model_id: str, name: str, version: str) -> None:
     """What mlflow.register_model adds to a version: the logged model lists it, so the UI shows it registered. A
     tracking server records it itself when the version names the model id; a database store does not."""
     links = json.loads(client.get_logged_model(model_id).tags.get(MODEL_VERSIONS_TAG, "[]"))
@@ -113,7 +116,7 @@ def _link(client: Any, model_id: str, name: str, version: str) -> None:
         client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps(links)})
 
 
-def _discard(client: Any, name: str, version: str, model_id: str) -> str:
+def _discard(client: MlflowClient, name: str, version: str, model_id: str) -> str:
     with contextlib.suppress(Exception):  # a stale link only mislabels the Logged Models page
         client.delete_logged_model_tag(model_id, MODEL_VERSIONS_TAG)
     try:

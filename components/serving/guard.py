@@ -270,9 +270,13 @@ def run_server(app: ASGIApp, host: str, port: int, *, on_ready: Callable[[str], 
     if concurrency is not None and not concurrency.isdigit():
         raise ConfigError(f"UVICORN_LIMIT_CONCURRENCY must be a number of connections, got {concurrency!r}")
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, server_header=False, timeout_graceful_shutdown=10,
+        app,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
         limit_concurrency=int(concurrency) if concurrency else None,
-    )  # fmt: skip
+    )
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:

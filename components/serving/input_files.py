@@ -150,8 +150,13 @@ def open_input(path: Path) -> BinaryIO:
 
 
 def _file_kind(mode: int) -> str:
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character "
-             "device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
     return next((name for test, name in kinds if test(mode)), "a special file")
 
 
@@ -176,8 +181,10 @@ class _Lines:
         self.number += 1
         self.pending += len(data)
         if self.pending > MAX_ROW_BYTES:
-            raise DataError(self.path, f"line {self.number}: a row longer than {MAX_ROW_BYTES} bytes; no row the "
-                            "model takes is that long")  # fmt: skip
+            raise DataError(
+                self.path,
+                f"line {self.number}: a row longer than {MAX_ROW_BYTES} bytes; no row the model takes is that long",
+            )
         if self.number == 1 and data.startswith(b"\xef\xbb\xbf"):
             data = data[3:]
         try:
@@ -266,9 +273,11 @@ def _csv_rows(lines: _Lines, path: Path) -> Iterator[tuple[int, dict[str, Any], 
         row += 1
         if len(fields) != len(columns):  # an unquoted comma would shift every later column: never guess
             raise DataError(
-                path, f"expected {len(columns)} fields ({', '.join(columns)}), found {len(fields)}; "
-                'quote a field that contains commas ("like, this")', row=row,
-            )  # fmt: skip
+                path,
+                f"expected {len(columns)} fields ({', '.join(columns)}), found {len(fields)}; "
+                'quote a field that contains commas ("like, this")',
+                row=row,
+            )
         values: list[Any] = [None if v == "" else v for v in fields]
         for i, column in sequences:
             values[i] = json_cell(values[i], path, row, column)

@@ -125,8 +125,9 @@ def _check_output(output: Path, input_path: Path) -> None:
         raise DataError(output, "predictions are written as .jsonl or .csv: name the file so")
     for system in SYSTEM_DIRS:
         if place.is_relative_to(system) or target.is_relative_to(system):
-            raise DataError(output, f"is under {system}, the system's own files: write predictions to a directory "
-                            "of yours")  # fmt: skip
+            raise DataError(
+                output, f"is under {system}, the system's own files: write predictions to a directory of yours"
+            )
     if not existing.is_dir():
         raise DataError(output, f"cannot be created under {existing}: it is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -140,8 +141,18 @@ def _check_output(output: Path, input_path: Path) -> None:
 def _tracked_by_git(path: Path) -> bool:
     """Whether the repository holding `path` tracks it; False where git is absent or `path` is in no repository."""
     # No safe.directory override, and no fsmonitor: a repository someone else owns runs none of its hooks here.
-    command = ["git", "-c", "core.fsmonitor=false", "--literal-pathspecs", "-C", str(path.parent), "ls-files",
-               "--error-unmatch", "--", path.name]  # fmt: skip
+    command = [
+        "git",
+        "-c",
+        "core.fsmonitor=false",
+        "--literal-pathspecs",
+        "-C",
+        str(path.parent),
+        "ls-files",
+        "--error-unmatch",
+        "--",
+        path.name,
+    ]
     try:
         done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):

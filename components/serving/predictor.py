@@ -58,8 +58,9 @@ class Predictor:
             raise DataError(root, f"not a readable model package ({type(e).__name__}: {e})") from None
         self.spec = spec
         self.head = monitored_head(spec)
-        self.bounds = Bounds(self.limits, ClipBounds(max_bytes=self.limits.max_clip_bytes,
-                                                     max_seconds=self.limits.max_clip_seconds))  # fmt: skip
+        self.bounds = Bounds(
+            self.limits, ClipBounds(max_bytes=self.limits.max_clip_bytes, max_seconds=self.limits.max_clip_seconds)
+        )
         if self.clip_modalities:
             from components.data.media import warm_up
 
@@ -85,16 +86,20 @@ class Predictor:
         try:
             frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
             if len(frame) > self.limits.max_rows:
-                raise DataError(INPUT, f"{len(frame)} rows in one request; at most {self.limits.max_rows} "
-                                "(serve.max_rows)")  # fmt: skip
+                raise DataError(
+                    INPUT, f"{len(frame)} rows in one request; at most {self.limits.max_rows} (serve.max_rows)"
+                )
             columns = _columns(frame)
             # Path columns: `image`; `audio` where audio comes from clips (else it holds frames); `video` for any clips.
             clips = self.clip_modalities
             for column in ("image", *(["audio"] if "audio" in clips else []), *(["video"] if clips else [])):
                 for i, value in enumerate(columns.get(column, ())):
                     if not is_null(value):
-                        raise DataError(INPUT, f"the served model opens no file paths: send the {column} as "
-                                        f"{column}_base64", row=i + 1)  # fmt: skip
+                        raise DataError(
+                            INPUT,
+                            f"the served model opens no file paths: send the {column} as {column}_base64",
+                            row=i + 1,
+                        )
             return self._score(columns, len(frame), INPUT, None, self.bounds)
         except DataError as e:
             # The scoring server answers an MlflowException with a 400 and its message; any other exception with

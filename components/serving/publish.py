@@ -33,8 +33,16 @@ __all__ = [
 ]
 
 PIP_REQUIREMENTS = (
-    "torch", "transformers", "safetensors", "onnxruntime", "numpy", "pandas", "pillow", "pydantic", "pyyaml"
-)  # fmt: skip
+    "torch",
+    "transformers",
+    "safetensors",
+    "onnxruntime",
+    "numpy",
+    "pandas",
+    "pillow",
+    "pydantic",
+    "pyyaml",
+)
 CLIP_REQUIREMENTS = ("av", "librosa", "threadpoolctl")  # a model that extracts features from clips
 
 
@@ -58,8 +66,11 @@ def input_example(dataset: Dataset, limits: ServeParams) -> pd.DataFrame:
 
     example = raw_frame(dataset, "test", limit=2, inline_images=True).drop(columns=["id", "label"])
     # An example the served model would refuse is no example: clips over the serving bound stay out of it.
-    too_big = [c for c in ("audio_base64", "video_base64") if c in example and _longest(example[c]) >
-               limits.max_clip_base64_chars]  # fmt: skip
+    too_big = [
+        c
+        for c in ("audio_base64", "video_base64")
+        if c in example and _longest(example[c]) > limits.max_clip_base64_chars
+    ]
     return example.drop(columns=too_big)
 
 

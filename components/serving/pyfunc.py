@@ -104,8 +104,9 @@ def local_model(model_uri: str) -> Path | None:
     parsed = urllib.parse.urlparse(model_uri)
     if parsed.scheme.lower() == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise UserError(f"{model_uri}: names another machine; a file: URI names a directory on this one "
-                            "(file:///path/to/model)")  # fmt: skip
+            raise UserError(
+                f"{model_uri}: names another machine; a file: URI names a directory on this one (file:///path/to/model)"
+            )
         return Path(urllib.request.url2pathname(parsed.path))
     if not parsed.scheme or Path(model_uri).is_dir():
         return Path(model_uri)

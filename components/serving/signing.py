@@ -107,9 +107,11 @@ def _why(problems: list[str], package: Path) -> str:
 
     # The reasons come as the repr of a list, where a quote is escaped (\\') when a digest's bytes hold a ".
     q, names, model = r"\\?'", r"([^\"'\\\],]+)", r"in model \\?'[^'\\]*\\?'"
-    for pattern, how in ((rf"Hash mismatch for {q}([^'\\]+){q}", "was changed after signing"),
-                         (rf"Extra files found {model}: {names}", "was added after signing"),
-                         (rf"Missing files {model}: {names}", "is missing (it was signed)")):  # fmt: skip
+    for pattern, how in (
+        (rf"Hash mismatch for {q}([^'\\]+){q}", "was changed after signing"),
+        (rf"Extra files found {model}: {names}", "was added after signing"),
+        (rf"Missing files {model}: {names}", "is missing (it was signed)"),
+    ):
         for problem in problems:
             if found := re.search(pattern, problem):
                 return f"{package.name}/{found.group(1).strip()} {how}"

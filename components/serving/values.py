@@ -69,8 +69,13 @@ def image_bytes(data: Any, path: Any, image_root: Path | None, limits: ServePara
     cell of a binary column and so cannot pass null, and rows without an image are normal.
     """
     if not is_null(data):
-        return decode_base64(data, "image_base64", limits.max_base64_chars, ImageProblem,
-                              f"serve.max_image_bytes {limits.max_image_bytes} as base64")  # fmt: skip
+        return decode_base64(
+            data,
+            "image_base64",
+            limits.max_base64_chars,
+            ImageProblem,
+            f"serve.max_image_bytes {limits.max_image_bytes} as base64",
+        )
     if is_null(path):
         return None
     if image_root is None:
@@ -85,8 +90,13 @@ def clip_bytes(rows: dict[str, list], column: str, i: int, root: Path | None, li
     inline = rows.get(f"{column}_base64", [None] * (i + 1))[i]
     path = rows.get(column, [None] * (i + 1))[i]
     if not is_null(inline):
-        return decode_base64(inline, f"{column}_base64", limits.max_clip_base64_chars, ClipProblem,
-                             f"serve.max_clip_bytes {limits.max_clip_bytes} as base64")  # fmt: skip
+        return decode_base64(
+            inline,
+            f"{column}_base64",
+            limits.max_clip_base64_chars,
+            ClipProblem,
+            f"serve.max_clip_bytes {limits.max_clip_bytes} as base64",
+        )
     if is_null(path):
         return None
     if root is None:

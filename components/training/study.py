@@ -75,9 +75,13 @@ def open_study(params: Params) -> optuna.Study:
     direction: Literal["minimize", "maximize"] = "minimize" if mode == "min" else "maximize"
     try:
         study = optuna.create_study(
-            study_name=study_name(params), storage=storage, pruner=pruner, direction=direction, load_if_exists=True,
+            study_name=study_name(params),
+            storage=storage,
+            pruner=pruner,
+            direction=direction,
+            load_if_exists=True,
             sampler=trial_sampler(settings.seed, 0),  # a placeholder: each trial draws with its own (`run_trial`)
-        )  # fmt: skip
+        )
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many types for an unreachable database
         raise ConfigError(
             f"tune.storage {redacted(url)}: cannot open the study ({type(e).__name__}: {first_line(e)})"

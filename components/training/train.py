@@ -176,8 +176,15 @@ def _train_seeds(
     chosen = best_seed(results[params.seed].spec.label.kind, valid)
     best = results[chosen]
     selected_by = f"valid {best.monitor}"
-    keep_best_seed(out, SeedsReport(seeds=list(results), chosen=chosen, selected_by=selected_by,
-                                    valid={str(seed): value for seed, value in valid.items()}))  # fmt: skip
+    keep_best_seed(
+        out,
+        SeedsReport(
+            seeds=list(results),
+            chosen=chosen,
+            selected_by=selected_by,
+            valid={str(seed): value for seed, value in valid.items()},
+        ),
+    )
     return replace(best, out=out, seconds=time.perf_counter() - start, seeds=valid, seed=chosen)
 
 
@@ -295,20 +302,39 @@ def _start(
         amp=amp,
         scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
     )
-    run = _Run(params, spec, state, data, stepper, progress, checkpoint, inputs, rank, world, device,
-               head=monitored_head(spec), metric=primary_metric(spec.label.kind)[0],
-               last_epoch=progress["epoch"] if stopped_early else params.epochs,
-               resumed_from=progress["epoch"] if resume else None, stopped_early=stopped_early)  # fmt: skip
+    run = _Run(
+        params,
+        spec,
+        state,
+        data,
+        stepper,
+        progress,
+        checkpoint,
+        inputs,
+        rank,
+        world,
+        device,
+        head=monitored_head(spec),
+        metric=primary_metric(spec.label.kind)[0],
+        last_epoch=progress["epoch"] if stopped_early else params.epochs,
+        resumed_from=progress["epoch"] if resume else None,
+        stopped_early=stopped_early,
+    )
     if rank == 0:
-        start_line = f"train: {describe(device, amp)}"
-        if world > 1:
-            start_line += f", {world} processes"
-        log.info(
-            f"{start_line}; {len(data.train_rows)} train and {len(data.valid_rows)} valid samples, epochs "
-            f"{progress['epoch'] + 1} to {run.last_epoch} at most, batch {params.batch_size}, heads "
-            f"{', '.join(spec.heads)}; early stop on valid {run.head} {run.metric}"
-        )
+        _say_start(run, amp)
     return run
+
+
+def _say_start(run: _Run, amp: torch.dtype | None) -> None:
+    """One line before the first epoch: the device, the data, the epochs ahead, the heads and what stops them."""
+    start_line = f"train: {describe(run.device, amp)}"
+    if run.world > 1:
+        start_line += f", {run.world} processes"
+    log.info(
+        f"{start_line}; {len(run.data.train_rows)} train and {len(run.data.valid_rows)} valid samples, epochs "
+        f"{run.progress['epoch'] + 1} to {run.last_epoch} at most, batch {run.params.batch_size}, heads "
+        f"{', '.join(run.spec.heads)}; early stop on valid {run.head} {run.metric}"
+    )
 
 
 def _epoch(run: _Run, epoch: int, bar: tqdm, on_epoch: EpochCallback | None) -> bool:

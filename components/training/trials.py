@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -18,6 +18,9 @@ from components.core.errors import TrainingError
 from components.training.reports import TrialResult
 from components.training.run_log import epoch_metrics
 from components.training.study import UID, current, monitor, open_study, trial_sampler
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 __all__ = ["as_result", "run_trial", "suggest", "trial_dir"]
 
@@ -96,9 +99,14 @@ def as_result(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> TrialResu
     )
     value = {"COMPLETE": trial.value, "PRUNED": _best_reported(trial, study)}.get(trial.state.name)
     return TrialResult(
-        number=trial.number, state=trial.state.name, values=dict(trial.params), value=value,
-        epochs=trial.user_attrs.get("epochs", 0), seconds=seconds, retry_of=trial.system_attrs.get("failed_trial"),
-    )  # fmt: skip
+        number=trial.number,
+        state=trial.state.name,
+        values=dict(trial.params),
+        value=value,
+        epochs=trial.user_attrs.get("epochs", 0),
+        seconds=seconds,
+        retry_of=trial.system_attrs.get("failed_trial"),
+    )
 
 
 def _best_reported(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> float | None:
@@ -113,7 +121,7 @@ class _TrialLog:
     then its state and score, ended before Optuna records the trial's end (a kill in between leaves the run RUNNING
     for `log_tune` to end KILLED, never a finished trial without its score)."""
 
-    def __init__(self, client: Any, run_id: str | None, head: str, metric: str, mode: str) -> None:
+    def __init__(self, client: MlflowClient | None, run_id: str | None, head: str, metric: str, mode: str) -> None:
         self.client, self.run_id, self.head, self.metric, self.mode = client, run_id, head, metric, mode
         self.best: float | None = None
         self.started = time.perf_counter()
@@ -122,12 +130,12 @@ class _TrialLog:
         value = record["valid"][self.head][self.metric]
         if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
             self.best = value
-        if self.run_id is not None:  # a run (and its client) exactly when tracked
+        if self.client is not None and self.run_id is not None:  # tracked
             tracking.log_numbers(self.client, self.run_id, epoch_metrics(record, self.head), step=record["epoch"])
         return value
 
     def finish(self, state: str, epochs: int, best: float | None = None) -> None:
-        if self.run_id is None:
+        if self.client is None or self.run_id is None:
             return
         best = self.best if best is None else best
         metrics = {"trial_seconds": time.perf_counter() - self.started, "epochs_run": epochs}

@@ -112,8 +112,14 @@ def conclude(params: Params, params_file: Path) -> TuneResult:
     trials = [as_result(t, study) for t in study.get_trials(deepcopy=False)]
     completed = [t for t in trials if t.state == "COMPLETE"]
     best = (min if mode == "min" else max)(completed, key=_completed_value) if completed else None
-    result = TuneResult(study=study.study_name, monitor=monitored, direction=study.direction.name.lower(), best=best,
-                        trials=trials, changes=_changes(params, best))  # fmt: skip
+    result = TuneResult(
+        study=study.study_name,
+        monitor=monitored,
+        direction=study.direction.name.lower(),
+        best=best,
+        trials=trials,
+        changes=_changes(params, best),
+    )
     TuneReport(
         study=study.study_name,
         storage=redacted(storage_url(params.tune)),

@@ -110,9 +110,15 @@ def _clip_rows(
         for column in clip_columns:
             if value := record[column].strip():
                 source = confined_file(
-                    csv_path, root, value, column=column, option="--media-root", suffixes=CLIP_SUFFIXES[column],
-                    row=number, sample_id=record["id"],
-                )  # fmt: skip
+                    csv_path,
+                    root,
+                    value,
+                    column=column,
+                    option="--media-root",
+                    suffixes=CLIP_SUFFIXES[column],
+                    row=number,
+                    sample_id=record["id"],
+                )
                 placed = f"{column}/{stem}{source.suffix.lower()}"
                 row[column] = placed
                 clips[placed] = source

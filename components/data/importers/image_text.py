@@ -54,9 +54,15 @@ def import_image_text_csv(
         image = None
         if value := record["image"].strip():
             source = confined_file(
-                csv_path, root, value, column="image", option="--image-root", suffixes=IMAGE_SUFFIXES, row=number,
+                csv_path,
+                root,
+                value,
+                column="image",
+                option="--image-root",
+                suffixes=IMAGE_SUFFIXES,
+                row=number,
                 sample_id=record["id"],
-            )  # fmt: skip
+            )
             image = f"images/{file_stem(record['id'], used_stems, 'image')}{source.suffix.lower()}"
             images[image] = source
         rows.append({**record, "image": image})

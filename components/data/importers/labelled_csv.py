@@ -71,9 +71,11 @@ def check_table(
             raise DataError(csv_path, f"same id as row {first}: ids must be unique", row=number, sample_id=sample_id)
         if "split" in row and row["split"] not in SPLITS:
             raise DataError(
-                csv_path, f"split {row['split']!r} is not one of {', '.join(SPLITS)} (lower case, no spaces)",
-                row=number, sample_id=sample_id,
-            )  # fmt: skip
+                csv_path,
+                f"split {row['split']!r} is not one of {', '.join(SPLITS)} (lower case, no spaces)",
+                row=number,
+                sample_id=sample_id,
+            )
 
 
 def root_dir(path: Path, option: str) -> Path:
@@ -103,9 +105,11 @@ def confined_file(
         raise DataError(csv_path, f"{column} '{value}' is outside {option} {root}", row=row, sample_id=sample_id)
     if source.suffix.lower() not in suffixes:
         raise DataError(
-            csv_path, f"{column} '{value}' has an unsupported suffix; use one of {list(suffixes)}",
-            row=row, sample_id=sample_id,
-        )  # fmt: skip
+            csv_path,
+            f"{column} '{value}' has an unsupported suffix; use one of {list(suffixes)}",
+            row=row,
+            sample_id=sample_id,
+        )
     if not source.is_file():
         raise DataError(csv_path, f"{column} file not found: {root / value}", row=row, sample_id=sample_id)
     return source
@@ -138,9 +142,12 @@ def labels(
                 (n, r) for n, (r, v) in enumerate(zip(rows, given, strict=True), 1) if v and not _is_float(v)
             )
             raise DataError(
-                path, f"label '{given[number - 1]}' is not a number, but {sum(numeric)} other labels are; fix it, or "
-                "pass --task classification if the numbers are class names", row=number, sample_id=row["id"],
-            )  # fmt: skip
+                path,
+                f"label '{given[number - 1]}' is not a number, but {sum(numeric)} other labels are; fix it, or "
+                "pass --task classification if the numbers are class names",
+                row=number,
+                sample_id=row["id"],
+            )
         task = "regression" if all(numeric) else "classification"
     if task == "classification":
         classes = classes or sorted({v for v in given if v is not None})
