@@ -24,6 +24,21 @@ from flows.commands.data import data_app
 from flows.commands.options import ParamsOpt, err, out
 from flows.commands.summary import run_summary
 
+__all__ = [
+    "app",
+    "compress",
+    "evaluate",
+    "featurize",
+    "predict",
+    "register",
+    "robustness",
+    "run",
+    "serve",
+    "train",
+    "tune",
+    "validate",
+]
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the fallback Prefect itself uses, one of its dependencies

@@ -34,6 +34,8 @@ from components.training.lineage import lineage
 from components.training.run_log import end_train_attempt, train_run, training_silence
 from flows import tasks
 
+__all__ = ["featurize_if_changed", "pipeline", "training"]
+
 if TYPE_CHECKING:  # torch is imported by the tasks that train, not by `msa run` deciding to skip
     from components.training.train import TrainResult
 

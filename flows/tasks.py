@@ -35,6 +35,24 @@ from components.registry.register import Registration, RunContext, Skipped
 from components.training.lineage import Lineage
 from components.training.run_log import TrainingLog, trained_model_digest
 
+__all__ = [
+    "LOCK_LEASE_S",
+    "SHOW_PROGRESS",
+    "already_registered",
+    "compress",
+    "ensure_registry_lock",
+    "evaluate",
+    "featurize",
+    "fetch_model",
+    "register",
+    "report_skip",
+    "robustness",
+    "train",
+    "validate",
+    "with_retries",
+    "with_timeout",
+]
+
 if TYPE_CHECKING:  # torch is imported only by the tasks that need it
     from components.training.train import TrainResult
 
@@ -158,6 +176,7 @@ def fetch_model(params: Params, run_id: str) -> str:
     """The trained model of pipeline run `run_id` in train.out, checked against the digest recorded at upload:
     downloaded from the tracking server unless the files here already have that digest (training ran here)."""
     from components.models import store as model_store
+    from components.models import transfer
 
     with tracking.connected(params.registry) as client:
         train_run, expected = trained_model_digest(client, run_id)
@@ -167,8 +186,8 @@ def fetch_model(params: Params, run_id: str) -> str:
             here = None
         downloaded, started = 0, time.perf_counter()
         if here != expected:
-            model_store.fetch(client, train_run, params.train.out, expected)
-            downloaded = model_store.model_bytes(params.train.out)
+            transfer.fetch(client, train_run, params.train.out, expected)
+            downloaded = transfer.model_bytes(params.train.out)
             get_run_logger().info(
                 f"downloaded the model of training run {train_run} ({downloaded / 1e6:.1f} MB, digest {expected[:12]})"
             )

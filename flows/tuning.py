@@ -29,6 +29,8 @@ from components.training import tuning
 from components.training.logged import log_tune, tune_run
 from flows.pipeline import featurize_if_changed
 
+__all__ = ["trial", "tune"]
+
 
 @task(name="trial")
 def trial(params: Params, index: int, run_id: str) -> tuning.TrialResult:

@@ -26,6 +26,18 @@ from components.models.multitask import MultiTaskModel, presence
 from components.models.spec import ModelSpec
 from components.models.store import PADDED_AXES
 
+__all__ = [
+    "AXIS_NAMES",
+    "ONNX_WEIGHTS",
+    "OPSET",
+    "QUANTIZED",
+    "OnnxModel",
+    "dynamic_axes",
+    "export_onnx",
+    "input_names",
+    "quantize_onnx",
+]
+
 ONNX_WEIGHTS = "model.onnx"
 OPSET = 18
 # The names of each padded input's axes after the batch, by the mask that governs them (model_store.PADDED_AXES).

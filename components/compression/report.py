@@ -9,20 +9,15 @@ file, and one that does not fit is a DataError naming it.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from components.core.atomic import write_json
 from components.core.config import ConfigError
-from components.core.errors import DataError
-
-if TYPE_CHECKING:
-    from typing import Self  # Python 3.11; only annotations name it
+from components.core.reports import Report
 
 __all__ = [
     "LOWER_IS_BETTER",
@@ -70,8 +65,8 @@ class VariantReport(Measurement):
     seconds: float  # its own work: building, fine-tuning, scoring and timing it
 
 
-class CompressionReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CompressionReport(Report):
+    rerun = "run `msa compress`"
 
     model_digest: str  # the trained model these are of: registration refuses a report of another
     head: str
@@ -81,22 +76,6 @@ class CompressionReport(BaseModel):
     split: Literal["test"]
     baseline: Measurement
     variants: dict[str, VariantReport]
-
-    @classmethod
-    def read(cls, path: str | Path) -> Self:
-        try:
-            raw = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as e:
-            raise DataError(path, f"missing or unreadable ({type(e).__name__}); run `msa compress`") from None
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'file'}: {err['msg']}" for err in e.errors())
-            raise DataError(path, f"not a {cls.__name__} ({problems}); run `msa compress`") from None
-
-    def write(self, path: str | Path) -> None:
-        """Indented JSON in the fields' order, NaN (an undefined metric) as null."""
-        write_json(path, self.model_dump(mode="json"), nan_as_null=True)
 
 
 def served_variant(report: CompressionReport | Mapping[str, Any], setting: str, where: Path) -> str | None:

@@ -48,7 +48,7 @@ def csv_rows(lines: Iterable[str], path: Path, **dialect: object) -> Iterator[tu
     """`csv_records` over lines as they come (a file streamed in chunks): (line number, fields), blank rows
     skipped, a malformed row a DataError naming `path` and its line."""
     csv.field_size_limit(FIELD_LIMIT)
-    reader = csv.reader(lines, **dialect)  # type: ignore[arg-type]
+    reader = csv.reader(lines, **dialect)  # type: ignore[arg-type]  # the stub types each format keyword; `dialect` holds only csv.reader's own
     while True:
         try:
             fields = next(reader)

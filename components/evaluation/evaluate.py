@@ -54,6 +54,8 @@ from components.models.store import (
     split_rows,
 )
 
+__all__ = ["CURVES_PNG", "HEADLINE", "HISTORY_CSV", "EvaluationResult", "HeadOutput", "evaluate", "select_headline"]
+
 HISTORY_CSV = "history.csv"  # always written: also what shows that a plots directory is ours to replace
 CURVES_PNG = "training_curves.png"  # the same, for the figures directory
 # The headline per label kind: the monitored head's metrics on each split (MMSA's standard ones on test), and every

@@ -11,18 +11,15 @@ the JSON's shape and key order exactly as the stages have always written it (NaN
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from components.core.atomic import write_json
-from components.core.errors import DataError
+from components.core.reports import Report
 
 if TYPE_CHECKING:
-    from typing import Self  # Python 3.11; only annotations name it
+    pass  # Python 3.11; only annotations name it
 
 __all__ = ["EvaluationReport", "HeadScores", "Perturbation", "RobustnessReport", "Scores", "SeedSummary"]
 
@@ -36,33 +33,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)  # a key this stage does not write: not its report
 
 
-class _Report(_Strict):
-    """A stage's JSON report: read strictly, written with NaN as null."""
-
-    _unwritten: ClassVar[frozenset[str]] = frozenset()  # fields the file does not name (their keys sit at the top)
-
-    @classmethod
-    def read(cls, path: str | Path) -> Self:
-        """The report at `path`; a DataError naming it when it is missing, not JSON, or not of this shape."""
-        try:
-            return cls.model_validate(json.loads(Path(path).read_text()))
-        except OSError as e:
-            raise DataError(path, f"missing or unreadable ({type(e).__name__})") from None
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(part) for part in first["loc"] if part not in cls._unwritten)
-            raise DataError(path, f"does not fit {cls.__name__}: {where}: {first['msg']}") from None
-        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-            raise DataError(path, f"not JSON ({type(e).__name__})") from None
-
-    def write(self, path: str | Path) -> Path:
-        return write_json(path, self.model_dump(), nan_as_null=True)
+class _Report(Report):
+    model_config = ConfigDict(frozen=True)
 
 
 class EvaluationReport(_Report):
     """{model_digest, split: {head: {metric: value}}}: every head's metrics on each evaluated split (only numbers:
     confusion matrices go to the plot data), and the digest of the model they score (registration refuses a report
     of another model)."""
+
+    rerun = "run `msa evaluate`"
 
     _unwritten = frozenset({"splits"})
     model_digest: str | None = None
@@ -98,6 +78,8 @@ class SeedSummary(_Report):
     """The scores over the seeds of a multi-seed training (train.seeds), as MMSA reports results: every seed's
     metrics (`runs`, by seed; one run `single` for one seed) and their mean and std (numpy's, ddof 0)."""
 
+    rerun = "run `msa evaluate`"
+
     seeds: list[int] | None  # None: one seed
     chosen: int | None  # the seed whose model is train.out
     selected_by: str  # "valid <head> <metric>"
@@ -122,6 +104,8 @@ class RobustnessReport(_Report):
     """Every head scored on one split with its inputs perturbed. A head that no sample can be scored on under a
     setting (text heads with every text missing) is absent from that setting's scores."""
 
+    rerun = "run `msa robustness`"
+
     model_digest: str | None = None
     split: str
     metric: str  # robustness.metric: what the plots show and the gate checks
@@ -129,8 +113,8 @@ class RobustnessReport(_Report):
     seed: int
     samples: int
     clean: dict[str, Scores]  # head -> metrics on the unperturbed split
-    perturbations: dict[str, Perturbation] = {}
-    skipped: list[str] = []  # the perturbations of modalities the model lacks, and why
+    perturbations: dict[str, Perturbation] = Field(default_factory=dict)
+    skipped: list[str] = Field(default_factory=list)  # the perturbations of modalities the model lacks, and why
 
     def settings(self) -> Iterator[tuple[str, str, dict[str, Scores]]]:
         """(perturbation, severity, head -> metrics) of every setting scored, in the report's order."""

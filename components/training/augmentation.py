@@ -28,6 +28,8 @@ from components.core.config import AugmentParams
 from components.models.multitask import OTHER_MODALITIES
 from components.models.spec import ModelSpec
 
+__all__ = ["augment", "enabled"]
+
 
 def enabled(params: AugmentParams) -> bool:
     """Whether any augmentation is on (all 0: `augment` is the identity, and training skips it)."""

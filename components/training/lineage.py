@@ -20,6 +20,8 @@ from components.core.config import Params, result_settings
 from components.core.hashing import CODE_ROOT, code_digest, module_closure, tree_digest
 from components.data.dataset import read_manifest
 
+__all__ = ["TRAINED_BY", "Lineage", "lineage", "trained_code_hash"]
+
 TRAINED_BY = ("components.features.featurize", "components.training.train")  # what `msa featurize` and `msa train` call
 
 

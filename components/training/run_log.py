@@ -100,12 +100,13 @@ class TrainingLog:
         into `out` (for a worker with an empty disk); the train run it came from, or None when there is none usable
         (none stored, or a damaged upload of a worker killed mid-upload): training then starts over."""
         from components.models import store as model_store
+        from components.models import transfer
 
         for run in reversed(child_runs(self.client, self.parent, "train")):
             digest = run.data.tags.get(MODEL_DIGEST)
             try:
-                if digest and model_store.fetch_checkpoint(self.client, run.info.run_id, self.out):
-                    model_store.fetch(self.client, run.info.run_id, self.out, digest)
+                if digest and transfer.fetch_checkpoint(self.client, run.info.run_id, self.out):
+                    transfer.fetch(self.client, run.info.run_id, self.out, digest)
                     return run.info.run_id
             except TrainingError as e:
                 logging.getLogger(__name__).warning(f"not resuming from train run {run.info.run_id}: {e}")
@@ -124,7 +125,7 @@ class TrainingLog:
         """Training's epoch callback: the curves, the checkpoint, and the model when it improved. An epoch of one of
         several seeds (train.seeds) goes to that seed's run: which model is kept is known only after the last seed,
         and `record_seeds` then logs it."""
-        from components.models import store as model_store
+        from components.models import transfer  # torch: only when the model travels
 
         if "seed" in record:
             run_id = seed_run(self.client, self.parent, record["seed"], self.attempt)
@@ -133,9 +134,9 @@ class TrainingLog:
         self.log_epoch(record)
         started = time.perf_counter()
         if improved:
-            self._record(model_store.publish(self.out, self.client, self.run_id))
-            self.uploaded += model_store.model_bytes(self.out)
-        self.uploaded += model_store.publish_checkpoint(self.out, self.client, self.run_id)
+            self._record(transfer.publish(self.out, self.client, self.run_id))
+            self.uploaded += transfer.model_bytes(self.out)
+        self.uploaded += transfer.publish_checkpoint(self.out, self.client, self.run_id)
         self.upload_seconds += time.perf_counter() - started
 
     def record_seeds(self, history: list[dict], valid: Mapping[int, float | None], chosen: int) -> None:
@@ -154,21 +155,21 @@ class TrainingLog:
 
     def _record(self, value: str) -> None:
         """`value` is the model a replacement resumes from and the pipeline checks: the upload before it can go."""
-        from components.models import store as model_store
+        from components.models import transfer  # torch: only when the model travels
 
         self.client.set_tag(self.run_id, MODEL_DIGEST, value)
         if self.published not in (None, value):
-            model_store.discard(self.client, self.run_id, self.published)
+            transfer.discard(self.client, self.run_id, self.published)
         self.published = value
 
     def finish(self, summary: Mapping[str, float] | None = None) -> str:
         """Upload the final model (with the whole history) and return its digest, the pipeline's to check."""
-        from components.models import store as model_store
+        from components.models import transfer  # torch: only when the model travels
 
         started = time.perf_counter()
-        value = model_store.publish(self.out, self.client, self.run_id)
+        value = transfer.publish(self.out, self.client, self.run_id)
         self._record(value)
-        self.uploaded += model_store.model_bytes(self.out)
+        self.uploaded += transfer.model_bytes(self.out)
         self.upload_seconds += time.perf_counter() - started
         exchange = {"uploaded_mb": self.uploaded / 1e6, "upload_seconds": self.upload_seconds}
         log_numbers(self.client, self.run_id, {**(summary or {}), **exchange})

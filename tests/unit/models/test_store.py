@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from components.core.errors import TrainingError
 from components.models import store as model_store
+from components.models import transfer
 
 
 @pytest.fixture
@@ -72,9 +73,9 @@ def test_digest_is_independent_of_location_and_sees_every_file(trained, tmp_path
 
 def test_a_model_published_to_a_run_is_fetched_and_checked(trained, client, tmp_path):
     run = run_id(client)
-    recorded = model_store.publish(trained.model, client, run)
+    recorded = transfer.publish(trained.model, client, run)
     assert recorded == model_store.digest(trained.model)
-    fetched = model_store.fetch(client, run, tmp_path / "worker" / "models", recorded)
+    fetched = transfer.fetch(client, run, tmp_path / "worker" / "models", recorded)
     assert model_store.digest(fetched) == recorded
     assert sorted(p.name for p in fetched.iterdir()) == sorted(model_store.MODEL_FILES), "no staging left behind"
 
@@ -82,19 +83,19 @@ def test_a_model_published_to_a_run_is_fetched_and_checked(trained, client, tmp_
 def test_each_upload_has_its_own_path_and_an_older_one_goes_once_a_newer_is_recorded(trained, client, tmp_path):
     """A worker killed while uploading a better model leaves the upload its recorded digest names whole."""
     run = run_id(client)
-    first = model_store.publish(trained.model, client, run)
+    first = transfer.publish(trained.model, client, run)
     better = Path(shutil.copytree(trained.model, tmp_path / "better"))
     (better / model_store.HISTORY).write_text((better / model_store.HISTORY).read_text() + " ")
-    second = model_store.publish(better, client, run)  # as if the worker died before recording it
-    assert model_store.digest(model_store.fetch(client, run, tmp_path / "a", first)) == first
-    model_store.discard(client, run, first)  # the newer one recorded: the older goes
+    second = transfer.publish(better, client, run)  # as if the worker died before recording it
+    assert model_store.digest(transfer.fetch(client, run, tmp_path / "a", first)) == first
+    transfer.discard(client, run, first)  # the newer one recorded: the older goes
     assert [a.path for a in client.list_artifacts(run, "model")] == [f"model/{second[:16]}"]
-    assert model_store.digest(model_store.fetch(client, run, tmp_path / "b", second)) == second
+    assert model_store.digest(transfer.fetch(client, run, tmp_path / "b", second)) == second
 
 
 def test_a_corrupted_download_is_refused_and_nothing_is_replaced(trained, client, tmp_path):
     run = run_id(client)
-    recorded = model_store.publish(trained.model, client, run)
+    recorded = transfer.publish(trained.model, client, run)
     artifacts = Path(client.get_run(run).info.artifact_uri.removeprefix("file://"))
     stored = artifacts / "model" / recorded[:16] / model_store.WEIGHTS
     stored.write_bytes(stored.read_bytes()[:-10] + b"0123456789")  # the artifact store holds other bytes now
@@ -102,15 +103,15 @@ def test_a_corrupted_download_is_refused_and_nothing_is_replaced(trained, client
     out = shutil.copytree(trained.model, tmp_path / "pipeline-models")
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     with pytest.raises(TrainingError, match=r"digest .* was recorded when it was uploaded.*Nothing was evaluated"):
-        model_store.fetch(client, run, out, recorded)
+        transfer.fetch(client, run, out, recorded)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert not [p for p in out.iterdir() if p.name.startswith(".msa-fetch")]
 
 
 def test_a_checkpoint_is_stored_and_restored_on_an_empty_disk(trained, client, tmp_path):
     run = run_id(client)
-    assert not model_store.fetch_checkpoint(client, run, tmp_path / "empty"), "none stored yet"
-    model_store.publish_checkpoint(trained.model, client, run)
+    assert not transfer.fetch_checkpoint(client, run, tmp_path / "empty"), "none stored yet"
+    transfer.publish_checkpoint(trained.model, client, run)
     empty = tmp_path / "replacement" / "models"
-    assert model_store.fetch_checkpoint(client, run, empty)
+    assert transfer.fetch_checkpoint(client, run, empty)
     assert (empty / model_store.CHECKPOINT).read_bytes() == (trained.model / model_store.CHECKPOINT).read_bytes()

@@ -70,19 +70,20 @@ def test_several_seeds_travel_with_the_model_and_a_single_seed_clears_them(train
     from mlflow import MlflowClient
 
     from components.models import store as model_store
+    from components.models import transfer
 
     out = tmp_path / "seeds"
     train(trained.features, MODEL, TrainParams(out=out, epochs=1, batch_size=4, seeds=2), progress=False)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("store", artifact_location=(tmp_path / "artifacts").as_uri())
     run = client.create_run(experiment).info.run_id
-    recorded = model_store.publish(out, client, run)
+    recorded = transfer.publish(out, client, run)
     assert recorded == model_store.digest(out) != model_store.digest(trained.model)
-    worker = model_store.fetch(client, run, tmp_path / "pipeline", recorded)
+    worker = transfer.fetch(client, run, tmp_path / "pipeline", recorded)
     assert set(seed_dirs(worker)) == {0, 1} and model_store.digest(worker) == recorded
 
     single = client.create_run(experiment).info.run_id
-    model_store.fetch(client, single, worker, model_store.publish(trained.model, client, single))
+    transfer.fetch(client, single, worker, transfer.publish(trained.model, client, single))
     assert seed_dirs(worker) == {} and not (worker / SEEDS).exists() and not (worker / "seeds").exists()
     assert model_store.digest(worker) == model_store.digest(trained.model)
 
