@@ -111,7 +111,10 @@ TINY_VOCAB = [
 
 @pytest.fixture(scope="session")
 def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1-layer random BERT with a fast tokenizer, saved as a local model directory (tests never download)."""
+    """A 1-layer random BERT with a fast tokenizer, saved as a local model directory (tests never download). Its
+    weights are drawn from a fixed seed: every session's tests see the same model, so a test that compares trainings
+    (the retrain loop's better model) cannot pass or fail on the draw."""
+    import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     out = tmp_path_factory.mktemp("tiny-bert")
@@ -119,7 +122,9 @@ def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = BertConfig(
         vocab_size=len(TINY_VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
     )
-    BertModel(config).save_pretrained(out)
+    with torch.random.fork_rng():  # the session's global generator is left as it was
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(out)
     return out
 
 
