@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 # (`python -m flows.cli`); outside make, activate .venv before `dvc repro`.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-all lint typecheck check clean
+.PHONY: install run test test-all lint typecheck clean
 
 # librosa compiles its numba kernels on first use into a cache inside the venv, shared by every process; first uses
 # at once (test workers, the clip pool) race on it, and a process that loads a half-written entry crashes: the last
@@ -32,7 +32,8 @@ run: install
 	msa run
 	dvc commit --force --quiet
 
-test: install
+# The README's test command, and what CI runs (.ci/run): lint and typecheck first (seconds), then the suite.
+test: lint typecheck
 	pytest
 
 # Also the tests marked slow (the team-setup guide's block on PostgreSQL with authentication: about 4 minutes).
@@ -49,9 +50,6 @@ lint: install
 # mypy over components/ and flows/ (settings in pyproject.toml).
 typecheck: install
 	mypy
-
-# What CI runs (.ci/run): lint, typecheck, then the tests of `make test`.
-check: lint typecheck test
 
 clean:
 	rm -rf reports .pytest_cache
