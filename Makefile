@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 # (`python -m flows.cli`); outside make, activate .venv before `dvc repro`.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-all lint typecheck clean
+.PHONY: install run test test-all lint typecheck clean wheelhouse image base-image
 
 # librosa compiles its numba kernels on first use into a cache inside the venv, shared by every process; first uses
 # at once (test workers, the clip pool) race on it, and a process that loads a half-written entry crashes: the last
@@ -53,6 +53,35 @@ typecheck: install
 
 clean:
 	rm -rf reports .pytest_cache
+
+# The pipeline's image (Dockerfile; docs/how-to/containers.md). BASE: the base image, by default the slim Python
+# image of the wheelhouse's Python. TORCH and TORCH_INDEX: the torch build (a CUDA index for GPU pools). CA_CERTS:
+# the CA certificates pip trusts inside the build, a build secret that no layer keeps (a TLS-intercepting proxy's).
+IMAGE ?= msa-pipeline
+TAG ?= latest
+# The wheelhouse is resolved for the Python that makes it, to the patch release; the default base has that Python.
+PYTHON_VERSION = $(shell $(PYTHON) -c 'import platform; print(platform.python_version())')
+BASE ?= python:$(PYTHON_VERSION)-slim-bookworm
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+CA_CERTS ?= /etc/ssl/certs/ca-certificates.crt
+DOCKER ?= docker
+REVISION = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+
+# Every wheel the image installs, made here with this machine's indexes and certificates, so that the build reaches
+# no index: torch (from TORCH_INDEX when set), then the project's requirements at constraints.txt's versions.
+wheelhouse:
+	$(PYTHON) -m devtools.images wheelhouse --out build/wheels --torch "$(TORCH)" --torch-index "$(TORCH_INDEX)"
+
+image: wheelhouse
+	DOCKER_BUILDKIT=1 $(DOCKER) build --secret id=ca,src=$(CA_CERTS) --build-arg BASE=$(BASE) \
+	  --build-arg TORCH="$(TORCH)" --build-arg PIP_NO_INDEX=1 --build-arg REVISION=$(REVISION) -t $(IMAGE):$(TAG) .
+	$(DOCKER) image ls $(IMAGE):$(TAG)
+
+# A base image made from Debian's packages (debootstrap, as root) for a Docker that reaches no image registry:
+# `make image BASE=<its tag> PYTHON=/usr/bin/python3` then builds on it (the wheelhouse from Debian's Python).
+base-image:
+	$(PYTHON) -m devtools.images base
 
 .PHONY: docs docs-serve
 

@@ -154,6 +154,8 @@ def _await_training(flow_run_id: UUID, p: Params, run_id: str, attempt: int) -> 
             flow_run = prefect.read_flow_run(flow_run_id)
             state = flow_run.state  # None only before the server gave the new run its first state
             if state is not None and state.is_final():
+                if not state.is_completed():  # its process may have died with it (a killed container): end its run
+                    end_train_attempt(client, run_id, attempt, "KILLED" if state.is_crashed() else "FAILED")
                 return state
             if time.monotonic() > deadline:
                 prefect.set_flow_run_state(flow_run_id, Cancelling(message="pipeline.timeouts.train ran out"))

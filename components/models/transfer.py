@@ -25,7 +25,15 @@ from components.models.store import (
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["discard", "fetch", "fetch_checkpoint", "model_bytes", "publish", "publish_checkpoint"]
+__all__ = [
+    "discard",
+    "discard_checkpoint",
+    "fetch",
+    "fetch_checkpoint",
+    "model_bytes",
+    "publish",
+    "publish_checkpoint",
+]
 
 
 def publish(out: str | Path, client: MlflowClient, run_id: str) -> str:
@@ -48,23 +56,33 @@ def publish(out: str | Path, client: MlflowClient, run_id: str) -> str:
 def discard(client: MlflowClient, run_id: str, value: str) -> None:
     """Remove an earlier upload (`publish` returned `value`) once a newer one is recorded; where the artifact store
     cannot delete, it stays."""
+    _delete(client, run_id, _uploaded(value))
+
+
+def discard_checkpoint(client: MlflowClient, run_id: str, epoch: int) -> None:
+    """Remove the checkpoint uploaded after `epoch` once a newer one is recorded."""
+    _delete(client, run_id, f"{CHECKPOINT_ARTIFACTS}/{epoch}")
+
+
+def _delete(client: MlflowClient, run_id: str, path: str) -> None:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     with contextlib.suppress(Exception):
-        get_artifact_repository(client.get_run(run_id).info.artifact_uri).delete_artifacts(_uploaded(value))
+        get_artifact_repository(client.get_run(run_id).info.artifact_uri).delete_artifacts(path)
 
 
 def _uploaded(value: str) -> str:
     return f"{MODEL_ARTIFACTS}/{value[:16]}"
 
 
-def publish_checkpoint(out: str | Path, client: MlflowClient, run_id: str) -> int:
-    """Upload the last checkpoint, so a replacement worker resumes from it; returns the bytes uploaded."""
+def publish_checkpoint(out: str | Path, client: MlflowClient, run_id: str, epoch: int) -> int:
+    """Upload the checkpoint written after `epoch` as `checkpoints/<epoch>/`, a path of its own: a worker killed
+    in the middle of it leaves the recorded one whole. Returns the bytes uploaded."""
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="msa-checkpoint-") as tmp:
         staged = Path(tmp) / CHECKPOINT.name
         shutil.copy2(out / CHECKPOINT, staged)  # a snapshot: the next epoch may replace the file meanwhile
-        client.log_artifact(run_id, str(staged), CHECKPOINT_ARTIFACTS)
+        client.log_artifact(run_id, str(staged), f"{CHECKPOINT_ARTIFACTS}/{epoch}")
         return staged.stat().st_size
 
 
@@ -99,14 +117,13 @@ def fetch(client: MlflowClient, run_id: str, out: str | Path, expected: str) -> 
     return out
 
 
-def fetch_checkpoint(client: MlflowClient, run_id: str, out: str | Path) -> bool:
-    """Download run `run_id`'s last checkpoint into `out/checkpoints/`; False when it stored none."""
-    out = Path(out)
-    names = [Path(a.path).name for a in client.list_artifacts(run_id, CHECKPOINT_ARTIFACTS)]
-    if CHECKPOINT.name not in names:
+def fetch_checkpoint(client: MlflowClient, run_id: str, out: str | Path, epoch: int) -> bool:
+    """Download the checkpoint run `run_id` uploaded after `epoch` into `out/checkpoints/`; False when it has none."""
+    out, stored = Path(out), f"{CHECKPOINT_ARTIFACTS}/{epoch}"
+    if CHECKPOINT.name not in [Path(a.path).name for a in client.list_artifacts(run_id, stored)]:
         return False
     (out / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".msa-fetch-", dir=out / CHECKPOINT.parent) as tmp:
-        local = Path(client.download_artifacts(run_id, f"{CHECKPOINT_ARTIFACTS}/{CHECKPOINT.name}", tmp))
+        local = Path(client.download_artifacts(run_id, f"{stored}/{CHECKPOINT.name}", tmp))
         local.replace(out / CHECKPOINT)
     return True

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from components.models.spec import ModelSpec
 
 __all__ = [
+    "CHECKPOINT_EPOCH",
     "MODEL_DIGEST",
     "TrainingLog",
     "end_train_attempt",
@@ -51,6 +52,9 @@ __all__ = [
 ]
 
 MODEL_DIGEST = "msa.model_digest"  # on the train run: the content hash of its uploaded model/
+# On the train run: the epoch of the uploaded checkpoint that pairs with MODEL_DIGEST's model. Both are set by one
+# log_batch after both uploads, so a replacement never takes a checkpoint with another epoch's best model.
+CHECKPOINT_EPOCH = "msa.checkpoint_epoch"
 
 
 class TrainingLog:
@@ -87,6 +91,7 @@ class TrainingLog:
         self.monitor: SystemMetricsMonitor | None = None
         self.uploaded, self.upload_seconds = 0, 0.0  # sent to the artifact store by this process, and the time it took
         self.published: str | None = None  # the digest of this process's last model upload
+        self.checkpoint: int | None = None  # the epoch of this process's last checkpoint upload
 
     def watch(self) -> None:
         """Sample CPU, memory, disk, network (and GPU, with nvidia-ml-py) into the train run until `close`."""
@@ -103,9 +108,9 @@ class TrainingLog:
         from components.models import transfer
 
         for run in reversed(child_runs(self.client, self.parent, "train")):
-            digest = run.data.tags.get(MODEL_DIGEST)
+            digest, epoch = run.data.tags.get(MODEL_DIGEST), run.data.tags.get(CHECKPOINT_EPOCH)
             try:
-                if digest and transfer.fetch_checkpoint(self.client, run.info.run_id, self.out):
+                if digest and epoch and transfer.fetch_checkpoint(self.client, run.info.run_id, self.out, int(epoch)):
                     transfer.fetch(self.client, run.info.run_id, self.out, digest)
                     return run.info.run_id
             except TrainingError as e:
@@ -133,10 +138,13 @@ class TrainingLog:
             return
         self.log_epoch(record)
         started = time.perf_counter()
+        value = self.published
         if improved:
-            self._record(transfer.publish(self.out, self.client, self.run_id))
+            value = transfer.publish(self.out, self.client, self.run_id)
             self.uploaded += transfer.model_bytes(self.out)
-        self.uploaded += transfer.publish_checkpoint(self.out, self.client, self.run_id)
+        self.uploaded += transfer.publish_checkpoint(self.out, self.client, self.run_id, record["epoch"])
+        if value is not None:
+            self._record(value, record["epoch"])
         self.upload_seconds += time.perf_counter() - started
 
     def record_seeds(self, history: list[dict], valid: Mapping[int, float | None], chosen: int) -> None:
@@ -153,14 +161,18 @@ class TrainingLog:
             log_tags(self.client, run_id, {"msa.chosen": str(seed == chosen).lower()})
             self.client.set_terminated(run_id, "FINISHED")
 
-    def _record(self, value: str) -> None:
-        """`value` is the model a replacement resumes from and the pipeline checks: the upload before it can go."""
+    def _record(self, value: str, checkpoint: int | None = None) -> None:
+        """`value` is the model the pipeline checks and, with the checkpoint after epoch `checkpoint`, what a
+        replacement resumes from: recorded together, then the uploads before them can go."""
         from components.models import transfer  # torch: only when the model travels
 
-        self.client.set_tag(self.run_id, MODEL_DIGEST, value)
+        tags = {MODEL_DIGEST: value} | ({CHECKPOINT_EPOCH: str(checkpoint)} if checkpoint is not None else {})
+        log_tags(self.client, self.run_id, tags)
         if self.published not in (None, value):
             transfer.discard(self.client, self.run_id, self.published)
-        self.published = value
+        if checkpoint is not None and self.checkpoint not in (None, checkpoint):
+            transfer.discard_checkpoint(self.client, self.run_id, self.checkpoint)
+        self.published, self.checkpoint = value, checkpoint if checkpoint is not None else self.checkpoint
 
     def finish(self, summary: Mapping[str, float] | None = None) -> str:
         """Upload the final model (with the whole history) and return its digest, the pipeline's to check."""

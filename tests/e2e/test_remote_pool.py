@@ -15,75 +15,25 @@ of the same commit ends without training.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from pathlib import Path
 from uuid import UUID
 
-import psutil
 import pytest
-import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import tiny_dataset
-from tests.e2e.conftest import write_params
+from tests.e2e.pools import MODEL, kill_tree, make_repository, sha256, stored_checkpoint, tail
 from tests.e2e.servers import free_port, serving
-from tests.integration.conftest import PROJECT_FILES, REPO, copy_project
 from tests.integration.shell import BIN, run
 
 pytestmark = pytest.mark.e2e
 
-# What a clone of the repository holds that a worker's flow run reads: the pipeline's files, the deployments and the
-# flow code itself (a worker imports flows/ and components/ from its clone, not from an installed package).
-CLONE_FILES = (*PROJECT_FILES, ".dvc/.gitignore", "prefect.yaml")
-MODEL = "raw"  # the registered model is named after the dataset, and tiny_dataset(name="raw") names it so
 EPOCHS = 40  # the kill comes a checkpoint or two in: the replacement then trains the rest (each epoch logs and uploads)
 SILENCE_S = 12  # pipeline.train_silence: how long the pipeline waits for a lost worker's heartbeat
 RUN_TIMEOUT_S = 600
-# The params dvc.yaml interpolates (DVC parses it on `dvc add` and `dvc pull`): the values of the repository's own.
-DVC_YAML_PARAMS = sorted(set(re.findall(r"\$\{(\w+)\.(\w+)\}", (REPO / "dvc.yaml").read_text())))
-
-
-def make_repository(root: Path, text_model: Path, remote: Path) -> str:
-    """A git repository of the project whose data/raw is tracked by data.dvc and pushed to the DVC remote `remote`;
-    returns its commit."""
-    copy_project(root, CLONE_FILES)
-    defaults, paths = yaml.safe_load((REPO / "params.yaml").read_text()), {}
-    for section, key in DVC_YAML_PARAMS:
-        paths.setdefault(section, {})[key] = defaults[section][key]
-    paths["train"] |= {"epochs": EPOCHS, "batch_size": 2, "patience": EPOCHS}
-    pipeline = {"training": "deployment", "retries": 1, "retry_delay": 1, "train_silence": SILENCE_S}
-    write_params(root, text_model, pipeline=pipeline, **paths)
-    tiny_dataset(root / "data", name="raw")
-    git = ["git", "-c", "user.name=msa-test", "-c", "user.email=msa-test@example.invalid"]
-    run(["git", "init", "-q", "-b", "main"], cwd=root)
-    run([str(BIN / "dvc"), "remote", "add", "--default", "--force", "storage", str(remote)], cwd=root)
-    run([str(BIN / "dvc"), "add", "-q", "data/raw"], cwd=root)
-    run([str(BIN / "dvc"), "push", "-q"], cwd=root)
-    run(["git", "add", "-A"], cwd=root)
-    run([*git, "commit", "-q", "-m", "tiny project"], cwd=root)
-    return run(["git", "rev-parse", "HEAD"], cwd=root).stdout.strip()
-
-
-def tail(path: Path, chars: int = 6000) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return "\n".join(line for line in text[-chars:].splitlines() if not re.search(r"it/s|step/s", line))
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def kill_tree(process) -> None:
-    """SIGKILL a worker and every process it started (its flow runs may sit in sessions of their own)."""
-    parent = psutil.Process(process.pid)
-    for child in [*parent.children(recursive=True), parent]:
-        with suppress(psutil.NoSuchProcess):
-            child.kill()
-    process.wait()
 
 
 def test_training_on_a_pool_without_a_shared_disk_resumes_on_a_new_worker_and_registers(
@@ -95,7 +45,10 @@ def test_training_on_a_pool_without_a_shared_disk_resumes_on_a_new_worker_and_re
 
     repository, logs = tmp_path / "msa", tmp_path / "logs"
     logs.mkdir()
-    commit = make_repository(repository, tiny_text_model, tmp_path / "dvc-remote")
+    remote = tmp_path / "dvc-remote"
+    commit = make_repository(
+        repository, tiny_text_model, remote=str(remote), store=remote, epochs=EPOCHS, silence=SILENCE_S
+    )
 
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -170,17 +123,11 @@ def test_training_on_a_pool_without_a_shared_disk_resumes_on_a_new_worker_and_re
         # While training runs on gpu-1: the pipeline's MLflow run is RUNNING with epoch curves, and the train run has
         # stored a checkpoint. Then gpu-1 dies, with no chance to say so.
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        while True:
-            assert time.monotonic() < deadline, f"no stored checkpoint:\n{diagnostics()}"
-            experiment = mlflow.get_experiment_by_name(MODEL)
-            trains = mlflow.search_runs([experiment.experiment_id], "tags.`msa.kind` = 'train'") if experiment else []
-            if trains and mlflow.list_artifacts(trains[0].info.run_id, "checkpoints"):
-                break
-            time.sleep(0.2)
-        parent = mlflow.get_run(trains[0].data.tags["mlflow.parentRunId"])
+        train = stored_checkpoint(mlflow, deadline, diagnostics)
+        parent = mlflow.get_run(train.data.tags["mlflow.parentRunId"])
         curve = mlflow.get_metric_history(parent.info.run_id, "epoch_valid_mae")
         assert parent.info.status == "RUNNING" and curve, "the pipeline run shows training while it goes on"
-        assert trains[0].info.status == "RUNNING"
+        assert train.info.status == "RUNNING"
         kill_tree(first_gpu)
         killed_at = len(mlflow.get_metric_history(parent.info.run_id, "epoch_valid_mae"))
         assert killed_at < EPOCHS, "training ended before the kill: raise EPOCHS"

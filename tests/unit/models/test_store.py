@@ -110,8 +110,11 @@ def test_a_corrupted_download_is_refused_and_nothing_is_replaced(trained, client
 
 def test_a_checkpoint_is_stored_and_restored_on_an_empty_disk(trained, client, tmp_path):
     run = run_id(client)
-    assert not transfer.fetch_checkpoint(client, run, tmp_path / "empty"), "none stored yet"
-    transfer.publish_checkpoint(trained.model, client, run)
+    assert not transfer.fetch_checkpoint(client, run, tmp_path / "empty", 3), "none stored yet"
+    transfer.publish_checkpoint(trained.model, client, run, 3)
     empty = tmp_path / "replacement" / "models"
-    assert transfer.fetch_checkpoint(client, run, empty)
+    assert not transfer.fetch_checkpoint(client, run, empty, 2), "each epoch's checkpoint has a path of its own"
+    assert transfer.fetch_checkpoint(client, run, empty, 3)
     assert (empty / model_store.CHECKPOINT).read_bytes() == (trained.model / model_store.CHECKPOINT).read_bytes()
+    transfer.discard_checkpoint(client, run, 3)
+    assert not transfer.fetch_checkpoint(client, run, tmp_path / "later", 3), "a newer one recorded, it goes"

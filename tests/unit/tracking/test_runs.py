@@ -13,7 +13,15 @@ from components import tracking
 from components.core.config import Params
 from components.evaluation.logged import HEAD
 from components.models import store as model_store
-from components.training.run_log import TrainingLog, end_train_attempt, trained_model_digest, training_silence
+from components.models import transfer
+from components.training.run_log import (
+    CHECKPOINT_EPOCH,
+    MODEL_DIGEST,
+    TrainingLog,
+    end_train_attempt,
+    trained_model_digest,
+    training_silence,
+)
 
 
 def open_run(client: MlflowClient, tags: dict | None = None):
@@ -81,6 +89,31 @@ def test_training_shows_every_head_s_curve_while_it_runs_and_stores_what_resumes
         again = TrainingLog(client, parent, spec, trained.model.parent / "empty")
         assert (again.run_id, again.heads) == (log.run_id, log.heads)
         assert again.restore() and model_store.digest(again.out) == digest
+
+
+def test_a_worker_killed_between_uploads_leaves_the_recorded_checkpoint_and_model_a_pair(client, trained, monkeypatch):
+    spec = model_store.read_card(trained.model).spec
+    first, second = model_store.read_history(trained.model)[:2]
+    with open_run(client) as parent:
+        log = TrainingLog(client, parent, spec, trained.model)
+        log.on_epoch(first, improved=True)
+        recorded = client.get_run(log.run_id).data.tags
+        assert recorded[CHECKPOINT_EPOCH] == str(first["epoch"])
+
+        # Epoch 2 improved: its model is uploaded, then the worker dies before its checkpoint is.
+        def killed(*args, **kwargs):
+            raise KeyboardInterrupt("killed")
+
+        monkeypatch.setattr(transfer, "publish_checkpoint", killed)
+        with pytest.raises(KeyboardInterrupt):
+            log.on_epoch(second, improved=True)
+        tags = client.get_run(log.run_id).data.tags
+        assert (tags[MODEL_DIGEST], tags[CHECKPOINT_EPOCH]) == (recorded[MODEL_DIGEST], str(first["epoch"]))
+        monkeypatch.undo()
+
+        again = TrainingLog(client, parent, spec, trained.model.parent / "replacement", attempt=2)
+        assert again.restore() == log.run_id, "the recorded pair is whole: the replacement resumes from it"
+        assert model_store.digest(again.out) == recorded[MODEL_DIGEST]
 
 
 def test_a_damaged_upload_is_not_resumed_and_a_lost_attempt_writes_only_into_its_own_run(client, trained):
