@@ -1,7 +1,7 @@
 # The pipeline's image: the project and its dependencies in a virtual environment (/opt/msa), run as a non-root
 # user. Work pools run flows in it: Docker pools, Kubernetes pools (deploy/pools/), and `docker run` of `msa`.
 #
-#   make image                                    CPU torch on python:3.11-slim-bookworm, from the wheelhouse
+#   make image                                    CPU torch on python:<your Python>-slim-bookworm, from the wheelhouse
 #   make image TORCH_INDEX=https://download.pytorch.org/whl/cu126 TAG=gpu
 #                                                 CUDA torch: its wheels carry the CUDA libraries, the host's
 #                                                 NVIDIA container toolkit brings the driver

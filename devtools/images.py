@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 # lacks; this base has it all, so the build needs no package mirror).
 BASE_PACKAGES = ("python3", "python3-venv", "git", "ca-certificates")
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
-# The build context: what .dockerignore lets through (the wheelhouse is made in the context, not copied).
+# The build context: what .dockerignore lets through, copied (the wheelhouse is linked in from its cache).
 CONTEXT = ("Dockerfile", ".dockerignore", "pyproject.toml", "constraints.txt", "README.md", "components", "flows")
 TORCH = "torch==2.13.0"
 CA_CERTS = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -24,7 +24,16 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-__all__ = ["MODEL", "kill_tree", "make_repository", "sha256", "stored_checkpoint", "tail"]
+__all__ = [
+    "CLONE_FILES",
+    "DVC_YAML_PARAMS",
+    "MODEL",
+    "kill_tree",
+    "make_repository",
+    "sha256",
+    "stored_checkpoint",
+    "tail",
+]
 
 # What a clone of the repository holds that a worker's flow run reads: the pipeline's files, the deployments and the
 # flow code itself (a worker imports flows/ and components/ from its clone, not from an installed package).

@@ -35,8 +35,8 @@ from components.data.dataset import read_dataset
 from components.evaluation.metrics import metrics_for
 from components.serving.values import raw_frame
 from tests.e2e.conftest import write_params
+from tests.e2e.pools import CLONE_FILES, DVC_YAML_PARAMS, tail
 from tests.e2e.servers import free_port, serving
-from tests.e2e.test_remote_pool import CLONE_FILES, DVC_YAML_PARAMS, tail
 from tests.integration.conftest import REPO, copy_project
 from tests.integration.shell import BIN, run
 
