@@ -152,21 +152,27 @@ def _tree_digest(base_id: str) -> str:
 VERSION = "import platform; print(platform.python_version())"
 
 
+def python_version(python: str) -> str:
+    """The exact version (3.11.2) of the interpreter `python`."""
+    return _run([python, "-c", VERSION]).stdout.strip()
+
+
 def wheel_python(version: str) -> str:
     """An interpreter here of exactly `version`, to make the wheelhouse with: requirements' markers are resolved for
     the Python that resolves them (python_full_version < "3.11.3" differs between 3.11.2 and 3.11.7)."""
     for candidate in dict.fromkeys(filter(None, (sys.executable, shutil.which("python3"), "/usr/bin/python3"))):
-        found = _run([candidate, "-c", VERSION]) if Path(candidate).exists() else None
-        if found and found.returncode == 0 and found.stdout.strip() == version:
+        if Path(candidate).exists() and python_version(candidate) == version:
             return candidate
     raise DockerUnavailable(f"no Python {version} here (the base image's) to make its wheelhouse with")
 
 
-def make_wheelhouse(out: Path, *, python: str = sys.executable, torch: str = TORCH, torch_index: str = "") -> None:
+def make_wheelhouse(
+    out: Path, *, python: str = sys.executable, version: str = "", torch: str = TORCH, torch_index: str = ""
+) -> None:
     """Every wheel the image installs, made by `python` (the base's Python, to the patch release) with this machine's
     indexes and certificates, into `out` (replaced): torch first, from `torch_index` when given, then the project's
     requirements at constraints.txt's versions, and `python-version`, which the build checks."""
-    version = _run([python, "-c", VERSION]).stdout.strip()
+    version = version or python_version(python)
     with tempfile.TemporaryDirectory(prefix="msa-wheels-") as scratch:
         project, made = Path(scratch) / "project", Path(scratch) / "wheels"
         project.mkdir()
@@ -186,10 +192,10 @@ def make_wheelhouse(out: Path, *, python: str = sys.executable, torch: str = TOR
         shutil.move(made, out)
 
 
-def cached_wheelhouse(python: str) -> Path:
+def cached_wheelhouse(python: str, version: str) -> Path:
     """make_wheelhouse's, kept between runs under ~/.cache/msa-pipeline by the digest of what decides its content:
     a tree whose requirements did not change reuses it, and the build then reuses its layer of dependencies."""
-    digest = hashlib.sha256(f"{_run([python, '-c', VERSION]).stdout.strip()} {TORCH}".encode())
+    digest = hashlib.sha256(f"{version} {TORCH}".encode())
     for name in ("pyproject.toml", "constraints.txt"):
         digest.update((REPO / name).read_bytes())
     cache = Path.home() / ".cache" / "msa-pipeline" / "wheelhouse"
@@ -197,7 +203,7 @@ def cached_wheelhouse(python: str) -> Path:
     if not (wheels / "python-version").exists():
         for stale in cache.glob("*") if cache.exists() else []:  # the wheelhouses of earlier requirements
             shutil.rmtree(stale)
-        make_wheelhouse(wheels, python=python)
+        make_wheelhouse(wheels, python=python, version=version)
     return wheels
 
 
@@ -217,7 +223,7 @@ def project_image(cli: str, base: str, log: Path) -> str:
     if _exists(cli, tag):
         return tag
     version = _run([cli, "run", "--rm", "--network", "none", base, "python3", "-c", VERSION]).stdout.strip()
-    wheels = cached_wheelhouse(wheel_python(version))
+    wheels = cached_wheelhouse(wheel_python(version), version)
     with tempfile.TemporaryDirectory(prefix="msa-image-") as scratch:
         context = Path(scratch)
         for name in CONTEXT:
