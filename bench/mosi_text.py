@@ -29,25 +29,35 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import numpy as np
+import pandas as pd
 import torch
 import typer
 from _support.machine import this_machine
 from rich.console import Console
 from rich.table import Table
 
-from components.core.config import DEFAULT_PARAMS, RobustnessParams, load_params
+from components.compression.compress import compress, served_variant
+from components.compression.report import CompressionReport
+from components.core.config import DEFAULT_PARAMS, CompressParams, RobustnessParams, Section, TrainParams, load_params
 from components.data.importers import import_text_tsv
 from components.evaluation.heads import evaluate_split
+from components.evaluation.metrics import regression_metrics
 from components.evaluation.robustness import robustness
+from components.features.contract import load_features
 from components.features.featurize import featurize
+from components.models.store import load_trained, model_inputs, predict, split_rows
+from components.serving.package import package_model
+from components.serving.predictor import Predictor
 from components.training.train import train
 
+S = TypeVar("S", bound=Section)
 RESULTS = Path(__file__).parent / "results" / "mosi_text.json"
 MOSI = Path("../shared/datasets/mosi-text")
 VALID_FRAC, SPLIT_SEED = 0.1, 0
+SPLITS = ("valid", "test")
 
 # Reference rows on dev.tsv, from ../shared/datasets/mosi-text/README.md (text only, trained on train.tsv).
 REFERENCES = {
@@ -109,6 +119,31 @@ CONFIGS: dict[str, dict[str, dict]] = {
             "weight_decay": 1e-4,
         },
     },
+    # Fine-tuning as BERT is fine-tuned: linear warmup over the first 10% of the steps and a linear fall to the
+    # planned last epoch (so no early stop: patience = epochs), layer-wise learning-rate decay below the top layer,
+    # and words deleted and replaced while learning, for robustness to lost and wrong words.
+    "recipe": {
+        "featurize": {"max_tokens": 40},
+        "model": {"hidden": 64, "dropout": 0.3},
+        "train": {
+            "text_encoder": "finetune",
+            "loss": "l1",
+            "lr": 1e-3,
+            "encoder_lr": 8e-5,
+            "layer_decay": 0.85,
+            "warmup": 0.1,
+            "schedule": "linear",
+            "batch_size": 32,
+            "epochs": 8,
+            "patience": 8,
+            "weight_decay": 1e-2,
+            "augment": {"token_dropout": 0.15, "token_replacement": 0.1},
+        },
+    },
+}
+CONFIGS["recipe-noaug"] = {
+    **CONFIGS["recipe"],
+    "train": {**CONFIGS["recipe"]["train"], "augment": {"token_dropout": 0.0, "token_replacement": 0.0}},
 }
 
 
@@ -140,6 +175,13 @@ def main(
         DEFAULT_SEEDS
     ),
     threads: Annotated[int, typer.Option(help="torch intra-op threads; 0: torch's default.")] = 1,
+    dev: Annotated[
+        bool, typer.Option(help="Score dev.tsv too; --no-dev while choosing settings, which then reads valid only.")
+    ] = True,
+    serve: Annotated[
+        bool,
+        typer.Option(help="With --dev: compress, package the variant registration serves, score raw dev rows with it."),
+    ] = True,
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = RESULTS,
 ) -> None:
     unknown = [c for c in configs if c not in CONFIGS]
@@ -149,6 +191,7 @@ def main(
         torch.set_num_threads(threads)
     base = load_params(params)
     rows: list[dict] = []
+    ensembles: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         raw = import_text_tsv(
@@ -161,33 +204,39 @@ def main(
         )
         for config in configs:
             overrides = CONFIGS[config]
-            fp = base.featurize.model_copy(update={"out": root / f"features-{config}", **overrides["featurize"]})
+            fp = _with(base.featurize, {"out": root / f"features-{config}", **overrides["featurize"]})
             started = time.perf_counter()
             features = featurize(raw, fp, progress=False)
             featurize_s = time.perf_counter() - started
-            model_params = base.model.model_copy(update=overrides["model"])
+            model_params = _with(base.model, overrides["model"])
+            trained = []
             for seed in seeds:
-                tp = base.train.model_copy(
-                    update={"out": root / f"models-{config}-{seed}", "seed": seed, **overrides["train"]}
-                )
+                tp = _with(base.train, {"out": root / f"models-{config}-{seed}", "seed": seed, **overrides["train"]})
                 result = train(features.out, model_params, tp, progress=False)
+                trained.append(result.out)
                 print(f"{config} seed {seed}: {result.summary()}")
                 valid = evaluate_split(features.out, result.out, "valid")
-                test = evaluate_split(features.out, result.out, "test")
-                drops = text_drops(raw, features.out, result.out, root / f"robustness-{config}-{seed}")
-                for head, metrics in test.items():
+                test = evaluate_split(features.out, result.out, "test") if dev else {}
+                drops = text_drops(raw, features.out, result.out, root / f"robustness-{config}-{seed}") if dev else {}
+                served = None
+                if dev and serve:
+                    where = root / f"served-{config}-{seed}"
+                    served = served_as_measured(mosi / "dev.tsv", features.out, result.out, where)
+                    print(f"{config} seed {seed}: {served_line(served)}")
+                for head, metrics in valid.items():
                     rows.append(
                         {
                             "config": config,
                             "seed": seed,
                             "head": head,
-                            "test": metrics,
-                            "valid": valid[head],
+                            "test": test.get(head),
+                            "valid": metrics,
                             "best_epoch": result.best_epoch,
                             "epochs": result.epochs_run,
                             "train_s": result.seconds,
                             "featurize_s": featurize_s,
                             "text_drops": drops.get(head, {}),
+                            "served": served if head == "fusion" else None,
                             "settings": {
                                 "featurize": fp.model_dump(mode="json", exclude={"out"}),
                                 "model": model_params.model_dump(mode="json"),
@@ -195,9 +244,17 @@ def main(
                             },
                         }
                     )
+            if len(trained) > 1:
+                splits = ("valid", "test") if dev else ("valid",)
+                ensembles.append({"config": config, "seeds": list(seeds), **ensemble(features.out, trained, splits)})
 
     means = summarize(rows)
-    print_table(rows, means, len(seeds) > 1)
+    for line in ensembles:
+        print(ensemble_line(line))
+    if dev:
+        print_table(rows, means, len(seeds) > 1)
+    else:
+        print_valid_table(means)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     machine = this_machine()
     report = {
@@ -208,10 +265,83 @@ def main(
         "references": REFERENCES,
         "selection": SELECTION,
         "mean_over_seeds": means,
+        "ensembles": ensembles,
         "runs": rows,
     }
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {json_path}")
+
+
+SERVED_VARIANTS = ("int8", "onnx_fp32", "onnx_int8")  # pruning's fine-tune is the trained model's business
+
+
+def ensemble(features: Path, models: list[Path], splits: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Per split: the metrics of the seeds' fusion scores averaged into one (what serving an ensemble would score)."""
+    out = {}
+    for split in splits:
+        scores, labels = [], None
+        for directory in models:
+            model = load_trained(directory)
+            tensors = model_inputs(load_features(features)[0], model.spec)
+            rows = split_rows(tensors.pop("split"), split)
+            prediction, _ = predict(model, tensors, rows, torch.device("cpu"))["fusion"]
+            scores.append(prediction)
+            labels = tensors["label"][rows].numpy()
+        out[split] = regression_metrics(np.mean(scores, axis=0), labels)
+    return out
+
+
+def ensemble_line(e: dict) -> str:
+    parts = [f"{split} Acc-2 {100 * m['acc2']:.1f} MAE {m['mae']:.3f}" for split, m in e.items() if split in SPLITS]
+    return f"{e['config']}: the {len(e['seeds'])} seeds' fusion scores averaged: {', '.join(parts)}"
+
+
+def served_as_measured(dev_tsv: Path, features: Path, model: Path, out: Path) -> dict:
+    """What registration would serve and whether it scores what was measured: compress the model (its variants
+    scored on dev, each kept only when its paired bootstrap bound is within tolerance), package the variant
+    `register.variant: auto` picks, and score dev.tsv's raw rows through the package as `msa serve` does."""
+    settings = CompressParams(
+        out=out / "compressed",
+        report=out / "compression.json",
+        headline=out / "compress.json",
+        variants=SERVED_VARIANTS,
+        latency_runs=20,
+    )
+    compress(features, model, settings, TrainParams(), progress=False)
+    report = CompressionReport.read(settings.report)
+    variant = served_variant(report, "auto", settings.report)
+    measured = report.baseline if variant is None else report.variants[variant]
+    package = package_model(
+        model, features, out / "package", variant=None if variant is None else settings.out / variant
+    )
+    rows = pd.read_csv(dev_tsv, sep="\t", keep_default_na=False)
+    scores = Predictor(package).predict_frame(rows[["text"]])["score"].to_numpy()
+    served = regression_metrics(scores, rows["label"].to_numpy())
+    return {
+        "variant": variant or "baseline",
+        "float": report.baseline.metrics,
+        "measured": measured.metrics,
+        "served": served,
+        "bounds": {
+            name: {"change": v.change, "low": v.change_low, "high": v.change_high, "kept": v.kept}
+            for name, v in report.variants.items()
+        },
+        "tolerance": report.tolerance,
+        "confidence": report.confidence,
+    }
+
+
+def served_line(s: dict) -> str:
+    measured, served = s["measured"], s["served"]
+    bounds = "; ".join(
+        f"{name} {b['change']:+.2f} [{b['low']:+.2f}, {b['high']:+.2f}] {'kept' if b['kept'] else 'dropped'}"
+        for name, b in s["bounds"].items()
+    )
+    return (
+        f"serves {s['variant']}: measured dev Acc-2 {100 * measured['acc2']:.2f} MAE {measured['mae']:.4f}, served "
+        f"raw dev rows Acc-2 {100 * served['acc2']:.2f} MAE {served['mae']:.4f} (float model Acc-2 "
+        f"{100 * s['float']['acc2']:.2f}); Acc-2 change in points [{100 * s['confidence']:.0f}% bounds]: {bounds}"
+    )
 
 
 def text_drops(raw: Path, features: Path, model: Path, out: Path) -> dict[str, dict[str, float]]:
@@ -241,16 +371,34 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for (config, head), group in groups.items():
         entry = {"config": config, "head": head, "seeds": [r["seed"] for r in group]}
-        for split in ("test", "valid"):
+        for split in ("test", "valid") if group[0]["test"] is not None else ("valid",):
             for key in ("acc2", "f1", "mae", "corr"):
                 values = np.array([r[split][key] for r in group])
                 entry[f"{split}_{key}"] = float(values.mean())
                 entry[f"{split}_{key}_std"] = float(values.std())
         entry["train_s"] = float(np.mean([r["train_s"] for r in group]))
-        for name in TEXT_PERTURBATIONS:
+        for name in TEXT_PERTURBATIONS if group[0]["text_drops"] else ():
             entry[f"drop_{name}"] = float(np.mean([r["text_drops"][name] for r in group]))
         out.append(entry)
     return out
+
+
+def _with(section: S, overrides: dict) -> S:
+    """`section` with `overrides`, validated (model_copy would keep a nested section's dict as a dict)."""
+    return type(section).model_validate({**dict(section), **overrides})
+
+
+def print_valid_table(means: list[dict]) -> None:
+    """While choosing settings: each configuration's heads on valid, mean ± std over the seeds; dev is not read."""
+    table = Table(title="MOSI text only: the carved valid split (choosing settings; dev not scored)")
+    for column in ("config", "seeds", "head", "Acc-2", "F1", "MAE", "Corr", "train s"):
+        table.add_column(column, justify="right")
+    for m in means:
+        cells = scores(m, "valid_")
+        cells[0] += f" ±{100 * m['valid_acc2_std']:.1f}"
+        cells[2] += f" ±{m['valid_mae_std']:.3f}"
+        table.add_row(m["config"], str(len(m["seeds"])), m["head"], *cells, f"{m['train_s']:.0f}")
+    Console(width=160).print(table)
 
 
 def scores(m: dict[str, float], prefix: str = "") -> list[str]:

@@ -21,8 +21,13 @@ Variants
 
 Files: `<out>/<variant>/` for each kept variant (components.compression.variants); `report`, every measurement of
 the baseline and of each variant (`CompressionReport`); `headline`, the DVC metrics `dvc exp show` compares (per
-variant: how many times smaller and faster at batch 1 than the baseline, and the metric's change). A variant whose
-metric is more than `tolerance` points worse is measured and reported with kept=false, and not written.
+variant: how many times smaller and faster at batch 1 than the baseline, and the metric's change).
+
+A variant is kept only when it is within `tolerance` points of the baseline with `confidence`: the worse bound of a
+paired bootstrap of its change over the test rows (components.evaluation.bootstrap), not the one change measured.
+On a split of a hundred rows a variant that flips three predictions may score a point better or worse by luck; the
+bound tells that apart from a variant that agrees with the baseline. One that may lose more is measured and
+reported with kept=false, and not written.
 
 Every change here, as everywhere in this project, is the variant's value minus the uncompressed model's, signed (a
 variant that loses accuracy has a negative change), in points (100 x the metric) except for mae, which is in its own
@@ -64,6 +69,7 @@ from components.compression.variants import load_compressed, onnx_payloads, seri
 from components.core.atomic import replace_directory, write_json
 from components.core.config import ONNX_VARIANTS, CompressParams, ConfigError, TrainParams
 from components.core.devices import cpu_threads
+from components.evaluation.bootstrap import paired_bootstrap
 from components.features.contract import load_features
 from components.models import MultiTaskModel
 from components.models.spec import ModelSpec
@@ -110,9 +116,14 @@ class CompressionResult:
             ratios = versus_baseline(self.baseline, v)
             parts.append(
                 f"{name} {ratios['smaller']:.2f}x smaller, {ratios['faster']:.2f}x faster, {self.metric} "
-                f"{format_change(self.metric, v['change'])} ({'kept' if v['kept'] else 'dropped'})"
+                f"{format_change(self.metric, v['change'])} [{_bound(self.metric, v['change_low'])}, "
+                f"{_bound(self.metric, v['change_high'])}] ({'kept' if v['kept'] else 'dropped'})"
             )
         return f"compress: {'; '.join(parts)} -> {self.report}, {self.headline} ({self.seconds:.1f} s)"
+
+
+def _bound(metric: str, value: float | None) -> str:
+    return "n/a" if value is None else format_change(metric, value).removesuffix(" points")
 
 
 def compress(
@@ -135,6 +146,15 @@ class _Inputs:
     test_rows: torch.Tensor
     train_rows: torch.Tensor
     labels: np.ndarray  # of the test rows
+
+
+@dataclass(frozen=True)
+class _Truth:
+    """What a variant is measured against: the test labels, and the metric of the spec's label kind."""
+
+    labels: np.ndarray
+    spec: ModelSpec
+    metric: str
 
 
 @dataclass
@@ -182,7 +202,7 @@ def _compress(
         timings(variants.models, inputs.served, inputs.test_rows, params),
         digest(model_dir),
         head,
-        metric,
+        _Truth(inputs.labels, spec, metric),
         params,
     )
     card = read_card(model_dir)
@@ -268,11 +288,12 @@ def _report(
     timed: dict[str, dict[str, float]],
     source: str,
     head: str,
-    metric: str,
+    truth: _Truth,
     params: CompressParams,
 ) -> CompressionReport:
-    """Every measurement of the baseline and of each variant; a variant more than `tolerance` points worse is not
-    kept."""
+    """Every measurement of the baseline and of each variant; a variant that may be more than `tolerance` points
+    worse (the worse bound of its change) is not kept."""
+    metric = truth.metric
     models, scores, base = variants.models, variants.scores, variants.scores["baseline"]
     measured = {}
     for name, model in models.items():
@@ -288,13 +309,17 @@ def _report(
         }
     reports = {}
     for name in params.variants:
-        kept = drop_points(metric, base[metric], scores[name][metric]) <= params.tolerance  # False for a NaN drop
+        bounds = _change_bounds(variants.outputs["baseline"][head], variants.outputs[name][head], truth, params)
+        # Kept when even the worse bound loses no more than the tolerance (a NaN bound: not kept).
+        kept = all(drop_points(metric, 0.0, bound) <= params.tolerance for bound in bounds)
         pruning = name.startswith("prune")
         reports[name] = VariantReport(
             **measured[name],
             delta={k: v - base[k] for k, v in scores[name].items()},
             max_abs_diff=max_abs_diff(variants.outputs[name], variants.outputs["baseline"]),
             change=change(metric, base[metric], scores[name][metric]),  # signed: variant - baseline
+            change_low=change(metric, 0.0, bounds[0]),
+            change_high=change(metric, 0.0, bounds[1]),
             kept=kept,
             path=str(Path(params.out) / name) if kept else None,
             sparsity=_sparsity(models[name], structured=name == "prune_structured") if pruning else 0.0,
@@ -307,11 +332,36 @@ def _report(
         head=head,
         metric=metric,
         tolerance=params.tolerance,
+        confidence=params.confidence,
+        resamples=params.resamples,
         change_unit=change_unit(metric),  # of each variant's `change`: variant - baseline, signed
         split="test",
         baseline=Measurement(**measured["baseline"]),
         variants=reports,
     )
+
+
+def _change_bounds(
+    baseline: tuple[np.ndarray, np.ndarray],
+    variant: tuple[np.ndarray, np.ndarray],
+    truth: _Truth,
+    params: CompressParams,
+) -> tuple[float, float]:
+    """Bounds of the variant's metric minus the baseline's on the head's test rows (the baseline's presence: both
+    read the same inputs), from a paired bootstrap: how far a variant may really be from the float model, which one
+    measurement on a small split cannot tell."""
+    (reference, present), (candidate, _) = baseline, variant
+    interval = paired_bootstrap(
+        truth.spec.label.kind,
+        truth.metric,
+        reference[present],
+        candidate[present],
+        truth.labels[present],
+        truth.spec.label.classes,
+        resamples=params.resamples,
+        confidence=params.confidence,
+    )
+    return interval.low, interval.high
 
 
 def _sparsity(model: MultiTaskModel | OnnxModel, structured: bool) -> float:

@@ -41,8 +41,8 @@ def compression_logged(report: CompressionReport, report_path: Path, tolerance: 
             "variant",
             VARIANT_RUN_NAMES.get(name, name),
             Logged(
-                metrics=compression_metrics(variant),
-                params=variant_params(name, variant, report.metric, tolerance),
+                metrics=compression_metrics(variant) | _change(variant),
+                params=variant_params(name, variant, report.metric, tolerance) | {"confidence": report.confidence},
                 tags={"msa.kept": str(variant.kept)},
             ),
             tags={VARIANT: name},
@@ -64,6 +64,11 @@ def variant_params(name: str, variant: VariantReport, metric: str, tolerance: fl
         "metric": metric,
         "kept": variant.kept,
     }
+
+
+def _change(variant: VariantReport) -> dict[str, float | None]:
+    """The metric's change (variant - uncompressed, signed) and its paired bootstrap bounds: what the gate read."""
+    return {"change": variant.change, "change_low": variant.change_low, "change_high": variant.change_high}
 
 
 def variant_span(variant: VariantReport) -> tuple[int, int]:
@@ -98,7 +103,9 @@ def _row(name: str, measured: Measurement, base: Measurement) -> dict[str, Any]:
         "p50_ms_batch1": round(measured.latency_ms_p50, 1),
         "x_faster": round(base.latency_ms_p50 / measured.latency_ms_p50, 2),
         "samples_per_s": round(measured.throughput_per_s),
-        # variant - uncompressed, signed
+        # variant - uncompressed, signed, and the bounds of its paired bootstrap
         "change": None if variant is None or variant.change is None else round(variant.change, 4),
+        "change_low": None if variant is None or variant.change_low is None else round(variant.change_low, 4),
+        "change_high": None if variant is None or variant.change_high is None else round(variant.change_high, 4),
         "kept": "baseline" if variant is None else variant.kept,
     }

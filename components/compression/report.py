@@ -57,7 +57,10 @@ class VariantReport(Measurement):
     delta: dict[str, float | None]  # per metric: variant - baseline, in the metric's units
     max_abs_diff: float | None  # the largest difference from the baseline's outputs
     change: float | None  # of the report's metric: variant - baseline, signed, in `change_unit`
-    kept: bool  # within compress.tolerance: written to `path`
+    # The change's paired bootstrap bounds over the test rows, each one-sided at the report's `confidence`.
+    change_low: float | None
+    change_high: float | None
+    kept: bool  # its worse bound within compress.tolerance: written to `path`
     path: str | None
     sparsity: float
     finetune_epochs: int
@@ -72,6 +75,8 @@ class CompressionReport(Report):
     head: str
     metric: str
     tolerance: float
+    confidence: float  # of each bound of a variant's change (`change_low`, `change_high`)
+    resamples: int  # of the paired bootstrap that gives the bounds
     change_unit: ChangeUnit
     split: Literal["test"]
     baseline: Measurement

@@ -161,6 +161,14 @@ class CompressParams(Section):
         None, description="test metric of the monitored head the tolerance applies to; null: acc2 or accuracy"
     )
     tolerance: float = Field(1.0, ge=0, description="largest metric loss, in percentage points, of a kept variant")
+    confidence: float = Field(
+        0.95,
+        ge=0.5,
+        lt=1,
+        description="a variant is kept when its loss is within tolerance at this confidence: the one-sided bound "
+        "of a paired bootstrap over the test rows, not the loss measured once",
+    )
+    resamples: int = Field(1000, ge=100, description="resamples of the test rows in the paired bootstrap")
     sparsity: float = Field(0.5, ge=0, lt=1, description="fraction of the trained weights that pruning zeroes")
     finetune_epochs: int = Field(2, ge=0, description="epochs of fine-tuning after pruning, masks held; 0: none")
     latency_runs: int = Field(50, ge=1, description="single-sample forward passes timed per variant")

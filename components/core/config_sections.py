@@ -176,6 +176,9 @@ class AugmentParams(Section):
     token_dropout: float = Field(
         0.0, ge=0, lt=1, description="chance that each real token is masked out (one per text always stays)"
     )
+    token_replacement: float = Field(
+        0.0, ge=0, lt=1, description="chance that each real token is replaced by another real token of the batch"
+    )
     feature_noise: float = Field(
         0.0,
         ge=0,
@@ -199,7 +202,14 @@ class TrainParams(Section):
     epochs: int = Field(30, ge=1, description="most epochs; early stopping (patience) may end training sooner")
     batch_size: int = Field(32, ge=1, description="global batch: split across processes under DDP")
     lr: float = Field(1e-3, gt=0, description="AdamW's learning rate of the sub-models and the fusion head")
-    encoder_lr: float = Field(2e-5, gt=0, description="learning rate of the transformer when fine-tuned")
+    encoder_lr: float = Field(2e-5, gt=0, description="learning rate of the fine-tuned transformer's top layer")
+    layer_decay: float = Field(
+        1.0, gt=0, le=1, description="fine-tuned transformer: each layer's learning rate is this times the one above's"
+    )
+    warmup: float = Field(0.0, ge=0, lt=1, description="fraction of the steps over which learning rates rise from 0")
+    schedule: Literal["constant", "linear"] = Field(
+        "constant", description="after warmup: constant rates, or linear: falling to 0 at the last epoch's end"
+    )
     weight_decay: float = Field(1e-4, ge=0, description="AdamW's decoupled weight decay")
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
     patience: int = Field(5, ge=1, description="epochs without valid improvement before stopping")

@@ -143,6 +143,10 @@ class MultiTaskModel(nn.Module):
 
     def transformer_parameters(self) -> list[nn.Parameter]:
         """Parameters of the fine-tuned transformer (none when frozen): they train with their own learning rate."""
+        return [p for _, p in self.transformer_named_parameters()]
+
+    def transformer_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name inside the transformer, parameter): the names tell each parameter's layer (layer-wise decay)."""
         if self.token_states is None or self.token_states.transformer is None:
             return []
-        return list(self.token_states.transformer.parameters())
+        return list(self.token_states.transformer.named_parameters())

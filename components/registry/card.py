@@ -106,17 +106,27 @@ def _compression_section(compression: CompressionReport, head: str, served: str)
     # variant - uncompressed, signed (negative: it scores lower), in the report's change_unit
     unit = compression.change_unit
     change_head = f"change ({unit}, vs uncompressed)"
+    bounds_head = f"{100 * compression.confidence:.0f}% bounds"
     lines += [
-        f"| variant | size MB | non-zero params | p50 ms (batch 1) | per s (batch 64) | {change_head} | kept |",
-        "|---|---|---|---|---|---|---|",
+        f"| variant | size MB | non-zero params | p50 ms (batch 1) | per s (batch 64) | {change_head} | {bounds_head} "
+        "| kept |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    rows = [("uncompressed", compression.baseline, "(reference)", True)]
-    rows += [(name, v, _signed(v.change, unit), v.kept) for name, v in compression.variants.items()]
-    for variant, f, change, kept in rows:
+    rows = [("uncompressed", compression.baseline, "(reference)", "", True)]
+    rows += [
+        (name, v, _signed(v.change, unit), f"{_signed(v.change_low, unit)}, {_signed(v.change_high, unit)}", v.kept)
+        for name, v in compression.variants.items()
+    ]
+    for variant, f, change, bounds, kept in rows:
         lines.append(
             f"| {variant} | {f.size_bytes / 1e6:.1f} | {f.nonzero_params:,} | {f.latency_ms_p50:.1f} | "
-            f"{f.throughput_per_s:.0f} | {change} | {kept} |"
+            f"{f.throughput_per_s:.0f} | {change} | {bounds} | {kept} |"
         )
+    lines += [
+        "",
+        f"A variant is kept when the worse of its bounds (a paired bootstrap over the test rows, "
+        f"{compression.resamples} resamples) loses at most {compression.tolerance:g} points.",
+    ]
     return lines
 
 

@@ -1,7 +1,7 @@
 """Training-time augmentation: the missing and noisy inputs of Robust-MSA, seen while learning (`train.augment`).
 
 `augment` returns a new batch and never writes into the one it is given, so the feature tensors training indexes
-batches from stay clean. Three independent perturbations, each off at 0:
+batches from stay clean. Four independent perturbations, each off at 0:
 
 - modality dropout: each sample loses each modality it has with probability p, but never all of them (when every
   modality it has was drawn, one of them, chosen at random, stays). A lost text has no real token left
@@ -12,6 +12,10 @@ batches from stay clean. Three independent perturbations, each off at 0:
   always stay: every text the model is scored or served on has them (the tokenizer adds them to any text, however
   many of its words are lost), and a fine-tuned transformer reads [CLS] as its summary position, so dropping them
   would teach an input no evaluation shows rather than robustness to lost words.
+- token replacement: each word token of a present text is replaced with probability p by a word token drawn
+  uniformly from the batch's real ones (its id when the transformer is fine-tuned, its precomputed state when
+  frozen): words swapped for others the data uses, as the robustness stage's word replacement does. [CLS] and [SEP]
+  stay, for the reason above. It runs before token dropout, so a replaced token may then be dropped.
 - feature noise s: audio/vision frames get s * N(0, 1) (they are standardized, so s is in train-std units) on real
   frames only, padding stays 0; present images get s * 255 * N(0, 1), clamped to [0, 255], as float pixels.
 
@@ -33,7 +37,12 @@ __all__ = ["augment", "enabled"]
 
 def enabled(params: AugmentParams) -> bool:
     """Whether any augmentation is on (all 0: `augment` is the identity, and training skips it)."""
-    return params.modality_dropout > 0 or params.token_dropout > 0 or params.feature_noise > 0
+    return (
+        params.modality_dropout > 0
+        or params.token_dropout > 0
+        or params.token_replacement > 0
+        or params.feature_noise > 0
+    )
 
 
 def augment(
@@ -43,6 +52,8 @@ def augment(
     out = dict(batch)
     if params.modality_dropout > 0:
         out |= _modality_dropout(out, spec, params.modality_dropout, generator)
+    if params.token_replacement > 0 and spec.text is not None:
+        out |= _token_replacement(out, params.token_replacement, generator)
     if params.token_dropout > 0 and spec.text is not None:
         out |= _token_dropout(out, params.token_dropout, generator)
     if params.feature_noise > 0:
@@ -85,14 +96,37 @@ def _modality_dropout(
     return out
 
 
+def _specials(mask: Tensor) -> Tensor:
+    """[B, L]: the [CLS] and [SEP] of each text with tokens, its first and last real positions."""
+    length = mask.shape[1]
+    positions = torch.arange(length, device=mask.device)
+    first = torch.where(mask, positions, length).amin(1, keepdim=True)
+    last = torch.where(mask, positions, -1).amax(1, keepdim=True)
+    return mask.any(1, keepdim=True) & ((positions == first) | (positions == last))
+
+
+def _token_replacement(batch: dict[str, Tensor], p: float, generator: torch.Generator | None) -> dict[str, Tensor]:
+    mask = batch["text.attention_mask"]  # [B, L]
+    words = mask & ~_specials(mask)
+    pool = words.flatten().nonzero().squeeze(1)  # flat positions of the batch's real words
+    if not len(pool):
+        return {}
+    replaced = words & (_rand(mask.shape, mask, generator) < p)
+    drawn = pool[(_rand(mask.shape, mask, generator) * len(pool)).long().clamp(max=len(pool) - 1)]  # [B, L]
+    out: dict[str, Tensor] = {}
+    for key in ("text.input_ids", "text.states"):  # whichever the model reads
+        if key in batch:
+            x = batch[key]
+            substitutes = x.flatten(0, 1)[drawn.flatten()].view_as(x)
+            out[key] = torch.where(replaced.view(*replaced.shape, *(1,) * (x.dim() - 2)), substitutes, x)
+    return out
+
+
 def _token_dropout(batch: dict[str, Tensor], p: float, generator: torch.Generator | None) -> dict[str, Tensor]:
     mask = batch["text.attention_mask"]  # [B, L]
     b, length = mask.shape
     positions = torch.arange(length, device=mask.device)
-    has_text = mask.any(1)
-    first = torch.where(mask, positions, length).amin(1)
-    last = torch.where(mask, positions, -1).amax(1)
-    special = has_text.unsqueeze(1) & ((positions == first.unsqueeze(1)) | (positions == last.unsqueeze(1)))
+    special = _specials(mask)
     words = mask & ~special
     keep = special | (words & (_rand((b, length), mask, generator) >= p))
     # A text whose every word was drawn keeps one, at random, preferring words HAN's grid holds.

@@ -1,8 +1,14 @@
 """One optimization step of the multi-task loss (`Stepper`): a loss per head (`head_losses`), their weights
-(`loss_weights`) and the optimizer (`optimizer_for`). Training and compression's fine-tune after pruning share it."""
+(`loss_weights`), the optimizer (`optimizer_for`) and the learning-rate schedule (`lr_scale`). Training and
+compression's fine-tune after pruning share it.
+
+The schedule is a function of the step alone, not an object with state: a resumed run sets the same rates as the
+uninterrupted one without a scheduler in the checkpoint."""
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -13,7 +19,7 @@ from components.core.config import TrainParams
 from components.models import MultiTaskModel
 from components.models.spec import ModelSpec
 
-__all__ = ["Stepper", "head_losses", "loss_weights", "optimizer_for"]
+__all__ = ["Stepper", "head_losses", "loss_weights", "lr_scale", "optimizer_for"]
 
 
 def head_losses(
@@ -38,13 +44,42 @@ def loss_weights(spec: ModelSpec, params: TrainParams) -> dict[str, float]:
 
 
 def optimizer_for(model: MultiTaskModel, params: TrainParams) -> torch.optim.Optimizer:
-    """AdamW; a fine-tuned transformer gets its own, much smaller learning rate."""
+    """AdamW. A fine-tuned transformer gets its own, much smaller learning rate, decayed layer by layer downwards
+    (`train.layer_decay`): the top layer trains at `encoder_lr`, each one below at `layer_decay` times the one above,
+    the embeddings lowest. Each group keeps its rate as `base_lr`, which the schedule (`lr_scale`) multiplies."""
     encoder = {id(p) for p in model.transformer_parameters()}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder]
     groups = [{"params": rest, "lr": params.lr}]
     if encoder:
-        groups.append({"params": model.transformer_parameters(), "lr": params.encoder_lr})
+        groups += _layer_groups(model.transformer_named_parameters(), params.encoder_lr, params.layer_decay)
+    for group in groups:
+        group["base_lr"] = group["lr"]
     return torch.optim.AdamW(groups, weight_decay=params.weight_decay)
+
+
+_LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")  # BERT's encoder.layer.<i>., and the layers.<i>. of others
+
+
+def _layer_groups(named: list[tuple[str, torch.nn.Parameter]], lr: float, decay: float) -> list[dict]:
+    """One parameter group per depth: layer i at depth i + 1, everything outside the layers (the embeddings) at 0."""
+    groups: dict[int, list[torch.nn.Parameter]] = {}
+    for name, parameter in named:
+        depth = int(m.group(1)) + 1 if (m := _LAYER.search(name)) else 0
+        groups.setdefault(depth, []).append(parameter)
+    top = max(groups)
+    return [{"params": ps, "lr": lr * decay ** (top - depth)} for depth, ps in sorted(groups.items())]
+
+
+def lr_scale(step: int, total: int, warmup: float, schedule: str) -> float:
+    """The learning rate's factor at optimizer step `step` (0-based) of `total`: a linear rise over the first
+    `warmup` fraction of the steps (the first step already moves), then 1 ("constant") or a linear fall to the
+    last step ("linear"), as in BERT's fine-tuning."""
+    warm = math.ceil(warmup * total)
+    if step < warm:
+        return (step + 1) / warm
+    if schedule == "constant":
+        return 1.0
+    return max(total - step, 0) / max(total - warm, 1)
 
 
 @dataclass
@@ -65,9 +100,15 @@ class Stepper:
         default_factory=lambda: torch.amp.GradScaler(enabled=False)
     )
 
-    def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    def step(
+        self, batch: dict[str, torch.Tensor], lr_scale: float | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """(total loss, per-head losses, gradient norm before clipping); the optimizer step is skipped when the
-        norm is not finite (fp16 loss scaling then lowers its scale)."""
+        norm is not finite (fp16 loss scaling then lowers its scale). `lr_scale` sets every group's rate to its
+        `base_lr` times it first (None: the rates stay as they are)."""
+        if lr_scale is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * lr_scale
         spec, device = self.model.spec, batch["label"].device
         with torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None):
             outputs = self.forward(batch)

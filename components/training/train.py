@@ -69,7 +69,7 @@ from components.training.checkpoints import (
 from components.training.lineage import trained_code_hash
 from components.training.runtime import deterministic, distributed, rank
 from components.training.seeds import best_seed, forget_seeds, keep_best_seed, seed_dir, start_seeds, stream_seed
-from components.training.step import Stepper, head_losses, loss_weights, optimizer_for
+from components.training.step import Stepper, head_losses, loss_weights, lr_scale, optimizer_for
 
 # build_spec, head_losses, resume_point and stream_seed live beside it; callers import them from here too.
 __all__ = [
@@ -374,8 +374,11 @@ def _train_steps(run: _Run, epoch: int, bar: tqdm) -> tuple[dict[str, float], to
     step's total loss. A non-finite gradient norm stops training, but under fp16 loss scaling (it lowers its scale)."""
     heads = run.spec.heads
     step_losses, step_sizes = [], []  # read once per epoch: a read per step waits for the step to end
-    for step, size, batch in run.data.batches(epoch, run.device, run.spec, run.params.augment):
-        loss, losses, norm = run.stepper.step(batch)
+    per_epoch, params = run.data.steps_per_epoch(), run.params
+    for step, size, batch in run.data.batches(epoch, run.device, run.spec, params.augment):
+        done = (epoch - 1) * per_epoch + step - 1  # steps before this one: the schedule is planned for every epoch
+        scale = lr_scale(done, params.epochs * per_epoch, params.warmup, params.schedule)
+        loss, losses, norm = run.stepper.step(batch, scale)
         # The clipped norm is already reduced across ranks, so every rank stops at the same step.
         if not torch.isfinite(norm) and run.stepper.amp != torch.float16:
             kept = f"the last good checkpoint ({run.checkpoint}, epoch {run.progress['epoch']}) is kept"

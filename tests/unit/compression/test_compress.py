@@ -32,6 +32,8 @@ VARIANT = MEASURED | {
     "delta",
     "max_abs_diff",
     "change",
+    "change_low",
+    "change_high",
     "kept",
     "path",
     "sparsity",
@@ -68,6 +70,8 @@ def test_report_layout_and_variants_written(trained, tmp_path):
         "head",
         "metric",
         "tolerance",
+        "confidence",
+        "resamples",
         "change_unit",
         "split",
         "baseline",
@@ -79,6 +83,8 @@ def test_report_layout_and_variants_written(trained, tmp_path):
     assert report["baseline"].keys() == MEASURED
     assert list(report["variants"]) == ["int8", "prune_unstructured", "prune_structured", "onnx_fp32", "onnx_int8"]
     assert report["variants"]["onnx_fp32"]["max_abs_diff"] < 1e-4  # the same weights, another runtime
+    onnx = report["variants"]["onnx_fp32"]
+    assert onnx["change_low"] == onnx["change_high"] == 0.0, "the same predictions: the bootstrap sees no change"
     for name, variant in report["variants"].items():
         assert variant.keys() == VARIANT
         assert variant["kept"] and variant["path"] == str(tmp_path / "compressed" / name)
@@ -176,6 +182,19 @@ def test_variant_beyond_tolerance_is_reported_but_not_written(trained, tmp_path)
     assert not (tmp_path / "compressed" / "prune_unstructured").exists()
 
 
+def test_a_variant_is_kept_on_its_worse_bound_not_on_the_change_measured_once(trained, tmp_path):
+    settings = {"variants": ("prune_unstructured",), "sparsity": 0.95, "finetune_epochs": 0, "metric": "mae"}
+    measured = run(trained, tmp_path / "measured", **settings)["variants"]["prune_unstructured"]
+    assert measured["change_low"] <= measured["change"] <= measured["change_high"]
+    assert measured["change_high"] > measured["change"] > 0
+    # A tolerance the one measured change is within, but the bound is not: the variant may be that much worse.
+    between = 100 * (measured["change"] + measured["change_high"]) / 2  # mae's tolerance: 100 x its units
+    strict = run(trained, tmp_path / "strict", tolerance=between, **settings)["variants"]["prune_unstructured"]
+    assert strict["change"] == measured["change"] and not strict["kept"]
+    lenient = run(trained, tmp_path / "lenient", tolerance=100 * measured["change_high"] + 1e-6, **settings)
+    assert lenient["variants"]["prune_unstructured"]["kept"]
+
+
 @pytest.mark.parametrize(
     ("metric", "base", "value", "logged", "headline"),
     [("acc2", 0.75, 0.742537, "acc2 -0.75 points", -0.7463), ("mae", 0.50, 0.53, "mae +0.0300", 0.03)],
@@ -185,7 +204,9 @@ def test_a_change_has_one_sign_in_the_log_the_report_and_the_headline(metric, ba
     from components.compression.compress import CompressionResult, change, versus_baseline
 
     figures = {"size_bytes": 100, "latency_ms_p50": 2.0}
-    variant = figures | {"change": change(metric, base, value), "kept": True}
+    bounds = {"change_low": change(metric, base, value) - 0.5, "change_high": None}
+    variant = figures | {"change": change(metric, base, value), "kept": True} | bounds
     result = CompressionResult(Path("r.json"), Path("h.json"), "fusion", metric, figures, {"int8": variant}, 1.0)
-    assert f"int8 1.00x smaller, 1.00x faster, {logged} (kept)" in result.summary()
+    assert f"int8 1.00x smaller, 1.00x faster, {logged} [" in result.summary()
+    assert ", n/a] (kept)" in result.summary()
     assert versus_baseline(figures, variant)["change"] == pytest.approx(headline)

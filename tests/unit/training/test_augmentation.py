@@ -130,6 +130,32 @@ def test_token_dropout_at_a_low_rate_drops_few():
     assert 0.05 < share < 0.15
 
 
+def test_token_replacement_swaps_words_for_the_batchs_own_and_keeps_cls_sep_and_the_input():
+    batch, spec = tiled(64), make_spec()
+    before = {k: v.clone() for k, v in batch.items()}
+    out = augment(batch, spec, AugmentParams(token_replacement=0.3), seeded())
+    assert all(torch.equal(batch[k], before[k]) for k in batch), "the input batch was written into"
+    assert {k for k in batch if out[k] is not batch[k]} == {"text.input_ids", "text.states"}
+    mask = batch["text.attention_mask"]
+    ids, new_ids = batch["text.input_ids"], out["text.input_ids"]
+    states, new_states = batch["text.states"], out["text.states"]
+    moved = (new_states != states).any(-1)
+    assert not (moved & ~words(mask)).any(), "padding, [CLS] or [SEP] was replaced"
+    assert torch.equal(new_ids[~words(mask)], ids[~words(mask)])
+    # Each position takes one drawn token whole: its id and its state come from the same place in the batch.
+    pool = {(int(i), tuple(s.tolist())) for i, s in zip(ids[words(mask)], states[words(mask)], strict=True)}
+    assert all((int(i), tuple(s.tolist())) in pool for i, s in zip(new_ids[moved], new_states[moved], strict=True))
+    share = moved.sum() / words(mask).sum()
+    assert 0.2 < share < 0.35  # 0.3, less the draws that picked a token equal to the one they replace
+
+
+def test_token_replacement_without_words_changes_nothing():
+    batch, spec = make_batch(), make_spec()
+    batch["text.attention_mask"][:, 2:] = False  # [CLS] and [SEP] only
+    out = augment(batch, spec, AugmentParams(token_replacement=0.9), seeded())
+    assert out["text.input_ids"] is batch["text.input_ids"]
+
+
 def test_feature_noise_leaves_padding_at_zero_and_moves_real_frames():
     batch, spec = tiled(64), make_spec()
     batch["image.present"][1::4] = False
