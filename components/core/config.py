@@ -33,6 +33,7 @@ from components.core.config_release import (
 )
 from components.core.config_sections import (
     DEFAULT_TEXT_MODEL,
+    TEXT_MODELS,
     THREADS_HELP,
     AudioClipParams,
     AugmentParams,
@@ -62,6 +63,7 @@ __all__ = [
     "NOT_TUNABLE",
     "ONNX_VARIANTS",
     "RUNTIME_SETTINGS",
+    "TEXT_MODELS",
     "THREADS_HELP",
     "TUNABLE_SECTIONS",
     "AudioClipParams",

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 __all__ = [
     "DEFAULT_TEXT_MODEL",
+    "TEXT_MODELS",
     "THREADS_HELP",
     "AudioClipParams",
     "AugmentParams",
@@ -89,8 +90,9 @@ class ValidateParams(Section):
         return self
 
 
-TextModel = Literal["lstm", "textcnn", "han"]
-Head = Literal["lstm", "textcnn", "han", "image", "audio", "vision", "fusion"]
+TextModel = Literal["lstm", "textcnn", "han", "mean"]
+TEXT_MODELS: tuple[TextModel, ...] = typing.get_args(TextModel)
+Head = Literal["lstm", "textcnn", "han", "mean", "image", "audio", "vision", "fusion"]
 _HEADS: tuple[Head, ...] = typing.get_args(Head)  # in the Literal's order
 Modality = Literal["text", "image", "audio", "vision"]
 

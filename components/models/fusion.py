@@ -7,12 +7,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from components.core.config import TextModel
+from components.core.config import TEXT_MODELS
 from components.models.encoders import AdditiveAttention
 
 __all__ = ["TEXT_MODELS", "HierarchicalFusion"]
-
-TEXT_MODELS: tuple[TextModel, ...] = ("lstm", "textcnn", "han")
 
 
 class HierarchicalFusion(nn.Module):

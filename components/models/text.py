@@ -1,4 +1,4 @@
-"""Text sub-models (BiLSTM, TextCNN, HAN) over one shared source of transformer token states.
+"""Text sub-models (BiLSTM, TextCNN, HAN, mean pooling) over one shared source of transformer token states.
 
 All three read the same token states [B, L, E], so a fine-tuned transformer runs once per batch, and each returns
 a representation [B, hidden].
@@ -18,7 +18,7 @@ from components.features.text_model import resolve_text_model
 from components.models.encoders import BiLSTM, SequenceEncoder, compact, prefix_mask
 from components.models.spec import TextSpec
 
-__all__ = ["HAN", "BiLSTMText", "TextCNN", "TokenStates", "text_encoder"]
+__all__ = ["HAN", "BiLSTMText", "MeanPool", "TextCNN", "TokenStates", "text_encoder"]
 
 
 def load_transformer(spec: TextSpec, pretrained: bool) -> nn.Module:
@@ -116,7 +116,23 @@ class HAN(nn.Module):
         return self.sentences(sentences, sentence_mask.any(-1))
 
 
+class MeanPool(nn.Module):
+    """The mean of the real tokens' states, projected: how sentence transformers such as all-MiniLM-L6-v2 were
+    trained to be read, so it starts from the encoder's own sentence embedding (plain BERT fine-tuning's readout)."""
+
+    def __init__(self, in_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.out = nn.Linear(in_dim, hidden)
+
+    def forward(self, states: Tensor, mask: Tensor) -> Tensor:
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1)  # a text without tokens: zeros
+        return self.out(pooled)
+
+
 def text_encoder(name: TextModel, in_dim: int, params: ModelParams) -> nn.Module:
     if name == "textcnn":
         return TextCNN(in_dim, params.hidden, params.textcnn)
+    if name == "mean":
+        return MeanPool(in_dim, params.hidden)
     return (BiLSTMText if name == "lstm" else HAN)(in_dim, params.hidden)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.core.config import ConfigError, Head, ModelParams, TrainParams
+from components.core.config import TEXT_MODELS, ConfigError, Head, ModelParams, TrainParams
 from components.features.contract import FeaturizerState
 from components.models.spec import ImageSpec, LabelSpec, ModelSpec, SequenceSpec, TextSpec
 
@@ -34,7 +34,7 @@ def build_spec(state: FeaturizerState, model: ModelParams, train: TrainParams) -
             )
         encoders = heads = [train.single_task]
     text = None
-    text_models = tuple(m for m in encoders if m in ("lstm", "textcnn", "han"))
+    text_models = tuple(m for m in encoders if m in TEXT_MODELS)
     if text_models:
         assert state.text is not None  # text sub-models are built only when the dataset has text (checked above)
         if train.text_encoder == "frozen" and not state.text.token_states:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.core.config import Params
+from components.core.config import TEXT_MODELS, Params
 from components.core.errors import TrackingError, TrainingError
 from components.evaluation.logged import HEAD, SEED
 from components.tracking import (
@@ -258,7 +258,7 @@ def head_params(spec: ModelSpec, head: str) -> dict[str, Any]:
     """The settings that tell one head's sub-model apart from the others'."""
     p = spec.params
     values: dict[str, Any] = {"head": head, "hidden": p.hidden}
-    if head in ("lstm", "textcnn", "han"):
+    if head in TEXT_MODELS:
         text = spec.text
         assert text is not None  # a text head reads text
         values |= {"input": "text", "text_encoder": text.encoder, "text_encoder_mode": text.mode}

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from components.core.config import ModelParams, TextCNNParams
+from components.core.config import TEXT_MODELS, ModelParams, TextCNNParams
 from components.models import HAN, ImageSpec, LabelSpec, ModelSpec, MultiTaskModel, SequenceSpec, TextCNN, TextSpec
 from components.models.encoders import masked_softmax
+from components.models.text import MeanPool
 
 B, L, E, S, W, T, PIXELS = 4, 12, 12, 3, 4, 7, 16
 DIMS = {"audio": 5, "vision": 3}
-TEXT_MODELS = ("lstm", "textcnn", "han")
 ALL_HEADS = (*TEXT_MODELS, "image", "audio", "vision", "fusion")
 PARAMS = ModelParams(hidden=8, dropout=0.1, textcnn=TextCNNParams(filter_sizes=(2, 3), feature_maps=4, dropout=0.1))
 
@@ -213,6 +213,15 @@ def test_textcnn_pools_only_windows_touching_a_real_token():
     with torch.no_grad():
         torch.testing.assert_close(cnn(states, mask), cnn(states[:, :4], mask[:, :4]))
         torch.testing.assert_close(cnn(states, mask), cnn.out(torch.zeros(1, 1)))
+
+
+def test_mean_pool_averages_the_real_tokens_only_and_an_empty_text_reads_zeros():
+    pool = MeanPool(2, 3)
+    states = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 5.0], [7.0, 7.0], [9.0, 9.0]]])
+    mask = torch.tensor([[False, True, True], [False, False, False]])  # real tokens anywhere, or none at all
+    with torch.no_grad():
+        expected = pool.out(torch.tensor([[51.5, 52.0], [0.0, 0.0]]))
+        torch.testing.assert_close(pool(states, mask), expected)
 
 
 def test_han_ignores_empty_sentences():
