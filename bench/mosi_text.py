@@ -4,9 +4,9 @@ Data: ../shared/datasets/mosi-text (train.tsv 1284 rows, dev.tsv 229; labels in 
 valid split carved from it (valid_frac 0.1, seed 0: 1156 train, 128 valid) and dev.tsv as the test split, so dev is
 never trained or early-stopped on. Each configuration featurizes with the bundled all-MiniLM-L6-v2, trains the
 multi-task text model (a head per text sub-model, and fusion; best weights by the fusion head's valid MAE), reloads
-the best weights and scores every head on dev with components.evaluation.metrics.regression_metrics, as MMSA does: Acc-2 and
-weighted F1 on the non-zero labels, MAE, Pearson r. The reference rows (from the dataset's README, measured on the same
-dev split) are TF-IDF + ridge and frozen MiniLM mean-pooled embedding + ridge.
+the best weights and scores every head on dev with components.evaluation.metrics.regression_metrics, as MMSA does:
+Acc-2 and weighted F1 on the non-zero labels, MAE, Pearson r. The reference rows (from the dataset's README, measured
+on the same dev split) are TF-IDF + ridge and frozen MiniLM mean-pooled embedding + ridge.
 
 Configurations (`--configs`, default all):
     frozen        train.text_encoder: frozen, precomputed token states (the pipeline's default mode)
