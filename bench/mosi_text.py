@@ -36,6 +36,7 @@ is immune, hence `--threads 1` by default (0 keeps torch's default).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -216,6 +217,9 @@ def main(
         typer.Option(help="With --dev: compress, package the variant registration serves, score raw dev rows with it."),
     ] = True,
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = RESULTS,
+    keep: Annotated[
+        Path | None, typer.Option(help="Keep the features, models and reports in a new folder inside this one.")
+    ] = None,
 ) -> None:
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
@@ -225,8 +229,11 @@ def main(
     base = load_params(params)
     rows: list[dict] = []
     ensembles: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    kept = None if keep is None else contextlib.nullcontext(tempfile.mkdtemp(prefix="mosi-text-", dir=keep))
+    with kept or tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        if keep is not None:
+            print(f"features, models and reports are kept in {root}")
         raw = import_text_tsv(
             mosi / "train.tsv",
             root / "raw",
