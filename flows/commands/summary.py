@@ -40,7 +40,8 @@ def run_summary(p: Params, registration: Registration) -> str:
         [
             f"\n{split} split, every head of the trained model:",
             *scores,
-            f"  (version {registration.version} serves {registration.variant}: {p.compress.headline} compares it)",
+            f"  version {registration.version} serves {registration.variant}, which scores {registration.metric} "
+            f"{registration.score:.4f} ({p.compress.headline} compares the variants)",
             "\nfiles:",
             f"  model card  {Path(p.train.out) / CARD} (model_card.md in the MLflow run)",
             f"  reports     {', '.join(map(str, reports))}",

@@ -11,6 +11,7 @@ from components.compression.onnx_model import OnnxModel
 from components.core.config import CompressParams, ConfigError, TrainParams
 from components.core.errors import DataError
 from components.data.dataset import read_dataset
+from components.evaluation.metrics import regression_metrics
 from components.models.store import WEIGHTS
 from components.serving.package import package_model
 from components.serving.predictor import Predictor
@@ -72,6 +73,31 @@ def test_package_serves_the_onnx_variant_like_the_torch_model(trained, tmp_path)
     assert list(got["class"]) == list(expected["class"])
     one = served.predict(rows.iloc[:1])  # one row runs over its own tokens and frames only
     assert one["score"].iloc[0] == pytest.approx(expected["score"].iloc[0], abs=1e-4)
+
+
+@pytest.mark.parametrize(("variant", "within"), [("onnx_fp32", 1e-5), ("onnx_int8", 1e-3)])
+def test_the_package_scores_the_raw_test_rows_as_compress_measured_its_variant(trained, tmp_path, variant, within):
+    """Served as measured: what registration signs as the served model's score (compress's figure for the variant
+    it serves) is what the package gives for the test split's raw rows. int8's activation scales are computed per
+    batch, and serving batches rows by its own rule, so its scores may differ in the last digits."""
+    params = CompressParams(
+        out=tmp_path / "compressed",
+        report=tmp_path / "compression.json",
+        headline=tmp_path / "headline.json",
+        variants=(variant,),
+        latency_runs=3,
+        throughput_batch=4,
+        tolerance=100.0,
+    )
+    compress(trained.features, trained.model, params, TrainParams(batch_size=2), progress=False)
+    measured = json.loads(params.report.read_text())["variants"][variant]["metrics"]
+    package = package_model(trained.model, trained.features, tmp_path / "package", variant=params.out / variant)
+    frame = raw_frame(read_dataset(trained.raw), "test", inline_images=True)
+    scores = Predictor(package).predict(frame.drop(columns=["id", "label"]))["score"].to_numpy()
+    served = regression_metrics(scores, frame["label"].to_numpy(dtype=float))
+    assert served.keys() == measured.keys()
+    for metric, value in served.items():
+        assert value == pytest.approx(measured[metric], abs=within), metric
 
 
 def test_a_variant_of_another_model_is_refused(trained, tmp_path):
