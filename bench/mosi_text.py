@@ -82,6 +82,8 @@ RESULTS = Path(__file__).parent / "results" / "mosi_text.json"
 MOSI = Path("../shared/datasets/mosi-text")
 VALID_FRAC, SPLIT_SEED = 0.1, 0
 SPLITS = ("valid", "test")
+CPU = torch.device("cpu")
+LATENCY_ROWS = 50
 
 # Reference rows on dev.tsv, from ../shared/datasets/mosi-text/README.md (text only, trained on train.tsv).
 REFERENCES = {
@@ -353,25 +355,40 @@ def run_seed(job: SeedJob) -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
-def ensemble(features: Path, models: list[Path], splits: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    """Per split: the metrics of the seeds' fusion scores averaged into one (what serving an ensemble would score)."""
-    out = {}
+def ensemble(features: Path, models: list[Path], splits: tuple[str, ...]) -> dict:
+    """Per split: the metrics of the seeds' fusion scores averaged into one (what serving an ensemble would score);
+    and the batch-1 latency (median over LATENCY_ROWS valid rows, torch on the CPU) of one member and of them all."""
+    arrays = load_features(features)[0]
+    members = [load_trained(directory) for directory in models]
+    tensors = model_inputs(arrays, members[0].spec)
+    split_codes = tensors.pop("split")
+    out: dict = {}
     for split in splits:
-        scores, labels = [], None
-        for directory in models:
-            model = load_trained(directory)
-            tensors = model_inputs(load_features(features)[0], model.spec)
-            rows = split_rows(tensors.pop("split"), split)
-            prediction, _ = predict(model, tensors, rows, torch.device("cpu"))["fusion"]
-            scores.append(prediction)
-            labels = tensors["label"][rows].numpy()
-        out[split] = regression_metrics(np.mean(scores, axis=0), labels)
+        rows = split_rows(split_codes, split)
+        scores = [predict(model, tensors, rows, CPU)["fusion"][0] for model in members]
+        out[split] = regression_metrics(np.mean(scores, axis=0), tensors["label"][rows].numpy())
+    one_by_one = split_rows(split_codes, "valid")[:LATENCY_ROWS].split(1)
+    seconds = np.array([[_timed(model, tensors, row) for model in members] for row in one_by_one])
+    out["latency_ms_p50"] = {
+        "one": 1000 * float(np.median(seconds[:, 0])),
+        "all": 1000 * float(np.median(seconds.sum(1))),
+    }
     return out
+
+
+def _timed(model: torch.nn.Module, tensors: dict[str, torch.Tensor], row: torch.Tensor) -> float:
+    start = time.perf_counter()
+    predict(model, tensors, row, CPU)
+    return time.perf_counter() - start
 
 
 def ensemble_line(e: dict) -> str:
     parts = [f"{split} Acc-2 {100 * m['acc2']:.1f} MAE {m['mae']:.3f}" for split, m in e.items() if split in SPLITS]
-    return f"{e['config']}: the {len(e['seeds'])} seeds' fusion scores averaged: {', '.join(parts)}"
+    ms = e["latency_ms_p50"]
+    return (
+        f"{e['config']}: the {len(e['seeds'])} seeds' fusion scores averaged: {', '.join(parts)}; batch 1 "
+        f"{ms['all']:.1f} ms for all, {ms['one']:.1f} ms for one (median)"
+    )
 
 
 def served_as_measured(dev_tsv: Path, features: Path, model: Path, out: Path) -> dict:
