@@ -14,6 +14,7 @@ Configurations (`--configs`, default all):
     recipe        fine-tuned as BERT is: warmup and a linear fall, layer-wise learning-rate decay, words deleted
                   and replaced while learning
     recipe-mean   the recipe with the `mean` text sub-model alone (the encoder's own sentence embedding)
+    recipe-half   the recipe with heavier word augmentation on half of the samples, the other half clean
     recipe-noaug  the recipe without the word augmentation
     example       the settings shipped in examples/mosi-text/params.yaml
 Each starts from params.yaml and applies the overrides in CONFIGS below (chosen on the carved valid split only).
@@ -176,6 +177,13 @@ CONFIGS: dict[str, dict[str, dict]] = {
     },
 }
 CONFIGS["recipe-mean"] = {**CONFIGS["recipe"], "model": {**CONFIGS["recipe"]["model"], "text_models": ["mean"]}}
+CONFIGS["recipe-half"] = {
+    **CONFIGS["recipe"],
+    "train": {
+        **CONFIGS["recipe"]["train"],
+        "augment": {"token_dropout": 0.25, "token_replacement": 0.15, "share": 0.5},
+    },
+}
 CONFIGS["recipe-noaug"] = {
     **CONFIGS["recipe"],
     "train": {**CONFIGS["recipe"]["train"], "augment": {"token_dropout": 0.0, "token_replacement": 0.0}},

@@ -187,6 +187,13 @@ class AugmentParams(Section):
         description="std of Gaussian noise on audio/vision frames (train-std units) and on image pixels "
         "(fraction of the 0-255 range)",
     )
+    share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="chance that a training sample is augmented at all; the others stay as they are, so the model "
+        "keeps seeing clean inputs while it learns noisy ones",
+    )
 
 
 class TrainParams(Section):

@@ -19,6 +19,9 @@ batches from stay clean. Four independent perturbations, each off at 0:
 - feature noise s: audio/vision frames get s * N(0, 1) (they are standardized, so s is in train-std units) on real
   frames only, padding stays 0; present images get s * 255 * N(0, 1), clamped to [0, 255], as float pixels.
 
+`share` below 1 augments only that share of the samples, drawn afresh for each batch; the others keep every
+tensor as it was, so a model can learn heavy noise (30% of the words lost, say) without unlearning clean text.
+
 Randomness comes from `generator` when given (on the batch's device), else from torch's global stream, which
 training reseeds per (seed, epoch, rank), so augmented runs stay reproducible and resume exactly.
 """
@@ -49,6 +52,20 @@ def augment(
     batch: dict[str, Tensor], spec: ModelSpec, params: AugmentParams, generator: torch.Generator | None = None
 ) -> dict[str, Tensor]:
     """`batch` augmented as `params` say, in a new dict; the tensors nothing changes are the input's own."""
+    out = _augmented(batch, spec, params, generator)
+    if params.share < 1:
+        label = batch["label"]
+        chosen = _rand((label.shape[0],), label, generator) < params.share
+        for key, value in out.items():
+            if value is not batch[key]:
+                original = batch[key].to(value.dtype)
+                out[key] = torch.where(chosen.view(-1, *(1,) * (value.dim() - 1)), value, original)
+    return out
+
+
+def _augmented(
+    batch: dict[str, Tensor], spec: ModelSpec, params: AugmentParams, generator: torch.Generator | None
+) -> dict[str, Tensor]:
     out = dict(batch)
     if params.modality_dropout > 0:
         out |= _modality_dropout(out, spec, params.modality_dropout, generator)

@@ -149,6 +149,21 @@ def test_token_replacement_swaps_words_for_the_batchs_own_and_keeps_cls_sep_and_
     assert 0.2 < share < 0.35  # 0.3, less the draws that picked a token equal to the one they replace
 
 
+def test_a_share_augments_that_share_of_the_samples_and_leaves_the_rest_whole():
+    batch, spec = tiled(64), make_spec()
+
+    def touched(share: float) -> float:
+        out = augment(batch, spec, EVERYTHING.model_copy(update={"share": share}), seeded())
+        changed = torch.zeros(len(batch["label"]), dtype=torch.bool)
+        for key, value in out.items():
+            changed |= (value.to(batch[key].dtype) != batch[key]).reshape(len(changed), -1).any(1)
+        return changed.float().mean().item()
+
+    everything, half = touched(1.0), touched(0.5)
+    assert everything > 0.9
+    assert 0.4 * everything < half < 0.6 * everything
+
+
 def test_token_replacement_without_words_changes_nothing():
     batch, spec = make_batch(), make_spec()
     batch["text.attention_mask"][:, 2:] = False  # [CLS] and [SEP] only
