@@ -457,14 +457,11 @@ def text_drops(raw: Path, features: Path, model: Path, out: Path, split: str) ->
         perturbations=TEXT_PERTURBATIONS,
     )
     report = robustness(raw, features, model, settings, progress=False).scores
-    clean = report["clean"]
-    return {
-        head: {
-            name: 100 * (clean[head]["acc2"] - entry["severities"][next(iter(entry["severities"]))][head]["acc2"])
-            for name, entry in report["perturbations"].items()
-        }
-        for head in clean
-    }
+    drops: dict[str, dict[str, float]] = {head: {} for head in report.clean}
+    for name, _, scores in report.settings():  # one severity each
+        for head, clean in report.clean.items():
+            drops[head][name] = 100 * (float(clean["acc2"]) - float(scores[head]["acc2"]))
+    return drops
 
 
 def summarize(rows: list[dict]) -> list[dict]:
