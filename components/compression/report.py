@@ -106,13 +106,17 @@ def served_variant(report: CompressionReport | Mapping[str, Any], setting: str, 
     return setting
 
 
-def versus_baseline(baseline: Mapping[str, Any], variant: Mapping[str, Any]) -> dict[str, float]:
+def versus_baseline(baseline: Mapping[str, Any], variant: Mapping[str, Any]) -> dict[str, float | bool | None]:
     """A variant's headline (short keys: they are `dvc exp show`'s column names): how many times smaller than the
-    baseline and faster at batch 1 (medians), and the metric's change (variant - baseline, see `change`)."""
+    baseline and faster at batch 1 (medians), the metric's change (variant - baseline, see `change`), the bounds
+    of that change (`low`, `high`) and whether the variant was kept."""
     return {
         "smaller": round(baseline["size_bytes"] / variant["size_bytes"], 4),
         "faster": round(baseline["latency_ms_p50"] / variant["latency_ms_p50"], 4),
         "change": round(variant["change"], 4),
+        "low": None if variant.get("change_low") is None else round(variant["change_low"], 4),
+        "high": None if variant.get("change_high") is None else round(variant["change_high"], 4),
+        "kept": variant.get("kept"),
     }
 
 

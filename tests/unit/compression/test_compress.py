@@ -92,13 +92,16 @@ def test_report_layout_and_variants_written(trained, tmp_path):
         assert variant["params"] == report["baseline"]["params"]
     assert sorted(p.name for p in (tmp_path / "compressed").iterdir()) == sorted(report["variants"])
 
-    # The headline: per variant, the three numbers `dvc exp show` compares, from the same measurements.
+    # The headline: per variant, the numbers `dvc exp show` compares, from the same measurements.
     headline = json.loads((tmp_path / "headline.json").read_text())
     base = report["baseline"]
     assert list(headline) == list(report["variants"])
     for name, variant in report["variants"].items():
         assert headline[name] == {
             "smaller": round(base["size_bytes"] / variant["size_bytes"], 4),
+            "low": round(variant["change_low"], 4),
+            "high": round(variant["change_high"], 4),
+            "kept": variant["kept"],
             "faster": round(base["latency_ms_p50"] / variant["latency_ms_p50"], 4),
             "change": round(variant["change"], 4),
         }
