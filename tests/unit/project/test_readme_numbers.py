@@ -55,3 +55,27 @@ def test_compressed_variants_are_the_committed_metrics():
         low, high = (float(bound) for bound in bounds.split(","))
         assert (low, high) == (round(compress[name]["low"], 2), round(compress[name]["high"], 2)), name
         assert kept == ("yes" if compress[name]["kept"] else "no"), name
+
+
+def test_real_text_numbers_are_the_committed_benchmark():
+    readme = (REPO / "README.md").read_text().replace("\n", " ")
+    results = json.loads((REPO / "bench/results/mosi_text.json").read_text())
+    (fusion,) = [m for m in results["mean_over_seeds"] if m["config"] == "example" and m["head"] == "fusion"]
+    sentence = (
+        r"over (\d) seeds, its fused head scores Acc-2 ([\d.]+) ± ([\d.]+) and MAE ([\d.]+) ± ([\d.]+), and loses "
+        r"([\d.]+) points of Acc-2 with 30% of the words deleted, ([\d.]+) with 30% replaced"
+    )
+    said = re.search(sentence, readme)
+    assert said, "README lost its real-text sentence"
+    expected = [
+        len(fusion["seeds"]),
+        100 * fusion["test_acc2"],
+        100 * fusion["test_acc2_std"],
+        fusion["test_mae"],
+        fusion["test_mae_std"],
+        fusion["drop_text_word_deletion"],
+        fusion["drop_text_word_replacement"],
+    ]
+    for text, value in zip(said.groups(), expected, strict=True):
+        places = len(text.split(".")[1]) if "." in text else 0
+        assert float(text) == round(value, places), said.group(0)
