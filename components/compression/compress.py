@@ -16,8 +16,10 @@ Variants
     token states, as `train` does), then made permanent.
     onnx_fp32           the standalone model exported to ONNX (dynamic batch, token and frame axes) and run by ONNX
                         Runtime: the same weights, another runtime (components.compression.onnx_model).
-    onnx_int8           onnx_fp32 with ONNX Runtime's dynamic int8 quantization of every MatMul/Gemm (the recurrences
-                        stay float, as in int8). Both ONNX variants report the baseline's parameter counts.
+    onnx_int8           onnx_fp32 with ONNX Runtime's static int8 quantization of the weight MatMuls/Gemms and the
+                        embedding tables, activation scales calibrated on up to CALIBRATION_ROWS train rows (the
+                        recurrences stay float, as in int8). Both ONNX variants report the baseline's parameter
+                        counts.
 
 Files: `<out>/<variant>/` for each kept variant (components.compression.variants); `report`, every measurement of
 the baseline and of each variant (`CompressionReport`); `headline`, the DVC metrics `dvc exp show` compares (per
@@ -26,8 +28,10 @@ variant: how many times smaller and faster at batch 1 than the baseline, and the
 A variant is kept only when it is within `tolerance` points of the baseline with `confidence`: the worse bound of a
 paired bootstrap of its change over the test rows (components.evaluation.bootstrap), not the one change measured.
 On a split of a hundred rows a variant that flips three predictions may score a point better or worse by luck; the
-bound tells that apart from a variant that agrees with the baseline. One that may lose more is measured and
-reported with kept=false, and not written.
+bound tells that apart from a variant that agrees with the baseline. Nor is a variant kept whose rows score
+otherwise when batched otherwise (`batch_dependence` above `batch_tolerance`, e.g. activations quantized at
+per-batch scales): served in other batches, it would not score what was measured here. One that fails either is
+measured and reported with kept=false, and not written.
 
 Every change here, as everywhere in this project, is the variant's value minus the uncompressed model's, signed (a
 variant that loses accuracy has a negative change), in points (100 x the metric) except for mae, which is in its own
@@ -37,14 +41,21 @@ units (a worse mae has a positive change): `change_unit` in the report says whic
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from components.compression.measure import counts, head_metrics, max_abs_diff, timings
-from components.compression.onnx_model import ONNX_WEIGHTS, OnnxModel
+from components.compression.measure import (
+    batch_dependence,
+    counts,
+    head_metrics,
+    max_abs_diff,
+    timings,
+)
+from components.compression.onnx_model import CALIBRATION_ROWS, ONNX_WEIGHTS, OnnxModel, input_names
 from components.compression.prune import (
     finetune,
     make_permanent,
@@ -75,6 +86,7 @@ from components.models import MultiTaskModel
 from components.models.spec import ModelSpec
 from components.models.store import (
     CARD,
+    EVAL_BATCH,
     digest,
     load_trained,
     model_inputs,
@@ -82,6 +94,7 @@ from components.models.store import (
     predict,
     read_card,
     split_rows,
+    trim_padding,
 )
 
 # What other modules import from here, though it lives beside it.
@@ -109,6 +122,7 @@ class CompressionResult:
     baseline: dict  # the report's `baseline`, as JSON reads it
     variants: dict[str, dict]  # the report's `variants`, as JSON reads them
     seconds: float
+    batch_tolerance: float  # the gate on a variant's `batch_dependence` (a reason to drop it)
 
     def summary(self) -> str:
         parts = []
@@ -117,9 +131,16 @@ class CompressionResult:
             parts.append(
                 f"{name} {ratios['smaller']:.2f}x smaller, {ratios['faster']:.2f}x faster, {self.metric} "
                 f"{format_change(self.metric, v['change'])} [{_bound(self.metric, v['change_low'])}, "
-                f"{_bound(self.metric, v['change_high'])}] ({'kept' if v['kept'] else 'dropped'})"
+                f"{_bound(self.metric, v['change_high'])}] ({self._verdict(v)})"
             )
         return f"compress: {'; '.join(parts)} -> {self.report}, {self.headline} ({self.seconds:.1f} s)"
+
+    def _verdict(self, variant: dict) -> str:
+        if variant["kept"]:
+            return "kept"
+        return (
+            "dropped: scores depend on the batch" if variant["batch_dependence"] > self.batch_tolerance else "dropped"
+        )
 
 
 def _bound(metric: str, value: float | None) -> str:
@@ -159,12 +180,13 @@ class _Truth:
 
 @dataclass
 class _Variants:
-    """The models measured (the baseline first), each one's outputs and metrics on the test rows, and when each
-    variant's own work began (unix seconds) and how long it took (building, fine-tuning, scoring)."""
+    """The models measured (the baseline first), each one's outputs, metrics and batch dependence on the test rows,
+    and when each variant's own work began (unix seconds) and how long it took (building, fine-tuning, scoring)."""
 
     models: dict[str, MultiTaskModel | OnnxModel]
     outputs: dict[str, dict]
     scores: dict[str, dict[str, float]]
+    batch_dependence: dict[str, float]
     started: dict[str, float]
     spent: dict[str, float]
 
@@ -189,8 +211,10 @@ def _compress(
     scores = {"baseline": head_metrics(outputs["baseline"], inputs.labels, spec, head)}
     if metric not in scores["baseline"]:  # before any fine-tuning
         raise ConfigError(f"compress.metric {metric!r} is not one of {sorted(scores['baseline'])}")
-    onnx = onnx_payloads(baseline, {k: v[inputs.test_rows[:4]] for k, v in inputs.served.items()}, params.variants)
-    variants = _Variants({"baseline": baseline}, outputs, scores, {}, dict.fromkeys(params.variants, 0.0))
+    example = {k: v[inputs.test_rows[:4]] for k, v in inputs.served.items()}
+    onnx = onnx_payloads(baseline, example, params.variants, _calibration(inputs, spec, params))
+    alone = {"baseline": batch_dependence(baseline, inputs.served, inputs.test_rows, outputs["baseline"])}
+    variants = _Variants({"baseline": baseline}, outputs, scores, alone, {}, dict.fromkeys(params.variants, 0.0))
     _build(variants, baseline, model_dir, inputs, onnx, params, train, progress)
     payloads = {
         n: (ONNX_WEIGHTS, onnx[n]) if n in onnx else serialize(n, model) for n, model in variants.models.items()
@@ -223,6 +247,7 @@ def _compress(
         measured["baseline"],
         measured["variants"],
         time.perf_counter() - start,
+        params.batch_tolerance,
     )
 
 
@@ -235,6 +260,17 @@ def _inputs(arrays: dict[str, np.ndarray], baseline: MultiTaskModel) -> _Inputs:
     if not len(test_rows):
         raise ConfigError("compress measures on the test split, which has no samples")
     return _Inputs(served, training, test_rows, train_rows, served["label"][test_rows].numpy())
+
+
+def _calibration(inputs: _Inputs, spec: ModelSpec, params: CompressParams) -> Iterator[dict[str, np.ndarray]]:
+    """onnx_int8's calibration feeds: the first CALIBRATION_ROWS train rows in batches cut as served (never the test
+    rows its change is measured on)."""
+    if "onnx_int8" in params.variants and not len(inputs.train_rows):
+        raise ConfigError("onnx_int8 calibrates its scales on the train split, which has no samples")
+    names = input_names(spec)
+    for part in inputs.train_rows[:CALIBRATION_ROWS].split(EVAL_BATCH):
+        batch = trim_padding({name: inputs.served[name][part] for name in names})
+        yield {name: t.numpy() for name, t in batch.items()}
 
 
 def _build(
@@ -279,6 +315,9 @@ def _score(variants: _Variants, inputs: _Inputs, spec: ModelSpec, head: str, par
         begin = time.perf_counter()
         variants.outputs[name] = predict(variants.models[name], inputs.served, inputs.test_rows, CPU)
         variants.scores[name] = head_metrics(variants.outputs[name], inputs.labels, spec, head)
+        variants.batch_dependence[name] = batch_dependence(
+            variants.models[name], inputs.served, inputs.test_rows, variants.outputs[name]
+        )
         variants.spent[name] += time.perf_counter() - begin
 
 
@@ -292,26 +331,17 @@ def _report(
     params: CompressParams,
 ) -> CompressionReport:
     """Every measurement of the baseline and of each variant; a variant that may be more than `tolerance` points
-    worse (the worse bound of its change) is not kept."""
-    metric = truth.metric
-    models, scores, base = variants.models, variants.scores, variants.scores["baseline"]
-    measured = {}
-    for name, model in models.items():
-        numbers = counts(models["baseline"] if name in ONNX_VARIANTS else model)  # the same weights
-        measured[name] = {
-            "size_bytes": len(payloads[name][1]),
-            "params": numbers["params"],
-            "nonzero_params": numbers["nonzero"],
-            "task_params": numbers["task_params"],
-            "task_nonzero_params": numbers["task_nonzero"],
-            **{k: v for k, v in timed[name].items() if k != "seconds_timed"},
-            "metrics": scores[name],
-        }
+    worse (the worse bound of its change), or whose rows score otherwise in other batches, is not kept."""
+    metric, models, scores, base = truth.metric, variants.models, variants.scores, variants.scores["baseline"]
+    measured = {name: _measurement(name, variants, payloads[name][1], timed[name]) for name in models}
     reports = {}
     for name in params.variants:
         bounds = _change_bounds(variants.outputs["baseline"][head], variants.outputs[name][head], truth, params)
-        # Kept when even the worse bound loses no more than the tolerance (a NaN bound: not kept).
-        kept = all(drop_points(metric, 0.0, bound) <= params.tolerance for bound in bounds)
+        # Kept when even the worse bound loses no more than the tolerance (a NaN bound: not kept), and a row served
+        # in any batch scores what it scored here.
+        kept = all(drop_points(metric, 0.0, b) <= params.tolerance for b in bounds) and (
+            variants.batch_dependence[name] <= params.batch_tolerance
+        )
         pruning = name.startswith("prune")
         reports[name] = VariantReport(
             **measured[name],
@@ -334,11 +364,28 @@ def _report(
         tolerance=params.tolerance,
         confidence=params.confidence,
         resamples=params.resamples,
+        batch_tolerance=params.batch_tolerance,
         change_unit=change_unit(metric),  # of each variant's `change`: variant - baseline, signed
         split="test",
         baseline=Measurement(**measured["baseline"]),
         variants=reports,
     )
+
+
+def _measurement(name: str, variants: _Variants, payload: bytes, timed: dict[str, float]) -> dict:
+    """A model's `Measurement` fields: the size of its file as written, its parameter counts, speed and scores."""
+    models = variants.models
+    numbers = counts(models["baseline"] if name in ONNX_VARIANTS else models[name])  # the same weights
+    return {
+        "size_bytes": len(payload),
+        "params": numbers["params"],
+        "nonzero_params": numbers["nonzero"],
+        "task_params": numbers["task_params"],
+        "task_nonzero_params": numbers["task_nonzero"],
+        **{k: v for k, v in timed.items() if k != "seconds_timed"},
+        "batch_dependence": variants.batch_dependence[name],
+        "metrics": variants.scores[name],
+    }
 
 
 def _change_bounds(

@@ -84,6 +84,7 @@ def compression_metrics(measured: Measurement) -> dict[str, float | None]:
         "latency_ms_p50": measured.latency_ms_p50,
         "latency_ms_p95": measured.latency_ms_p95,
         "throughput_per_s": measured.throughput_per_s,
+        "batch_dependence": measured.batch_dependence,
     }
 
 

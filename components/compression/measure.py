@@ -20,12 +20,22 @@ from components.core.config import CompressParams
 from components.core.devices import cpu_threads
 from components.evaluation.metrics import metrics_for
 from components.models.spec import ModelSpec
-from components.models.store import trim_padding
+from components.models.store import HeadsModel, predict, trim_padding
 
-__all__ = ["BLOCK", "WARMUP", "counts", "head_metrics", "max_abs_diff", "timings"]
+__all__ = [
+    "ALONE_ROWS",
+    "BLOCK",
+    "WARMUP",
+    "batch_dependence",
+    "counts",
+    "head_metrics",
+    "max_abs_diff",
+    "timings",
+]
 
 WARMUP = 3  # untimed single-sample passes per model before timing (allocator, lazy kernel setup); one per batch size
 BLOCK = 10  # timed passes a model runs back to back before the next model's turn
+ALONE_ROWS = 32  # test rows scored one at a time to see whether a row's scores depend on its batchmates
 
 
 def head_metrics(outputs: dict, labels: np.ndarray, spec: ModelSpec, head: str) -> dict[str, float]:
@@ -39,6 +49,20 @@ def head_metrics(outputs: dict, labels: np.ndarray, spec: ModelSpec, head: str) 
 def max_abs_diff(outputs: dict, baseline: dict) -> float:
     """The largest difference from the uncompressed model's output, over every head and test sample it scores."""
     return max(float(np.abs(p - baseline[h][0])[present].max(initial=0.0)) for h, (p, present) in outputs.items())
+
+
+def batch_dependence(model: HeadsModel, tensors: dict[str, torch.Tensor], rows: torch.Tensor, outputs: dict) -> float:
+    """The largest change of any output when one of the first ALONE_ROWS `rows` is scored alone rather than in the
+    batches `outputs` came from (`predict`'s): float rounding for a model whose rows do not meet, far more where
+    activations are quantized at scales of the whole batch (dynamic int8). Such a model's served scores depend on how
+    its requests are batched, so they are not what compress measured."""
+    alone = [predict(model, tensors, rows[i : i + 1], torch.device("cpu")) for i in range(min(len(rows), ALONE_ROWS))]
+    worst = 0.0
+    for head, (batched, present) in outputs.items():
+        single = np.concatenate([a[head][0] for a in alone])
+        moved = np.abs(single - batched[: len(single)])[present[: len(single)]]
+        worst = max(worst, float(moved.max(initial=0.0)))
+    return worst
 
 
 def counts(model: nn.Module) -> dict[str, int]:

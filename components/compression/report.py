@@ -50,6 +50,8 @@ class Measurement(BaseModel):
     latency_ms_p50: float  # at batch 1
     latency_ms_p95: float
     throughput_per_s: float  # at compress.throughput_batch
+    # How far a test row's outputs move when it is scored alone rather than in a batch (measure.batch_dependence).
+    batch_dependence: float
     metrics: dict[str, float | None]  # the monitored head's scalar test metrics (None: undefined)
 
 
@@ -60,7 +62,7 @@ class VariantReport(Measurement):
     # The change's paired bootstrap bounds over the test rows, each one-sided at the report's `confidence`.
     change_low: float | None
     change_high: float | None
-    kept: bool  # its worse bound within compress.tolerance: written to `path`
+    kept: bool  # its worse bound within compress.tolerance, batch_dependence within BATCH_TOLERANCE: in `path`
     path: str | None
     sparsity: float
     finetune_epochs: int
@@ -77,6 +79,7 @@ class CompressionReport(Report):
     tolerance: float
     confidence: float  # of each bound of a variant's change (`change_low`, `change_high`)
     resamples: int  # of the paired bootstrap that gives the bounds
+    batch_tolerance: float  # the most a kept variant's outputs move when a row is scored alone (batch_dependence)
     change_unit: ChangeUnit
     split: Literal["test"]
     baseline: Measurement

@@ -11,8 +11,10 @@ import hashlib
 import io
 import json
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -33,9 +35,13 @@ __all__ = ["load_compressed", "onnx_payloads", "serialize", "variant_format", "w
 
 
 def onnx_payloads(
-    baseline: MultiTaskModel, example: dict[str, torch.Tensor], names: tuple[str, ...]
+    baseline: MultiTaskModel,
+    example: dict[str, torch.Tensor],
+    names: tuple[str, ...],
+    calibration: Iterable[Mapping[str, np.ndarray]] = (),
 ) -> dict[str, bytes]:
-    """The ONNX files of the ONNX variants in `names`, from one export of the baseline."""
+    """The ONNX files of the ONNX variants in `names`, from one export of the baseline; onnx_int8's activation
+    scales are calibrated on `calibration` (batch feeds of train rows)."""
     wanted = [n for n in names if n in ONNX_VARIANTS]
     if not wanted:
         return {}
@@ -43,7 +49,7 @@ def onnx_payloads(
         fp32 = export_onnx(baseline, example, Path(tmp) / "fp32.onnx")
         files = {"onnx_fp32": fp32}
         if "onnx_int8" in wanted:
-            files["onnx_int8"] = quantize_onnx(fp32, Path(tmp) / "int8.onnx")
+            files["onnx_int8"] = quantize_onnx(fp32, Path(tmp) / "int8.onnx", calibration)
         return {n: files[n].read_bytes() for n in wanted}
 
 

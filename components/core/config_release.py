@@ -169,6 +169,12 @@ class CompressParams(Section):
         "of a paired bootstrap over the test rows, not the loss measured once",
     )
     resamples: int = Field(1000, ge=100, description="resamples of the test rows in the paired bootstrap")
+    batch_tolerance: float = Field(
+        1e-3,
+        ge=0,
+        description="largest change of a kept variant's outputs when a row is scored alone rather than in a batch: "
+        "above it (dynamic int8: activation scales of the whole batch) a served row does not score what was measured",
+    )
     sparsity: float = Field(0.5, ge=0, lt=1, description="fraction of the trained weights that pruning zeroes")
     finetune_epochs: int = Field(2, ge=0, description="epochs of fine-tuning after pruning, masks held; 0: none")
     latency_runs: int = Field(50, ge=1, description="single-sample forward passes timed per variant")

@@ -142,6 +142,7 @@ def test_each_variant_run_lasts_as_long_as_its_own_work(client, tmp_path):
         "latency_ms_p50": 1.0,
         "latency_ms_p95": 2.0,
         "throughput_per_s": 100.0,
+        "batch_dependence": 0.0,
         "metrics": {"acc2": 0.7},
     }
     variant = {
@@ -164,6 +165,7 @@ def test_each_variant_run_lasts_as_long_as_its_own_work(client, tmp_path):
         tolerance=1.0,
         confidence=0.95,
         resamples=1000,
+        batch_tolerance=1e-3,
         change_unit="points",
         split="test",
         baseline=measured,
