@@ -33,6 +33,7 @@ __all__ = [
     "register",
     "robustness",
     "run",
+    "score",
     "serve",
     "train",
     "tune",
@@ -352,6 +353,30 @@ def predict(
     # A local model directory (a path or a file:// URI, read in place) needs no tracking server; models:/ or runs:/ do.
     with nullcontext() if local_model(model) is not None else connected(settings):
         result = predict_file(model, input_file, output, image_root=image_root, trust_model=trust_model)
+    out.print(result.summary(), markup=False)
+
+
+@app.command()
+def score(
+    model: Annotated[
+        str, typer.Option(help="MLflow model URI, e.g. models:/msa-demo@champion (pinned to the version it names now).")
+    ],
+    input_path: Annotated[
+        Path,
+        typer.Option("--input", help="A dataset directory (data/raw), or a JSONL, CSV or parquet file of raw rows."),
+    ],
+    output: Annotated[
+        Path | None, typer.Option(help="The parquet file of scores (default: <input>.scores.parquet).")
+    ] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Score a batch of raw inputs with a registered model into a parquet file, chunk by chunk, with the model
+    version, run id and input hash recorded; the same input and version again is a skip. Records an MLflow run
+    (rows, rows/s, the input as a dataset) on MLFLOW_TRACKING_URI. The `score` flow does the same on a work pool."""
+    from components.serving.score_logged import score_and_record
+
+    settings = load_params(params).registry if params.exists() else RegisterParams()
+    result, _ = score_and_record(model, input_path, output, settings)
     out.print(result.summary(), markup=False)
 
 

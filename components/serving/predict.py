@@ -7,10 +7,11 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 
@@ -20,7 +21,16 @@ from components.serving.input_files import InputChunk, check_inputs, input_chunk
 from components.serving.predictor import Predictor
 from components.serving.pyfunc import LoadedModel, check_model_dir, load_model, local_model
 
-__all__ = ["OUTPUT_SUFFIXES", "SYSTEM_DIRS", "PredictResult", "predict_file"]
+__all__ = [
+    "OUTPUT_SUFFIXES",
+    "SYSTEM_DIRS",
+    "PredictResult",
+    "StagedFile",
+    "check_output",
+    "predict_file",
+    "score_chunk",
+    "staged_output",
+]
 
 OUTPUT_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv")
 SYSTEM_DIRS = (Path("/proc"), Path("/sys"), Path("/dev"))  # the kernel's and devices' files: never an output
@@ -61,7 +71,7 @@ def predict_file(
     output = Path(output) if output else input_path.with_suffix(".predictions.jsonl")
     input_kind(input_path)
     open_input(input_path).close()
-    _check_output(output, input_path)
+    check_output(output, input_path)
     local = local_model(model_uri)
     if local is not None:
         check_model_dir(local)
@@ -78,9 +88,9 @@ def predict_file(
             max_text_chars=model.predictor.limits.max_text_chars if ours else None,
         )
         rows = 0
-        with _staged(output) as write:
+        with staged_output(output) as sink:
             for chunk in input_chunks(input_path):
-                predictions = _score_chunk(model, chunk, input_path, root)
+                predictions = score_chunk(model, chunk, input_path, root)
                 if "id" in summary.columns:
                     ids = chunk.frame["id"].to_numpy() if "id" in chunk.frame.columns else [None] * len(predictions)
                     predictions.insert(0, "id", ids)
@@ -89,12 +99,12 @@ def predict_file(
                 else:
                     text = predictions.to_json(orient="records", lines=True)
                     text += "" if text.endswith("\n") else "\n"
-                write(text.encode("utf-8"))
+                sink.write(text.encode("utf-8"))
                 rows += len(predictions)
     return PredictResult(output, rows, time.perf_counter() - start)
 
 
-def _score_chunk(model: LoadedModel, chunk: InputChunk, source: Path, image_root: Path) -> pd.DataFrame:
+def score_chunk(model: LoadedModel, chunk: InputChunk, source: Path, image_root: Path) -> pd.DataFrame:
     """Predictions for one chunk; errors name the row's number in the file, not in the chunk."""
     if not isinstance(model.predictor, Predictor):
         predictions = model.predictor.predict(chunk.frame)
@@ -107,8 +117,11 @@ def _score_chunk(model: LoadedModel, chunk: InputChunk, source: Path, image_root
         raise DataError(e.path, e.rule, row=chunk.rows[e.row - 1], sample_id=e.sample_id) from None
 
 
-def _check_output(output: Path, input_path: Path) -> None:
-    """Everything that would make writing the predictions fail or harm a file, checked before the model loads."""
+def check_output(
+    output: Path, input_path: Path, suffixes: tuple[str, ...] = OUTPUT_SUFFIXES, formats: str = ".jsonl or .csv"
+) -> None:
+    """Everything that would make writing the predictions (a file named with one of `suffixes`: `formats`) fail or
+    harm a file, checked before the model loads."""
     if output.is_dir():
         raise DataError(output, "is a directory: --output names the predictions file (.jsonl or .csv)")
     try:
@@ -121,8 +134,8 @@ def _check_output(output: Path, input_path: Path) -> None:
         raise DataError(output, f"cannot reach where it would go: {getattr(e, 'strerror', None) or e}") from None
     if same or target == input_path.resolve():
         raise DataError(output, "is the input file: predictions never overwrite the rows they score")
-    if output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise DataError(output, "predictions are written as .jsonl or .csv: name the file so")
+    if output.suffix.lower() not in suffixes:
+        raise DataError(output, f"predictions are written as {formats}: name the file so")
     for system in SYSTEM_DIRS:
         if place.is_relative_to(system) or target.is_relative_to(system):
             raise DataError(
@@ -161,9 +174,9 @@ def _tracked_by_git(path: Path) -> bool:
 
 
 @contextmanager
-def _staged(output: Path) -> Iterator[Callable[[bytes], None]]:
-    """A writer of the predictions into a temporary file beside `output`, renamed over it once all is written; on
-    any failure the temporary file (and any directory made for it) goes and an older `output` stays as it was."""
+def staged_output(output: Path, what: str = "the predictions") -> Iterator[StagedFile]:
+    """A file beside `output` to write `what` into, renamed over `output` once all is written; on any failure the
+    temporary file (and any directory made for it) goes and an older `output` stays as it was."""
     made = [p for p in (output.parent, *output.parent.parents) if not p.exists()][::-1]
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -171,17 +184,10 @@ def _staged(output: Path) -> Iterator[Callable[[bytes], None]]:
         chmod_new(fd)
     except OSError as e:
         _remove_empty(made)
-        raise DataError(output, f"cannot write the predictions: {e.strerror or e}") from None
-
-    def write(data: bytes) -> None:
-        try:
-            file.write(data)
-        except OSError as e:
-            raise DataError(output, f"cannot write the predictions: {e.strerror or e}") from None
-
+        raise DataError(output, f"cannot write {what}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as file:
-            yield write
+            yield StagedFile(file, output, what)
             file.flush()
             os.fsync(file.fileno())
         Path(tmp).replace(output)
@@ -189,6 +195,30 @@ def _staged(output: Path) -> Iterator[Callable[[bytes], None]]:
         Path(tmp).unlink(missing_ok=True)
         _remove_empty(made)
         raise
+
+
+class StagedFile:
+    """The staged file as a writer (pyarrow's ParquetWriter writes to it too): a failed write is a DataError that
+    names the output."""
+
+    def __init__(self, file: BinaryIO, output: Path, what: str) -> None:
+        self._file, self._output, self._what = file, output, what
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as e:
+            raise DataError(self._output, f"cannot write {self._what}: {e.strerror or e}") from None
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
 
 
 def _remove_empty(directories: list[Path]) -> None:

@@ -299,7 +299,7 @@ def test_the_readme_team_setup_block_runs_as_written(
         pools = {p["name"] for p in prefect.post("/work_pools/filter", json={}).raise_for_status().json()}
         assert pools == {"cpu", "gpu"}
         deployments = {d["name"] for d in prefect.post("/deployments/filter", json={}).raise_for_status().json()}
-        assert deployments == {"retrain", "train-gpu", "tune-gpu"}
+        assert deployments == {"retrain", "score", "train-gpu", "tune-gpu"}
 
         # No database error anywhere: servers, workers, PostgreSQL, and the clients.
         errors = [

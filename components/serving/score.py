@@ -1,0 +1,255 @@
+"""`msa score`: a batch of raw inputs scored by one registered model version, streamed in chunks into one parquet
+file that says which model scored which input; the same input and model version again is a skip.
+
+The input is a canonical dataset directory (every split's rows, media read inside it), or a JSONL, CSV or parquet
+file of raw rows. Rows are read and scored CHUNK_ROWS at a time, so memory is one chunk's however long the input
+is. A `models:/<name>@<alias>` URI is pinned to the version the alias names when scoring starts: an alias moved
+meanwhile (a new champion) does not mix two models in one file. The model is verified before a byte of it is read,
+as `msa predict` does.
+
+The output holds `id` (when the input has one), the model's columns (`score`, `class`), and `model_version` and
+`run_id` on every row (parquet stores a constant column in a few bytes), so a day's files concatenated still say
+which model scored each row; the file's metadata (`SCORED_BY`) holds the same with the input's sha256. It is written
+beside the output and renamed over it once whole.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from components.core.errors import DataError, UserError, first_line
+from components.core.hashing import file_sha256, tree_digest
+from components.data.dataset import MANIFEST, SPLITS, read_dataset
+from components.serving.input_files import CHUNK_ROWS, InputChunk, check_inputs, input_chunks, open_input
+from components.serving.predict import check_output, score_chunk, staged_output
+from components.serving.predictor import Predictor
+from components.serving.pyfunc import LoadedModel, check_model_dir, load_model, local_model
+from components.serving.values import raw_frame
+
+__all__ = ["SCORED_BY", "ScoreResult", "ScoredBy", "pin_model", "score_input", "scored_by"]
+
+SCORED_BY = b"msa.scored_by"  # the parquet metadata key of what scored the file (`ScoredBy`, JSON)
+_ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
+_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+
+
+@dataclass(frozen=True)
+class ScoredBy:
+    """Which model scored which input: what makes a second run over the same input with the same model a skip."""
+
+    model_uri: str  # as given (an alias, a version, runs:/, a directory)
+    model: str  # what was loaded: models:/<name>/<version> for a registered model, else `model_uri`
+    model_version: str | None
+    run_id: str | None  # the registration run, from the package's signed evidence
+    input: str
+    input_sha256: str  # of the input file, or of every file of a dataset directory
+    rows: int = 0  # not in the metadata: the file's own row count
+
+    def same_scoring(self, other: ScoredBy) -> bool:
+        return (self.model, self.run_id, self.input_sha256) == (other.model, other.run_id, other.input_sha256)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    output: Path
+    scored_by: ScoredBy
+    started: float  # unix seconds
+    seconds: float
+    skipped: bool  # the output already held this input scored by this model
+    columns: tuple[str, ...] = ()  # of the input rows (the dataset MLflow records): the first chunk's
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.scored_by.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        by = self.scored_by
+        model = by.model + (f" (version {by.model_version})" if by.model_version else "")
+        if self.skipped:
+            return f"score: {self.output} already holds {by.input} scored by {model}: skipped"
+        return (
+            f"score: {by.rows} rows of {by.input} by {model} -> {self.output} "
+            f"({self.seconds:.1f} s, {self.rows_per_s:.0f} rows/s)"
+        )
+
+
+def pin_model(model_uri: str) -> tuple[str, str | None]:
+    """(the URI to load, the registered version): `models:/<name>@<alias>` becomes `models:/<name>/<version>` as
+    the registry names it now; `models:/<name>/<version>` is kept; other URIs have no version."""
+    if match := _VERSION.match(model_uri):
+        return model_uri, match["version"]
+    if match := _ALIAS.match(model_uri):
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = MlflowClient().get_model_version_by_alias(match["name"], match["alias"]).version
+        except MlflowException as e:
+            raise UserError(f"{model_uri}: no such registered model alias ({first_line(e)})") from None
+        return f"models:/{match['name']}/{version}", str(version)
+    return model_uri, None
+
+
+def score_input(
+    model_uri: str,
+    input_path: str | Path,
+    output: str | Path | None = None,
+    *,
+    trust_model: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
+    progress: bool = True,
+) -> ScoreResult:
+    """Score every row of `input_path` (a dataset directory, or a JSONL, CSV or parquet file) with the model at
+    `model_uri` into the parquet file `output` (default `<input>.scores.parquet`). Bounds come first: the input is
+    checked (a file's every row's cheap rules, in one streaming pass) and the output place too before any row is
+    scored. `progress`: a bar at a terminal."""
+    started, start = time.time(), time.perf_counter()
+    input_path = Path(input_path)
+    output = Path(output) if output else input_path.with_name(input_path.name + ".scores.parquet")
+    dataset = _is_dataset(input_path)
+    if not dataset:
+        open_input(input_path).close()
+    check_output(output, input_path, suffixes=(".parquet",), formats="parquet (.parquet)")
+    local = local_model(model_uri)
+    if local is not None:
+        check_model_dir(local)
+    pinned, version = pin_model(model_uri) if local is None else (str(local), None)
+    digest = tree_digest(input_path).hexdigest() if dataset else file_sha256(input_path)
+    with tempfile.TemporaryDirectory(prefix="msa-model-") as tmp:
+        model = load_model(pinned, Path(tmp), trust_model=trust_model)
+        run_id = model.evidence.run_id if model.evidence is not None else None
+        planned = ScoredBy(model_uri, pinned, version, run_id, str(input_path), digest, 0)
+        previous = scored_by(output) if output.is_file() else None
+        if previous is not None and previous.same_scoring(planned):
+            return ScoreResult(output, previous, started, time.perf_counter() - start, skipped=True)
+        todo = _dataset_rows(input_path, chunk_rows) if dataset else _file_rows(input_path, model, chunk_rows)
+        rows, columns = _write(output, planned, model, todo, input_path, progress)
+    done = ScoredBy(**{**asdict(planned), "rows": rows})
+    return ScoreResult(output, done, started, time.perf_counter() - start, skipped=False, columns=columns)
+
+
+def scored_by(output: Path) -> ScoredBy | None:
+    """What scored the parquet file `output` (its SCORED_BY metadata, and its row count); None for a file this did
+    not write."""
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_metadata(output)
+        recorded = json.loads((metadata.metadata or {})[SCORED_BY])
+        return ScoredBy(**recorded, rows=metadata.num_rows)
+    except (OSError, KeyError, TypeError, ValueError):  # not parquet, or not ours
+        return None
+
+
+def _is_dataset(path: Path) -> bool:
+    if path.is_dir():
+        if not (path / MANIFEST).is_file():
+            raise DataError(path, f"is a directory without {MANIFEST}: --input names a dataset or a file of rows")
+        return True
+    return False
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """An input's rows: how many (checked before any is scored), and the chunks with the directory their media
+    paths resolve inside."""
+
+    total: int
+    chunks: Iterator[tuple[InputChunk, Path]]
+
+
+def _file_rows(path: Path, model: LoadedModel, rows: int) -> _Rows:
+    """A JSONL or CSV file's rows, every row's cheap rules checked first (one streaming pass); or a parquet file's."""
+    if path.suffix.lower() == ".parquet":
+        return _parquet_rows(path, model, rows)
+    ours = isinstance(model.predictor, Predictor)
+    summary = check_inputs(
+        path,
+        required=model.required,
+        takes=model.input_names,
+        text=ours and model.predictor.spec.text is not None,
+        max_text_chars=model.predictor.limits.max_text_chars if ours else None,
+    )
+    return _Rows(summary.rows, ((chunk, path.parent) for chunk in input_chunks(path, rows)))
+
+
+def _parquet_rows(path: Path, model: LoadedModel, rows: int) -> _Rows:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(path, f"not a readable parquet file ({first_line(e)})") from None
+    missing = [c for c in model.required if c not in table.schema_arrow.names]
+    if missing:
+        raise DataError(path, f"has no column {', '.join(missing)}: the model needs {', '.join(model.required)}")
+    if table.metadata.num_rows == 0:
+        raise DataError(path, "has no rows: nothing to score")
+
+    def chunks() -> Iterator[tuple[InputChunk, Path]]:
+        first = 1
+        for batch in table.iter_batches(batch_size=rows):
+            frame = batch.to_pandas()
+            yield InputChunk(frame, list(range(first, first + len(frame)))), path.parent
+            first += len(frame)
+
+    return _Rows(table.metadata.num_rows, chunks())
+
+
+def _dataset_rows(root: Path, rows: int) -> _Rows:
+    """Every split's rows of a canonical dataset (its label left out), its media read inside it."""
+    dataset = read_dataset(root)
+    if not len(dataset.samples):
+        raise DataError(root, "has no samples: nothing to score")
+
+    def chunks() -> Iterator[tuple[InputChunk, Path]]:
+        first = 1
+        for split in SPLITS:
+            frame = raw_frame(dataset, split).drop(columns=["label"])
+            for start in range(0, len(frame), rows):
+                part = frame.iloc[start : start + rows].reset_index(drop=True)
+                yield InputChunk(part, list(range(first, first + len(part)))), root
+                first += len(part)
+
+    return _Rows(len(dataset.samples), chunks())
+
+
+def _write(
+    output: Path, scoring: ScoredBy, model: LoadedModel, todo: _Rows, source: Path, progress: bool
+) -> tuple[int, tuple[str, ...]]:
+    """Score each chunk and append it to a parquet file staged beside `output`; the number of rows written and the
+    input's columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows, writer = 0, None
+    columns: tuple[str, ...] = ()
+    recorded = {k: v for k, v in asdict(scoring).items() if k != "rows"}
+    bar = tqdm(total=todo.total, desc="score", unit="row", disable=None if progress else True)
+    with bar, staged_output(output, "the scores") as sink:
+        for chunk, media_root in todo.chunks:
+            predictions = score_chunk(model, chunk, source, media_root)
+            if "id" in chunk.frame.columns:  # as text: JSONL ids may be numbers in one chunk and words in the next
+                predictions.insert(0, "id", chunk.frame["id"].astype("string").to_numpy())
+            predictions["model_version"] = pd.array([scoring.model_version] * len(predictions), dtype="string")
+            predictions["run_id"] = pd.array([scoring.run_id] * len(predictions), dtype="string")
+            table = pa.Table.from_pandas(predictions, preserve_index=False)
+            if writer is None:
+                schema = table.schema.with_metadata({SCORED_BY: json.dumps(recorded)})
+                writer, columns = pq.ParquetWriter(sink, schema), tuple(map(str, chunk.frame.columns))
+            writer.write_table(table.cast(writer.schema))
+            rows += len(predictions)
+            bar.update(len(predictions))
+        if writer is None:
+            raise DataError(source, "has no rows: nothing to score")
+        writer.close()
+    return rows, columns

@@ -1,0 +1,135 @@
+"""`msa score`'s component: a dataset directory or a file of raw rows scored in chunks into one parquet file that
+says which model scored which input; the same input and model again is a skip; a failure leaves no file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from components.core.errors import DataError
+from components.data.dataset import read_dataset
+from components.serving.predict import predict_file
+from components.serving.score import SCORED_BY, pin_model, score_input, scored_by
+from components.serving.values import raw_frame
+from tests.conftest import tiny_dataset
+
+TEXTS = ["a warm and lovely film", "dull and far too long", "fine", "the best I have seen", "never again"]
+
+
+@pytest.fixture
+def rows(tmp_path: Path) -> Path:
+    path = tmp_path / "in" / "rows.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps({"id": f"r{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    return path
+
+
+def test_rows_are_scored_in_chunks_as_predict_scores_them(served_model, rows, tmp_path):
+    result = score_input(str(served_model), rows, tmp_path / "out" / "scores.parquet", chunk_rows=2)
+    scores = pd.read_parquet(result.output)
+    assert list(scores.columns) == ["id", "score", "class", "model_version", "run_id"]
+    assert list(scores["id"]) == [f"r{i}" for i in range(len(TEXTS))]
+    expected = pd.read_json(predict_file(str(served_model), rows, tmp_path / "p.jsonl").output, lines=True)
+    assert scores["score"].to_numpy() == pytest.approx(expected["score"].to_numpy(), abs=1e-6)
+    assert list(scores["class"]) == list(expected["class"])
+    assert pq.ParquetFile(result.output).metadata.num_row_groups == 3  # 2 + 2 + 1: one chunk at a time
+    by = scored_by(result.output)
+    assert by is not None and by.rows == len(TEXTS) and by.input == str(rows)
+    assert by.input_sha256 == result.scored_by.input_sha256 and len(by.input_sha256) == 64
+    assert by.model == str(served_model) and by.model_version is None
+    assert "rows/s" in result.summary()
+
+
+def test_the_same_input_and_model_again_is_a_skip_and_new_rows_are_scored(served_model, rows, tmp_path):
+    output = tmp_path / "scores.parquet"
+    first = score_input(str(served_model), rows, output)
+    written = output.stat().st_mtime_ns
+    again = score_input(str(served_model), rows, output)
+    assert again.skipped and not first.skipped and output.stat().st_mtime_ns == written
+    assert "skipped" in again.summary() and again.scored_by.rows == len(TEXTS)
+    with rows.open("a") as f:
+        f.write(json.dumps({"id": "new", "text": "one more"}) + "\n")
+    grown = score_input(str(served_model), rows, output)
+    assert not grown.skipped and len(pd.read_parquet(output)) == len(TEXTS) + 1
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_csv_and_parquet_rows_score_as_jsonl_does(served_model, rows, tmp_path, kind):
+    frame = pd.read_json(rows, lines=True)
+    other = tmp_path / f"rows.{kind}"
+    frame.to_csv(other, index=False) if kind == "csv" else frame.to_parquet(other)
+    reference = pd.read_parquet(score_input(str(served_model), rows, tmp_path / "a.parquet").output)
+    scored = pd.read_parquet(score_input(str(served_model), other, tmp_path / "b.parquet", chunk_rows=3).output)
+    pd.testing.assert_frame_equal(scored, reference)
+
+
+def test_a_dataset_directory_scores_every_split(served_model, tmp_path):
+    dataset = tiny_dataset(tmp_path, name="day2")
+    result = score_input(str(served_model), dataset, tmp_path / "day2.parquet", chunk_rows=5)
+    scores = pd.read_parquet(result.output)
+    samples = read_dataset(dataset).samples
+    assert len(scores) == len(samples) == result.scored_by.rows
+    assert sorted(scores["id"]) == sorted(samples["id"])
+    # each row scored as predict scores that split's raw rows
+    test_rows = raw_frame(read_dataset(dataset), "test").drop(columns=["label"])
+    path = tmp_path / "test.jsonl"
+    test_rows.to_json(path, orient="records", lines=True)
+    expected = pd.read_json(predict_file(str(served_model), path, tmp_path / "t.jsonl").output, lines=True)
+    got = scores.set_index("id").loc[list(test_rows["id"]), "score"]
+    assert got.to_numpy() == pytest.approx(expected["score"].to_numpy(), abs=1e-6)
+
+
+def test_a_bad_row_scores_nothing_and_an_older_output_stays(served_model, rows, tmp_path):
+    output = tmp_path / "scores.parquet"
+    score_input(str(served_model), rows, output)
+    before = output.read_bytes()
+    with rows.open("a") as f:
+        f.write(json.dumps({"id": "bad", "text": "x" * 10_000}) + "\n")  # beyond the packaged max_text_chars
+    with pytest.raises(DataError, match=r"rows.jsonl.*row 6"):
+        score_input(str(served_model), rows, output)
+    assert output.read_bytes() == before
+    assert [p.name for p in output.parent.iterdir() if p.name.startswith(".")] == []  # no staged file left
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("scores.csv", "written as parquet"), ("in/rows.jsonl", "is the input file")],
+)
+def test_the_output_is_checked_before_the_model_loads(served_model, rows, tmp_path, name, message):
+    with pytest.raises(DataError, match=message):
+        score_input(str(served_model), rows, tmp_path / name)
+
+
+def test_a_directory_that_is_no_dataset_is_refused(served_model, tmp_path):
+    with pytest.raises(DataError, match=r"without manifest\.yaml"):
+        score_input(str(served_model), tmp_path, tmp_path / "scores.parquet")
+
+
+def test_a_file_someone_else_wrote_is_not_taken_for_a_scoring(tmp_path):
+    path = tmp_path / "other.parquet"
+    pd.DataFrame({"score": [1.0]}).to_parquet(path)
+    assert scored_by(path) is None
+    assert SCORED_BY not in (pq.read_schema(path).metadata or {})
+
+
+def test_an_alias_is_pinned_to_the_version_it_names_now(served_model, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # an earlier test's `connected` set the process's URI: this one's wins
+    client = MlflowClient(uri)
+    client.create_registered_model("demo")
+    for _ in range(2):
+        client.create_model_version("demo", source=str(served_model))
+    client.set_registered_model_alias("demo", "champion", "1")
+    assert pin_model("models:/demo@champion") == ("models:/demo/1", "1")
+    client.set_registered_model_alias("demo", "champion", "2")
+    assert pin_model("models:/demo@champion") == ("models:/demo/2", "2")
+    assert pin_model("models:/demo/1") == ("models:/demo/1", "1")
+    assert pin_model("runs:/abc/model") == ("runs:/abc/model", None)
