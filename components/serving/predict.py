@@ -28,6 +28,7 @@ __all__ = [
     "StagedFile",
     "check_output",
     "predict_file",
+    "rows_of_file",
     "score_chunk",
     "staged_output",
 ]
@@ -109,8 +110,15 @@ def score_chunk(model: LoadedModel, chunk: InputChunk, source: Path, image_root:
     if not isinstance(model.predictor, Predictor):
         predictions = model.predictor.predict(chunk.frame)
         return predictions if isinstance(predictions, pd.DataFrame) else pd.DataFrame(predictions)
-    try:  # ours: errors name this file and row
+    with rows_of_file(chunk, source):  # ours: errors name this file and row
         return model.predictor.predict_frame(chunk.frame, source=source, image_root=image_root)
+
+
+@contextmanager
+def rows_of_file(chunk: InputChunk, source: Path) -> Iterator[None]:
+    """A DataError about a row of `chunk` names the row's number in `source`, not in the chunk."""
+    try:
+        yield
     except DataError as e:
         if e.path != source or e.row is None or not 1 <= e.row <= len(chunk.rows):
             raise

@@ -125,19 +125,37 @@ class Predictor:
     def _score(
         self, columns: dict[str, list], n: int, source: Path, image_root: Path | None, bounds: Bounds
     ) -> pd.DataFrame:
+        return self.run(self._prepare(columns, n, source, image_root, bounds))
+
+    def prepare_frame(
+        self, frame: pd.DataFrame, *, source: Path = INPUT, image_root: Path | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """`predict_frame`'s first half: the rows checked and prepared (tokenized, decoded, standardized) into the
+        model's input batches, with the packaged bounds; `run` scores them. Batch scoring prepares the next chunk
+        while the model runs this one."""
+        return self._prepare(_columns(frame), len(frame), source, image_root, self.bounds)
+
+    def run(self, batches: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+        """Scores and classes of prepared batches (`prepare_frame`)."""
         import torch
 
-        if self.spec.text is not None and "text" not in columns:
-            raise DataError(source, f"missing required column 'text'; got columns {list(columns)}")
         scores: list[np.ndarray] = []
-        for start in range(0, n, BATCH):
-            rows = {c: values[start : start + BATCH] for c, values in columns.items()}
-            batch = trim_padding(
-                self.features(rows, source=source, image_root=image_root, first_row=start, bounds=bounds)
-            )
+        for batch in batches:
             with torch.inference_mode():
                 scores.append(self.model({k: torch.from_numpy(v) for k, v in batch.items()})[self.head].float().numpy())
         return self._decide(np.concatenate(scores) if scores else np.zeros((0,), np.float32))
+
+    def _prepare(
+        self, columns: dict[str, list], n: int, source: Path, image_root: Path | None, bounds: Bounds
+    ) -> list[dict[str, np.ndarray]]:
+        if self.spec.text is not None and "text" not in columns:
+            raise DataError(source, f"missing required column 'text'; got columns {list(columns)}")
+        batches = []
+        for start in range(0, n, BATCH):
+            rows = {c: values[start : start + BATCH] for c, values in columns.items()}
+            features = self.features(rows, source=source, image_root=image_root, first_row=start, bounds=bounds)
+            batches.append(trim_padding(features))
+        return batches
 
     def features(
         self,

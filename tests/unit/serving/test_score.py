@@ -67,6 +67,17 @@ def test_csv_and_parquet_rows_score_as_jsonl_does(served_model, rows, tmp_path, 
     pd.testing.assert_frame_equal(scored, reference)
 
 
+def test_parquet_rows_with_every_modality_score_as_their_jsonl(served_model, tmp_path):
+    """Frames are lists of lists in parquet too, images base64: each row scores as the same row in JSONL."""
+    rows = raw_frame(read_dataset(tiny_dataset(tmp_path)), "test", inline_images=True).drop(columns=["label"])
+    assert {"image_base64", "audio", "vision"} <= set(rows.columns)
+    rows.to_json(tmp_path / "rows.jsonl", orient="records", lines=True)
+    rows.to_parquet(tmp_path / "rows.parquet")
+    a = pd.read_parquet(score_input(str(served_model), tmp_path / "rows.jsonl", tmp_path / "a.parquet").output)
+    b = pd.read_parquet(score_input(str(served_model), tmp_path / "rows.parquet", tmp_path / "b.parquet").output)
+    pd.testing.assert_frame_equal(a, b)
+
+
 def test_a_dataset_directory_scores_every_split(served_model, tmp_path):
     dataset = tiny_dataset(tmp_path, name="day2")
     result = score_input(str(served_model), dataset, tmp_path / "day2.parquet", chunk_rows=5)
