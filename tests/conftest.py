@@ -255,3 +255,23 @@ def served_clip_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model:
     package = package_model(out, features, root / "package", ServeParams(**CLIP_SERVE_LIMITS))
     signature = model_signature(read_card(out).spec, read_state(features))
     return save_signed(package, root / "pyfunc", signature), raw
+
+
+@pytest.fixture
+def demo_registry(served_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A registry on a fresh SQLite store with `demo`: two versions of the served model, champion on version 2.
+    MLFLOW_TRACKING_URI names it, for this process and its subprocesses."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name, value in (("MAX_RETRIES", "0"), ("TIMEOUT", "20"), ("BACKOFF_FACTOR", "1")):
+        monkeypatch.setenv(f"MLFLOW_HTTP_REQUEST_{name}", value)  # `connected` sets them if unset: not past this test
+    mlflow.set_tracking_uri(uri)  # an earlier test's `connected` set the process's URI: this one's wins
+    client = MlflowClient(uri)
+    client.create_registered_model("demo")
+    for _ in range(2):
+        client.create_model_version("demo", source=str(served_model))
+    client.set_registered_model_alias("demo", "champion", "2")
+    return client

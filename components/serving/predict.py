@@ -17,7 +17,7 @@ import pandas as pd
 
 from components.core.atomic import chmod_new
 from components.core.errors import DataError
-from components.serving.input_files import InputChunk, check_inputs, input_chunks, input_kind, open_input
+from components.serving.input_files import InputChunk, InputSummary, check_inputs, input_chunks, input_kind, open_input
 from components.serving.predictor import Predictor
 from components.serving.pyfunc import LoadedModel, check_model_dir, load_model, local_model
 
@@ -26,6 +26,7 @@ __all__ = [
     "SYSTEM_DIRS",
     "PredictResult",
     "StagedFile",
+    "check_model_inputs",
     "check_output",
     "predict_file",
     "rows_of_file",
@@ -80,14 +81,7 @@ def predict_file(
     as_csv = output.suffix.lower() == ".csv"
     with tempfile.TemporaryDirectory(prefix="msa-model-") as tmp:
         model = load_model(model_uri if local is None else str(local), Path(tmp), trust_model=trust_model)
-        ours = isinstance(model.predictor, Predictor)
-        summary = check_inputs(
-            input_path,
-            required=model.required,
-            takes=model.input_names,
-            text=ours and model.predictor.spec.text is not None,
-            max_text_chars=model.predictor.limits.max_text_chars if ours else None,
-        )
+        summary = check_model_inputs(input_path, model)
         rows = 0
         with staged_output(output) as sink:
             for chunk in input_chunks(input_path):
@@ -103,6 +97,18 @@ def predict_file(
                 sink.write(text.encode("utf-8"))
                 rows += len(predictions)
     return PredictResult(output, rows, time.perf_counter() - start)
+
+
+def check_model_inputs(path: Path, model: LoadedModel) -> InputSummary:
+    """`check_inputs` with what `model` needs: its required columns, and with ours, text within its bounds."""
+    ours = isinstance(model.predictor, Predictor)
+    return check_inputs(
+        path,
+        required=model.required,
+        takes=model.input_names,
+        text=ours and model.predictor.spec.text is not None,
+        max_text_chars=model.predictor.limits.max_text_chars if ours else None,
+    )
 
 
 def score_chunk(model: LoadedModel, chunk: InputChunk, source: Path, image_root: Path) -> pd.DataFrame:

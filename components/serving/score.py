@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from components.core.errors import DataError, UserError, first_line
 from components.core.hashing import file_sha256, tree_digest
 from components.data.dataset import MANIFEST, SPLITS, read_dataset
-from components.serving.input_files import CHUNK_ROWS, InputChunk, check_inputs, input_chunks, open_input
-from components.serving.predict import check_output, rows_of_file, score_chunk, staged_output
+from components.serving.input_files import CHUNK_ROWS, InputChunk, input_chunks, open_input
+from components.serving.predict import check_model_inputs, check_output, rows_of_file, score_chunk, staged_output
 from components.serving.predictor import Predictor
 from components.serving.pyfunc import LoadedModel, check_model_dir, load_model, local_model
 from components.serving.values import raw_frame
@@ -172,14 +172,7 @@ def _file_rows(path: Path, model: LoadedModel, rows: int) -> _Rows:
     """A JSONL or CSV file's rows, every row's cheap rules checked first (one streaming pass); or a parquet file's."""
     if path.suffix.lower() == ".parquet":
         return _parquet_rows(path, model, rows)
-    ours = isinstance(model.predictor, Predictor)
-    summary = check_inputs(
-        path,
-        required=model.required,
-        takes=model.input_names,
-        text=ours and model.predictor.spec.text is not None,
-        max_text_chars=model.predictor.limits.max_text_chars if ours else None,
-    )
+    summary = check_model_inputs(path, model)
     return _Rows(summary.rows, ((chunk, path.parent) for chunk in input_chunks(path, rows)))
 
 

@@ -5,32 +5,13 @@ the `score` flow does the same on Prefect and says so in an artifact."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import mlflow
 import pandas as pd
-import pytest
-from mlflow import MlflowClient
 
-from tests.e2e.test_flow_faults import in_process_tracking
 from tests.hardening import msa
 
 
-@pytest.fixture
-def registry(served_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
-    """`demo` with two versions of the served model, champion on version 2."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    in_process_tracking(monkeypatch, uri)
-    mlflow.set_tracking_uri(uri)  # an earlier test's `connected` set the process's URI: this one's wins
-    client = MlflowClient(uri)
-    client.create_registered_model("demo")
-    for _ in range(2):
-        client.create_model_version("demo", source=str(served_model))
-    client.set_registered_model_alias("demo", "champion", "2")
-    return client
-
-
-def test_score_by_alias_records_a_run_and_skips_the_same_input(registry, tmp_path, monkeypatch):
+def test_score_by_alias_records_a_run_and_skips_the_same_input(demo_registry, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no params.yaml here: the registry defaults
     rows = tmp_path / "day.jsonl"
     rows.write_text("".join(json.dumps({"id": i, "text": f"sample number {i} was good"}) + "\n" for i in range(7)))
@@ -40,8 +21,8 @@ def test_score_by_alias_records_a_run_and_skips_the_same_input(registry, tmp_pat
     scores = pd.read_parquet(tmp_path / "scores" / "day.parquet")
     assert list(scores["id"]) == [str(i) for i in range(7)] and set(scores["model_version"]) == {"2"}
 
-    experiment = registry.get_experiment_by_name("demo-scoring")
-    runs = registry.search_runs([experiment.experiment_id])
+    experiment = demo_registry.get_experiment_by_name("demo-scoring")
+    runs = demo_registry.search_runs([experiment.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     run = runs[0]
     assert run.data.metrics["rows"] == 7 and run.data.metrics["rows_per_s"] > 0
@@ -53,15 +34,15 @@ def test_score_by_alias_records_a_run_and_skips_the_same_input(registry, tmp_pat
 
     again = msa("score", "--model", "models:/demo@champion", "--input", rows, "--output", "scores/day.parquet")
     assert again.code == 0 and "skipped" in again.stdout, again.stderr
-    assert len(registry.search_runs([experiment.experiment_id])) == 1
+    assert len(demo_registry.search_runs([experiment.experiment_id])) == 1
 
-    registry.set_registered_model_alias("demo", "champion", "1")  # a new champion scores the same input again
+    demo_registry.set_registered_model_alias("demo", "champion", "1")  # a new champion scores the same input again
     moved = msa("score", "--model", "models:/demo@champion", "--input", rows, "--output", "scores/day.parquet")
     assert moved.code == 0 and "version 1" in moved.stdout, moved.stderr
     assert set(pd.read_parquet(tmp_path / "scores" / "day.parquet")["model_version"]) == {"1"}
 
 
-def test_an_unknown_alias_is_one_line_and_writes_nothing(registry, tmp_path, monkeypatch):
+def test_an_unknown_alias_is_one_line_and_writes_nothing(demo_registry, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rows = tmp_path / "day.jsonl"
     rows.write_text(json.dumps({"text": "fine"}) + "\n")
@@ -71,7 +52,7 @@ def test_an_unknown_alias_is_one_line_and_writes_nothing(registry, tmp_path, mon
     assert not (tmp_path / "s.parquet").exists()
 
 
-def test_the_score_flow_scores_and_leaves_an_artifact(registry, tmp_path, monkeypatch):
+def test_the_score_flow_scores_and_leaves_an_artifact(demo_registry, tmp_path, monkeypatch):
     from prefect import get_client
 
     from flows.scoring import score

@@ -127,20 +127,9 @@ def test_a_file_someone_else_wrote_is_not_taken_for_a_scoring(tmp_path):
     assert SCORED_BY not in (pq.read_schema(path).metadata or {})
 
 
-def test_an_alias_is_pinned_to_the_version_it_names_now(served_model, tmp_path, monkeypatch):
-    import mlflow
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)  # an earlier test's `connected` set the process's URI: this one's wins
-    client = MlflowClient(uri)
-    client.create_registered_model("demo")
-    for _ in range(2):
-        client.create_model_version("demo", source=str(served_model))
-    client.set_registered_model_alias("demo", "champion", "1")
-    assert pin_model("models:/demo@champion") == ("models:/demo/1", "1")
-    client.set_registered_model_alias("demo", "champion", "2")
+def test_an_alias_is_pinned_to_the_version_it_names_now(demo_registry):
     assert pin_model("models:/demo@champion") == ("models:/demo/2", "2")
-    assert pin_model("models:/demo/1") == ("models:/demo/1", "1")
+    demo_registry.set_registered_model_alias("demo", "champion", "1")
+    assert pin_model("models:/demo@champion") == ("models:/demo/1", "1")
+    assert pin_model("models:/demo/2") == ("models:/demo/2", "2")
     assert pin_model("runs:/abc/model") == ("runs:/abc/model", None)
