@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from components.core.errors import DataError, UserError, first_line
 from components.core.hashing import file_sha256, tree_digest
 from components.data.dataset import MANIFEST, SPLITS, read_dataset
-from components.serving.input_files import CHUNK_ROWS, InputChunk, input_chunks, open_input
+from components.serving.input_files import CHUNK_ROWS, INPUT_SUFFIXES, InputChunk, input_chunks, open_input
 from components.serving.predict import check_model_inputs, check_output, rows_of_file, score_chunk, staged_output
 from components.serving.predictor import Predictor
 from components.serving.pyfunc import LoadedModel, check_model_dir, load_model, local_model
@@ -117,9 +117,9 @@ def score_input(
     input_path = Path(input_path)
     output = Path(output) if output else input_path.with_name(input_path.name + ".scores.parquet")
     dataset = _is_dataset(input_path)
-    if not dataset:
-        open_input(input_path).close()
     check_output(output, input_path, suffixes=(".parquet",), formats="parquet (.parquet)")
+    if dataset and output.resolve().is_relative_to(input_path.resolve()):
+        raise DataError(output, "is inside the dataset it scores: the scores go elsewhere, the dataset stays as it is")
     local = local_model(model_uri)
     if local is not None:
         check_model_dir(local)
@@ -152,10 +152,17 @@ def scored_by(output: Path) -> ScoredBy | None:
 
 
 def _is_dataset(path: Path) -> bool:
+    """Whether `path` is a dataset directory; else it must be a regular file of rows of a kind this reads."""
+    what = "--input names a dataset directory, or a .jsonl, .csv or .parquet file of rows"
     if path.is_dir():
         if not (path / MANIFEST).is_file():
-            raise DataError(path, f"is a directory without {MANIFEST}: --input names a dataset or a file of rows")
+            raise DataError(path, f"is a directory without {MANIFEST}: {what}")
         return True
+    if not path.exists():
+        raise DataError(path, f"no such file or directory: {what}")
+    if path.suffix.lower() not in (*INPUT_SUFFIXES, ".parquet"):
+        raise DataError(path, what)
+    open_input(path).close()  # a regular file: not a FIFO, a device
     return False
 
 

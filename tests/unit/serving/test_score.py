@@ -115,9 +115,22 @@ def test_the_output_is_checked_before_the_model_loads(served_model, rows, tmp_pa
         score_input(str(served_model), rows, tmp_path / name)
 
 
-def test_a_directory_that_is_no_dataset_is_refused(served_model, tmp_path):
-    with pytest.raises(DataError, match=r"without manifest\.yaml"):
-        score_input(str(served_model), tmp_path, tmp_path / "scores.parquet")
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("", r"without manifest\.yaml"), ("rows.txt", "a .jsonl, .csv or .parquet file"), ("gone.jsonl", "no such file")],
+)
+def test_an_input_this_does_not_read_is_refused(served_model, tmp_path, name, message):
+    (tmp_path / "rows.txt").write_text("text\nfine\n")
+    with pytest.raises(DataError, match=message):
+        score_input(str(served_model), tmp_path / name, tmp_path / "out" / "scores.parquet")
+    assert not (tmp_path / "out").exists()
+
+
+def test_scores_never_go_inside_the_dataset_they_score(served_model, tmp_path):
+    dataset = tiny_dataset(tmp_path)
+    with pytest.raises(DataError, match="inside the dataset it scores"):
+        score_input(str(served_model), dataset, dataset / "scores.parquet")
+    assert not (dataset / "scores.parquet").exists()
 
 
 def test_a_file_someone_else_wrote_is_not_taken_for_a_scoring(tmp_path):
