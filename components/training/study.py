@@ -10,6 +10,7 @@ import os
 import uuid
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -91,7 +92,33 @@ def open_study(params: Params) -> optuna.Study:
             f"study {study.study_name} in {redacted(url)} was made to {study.direction.name.lower()} another "
             "metric: name another tune.study"
         )
+    if (database := _sqlite_file(url)) is not None:
+        _ask_one_at_a_time(study, database)
     return study
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (sqlite:///relative or sqlite:////absolute); None for other databases."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url[len(prefix) :] in ("", ":memory:"):
+        return None
+    return Path(url[len(prefix) :])
+
+
+def _ask_one_at_a_time(study: optuna.Study, database: Path) -> None:
+    """Make the study's `ask` take a lock beside the SQLite file. Optuna takes a waiting (enqueued or retried) trial
+    by reading it WAITING and writing it RUNNING under `SELECT ... FOR UPDATE`, which SQLite ignores: two trial
+    processes asking at once could both take the same trial and train into the same directory (seen when a resumed
+    study's retries were taken by both of tune.concurrency's processes). A database that locks rows needs none."""
+    from filelock import FileLock
+
+    lock, ask = FileLock(f"{database}.ask.lock"), study.ask
+
+    def ask_alone(*args: Any, **kwargs: Any) -> optuna.Trial:
+        with lock:
+            return ask(*args, **kwargs)
+
+    study.ask = ask_alone  # type: ignore[method-assign]  # what study.optimize calls for each trial
 
 
 def trial_sampler(seed: int, number: int) -> optuna.samplers.TPESampler:

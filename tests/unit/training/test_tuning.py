@@ -212,3 +212,21 @@ def test_the_current_settings_are_never_offered_as_an_experiment(
         assert result.summary().endswith("as an experiment: dvc exp run -S 'train.lr=0.003'")
         assert report["best_is_current"] is False and report["changes"] == {"train.lr": 0.003}
         assert header[2] == "# dvc exp run -S train.lr=0.003"
+
+
+def test_trial_processes_on_sqlite_never_take_the_same_waiting_trial(trained, tmp_path: Path) -> None:
+    """SQLite ignores the row lock Optuna takes a waiting trial under: without the study's ask lock, processes
+    asking at once could both run one retried trial. Eight handles (as eight processes hold) ask at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from components.training.study import open_study
+
+    params = _tune_params(tmp_path, trained.features, "shared")
+    first = open_study(params)
+    for lr in np.linspace(0.001, 0.01, 8):
+        first.enqueue_trial({"train.lr": float(lr), "model.hidden": 8})
+    studies = [open_study(params) for _ in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        taken = list(pool.map(lambda study: study.ask().number, studies))
+    assert sorted(taken) == list(range(8)), taken
+    assert (tmp_path / "shared.db.ask.lock").exists()
