@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 from typer.core import TyperGroup
 
-from components.core.config import DEFAULT_PARAMS, RegisterParams, load_params, with_seeds
+from components.core.config import DEFAULT_PARAMS, Params, RegisterParams, load_params, with_seeds
 from components.core.errors import TrackingError, UserError
 from components.data.validation import validate_dataset  # GX itself: imported only when validating
 from components.features.featurize import featurize as featurize_dataset
@@ -371,13 +371,17 @@ def score(
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Score a batch of raw inputs with a registered model into a parquet file, chunk by chunk, with the model
-    version, run id and input hash recorded; the same input and version again is a skip. Records an MLflow run
-    (rows, rows/s, the input as a dataset) on MLFLOW_TRACKING_URI. The `score` flow does the same on a work pool."""
+    version, run id and input hash recorded; the same input and version again is a skip. A sample of the rows is
+    compared with the model's drift reference, per modality, into <output>.drift.json and .drift.png. Records an
+    MLflow run (rows, rows/s, the input as a dataset, the drift report) on MLFLOW_TRACKING_URI. The `score` flow
+    does the same on a work pool, and a drifted batch there emits the event that starts retraining."""
     from components.serving.score_logged import score_and_record
 
-    settings = load_params(params).registry if params.exists() else RegisterParams()
-    result, _ = score_and_record(model, input_path, output, settings)
+    settings = load_params(params) if params.exists() else Params()
+    result, _ = score_and_record(model, input_path, output, settings.registry, settings.drift)
     out.print(result.summary(), markup=False)
+    if result.drift is not None:
+        out.print(f"{result.drift.summary()} ({result.drift_files[0]})", markup=False)
 
 
 @app.command()

@@ -196,13 +196,17 @@ SERVE_LIMITS = {
 
 @pytest.fixture(scope="session")
 def served_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> Path:
-    """The tiny model trained, packaged with small input bounds (SERVE_LIMITS) and saved as an MLflow pyfunc
-    directory exactly as registration logs it: what `mlflow models serve -m` and `msa predict --model` take."""
+    """The tiny model trained, packaged with small input bounds (SERVE_LIMITS) and its drift reference, and saved as
+    an MLflow pyfunc directory exactly as registration logs it: what `mlflow models serve -m` and `msa predict --model` take."""
 
-    from components.core.config import FeaturizeParams, ModelParams, ServeParams, TrainParams
+    from components.core.config import DriftParams, FeaturizeParams, ModelParams, ServeParams, TrainParams
+    from components.data.dataset import read_dataset
     from components.features.featurize import featurize
     from components.models.store import read_card
+    from components.monitoring.reference import write_reference
+    from components.serving.monitored import drift_reference
     from components.serving.package import package_model
+    from components.serving.predictor import Predictor
     from components.serving.publish import model_signature
     from components.training.train import train
 
@@ -214,6 +218,7 @@ def served_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path
     model = ModelParams(hidden=8, dropout=0.0, textcnn={"feature_maps": 4, "dropout": 0.0})
     out = train(features, model, TrainParams(out=root / "models", epochs=2, batch_size=4), progress=False).out
     package = package_model(out, features, root / "package", ServeParams(**SERVE_LIMITS))
+    write_reference(package, drift_reference(Predictor(package), read_dataset(raw), DriftParams()))
     return save_signed(package, root / "pyfunc", model_signature(read_card(out).spec))
 
 

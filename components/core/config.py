@@ -22,6 +22,7 @@ from components.core.config_release import (
     ONNX_VARIANTS,
     CompressParams,
     CompressVariant,
+    DriftParams,
     EvaluateParams,
     Perturbation,
     PipelineParams,
@@ -74,6 +75,7 @@ __all__ = [
     "ConfigError",
     "DataParams",
     "DemoParams",
+    "DriftParams",
     "EvaluateParams",
     "FeaturizeParams",
     "Head",
@@ -118,6 +120,7 @@ class Params(Section):
     compress: CompressParams = CompressParams()
     registry: RegisterParams = Field(RegisterParams(), alias="register")  # `register` would shadow ABC.register
     serve: ServeParams = ServeParams()
+    drift: DriftParams = DriftParams()
     pipeline: PipelineParams = PipelineParams()
     tune: TuneParams = TuneParams()
 
@@ -186,6 +189,7 @@ RUNTIME_SETTINGS = frozenset(
         "register.retries",
         "register.timeout",
         "pipeline",
+        "drift",  # the reference registration packages and how scoring compares batches: no stage's output
         "tune",  # searching for settings; what a trial found enters through the settings above
     }
 )

@@ -1,6 +1,6 @@
 """The params.yaml sections of the stages after training: scoring (`evaluate`, `robustness`), compression
-(`compress`), the registry's gate (`register`), serving bounds (`serve`) and the orchestration of the whole
-pipeline (`pipeline`).
+(`compress`), the registry's gate (`register`), serving bounds (`serve`), drift watched in scored batches
+(`drift`) and the orchestration of the whole pipeline (`pipeline`).
 
 `components.core.config` assembles them into `Params` and is where callers import them from.
 """
@@ -18,6 +18,7 @@ __all__ = [
     "ONNX_VARIANTS",
     "CompressParams",
     "CompressVariant",
+    "DriftParams",
     "EvaluateParams",
     "Perturbation",
     "PipelineParams",
@@ -235,6 +236,29 @@ class ServeParams(Section):
     @property
     def max_clip_base64_chars(self) -> int:
         return 4 * -(-self.max_clip_bytes // 3)
+
+
+class DriftParams(Section):
+    """What registration samples of the training data into the package (the drift reference) and how `msa score`
+    compares each scored batch with it (components/monitoring/)."""
+
+    level: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="the chance that a batch drawn like the training data is called drifted: every test of every "
+        "modality and the predictions share it (Bonferroni)",
+    )
+    reference_rows: int = Field(
+        1000, ge=20, description="train rows (inputs) and held-out rows (predictions) the package keeps as reference"
+    )
+    sample_rows: int = Field(
+        1000, ge=20, description="rows of a scored batch compared with the reference: a uniform sample of it"
+    )
+    min_rows: int = Field(50, ge=2, description="a batch with fewer rows gets no verdict (too few to tell)")
+    permutations: int = Field(500, ge=20, description="of the text embedding test (MMD): its p-value's resolution")
+    text_dims: int = Field(512, ge=16, description="dimensions the texts' TF-IDF vectors are hashed into")
+    seed: int = Field(0, description="of the reference's and the batch's samples and the permutations")
 
 
 class StageTimeouts(Section):

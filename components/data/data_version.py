@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.core.errors import first_line
+from components.core.errors import DataError, UserError, first_line
 
-__all__ = ["Recorded", "record_in_dvc"]
+__all__ = ["Pushed", "Recorded", "push_dataset", "record_in_dvc"]
 
 
 @dataclass(frozen=True)
@@ -53,3 +53,42 @@ def record_in_dvc(path: str | Path) -> Recorded | None:
         return Recorded(None, changed=False, problem=first_line(e))
     shown = dvcfile.relative_to(Path.cwd()) if dvcfile.is_relative_to(Path.cwd()) else dvcfile
     return Recorded(shown, dvcfile.read_bytes() != before)
+
+
+@dataclass(frozen=True)
+class Pushed:
+    dvcfile: Path
+    md5: str  # the dataset version: the directory's hash the .dvc file records
+    uploaded: int  # files the remote did not hold yet
+    dataset: str  # the manifest's name and version
+    version: str
+
+    def summary(self) -> str:
+        return (
+            f"data push: {self.dataset} v{self.version} ({self.dvcfile}, md5 {self.md5[:12]}): "
+            f"{self.uploaded} files uploaded to the DVC remote"
+        )
+
+
+def push_dataset(dvcfile: str | Path, remote: str | None = None) -> Pushed:
+    """Upload the dataset version `dvcfile` (e.g. data.dvc) records to the DVC remote (`dvc push <dvcfile>`)."""
+    import yaml
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    from components.data.dataset import read_manifest
+
+    dvcfile = Path(dvcfile)
+    try:
+        record = yaml.safe_load(dvcfile.read_text())
+        out = record["outs"][0]
+        md5, path = str(out["md5"]), dvcfile.parent / out["path"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise DataError(dvcfile, f"not a .dvc file that tracks a dataset ({type(e).__name__}: {e})") from None
+    manifest = read_manifest(path)
+    try:
+        with Repo(str(dvcfile.parent)) as repo:
+            uploaded = repo.push(targets=[str(dvcfile)], remote=remote)
+    except DvcException as e:
+        raise UserError(f"dvc push {dvcfile}: {first_line(e)}") from None
+    return Pushed(dvcfile, md5, int(uploaded or 0), manifest.name, str(manifest.version))

@@ -130,6 +130,7 @@ def register(
             params.serve,
             model.path,
             _evidence(run_id, model, test_split, trained),
+            (model.dataset, params.drift),
         )
         example = publish.input_example(model.dataset, params.serve)
         signature = model_signature(model.card.spec, model.state)

@@ -41,7 +41,7 @@ class Predictor:
         from components.models import MultiTaskModel
         from components.models.store import monitored_head
 
-        root = Path(root)
+        root = self.root = Path(root)
         try:
             spec = ModelCard.model_validate_json((root / CARD).read_bytes()).spec
             self.state = FeaturizerState.model_validate_json((root / STATE).read_text())
@@ -128,12 +128,17 @@ class Predictor:
         return self.run(self._prepare(columns, n, source, image_root, bounds))
 
     def prepare_frame(
-        self, frame: pd.DataFrame, *, source: Path = INPUT, image_root: Path | None = None
+        self,
+        frame: pd.DataFrame,
+        *,
+        source: Path = INPUT,
+        image_root: Path | None = None,
+        bounds: Bounds | None = None,
     ) -> list[dict[str, np.ndarray]]:
         """`predict_frame`'s first half: the rows checked and prepared (tokenized, decoded, standardized) into the
-        model's input batches, with the packaged bounds; `run` scores them. Batch scoring prepares the next chunk
-        while the model runs this one."""
-        return self._prepare(_columns(frame), len(frame), source, image_root, self.bounds)
+        model's input batches, with `bounds` (the packaged ones unless given); `run` scores them. Batch scoring
+        prepares the next chunk while the model runs this one."""
+        return self._prepare(_columns(frame), len(frame), source, image_root, bounds or self.bounds)
 
     def run(self, batches: list[dict[str, np.ndarray]]) -> pd.DataFrame:
         """Scores and classes of prepared batches (`prepare_frame`)."""

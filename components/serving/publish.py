@@ -16,7 +16,7 @@ from components.data.dataset import SEQUENCE_MODALITIES
 if TYPE_CHECKING:
     import pandas as pd
 
-    from components.core.config import ServeParams
+    from components.core.config import DriftParams, ServeParams
     from components.data.dataset import Dataset
     from components.features.contract import FeaturizerState
     from components.models.spec import ModelSpec
@@ -47,15 +47,26 @@ CLIP_REQUIREMENTS = ("av", "librosa", "threadpoolctl")  # a model that extracts 
 
 
 def signed_package(
-    model_dir: Path, features: Path, dest: Path, limits: ServeParams, variant: str | Path | None, evidence: Evidence
+    model_dir: Path,
+    features: Path,
+    dest: Path,
+    limits: ServeParams,
+    variant: str | Path | None,
+    evidence: Evidence,
+    reference: tuple[Dataset, DriftParams],
 ) -> Path:
     """The serving package of the model in `model_dir` (or of its compressed `variant`) at `dest`, with the gate's
-    `evidence`, signed."""
+    `evidence` and the drift reference of the `reference` dataset it was trained on, signed."""
+    from components.monitoring.reference import write_reference
     from components.serving import signing
+    from components.serving.monitored import drift_reference
     from components.serving.package import package_model, write_evidence
+    from components.serving.predictor import Predictor
 
     package = package_model(model_dir, features, dest, limits, variant=variant)
     write_evidence(package, evidence)
+    dataset, settings = reference
+    write_reference(package, drift_reference(Predictor(package), dataset, settings))
     signing.sign(package)  # last: the signature covers every file the package holds
     return package
 

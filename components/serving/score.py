@@ -27,10 +27,14 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from components.core.config import DriftParams
 from components.core.errors import DataError, UserError, first_line
 from components.core.hashing import file_sha256, tree_digest
 from components.data.dataset import MANIFEST, SPLITS, read_dataset
+from components.monitoring.drift import DriftReport, DriftSample, compare, report_paths, write_report
+from components.monitoring.reference import DriftReference
 from components.serving.input_files import CHUNK_ROWS, INPUT_SUFFIXES, InputChunk, input_chunks, open_input
+from components.serving.monitored import batch_summaries, package_reference, prediction_values
 from components.serving.predict import check_model_inputs, check_output, rows_of_file, score_chunk, staged_output
 from components.serving.predictor import Predictor
 from components.serving.pyfunc import LoadedModel, check_model_dir, load_model, local_model
@@ -67,6 +71,8 @@ class ScoreResult:
     seconds: float
     skipped: bool  # the output already held this input scored by this model
     columns: tuple[str, ...] = ()  # of the input rows (the dataset MLflow records): the first chunk's
+    drift: DriftReport | None = None  # the batch against the model's drift reference; None: the model has none
+    drift_files: tuple[Path, ...] = ()  # the report (JSON) and its figure, beside the output
 
     @property
     def rows_per_s(self) -> float:
@@ -108,11 +114,14 @@ def score_input(
     trust_model: bool = False,
     chunk_rows: int = CHUNK_ROWS,
     progress: bool = True,
+    drift: DriftParams | None = None,
 ) -> ScoreResult:
     """Score every row of `input_path` (a dataset directory, or a JSONL, CSV or parquet file) with the model at
     `model_uri` into the parquet file `output` (default `<input>.scores.parquet`). Bounds come first: the input is
     checked (a file's every row's cheap rules, in one streaming pass) and the output place too before any row is
-    scored. `progress`: a bar at a terminal."""
+    scored. `progress`: a bar at a terminal. A model packaged with a drift reference has a uniform sample of the
+    scored rows compared with it (`drift` settings), into `<output>.drift.json` and `.drift.png`."""
+    drift = drift or DriftParams()
     started, start = time.time(), time.perf_counter()
     input_path = Path(input_path)
     output = Path(output) if output else input_path.with_name(input_path.name + ".scores.parquet")
@@ -131,11 +140,39 @@ def score_input(
         planned = ScoredBy(model_uri, pinned, version, run_id, str(input_path), digest, 0)
         previous = scored_by(output) if output.is_file() else None
         if previous is not None and previous.same_scoring(planned):
-            return ScoreResult(output, previous, started, time.perf_counter() - start, skipped=True)
+            report, files = _previous_drift(output)
+            return ScoreResult(
+                output, previous, started, time.perf_counter() - start, True, drift=report, drift_files=files
+            )
         todo = _dataset_rows(input_path, chunk_rows) if dataset else _file_rows(input_path, model, chunk_rows)
-        rows, columns = _write(output, planned, model, todo, input_path, progress)
+        reference = package_reference(model.predictor) if isinstance(model.predictor, Predictor) else None
+        sample = DriftSample(drift.sample_rows, drift.seed) if reference is not None else None
+        rows, columns = _write(output, planned, model, todo, input_path, progress, sample)
+        report, files = _drift(output, reference, sample, drift)
     done = ScoredBy(**{**asdict(planned), "rows": rows})
-    return ScoreResult(output, done, started, time.perf_counter() - start, skipped=False, columns=columns)
+    seconds = time.perf_counter() - start
+    return ScoreResult(output, done, started, seconds, False, columns, drift=report, drift_files=files)
+
+
+def _drift(
+    output: Path, reference: DriftReference | None, sample: DriftSample | None, settings: DriftParams
+) -> tuple[DriftReport | None, tuple[Path, ...]]:
+    """The scored batch's sample compared with the model's reference, written beside `output`; none without one
+    (and an older report of other scores is removed: it would describe rows this file no longer holds)."""
+    if reference is None or sample is None:
+        for stale in report_paths(output):
+            stale.unlink(missing_ok=True)
+        return None, ()
+    report = compare(reference, sample, settings)
+    return report, write_report(report, output, reference, sample)
+
+
+def _previous_drift(output: Path) -> tuple[DriftReport | None, tuple[Path, ...]]:
+    json_path, figure = report_paths(output)
+    try:
+        return DriftReport.model_validate_json(json_path.read_bytes()), (json_path, figure)
+    except (OSError, ValueError):
+        return None, ()
 
 
 def scored_by(output: Path) -> ScoredBy | None:
@@ -224,13 +261,16 @@ def _dataset_rows(root: Path, rows: int) -> _Rows:
     return _Rows(len(dataset.samples), chunks())
 
 
-def _scored(model: LoadedModel, todo: _Rows, source: Path) -> Iterator[tuple[InputChunk, pd.DataFrame]]:
-    """Each chunk with its predictions. With a model this project packaged, a thread reads and prepares the next
-    chunk (parse, tokenize, decode) while the model scores this one: ONNX Runtime and torch release the GIL while they
-    compute, so on two cores scoring runs at about the model's own speed."""
+def _scored(
+    model: LoadedModel, todo: _Rows, source: Path
+) -> Iterator[tuple[InputChunk, list[dict] | None, pd.DataFrame]]:
+    """Each chunk with its prepared batches (None for a model this project did not package) and predictions. With
+    a model this project packaged, a thread reads and prepares the next chunk (parse, tokenize, decode) while the
+    model scores this one: ONNX Runtime and torch release the GIL while they compute, so on two cores scoring runs
+    at about the model's own speed."""
     if not isinstance(model.predictor, Predictor):
         for chunk, media_root in todo.chunks:
-            yield chunk, score_chunk(model, chunk, source, media_root)
+            yield chunk, None, score_chunk(model, chunk, source, media_root)
         return
     predictor = model.predictor
 
@@ -246,14 +286,20 @@ def _scored(model: LoadedModel, todo: _Rows, source: Path) -> Iterator[tuple[Inp
         ahead = pool.submit(prepare_next)
         while (prepared := ahead.result()) is not None:
             ahead = pool.submit(prepare_next)
-            yield prepared[0], predictor.run(prepared[1])
+            yield prepared[0], prepared[1], predictor.run(prepared[1])
 
 
 def _write(
-    output: Path, scoring: ScoredBy, model: LoadedModel, todo: _Rows, source: Path, progress: bool
+    output: Path,
+    scoring: ScoredBy,
+    model: LoadedModel,
+    todo: _Rows,
+    source: Path,
+    progress: bool,
+    sample: DriftSample | None,
 ) -> tuple[int, tuple[str, ...]]:
-    """Score each chunk and append it to a parquet file staged beside `output`; the number of rows written and the
-    input's columns."""
+    """Score each chunk and append it to a parquet file staged beside `output`, each chunk's rows offered to the
+    drift `sample`; the number of rows written and the input's columns."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -262,7 +308,10 @@ def _write(
     recorded = {k: v for k, v in asdict(scoring).items() if k != "rows"}
     bar = tqdm(total=todo.total, desc="score", unit="row", disable=None if progress else True)
     with bar, staged_output(output, "the scores") as sink:
-        for chunk, predictions in _scored(model, todo, source):
+        for chunk, batches, predictions in _scored(model, todo, source):
+            if sample is not None and batches is not None:
+                predictor = model.predictor
+                sample.add(batch_summaries(predictor, batches), prediction_values(predictor, predictions))
             if "id" in chunk.frame.columns:  # as text: JSONL ids may be numbers in one chunk and words in the next
                 predictions.insert(0, "id", chunk.frame["id"].astype("string").to_numpy())
             predictions["model_version"] = pd.array([scoring.model_version] * len(predictions), dtype="string")

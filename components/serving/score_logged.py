@@ -1,6 +1,7 @@
 """What a batch scoring records in MLflow: a run in the experiment `<model name>-scoring` (`scoring` for a model
 directory) that lasts as long as the scoring, with the model and input as params, the row count and rows/s as
-metrics, and the input as a dataset (its columns, sha256 and row count)."""
+metrics, the input as a dataset (its columns, sha256 and row count), and the drift report: its verdict as the tag
+`msa.drifted`, each modality's p-value as a metric, the JSON and its figure as artifacts (`drift/`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from components.core.config import RegisterParams
+from components.core.config import DriftParams, RegisterParams
 from components.serving.score import ScoreResult, score_input
 from components.tracking.connection import connected, experiment_id, source_tags
 from components.tracking.inputs import InputDataset
-from components.tracking.payload import Logged, log
+from components.tracking.payload import Artifact, Logged, log
 from components.tracking.runs import KIND
 
 if TYPE_CHECKING:
@@ -42,9 +43,17 @@ def scoring_logged(result: ScoreResult) -> Logged:
         targets=None,
         context="scoring",
     )
+    metrics: dict[str, float] = {"rows": by.rows, "rows_per_s": result.rows_per_s, "seconds": result.seconds}
+    tags = {}
+    if (drift := result.drift) is not None:
+        tags = {"msa.drifted": str(drift.drifted).lower(), "msa.drift": drift.verdict}
+        metrics |= {"drift_compared_rows": drift.compared}
+        metrics |= {f"drift_{name}_p_value": m.p_value for name, m in drift.modalities.items()}
     return Logged(
         inputs=(dataset,),
-        metrics={"rows": by.rows, "rows_per_s": result.rows_per_s, "seconds": result.seconds},
+        metrics=metrics,
+        tags=tags,
+        artifacts=tuple(Artifact(path, "drift") for path in result.drift_files),
         params={
             "model_uri": by.model_uri,
             "model": by.model,
@@ -78,11 +87,12 @@ def score_and_record(
     input_path: str | Path,
     output: str | Path | None,
     settings: RegisterParams,
+    drift: DriftParams,
     *,
     progress: bool = True,
 ) -> tuple[ScoreResult, str | None]:
     """`score_input`, then its MLflow run (none for a skip): what `msa score` and the `score` flow do. The registry
     that resolves the alias is the tracking server the run goes to, checked to answer first."""
     with connected(settings) as client:
-        result = score_input(model_uri, input_path, output, progress=progress)
+        result = score_input(model_uri, input_path, output, progress=progress, drift=drift)
         return result, None if result.skipped else record_scoring(client, result)

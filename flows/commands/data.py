@@ -12,7 +12,7 @@ import typer
 
 from components.core.atomic import check_replaceable
 from components.core.config import DEFAULT_PARAMS, load_params
-from components.data.data_version import record_in_dvc
+from components.data.data_version import push_dataset, record_in_dvc
 from components.data.dataset import MANIFEST, SPLITS, read_dataset
 from components.data.demo import generate_demo
 from components.data.importers import import_clips_csv, import_image_text_csv, import_mmsa, import_text_tsv
@@ -74,6 +74,39 @@ def _writing_dataset(out_dir: Path | None, params: Path) -> Iterator[Path]:
     )
     if (recorded := record_in_dvc(path)) is not None:
         out.print(recorded.summary(), markup=False)
+
+
+DATASET_PUSHED = "msa.dataset.pushed"  # the Prefect event the retrain deployment's trigger expects
+
+
+@data_app.command("push")
+def data_push(
+    dvcfile: Annotated[Path, typer.Option("--dvc-file", help="The .dvc file of the dataset.")] = Path("data.dvc"),
+    remote: Annotated[str | None, typer.Option(help="DVC remote (default: the repository's default remote).")] = None,
+) -> None:
+    """Upload the dataset version DVC records (`dvc push data.dvc`), then, where PREFECT_API_URL names a Prefect
+    server, emit the event `msa.dataset.pushed` that starts the retrain deployment (prefect.yaml). Commit and push
+    the .dvc file first: the retrain run clones the repository and trains on the version it names."""
+    pushed = push_dataset(dvcfile, remote)
+    out.print(pushed.summary(), markup=False)
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        from prefect.events import emit_event
+        from prefect.events.worker import EventsWorker
+
+        emit_event(
+            event=DATASET_PUSHED,
+            resource={"prefect.resource.id": f"msa.dataset.{pushed.dataset}", "prefect.resource.name": pushed.dataset},
+            payload={
+                "md5": pushed.md5,
+                "version": pushed.version,
+                "dvc_file": str(dvcfile),
+                "uploaded": pushed.uploaded,
+            },
+        )
+        EventsWorker.drain_all()  # sent before the command exits
+        out.print(f"data push: event {DATASET_PUSHED} sent to {PREFECT_API_URL.value()}", markup=False)
 
 
 @data_app.command("demo")
