@@ -110,8 +110,7 @@ def register(
     Reads what the stages wrote: featurize.out, train.out, evaluate.report, compress.report. `model_digest`, when
     given, is what train.out must still hold (the model training uploaded and the pipeline checked): anything that
     rewrote it since is refused. `force_gate_rescore` re-scores the champion on the test split even when its
-    recorded score was measured on the same split.
-    """
+    recorded score was measured on the same split. The package holds the drift reference of the dataset."""
     from components.serving import publish
 
     trained = verified or verified_outputs(params, context.lineage)
