@@ -197,7 +197,8 @@ SERVE_LIMITS = {
 @pytest.fixture(scope="session")
 def served_model(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> Path:
     """The tiny model trained, packaged with small input bounds (SERVE_LIMITS) and its drift reference, and saved as
-    an MLflow pyfunc directory exactly as registration logs it: what `mlflow models serve -m` and `msa predict --model` take."""
+    an MLflow pyfunc directory exactly as registration logs it: what `mlflow models serve -m` and `msa predict
+    --model` take."""
 
     from components.core.config import DriftParams, FeaturizeParams, ModelParams, ServeParams, TrainParams
     from components.data.dataset import read_dataset

@@ -94,6 +94,7 @@ def _summarize(batch: Mapping[str, np.ndarray], vocabulary: int, special: np.nda
             frames, mask = batch[f"{modality}.features"].astype(np.float32), batch[f"{modality}.mask"].astype(bool)
             count = mask.sum(1)
             mean = (frames * mask[..., None]).sum(1) / np.maximum(count, 1)[:, None]
-            out.stats[modality] = np.concatenate([mean, np.log1p(count)[:, None]], axis=1)
+            # float32 as the reference stores them: a float64 copy of the same number would sort apart from it
+            out.stats[modality] = np.concatenate([mean, np.log1p(count)[:, None]], axis=1).astype(np.float32)
             out.present[modality] = count > 0
     return out

@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from components.core.config import DriftParams
 from components.core.errors import DataError
 from components.data.dataset import read_dataset
 from components.serving.predict import predict_file
@@ -146,3 +147,21 @@ def test_an_alias_is_pinned_to_the_version_it_names_now(demo_registry):
     assert pin_model("models:/demo@champion") == ("models:/demo/1", "1")
     assert pin_model("models:/demo/2") == ("models:/demo/2", "2")
     assert pin_model("runs:/abc/model") == ("runs:/abc/model", None)
+
+
+def test_the_batch_is_compared_with_the_packaged_reference_beside_the_scores(served_model, tmp_path):
+    dataset = tiny_dataset(tmp_path, name="day2")  # the training data's rows: like the reference, of every modality
+    settings = DriftParams(min_rows=5)
+    result = score_input(str(served_model), dataset, tmp_path / "day2.parquet", chunk_rows=5, drift=settings)
+    report = result.drift
+    assert report is not None and report.rows == 12 and report.compared == 12
+    assert set(report.modalities) == {"text", "image", "audio", "vision", "prediction"}
+    assert not report.drifted and report.verdict == "no drift"
+    written = json.loads((tmp_path / "day2.parquet.drift.json").read_text())
+    assert written == report.model_dump(mode="json")
+    assert result.drift_files == (tmp_path / "day2.parquet.drift.json", tmp_path / "day2.parquet.drift.png")
+    again = score_input(str(served_model), dataset, tmp_path / "day2.parquet", drift=settings)
+    assert again.skipped and again.drift == report  # a skip reads the report that stands beside the scores
+
+    few = score_input(str(served_model), dataset, tmp_path / "few.parquet", drift=DriftParams(min_rows=50))
+    assert few.drift is not None and not few.drift.drifted and few.drift.verdict.startswith("no verdict: 12 rows")
