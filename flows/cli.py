@@ -341,6 +341,14 @@ def predict(
             help="Load a model this project did not package. Its loader runs code: only if you trust it.",
         ),
     ] = False,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Also say why: each modality's share of the score and the words that moved it most (columns "
+            "modality_shares, top_words; one model row more per modality and per word, serve.explain_words at most).",
+        ),
+    ] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Score raw inputs (text, image file or path, audio/vision frames or clip files) with a registered or logged
@@ -352,7 +360,9 @@ def predict(
     settings = load_params(params).registry if params.exists() else RegisterParams()
     # A local model directory (a path or a file:// URI, read in place) needs no tracking server; models:/ or runs:/ do.
     with nullcontext() if local_model(model) is not None else connected(settings):
-        result = predict_file(model, input_file, output, image_root=image_root, trust_model=trust_model)
+        result = predict_file(
+            model, input_file, output, image_root=image_root, trust_model=trust_model, explain=explain
+        )
     out.print(result.summary(), markup=False)
 
 

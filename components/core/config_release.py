@@ -222,6 +222,14 @@ class ServeParams(Section):
     max_clip_seconds: float = Field(
         60.0, gt=0, description="per clip, from its header before decoding, and enforced again while decoding"
     )
+    max_explain_rows: int = Field(
+        16,
+        ge=0,
+        description="rows of one request that may ask for an explanation (each costs up to 5 + explain_words rows)",
+    )
+    explain_words: int = Field(
+        32, ge=0, description="words an explanation tries leaving out, the first ones: one more model row each"
+    )
     max_request_bytes: int = Field(
         64_000_000,
         ge=1,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from components.core.errors import TrackingError, first_line
 from components.data.dataset import SEQUENCE_MODALITIES
+from components.serving.explain import EXPLAIN
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -143,6 +144,7 @@ def _contract(schema: list[dict]) -> list[dict]:
         if c.get("name") in SEQUENCE_MODALITIES and c.get("type") in _FRAME_TYPES
         else c
         for c in schema
+        if c.get("name") != EXPLAIN  # optional: every request an older version took, a newer one takes
     ]
 
 

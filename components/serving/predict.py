@@ -3,6 +3,7 @@ written whole or not at all."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
@@ -16,7 +17,8 @@ from typing import BinaryIO
 import pandas as pd
 
 from components.core.atomic import chmod_new
-from components.core.errors import DataError
+from components.core.errors import DataError, UserError
+from components.serving.explain import EXPLAIN, OUTPUTS
 from components.serving.input_files import InputChunk, InputSummary, check_inputs, input_chunks, input_kind, open_input
 from components.serving.predictor import Predictor
 from components.serving.pyfunc import LoadedModel, check_model_dir, load_model, local_model
@@ -55,6 +57,7 @@ def predict_file(
     *,
     image_root: str | Path | None = None,
     trust_model: bool = False,
+    explain: bool = False,
 ) -> PredictResult:
     """Score the raw rows in `input_path` with an MLflow model (e.g. models:/<name>@champion, a local model
     directory or its file:// URI, read in place) into `output` (JSONL, or CSV by its suffix; default
@@ -66,7 +69,8 @@ def predict_file(
     `output` at the end, so memory stays bounded and a failure leaves any older `output` as it was.
 
     Paths in `image` are read inside `image_root` (default: the input file's directory). A model this project
-    did not package runs its own code when loaded, so it needs `trust_model`.
+    did not package runs its own code when loaded, so it needs `trust_model`. `explain`: every row also gets its
+    explanation (`components.serving.explain`), as a row whose `explain` column is true does.
     """
     start = time.perf_counter()
     input_path = Path(input_path)
@@ -82,14 +86,20 @@ def predict_file(
     with tempfile.TemporaryDirectory(prefix="msa-model-") as tmp:
         model = load_model(model_uri if local is None else str(local), Path(tmp), trust_model=trust_model)
         summary = check_model_inputs(input_path, model)
+        if explain and not isinstance(model.predictor, Predictor):
+            raise UserError(f"{model_uri}: --explain explains models this project packaged; this one runs its own code")
         rows = 0
         with staged_output(output) as sink:
             for chunk in input_chunks(input_path):
+                if explain:
+                    chunk.frame[EXPLAIN] = True
                 predictions = score_chunk(model, chunk, input_path, root)
                 if "id" in summary.columns:
                     ids = chunk.frame["id"].to_numpy() if "id" in chunk.frame.columns else [None] * len(predictions)
                     predictions.insert(0, "id", ids)
                 if as_csv:
+                    for column in set(OUTPUTS) & set(predictions.columns):  # a cell of CSV holds JSON text
+                        predictions[column] = [None if v is None else json.dumps(v) for v in predictions[column]]
                     text = predictions.to_csv(index=False, header=rows == 0)
                 else:
                     text = predictions.to_json(orient="records", lines=True)

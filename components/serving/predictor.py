@@ -4,7 +4,8 @@
 says what each column holds) into the model's input tensors exactly as `featurize` made them for training, every
 value checked against the package's bounds first.
 Output columns: `score` (regression: the fused sentiment score; classification: the predicted class's
-probability) and `class` (regression: positive for score >= 0, else negative, as Acc-2 counts it).
+probability) and `class` (regression: positive for score >= 0, else negative, as Acc-2 counts it); where a row asks
+(`explain`), `modality_shares` and `top_words` (`components.serving.explain`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from components.data.dataset import SEQUENCE_MODALITIES, ClipBounds, is_null
 from components.data.images import ImageProblem, fit, open_image
 from components.features.contract import STATE, FeaturizerState, encode_texts, load_tokenizer, standardize
 from components.models.store import CARD, WEIGHTS, ModelCard, trim_padding
+from components.serving.explain import EXPLAIN, OUTPUTS, explain_row
 from components.serving.package import TEXT, VARIANT, Bounds, read_limits
 from components.serving.values import check_text, clip_bytes, image_bytes, sequence_frames
 
@@ -90,6 +92,13 @@ class Predictor:
                     INPUT, f"{len(frame)} rows in one request; at most {self.limits.max_rows} (serve.max_rows)"
                 )
             columns = _columns(frame)
+            asked = sum(_asks(v) for v in columns.get(EXPLAIN, ()))
+            if asked > self.limits.max_explain_rows:
+                raise DataError(
+                    INPUT,
+                    f"{asked} rows ask for an explanation; at most {self.limits.max_explain_rows} per request "
+                    "(serve.max_explain_rows)",
+                )
             # Path columns: `image`; `audio` where audio comes from clips (else it holds frames); `video` for any clips.
             clips = self.clip_modalities
             for column in ("image", *(["audio"] if "audio" in clips else []), *(["video"] if clips else [])):
@@ -125,7 +134,27 @@ class Predictor:
     def _score(
         self, columns: dict[str, list], n: int, source: Path, image_root: Path | None, bounds: Bounds
     ) -> pd.DataFrame:
-        return self.run(self._prepare(columns, n, source, image_root, bounds))
+        predictions = self.run(self._prepare(columns, n, source, image_root, bounds))
+        asked = [i for i, v in enumerate(columns.get(EXPLAIN, ())) if _asks(v)]
+        if asked:
+            explained: dict[str, list] = {name: [None] * n for name in OUTPUTS}
+            for i in asked:
+                row = {c: values[i : i + 1] for c, values in columns.items()}
+                base = self.features(row, source=source, image_root=image_root, first_row=i, bounds=bounds)
+                text = row["text"][0] if "text" in row else None
+                for name, value in explain_row(self, base, text).items():
+                    explained[name][i] = value
+            for name, values in explained.items():
+                predictions[name] = values
+        return predictions
+
+    def outputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every head's output for one prepared batch."""
+        import torch
+
+        with torch.inference_mode():
+            outputs = self.model({k: torch.from_numpy(v) for k, v in batch.items()})
+        return {head: tensor.float().numpy() for head, tensor in outputs.items()}
 
     def prepare_frame(
         self,
@@ -296,6 +325,13 @@ class Predictor:
         return pd.DataFrame(
             {"score": probabilities[np.arange(len(best)), best].astype(np.float64), "class": classes[best]}
         )
+
+
+def _asks(value: Any) -> bool:
+    """Whether a row's `explain` value asks: true, or a text or number that says so (CSV carries it as text)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return not is_null(value) and bool(value)
 
 
 def _columns(frame: pd.DataFrame) -> dict[str, list]:

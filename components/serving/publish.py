@@ -86,10 +86,13 @@ def input_example(dataset: Dataset, limits: ServeParams) -> pd.DataFrame:
 
 
 def model_signature(spec: ModelSpec, state: FeaturizerState | None = None) -> Any:
-    """Inputs: the raw columns of the model's modalities (text required); outputs: score and class. A modality
-    `state` (the featurizer's) says was extracted from clips takes clip files instead of frames."""
+    """Inputs: the raw columns of the model's modalities (text required), and `explain`; outputs: score and class,
+    and an explanation where a row asks. A modality `state` (the featurizer's) says was extracted from clips takes
+    clip files instead of frames."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, DataType, Schema, TensorSpec
+    from mlflow.types.schema import Array, ColSpec, DataType, Map, Object, Property, Schema, TensorSpec
+
+    from components.serving.explain import EXPLAIN
 
     columns: list[ColSpec | TensorSpec] = []
     if spec.text is not None:
@@ -114,7 +117,16 @@ def model_signature(spec: ModelSpec, state: FeaturizerState | None = None) -> An
             ColSpec(DataType.string, column, required=False),
             ColSpec(DataType.string, f"{column}_base64", required=False),
         ]
-    outputs = Schema([ColSpec(DataType.double, "score"), ColSpec(DataType.string, "class")])
+    columns.append(ColSpec(DataType.boolean, EXPLAIN, required=False))  # the row asks for an explanation
+    word = Object([Property("word", DataType.string), Property("effect", DataType.double)])
+    outputs = Schema(
+        [
+            ColSpec(DataType.double, "score"),
+            ColSpec(DataType.string, "class"),
+            ColSpec(Map(DataType.double), "modality_shares", required=False),
+            ColSpec(Array(word), "top_words", required=False),
+        ]
+    )
     return ModelSignature(inputs=Schema(columns), outputs=outputs)
 
 
