@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -264,9 +265,19 @@ class DriftParams(Section):
         1000, ge=20, description="rows of a scored batch compared with the reference: a uniform sample of it"
     )
     min_rows: int = Field(50, ge=2, description="a batch with fewer rows gets no verdict (too few to tell)")
-    permutations: int = Field(500, ge=20, description="of the text embedding test (MMD): its p-value's resolution")
-    text_dims: int = Field(512, ge=16, description="dimensions the texts' TF-IDF vectors are hashed into")
+    permutations: int = Field(
+        2000, ge=20, description="of the text test (MMD): its smallest p-value is 1 / (permutations + 1)"
+    )
     seed: int = Field(0, description="of the reference's and the batch's samples and the permutations")
+
+    @model_validator(mode="after")
+    def _permutations_resolve_the_level(self) -> DriftParams:
+        """With five modalities compared, each is drifted below level / 5: the text test's smallest p-value must
+        be well under that (a quarter), or the strongest drift could not be told from none."""
+        needed = math.ceil(4 * 5 / self.level) - 1
+        if self.permutations < needed:
+            raise ValueError(f"drift.permutations must be at least {needed} at drift.level {self.level:g}")
+        return self
 
 
 class StageTimeouts(Section):

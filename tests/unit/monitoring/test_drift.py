@@ -16,7 +16,7 @@ from components.monitoring.summaries import Summaries
 
 VOCABULARY = 400
 LEVEL = 0.05  # large enough that its false alarms are countable in a few hundred draws
-SETTINGS = DriftParams(level=LEVEL, permutations=300, min_rows=20, sample_rows=150)
+SETTINGS = DriftParams(level=LEVEL, permutations=400, min_rows=20, sample_rows=150)
 ZIPF = 1 / np.arange(1, VOCABULARY + 1) ** 1.1
 ZIPF /= ZIPF.sum()
 
@@ -108,6 +108,12 @@ def test_a_shifted_batch_is_called_drifted_in_the_modality_that_moved(shift: dic
     assert all(r.drifted for r in reports if r.modalities[modality].drifted)
     others = [m for m in reports[0].modalities if m != modality]
     assert sum(r.modalities[m].drifted for r in reports for m in others) <= 2
+
+
+def test_permutations_must_resolve_the_level() -> None:
+    # level 0.01 over five modalities: drifted below 0.002, so the text test must reach p = 0.0005
+    with pytest.raises(ValueError, match="drift.permutations must be at least 1999 at drift.level 0.01"):
+        DriftParams(level=0.01, permutations=500)
 
 
 def test_too_few_rows_get_no_verdict() -> None:

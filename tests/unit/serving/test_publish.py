@@ -23,8 +23,20 @@ def inputs(frames_type) -> list[dict]:
 
 def test_frames_are_optional_strings_that_csv_can_carry() -> None:
     signature = model_signature(SPEC)
-    assert signature.inputs.to_dict() == inputs(DataType.string)
+    explain = {"type": "boolean", "name": "explain", "required": False}
+    assert signature.inputs.to_dict() == [*inputs(DataType.string), explain]
     signature.inputs.pandas_types()  # what MLflow's CSV parser asks for; `Any` has none and raised
+
+
+def test_a_version_that_takes_explain_shares_the_contract_of_one_that_does_not() -> None:
+    # registered before explanations: the same requests reach both, so a new version may follow it under its name
+    assert _contract(inputs(DataType.string)) == _contract(model_signature(SPEC).inputs.to_dict())
+    assert [c["name"] for c in model_signature(SPEC).outputs.to_dict()] == [
+        "score",
+        "class",
+        "modality_shares",
+        "top_words",
+    ]
 
 
 @pytest.mark.parametrize("older", [Array(Array(DataType.double)), AnyType()], ids=["array", "any"])
