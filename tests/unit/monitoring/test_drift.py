@@ -112,7 +112,7 @@ def test_a_shifted_batch_is_called_drifted_in_the_modality_that_moved(shift: dic
 
 def test_permutations_must_resolve_the_level() -> None:
     # level 0.01 over five modalities: drifted below 0.002, so the text test must reach p = 0.0005
-    with pytest.raises(ValueError, match="drift.permutations must be at least 1999 at drift.level 0.01"):
+    with pytest.raises(ValueError, match=r"drift\.permutations must be at least 1999 at drift\.level 0\.01"):
         DriftParams(level=0.01, permutations=500)
 
 
