@@ -56,17 +56,14 @@ def _emit(result: ScoreResult, run_id: str | None) -> None:
     payload: dict = {"input": by.input, "output": str(result.output), "rows": by.rows, "mlflow_run_id": run_id}
     if drift is not None:
         payload |= {"verdict": drift.verdict, "p_values": {m: d.p_value for m, d in drift.modalities.items()}}
+    related = []
+    if by.model_version:
+        version = f"msa.model-version.{name}.{by.model_version}"
+        related.append({"prefect.resource.id": version, "prefect.resource.role": "model-version"})
     emit_event(
         event=DRIFTED if drift is not None and drift.drifted else SCORED,
         resource={"prefect.resource.id": f"msa.model.{name}", "prefect.resource.name": name},
-        related=[
-            {
-                "prefect.resource.id": f"msa.model-version.{name}.{by.model_version}",
-                "prefect.resource.role": "model-version",
-            }
-        ]
-        if by.model_version
-        else [],
+        related=related,
         payload=payload,
     )
 

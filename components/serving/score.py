@@ -160,8 +160,9 @@ def _drift(
     """The scored batch's sample compared with the model's reference, written beside `output`; none without one
     (and an older report of other scores is removed: it would describe rows this file no longer holds)."""
     if reference is None or sample is None:
-        for stale in report_paths(output):
-            stale.unlink(missing_ok=True)
+        if _previous_drift(output)[0] is not None:  # ours: a report, not a file that merely shares the name
+            for stale in report_paths(output):
+                stale.unlink(missing_ok=True)
         return None, ()
     report = compare(reference, sample, settings)
     return report, write_report(report, output, reference, sample)
