@@ -18,7 +18,7 @@ the share of batches whose report says drifted; the modality columns, the share 
 The overhead: `msa score` on `--rows` demo rows as JSONL with the reference in the package and without, taking
 turns for `--rounds` rounds; `x without` is the rows/s with drift over the rows/s without, in the same round.
 
-    python bench/drift.py [--batches 20] [--batch 200] [--rows 2000] [--rounds 3]
+    python bench/drift.py [--batches 20] [--batch 200] [--rows 5000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main(
     batches: Annotated[int, typer.Option(min=1, help="Batches per condition.")] = 20,
     batch: Annotated[int, typer.Option(min=2, help="Rows per batch.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the fresh demo data the batches come from.")] = 11,
-    rows: Annotated[int, typer.Option(min=1, help="Rows `msa score` scores per round of the overhead.")] = 2000,
+    rows: Annotated[int, typer.Option(min=1, help="Rows `msa score` scores per round of the overhead.")] = 5000,
     rounds: Annotated[int, typer.Option(min=1, help="Alternated rounds of the overhead.")] = 3,
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = RESULTS,
 ) -> None:

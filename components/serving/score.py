@@ -33,6 +33,7 @@ from components.core.hashing import file_sha256, tree_digest
 from components.data.dataset import MANIFEST, SPLITS, read_dataset
 from components.monitoring.drift import DriftReport, DriftSample, compare, report_paths, write_report
 from components.monitoring.reference import DriftReference
+from components.monitoring.summaries import Summaries
 from components.serving.input_files import CHUNK_ROWS, INPUT_SUFFIXES, InputChunk, input_chunks, open_input
 from components.serving.monitored import batch_summaries, package_reference, prediction_values
 from components.serving.predict import check_model_inputs, check_output, rows_of_file, score_chunk, staged_output
@@ -263,31 +264,33 @@ def _dataset_rows(root: Path, rows: int) -> _Rows:
 
 
 def _scored(
-    model: LoadedModel, todo: _Rows, source: Path
-) -> Iterator[tuple[InputChunk, list[dict] | None, pd.DataFrame]]:
-    """Each chunk with its prepared batches (None for a model this project did not package) and predictions. With
-    a model this project packaged, a thread reads and prepares the next chunk (parse, tokenize, decode) while the
-    model scores this one: ONNX Runtime and torch release the GIL while they compute, so on two cores scoring runs
-    at about the model's own speed."""
+    model: LoadedModel, todo: _Rows, source: Path, summarize: bool
+) -> Iterator[tuple[InputChunk, Summaries | None, pd.DataFrame]]:
+    """Each chunk with its drift summaries (with `summarize`, for a model this project packaged; else None) and
+    predictions. With a model this project packaged, a thread reads, prepares (parse, tokenize, decode) and
+    summarizes the next chunk while the model scores this one: ONNX Runtime and torch release the GIL while they
+    compute, so on two cores scoring runs at about the model's own speed."""
     if not isinstance(model.predictor, Predictor):
         for chunk, media_root in todo.chunks:
             yield chunk, None, score_chunk(model, chunk, source, media_root)
         return
     predictor = model.predictor
 
-    def prepare_next() -> tuple[InputChunk, list] | None:
+    def prepare_next() -> tuple[InputChunk, list, Summaries | None] | None:
         item = next(todo.chunks, None)
         if item is None:
             return None
         chunk, media_root = item
         with rows_of_file(chunk, source):
-            return chunk, predictor.prepare_frame(chunk.frame, source=source, image_root=media_root)
+            batches = predictor.prepare_frame(chunk.frame, source=source, image_root=media_root)
+        return chunk, batches, batch_summaries(predictor, batches) if summarize else None
 
     with ThreadPoolExecutor(1, thread_name_prefix="msa-score-prepare") as pool:
         ahead = pool.submit(prepare_next)
         while (prepared := ahead.result()) is not None:
             ahead = pool.submit(prepare_next)
-            yield prepared[0], prepared[1], predictor.run(prepared[1])
+            chunk, batches, summaries = prepared
+            yield chunk, summaries, predictor.run(batches)
 
 
 def _write(
@@ -309,10 +312,9 @@ def _write(
     recorded = {k: v for k, v in asdict(scoring).items() if k != "rows"}
     bar = tqdm(total=todo.total, desc="score", unit="row", disable=None if progress else True)
     with bar, staged_output(output, "the scores") as sink:
-        for chunk, batches, predictions in _scored(model, todo, source):
-            if sample is not None and batches is not None:
-                predictor = model.predictor
-                sample.add(batch_summaries(predictor, batches), prediction_values(predictor, predictions))
+        for chunk, summaries, predictions in _scored(model, todo, source, summarize=sample is not None):
+            if sample is not None and summaries is not None:
+                sample.add(summaries, prediction_values(model.predictor, predictions))
             if "id" in chunk.frame.columns:  # as text: JSONL ids may be numbers in one chunk and words in the next
                 predictions.insert(0, "id", chunk.frame["id"].astype("string").to_numpy())
             predictions["model_version"] = pd.array([scoring.model_version] * len(predictions), dtype="string")
