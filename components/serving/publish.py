@@ -117,7 +117,10 @@ def model_signature(spec: ModelSpec, state: FeaturizerState | None = None) -> An
             ColSpec(DataType.string, column, required=False),
             ColSpec(DataType.string, f"{column}_base64", required=False),
         ]
-    columns.append(ColSpec(DataType.boolean, EXPLAIN, required=False))  # the row asks for an explanation
+    # Whether the row asks for an explanation (true, or "true" in CSV). Typed string for the frames' reason: MLflow's
+    # JSON parser casts a boolean column to bool, and a row that left it out then reads as true; a string column's
+    # values reach the model as sent.
+    columns.append(ColSpec(DataType.string, EXPLAIN, required=False))
     word = Object([Property("word", DataType.string), Property("effect", DataType.double)])
     outputs = Schema(
         [

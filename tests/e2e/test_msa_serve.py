@@ -87,6 +87,16 @@ def test_it_says_where_it_listens_and_scores_as_msa_predict(
     assert served == pytest.approx(expected, abs=1e-5) and len(served) == len(rows)
 
 
+def test_only_the_rows_that_ask_get_an_explanation(server) -> None:
+    url, _, _ = server
+    records = [{"text": "a warm and lovely film", "explain": True}, {"text": "dull and far too long"}]
+    status, text = post(f"{url}/invocations", json.dumps({"dataframe_records": records}).encode())
+    assert status == 200, text
+    asked, silent = json.loads(text)["predictions"]
+    assert asked["modality_shares"] == {"text": 1.0} and asked["top_words"], asked
+    assert silent.get("modality_shares") is None and silent.get("top_words") is None, silent
+
+
 def parquet_bomb(rows: int) -> bytes:
     """One `text` column of `rows` identical strings: dictionary-encoded, a few hundred KB; read by pandas, as
     MLflow reads it, gigabytes."""

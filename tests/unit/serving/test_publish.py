@@ -23,9 +23,22 @@ def inputs(frames_type) -> list[dict]:
 
 def test_frames_are_optional_strings_that_csv_can_carry() -> None:
     signature = model_signature(SPEC)
-    explain = {"type": "boolean", "name": "explain", "required": False}
+    explain = {"type": "string", "name": "explain", "required": False}
     assert signature.inputs.to_dict() == [*inputs(DataType.string), explain]
     signature.inputs.pandas_types()  # what MLflow's CSV parser asks for; `Any` has none and raised
+
+
+def test_a_row_that_leaves_explain_out_does_not_ask_through_mlflow_s_parser() -> None:
+    from mlflow.models.utils import _enforce_schema
+    from mlflow.utils.proto_json_utils import dataframe_from_parsed_json
+
+    from components.serving.predictor import _asks
+
+    schema = model_signature(SPEC).inputs
+    records = [{"text": "a", "explain": True}, {"text": "b"}, {"text": "c", "explain": False}, {"text": "d"}]
+    records[3]["explain"] = "true"  # as CSV carries it
+    parsed = _enforce_schema(dataframe_from_parsed_json(records, "records", schema=schema), schema)
+    assert [_asks(v) for v in parsed["explain"]] == [True, False, False, True]
 
 
 def test_a_version_that_takes_explain_shares_the_contract_of_one_that_does_not() -> None:
