@@ -11,6 +11,9 @@ The output holds `id` (when the input has one), the model's columns (`score`, `c
 `run_id` on every row (parquet stores a constant column in a few bytes), so a day's files concatenated still say
 which model scored each row; the file's metadata (`SCORED_BY`) holds the same with the input's sha256. It is written
 beside the output and renamed over it once whole.
+
+A model packaged with a drift reference (`components.monitoring`) has a uniform sample of the scored rows compared
+with it: `<output>.drift.json` and `.drift.png` stand beside the scores, and a skip reads them back.
 """
 
 from __future__ import annotations
