@@ -10,7 +10,6 @@ creates) runs the pipeline on `msa.batch.drifted`.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from prefect import flow
@@ -21,13 +20,12 @@ from prefect.logging import get_run_logger
 from components.core.config import DEFAULT_PARAMS, Params, load_params
 from components.monitoring.drift import DriftReport
 from components.serving.score import ScoreResult
-from components.serving.score_logged import score_and_record
+from components.serving.score_logged import registered_name, score_and_record
 
 __all__ = ["DRIFTED", "SCORED", "score"]
 
 DRIFTED = "msa.batch.drifted"  # what the retrain deployment's trigger expects
 SCORED = "msa.batch.scored"
-_NAME = re.compile(r"^models:/(?P<name>[^/@]+)")
 
 
 @flow(name="score", persist_result=True, result_serializer="json")
@@ -51,8 +49,7 @@ def score(model: str, input: str, output: str | None = None, params: str = str(D
 
 def _emit(result: ScoreResult, run_id: str | None) -> None:
     by, drift = result.scored_by, result.drift
-    match = _NAME.match(by.model)
-    name = match["name"] if match else Path(by.model).name
+    name = registered_name(by.model) or Path(by.model).name
     payload: dict = {"input": by.input, "output": str(result.output), "rows": by.rows, "mlflow_run_id": run_id}
     if drift is not None:
         payload |= {"verdict": drift.verdict, "p_values": {m: d.p_value for m, d in drift.modalities.items()}}

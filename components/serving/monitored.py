@@ -14,13 +14,13 @@ import pandas as pd
 
 from components.core.config import DriftParams
 from components.data.dataset import Dataset
-from components.monitoring.reference import DriftReference, ReferenceInfo, read_reference
+from components.monitoring.reference import DriftReference, ReferenceInfo
 from components.monitoring.summaries import Summaries, summarize
 from components.serving.package import dataset_bounds
 from components.serving.predictor import Predictor
 from components.serving.values import raw_frame
 
-__all__ = ["batch_summaries", "drift_reference", "package_reference", "prediction_values"]
+__all__ = ["batch_summaries", "drift_reference", "prediction_values"]
 
 HELD_OUT = ("valid", "test")
 
@@ -39,11 +39,6 @@ def prediction_values(predictor: Predictor, predictions: pd.DataFrame) -> np.nda
         return predictions["score"].to_numpy(np.float64)
     index = {name: i for i, name in enumerate(label.classes)}
     return np.array([index[c] for c in predictions["class"]], dtype=np.int64)
-
-
-def package_reference(predictor: Predictor) -> DriftReference | None:
-    """The drift reference in the package `predictor` was loaded from (None for a package registered without)."""
-    return read_reference(predictor.root)
 
 
 def drift_reference(predictor: Predictor, dataset: Dataset, settings: DriftParams) -> DriftReference:

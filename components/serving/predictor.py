@@ -134,14 +134,14 @@ class Predictor:
     def _score(
         self, columns: dict[str, list], n: int, source: Path, image_root: Path | None, bounds: Bounds
     ) -> pd.DataFrame:
-        predictions = self.run(self._prepare(columns, n, source, image_root, bounds))
+        batches = self._prepare(columns, n, source, image_root, bounds)
+        predictions = self.run(batches)
         asked = [i for i, v in enumerate(columns.get(EXPLAIN, ())) if _asks(v)]
         if asked:
             explained: dict[str, list] = {name: [None] * n for name in OUTPUTS}
-            for i in asked:
-                row = {c: values[i : i + 1] for c, values in columns.items()}
-                base = self.features(row, source=source, image_root=image_root, first_row=i, bounds=bounds)
-                text = row["text"][0] if "text" in row else None
+            for i in asked:  # the row as already prepared: its image and clips are not decoded again
+                base = {k: v[i % BATCH : i % BATCH + 1] for k, v in batches[i // BATCH].items()}
+                text = columns["text"][i] if "text" in columns else None
                 for name, value in explain_row(self, base, text).items():
                     explained[name][i] = value
             for name, values in explained.items():

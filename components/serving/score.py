@@ -35,10 +35,10 @@ from components.core.errors import DataError, UserError, first_line
 from components.core.hashing import file_sha256, tree_digest
 from components.data.dataset import MANIFEST, SPLITS, read_dataset
 from components.monitoring.drift import DriftReport, DriftSample, compare, report_paths, write_report
-from components.monitoring.reference import DriftReference
+from components.monitoring.reference import DriftReference, read_reference
 from components.monitoring.summaries import Summaries
 from components.serving.input_files import CHUNK_ROWS, INPUT_SUFFIXES, InputChunk, input_chunks, open_input
-from components.serving.monitored import batch_summaries, package_reference, prediction_values
+from components.serving.monitored import batch_summaries, prediction_values
 from components.serving.predict import check_model_inputs, check_output, rows_of_file, score_chunk, staged_output
 from components.serving.predictor import Predictor
 from components.serving.pyfunc import LoadedModel, check_model_dir, load_model, local_model
@@ -149,7 +149,7 @@ def score_input(
                 output, previous, started, time.perf_counter() - start, True, drift=report, drift_files=files
             )
         todo = _dataset_rows(input_path, chunk_rows) if dataset else _file_rows(input_path, model, chunk_rows)
-        reference = package_reference(model.predictor) if isinstance(model.predictor, Predictor) else None
+        reference = read_reference(model.predictor.root) if isinstance(model.predictor, Predictor) else None
         sample = DriftSample(drift.sample_rows, drift.seed) if reference is not None else None
         rows, columns = _write(output, planned, model, todo, input_path, progress, sample)
         report, files = _drift(output, reference, sample, drift)

@@ -21,15 +21,21 @@ from components.tracking.runs import KIND
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["record_scoring", "score_and_record", "scoring_experiment", "scoring_logged"]
+__all__ = ["record_scoring", "registered_name", "score_and_record", "scoring_experiment", "scoring_logged"]
 
 _REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)")
 
 
+def registered_name(model_uri: str) -> str | None:
+    """The registered model a models:/ URI names (by alias or version); None for any other URI."""
+    match = _REGISTERED.match(model_uri)
+    return match["name"] if match else None
+
+
 def scoring_experiment(model_uri: str) -> str:
     """Where a model's scorings go: beside its training experiment in the UI's list, never inside it."""
-    match = _REGISTERED.match(model_uri)
-    return f"{match['name']}-scoring" if match else "scoring"
+    name = registered_name(model_uri)
+    return f"{name}-scoring" if name else "scoring"
 
 
 def scoring_logged(result: ScoreResult) -> Logged:
